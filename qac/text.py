@@ -1,0 +1,52 @@
+"""Text normalization: the one definition of "the same query" in qac.
+
+``normalize`` applies, in order:
+
+1. bytes are decoded as UTF-8; invalid sequences become U+FFFD (the replacement
+   character) rather than an error, so a malformed keystroke never fails a request;
+2. Unicode NFKC (full-width forms, ligatures and compatibility characters fold to
+   their plain forms);
+3. ``str.casefold`` (stronger than lower(): "ß" -> "ss");
+4. control, format and surrogate characters (Unicode categories Cc, Cf, Cs) and the
+   replacement character become spaces;
+5. runs of whitespace collapse to one space; leading and trailing spaces go.
+
+Text longer than ``MAX_TEXT_CHARS`` after step 1 raises :class:`InputError`:
+nobody types a 1,000-character query, and the limit bounds the work of one call.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from qac.errors import InputError
+
+MAX_TEXT_CHARS = 1024
+
+_DROP = {"Cc", "Cf", "Cs", "Co", "Cn"}
+_SPACES = re.compile(r"\s+")
+
+
+def _clean_char(ch: str) -> str:
+    if ch == "\ufffd" or unicodedata.category(ch) in _DROP:
+        return " "
+    return ch
+
+
+def normalize(text: str | bytes, *, max_chars: int = MAX_TEXT_CHARS) -> str:
+    """Normalize one query; see the module docstring for the exact steps."""
+    if isinstance(text, bytes | bytearray | memoryview):
+        text = bytes(text).decode("utf-8", errors="replace")
+    elif not isinstance(text, str):
+        raise InputError(f"text must be str or bytes, got {type(text).__name__}")
+    if len(text) > max_chars:
+        raise InputError(f"text is {len(text)} characters long; the limit is {max_chars}")
+    if text.isascii() and text.isprintable():
+        return " ".join(text.lower().split())
+    text = unicodedata.normalize("NFKC", text).casefold()
+    if not text.isprintable():
+        text = "".join(_clean_char(ch) for ch in text)
+    elif "\ufffd" in text:
+        text = text.replace("\ufffd", " ")
+    return _SPACES.sub(" ", text).strip()
