@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qac.blocklist import Blocklist
 from qac.errors import InputError
+from qac.text import normalize
 
 
 def test_from_file_words_and_stems(tmp_path: Path) -> None:
@@ -48,3 +52,20 @@ def test_default_and_empty() -> None:
     assert not d.blocks("weather boston")
     assert d.blocks("hentai")                  # an exact entry of the shipped list
     assert not Blocklist.empty().blocks("hentai")
+
+
+def reference_blocks(b: Blocklist, text: str) -> bool:
+    """The definition: some word token is an entry or starts with a stem."""
+    return any(w in b.words or any(w.startswith(s) for s in b.stems)
+               for w in re.findall(r"[^\W_]+", normalize(text)))
+
+
+entry = st.text(alphabet="abé1", min_size=1, max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sets(entry, max_size=4), st.sets(entry, max_size=3),
+       st.text(alphabet="abé1 _-.*", max_size=14))
+def test_regex_matches_token_definition(words: set[str], stems: set[str], text: str) -> None:
+    b = Blocklist(words, stems)
+    assert b.blocks(text) == reference_blocks(b, text)
