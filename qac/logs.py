@@ -34,7 +34,7 @@ import gzip
 import io
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -153,8 +153,13 @@ def read_log(
     if since is not None or until is not None:
         if not has_time:
             raise InputError(f"{path}: since/until given but the log has no time column")
-        events = [e for e in events if e.time is not None
-                  and (since is None or e.time >= since) and (until is None or e.time < until)]
+        try:
+            events = [e for e in events if e.time is not None
+                      and (since is None or e.time >= since)
+                      and (until is None or e.time < until)]
+        except TypeError as exc:  # naive vs aware datetimes
+            raise InputError(f"{path}: since/until cannot be compared with the log's "
+                             f"times ({exc})") from None
     if bad:
         log.warning("%s: skipped %d malformed rows", path, bad)
     return events
@@ -252,7 +257,7 @@ def _read_tsv(path: Path, roles: dict[str, int], ncols: int, lines: Iterable[str
     return events, bad
 
 
-def pairs(events: Sequence[LogEvent]) -> list[tuple[str | None, str]]:
+def pairs(events: Iterable[LogEvent]) -> list[tuple[str | None, str]]:
     """(previous query in the same session or None, query) for every event, in log order."""
     last: dict[str, str] = {}
     out: list[tuple[str | None, str]] = []

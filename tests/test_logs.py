@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import gzip
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -58,6 +58,12 @@ def test_since_until(tmp_path: Path) -> None:
     # outside the window
     assert read_log(path, since=datetime(2006, 3, 1, 10, 0, 1),
                     until=datetime(2006, 3, 1, 10, 0, 59)) == []
+
+
+def test_since_timezone_mismatch(tmp_path: Path) -> None:
+    path = write(tmp_path / "log.tsv", AOL_HEADER + AOL_ROWS[0])
+    with pytest.raises(InputError, match="compared"):
+        read_log(path, since=datetime(2006, 1, 1, tzinfo=UTC))
 
 
 def test_since_without_time_column(tmp_path: Path) -> None:
