@@ -219,7 +219,7 @@ def test_branching_and_options_are_checked() -> None:
     with pytest.raises(InputError):
         build_kmeans_tree(random_emb(0, 5))
     with pytest.raises(InputError):
-        build_kmeans_tree(emb.toarray())  # type: ignore[arg-type]
+        build_kmeans_tree(emb.toarray())
     nan = emb.copy()
     nan.data[0] = np.nan
     with pytest.raises(InputError):
@@ -369,7 +369,7 @@ def test_from_cluster_chain_rejects_bad_chains() -> None:
     with pytest.raises(InputError):  # a node with no parent
         LabelTree.from_cluster_chain([c1, c2, orphan.tocsc()])
     with pytest.raises(InputError):
-        LabelTree.from_cluster_chain([c1, c2, c3.toarray()])  # type: ignore[list-item]
+        LabelTree.from_cluster_chain([c1, c2, c3.toarray()])
 
 
 def test_arrays_round_trip() -> None:
@@ -439,3 +439,38 @@ def test_pifa_matches_dense() -> None:
     assert got[7].nnz == 0
     with pytest.raises(InputError):
         pifa(X, Y[:-1])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=4),
+    data_seed=st.integers(0, 10_000),
+)
+def test_from_cluster_chain_any_order(sizes: list[int], data_seed: int) -> None:
+    """Random trees in random node order (empty internal nodes allowed)."""
+    rng = np.random.default_rng(data_seed)
+    chain = []
+    n_prev = 1
+    for n in sizes:
+        parent = rng.integers(0, n_prev, size=n)
+        chain.append(
+            sp.csc_matrix((np.ones(n, np.float32), (np.arange(n), parent)), shape=(n, n_prev))
+        )
+        n_prev = n
+    tree = LabelTree.from_cluster_chain(chain)
+    tree.validate()
+    assert tree.layer_sizes == tuple(sizes)
+    assert partitions(tree.to_cluster_chain()) == partitions(chain)
+    # Siblings keep their relative order: within a last-layer parent, label ids ascend
+    # (the chain lists labels by id, and from_cluster_chain sorts stably).
+    ptr = tree.child_ptr[-1]
+    for p in range(ptr.shape[0] - 1):
+        assert np.all(np.diff(tree.label_order[ptr[p] : ptr[p + 1]]) > 0)
+    back = LabelTree.from_cluster_chain(tree.to_cluster_chain())
+    np.testing.assert_array_equal(back.label_order, tree.label_order)
+
+
+def test_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    tree = build_kmeans_tree(random_emb(64, 10, 0.3), branching=2, max_leaf_size=8, progress=True)
+    assert tree.layer_sizes == (2, 4, 8, 64)
+    assert "k-means levels" in capsys.readouterr().err
