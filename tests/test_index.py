@@ -474,3 +474,11 @@ def test_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
     tree = build_kmeans_tree(random_emb(64, 10, 0.3), branching=2, max_leaf_size=8, progress=True)
     assert tree.layer_sizes == (2, 4, 8, 64)
     assert "k-means levels" in capsys.readouterr().err
+
+
+def test_equality() -> None:
+    a = LabelTree.from_cluster_chain(hand_chain())
+    b = LabelTree.from_arrays({k: v.copy() for k, v in a.arrays().items()})
+    assert a == b
+    assert a != LabelTree(a.child_ptr, a.label_order[::-1].copy())
+    assert a != "tree"

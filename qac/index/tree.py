@@ -33,6 +33,19 @@ class LabelTree:
     child_ptr: tuple[np.ndarray, ...]
     label_order: np.ndarray
 
+    def __eq__(self, other: object) -> bool:
+        """Same arrays (same node numbering), not merely an equivalent tree."""
+        if not isinstance(other, LabelTree):
+            return NotImplemented
+        if len(self.child_ptr) != len(other.child_ptr):
+            return False
+        pairs = zip(self.child_ptr, other.child_ptr, strict=True)
+        return all(np.array_equal(a, b) for a, b in pairs) and np.array_equal(
+            self.label_order, other.label_order
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # holds mutable arrays
+
     @property
     def depth(self) -> int:
         """D, the number of layers below the root (the labels are layer D)."""
