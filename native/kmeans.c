@@ -43,6 +43,7 @@ typedef struct {
     float *ldat;
     int64_t cap_nnz, cap_n;
     double *ca, *cb;     /* [dl] centroid sums */
+    double *tot;         /* [dl] sum of all members: cb = tot - ca */
     float *diff;         /* [dl] cA/|cA| - cB/|cB| */
     skey *keys;          /* [n] */
     uint8_t *side, *prev;/* [n] 0 = first half, 1 = second half */
@@ -75,8 +76,8 @@ static int reserve(scratch *w, int64_t n, int64_t nnz) {
         w->cap_nnz = c1 < c2 ? c1 : c2;
     }
     if (n + 1 > w->cap_n) {
-        int64_t c[6];
-        for (int i = 0; i < 6; i++) c[i] = w->cap_n;
+        int64_t c[5];
+        for (int i = 0; i < 5; i++) c[i] = w->cap_n;
         if (grow((void **)&w->lptr, &c[0], n + 1, sizeof(int64_t))) return QAC_E_NOMEM;
         if (grow((void **)&w->keys, &c[1], n + 1, sizeof(skey))) return QAC_E_NOMEM;
         if (grow((void **)&w->side, &c[2], n + 1, 1)) return QAC_E_NOMEM;
@@ -91,21 +92,22 @@ static int reserve(scratch *w, int64_t n, int64_t nnz) {
 
 static int reserve_feats(scratch *w, int64_t dl) {
     if (dl <= w->cap_feats) return QAC_OK;
-    int64_t c[4];
-    for (int i = 0; i < 4; i++) c[i] = w->cap_feats;
+    int64_t c[5];
+    for (int i = 0; i < 5; i++) c[i] = w->cap_feats;
     if (grow((void **)&w->feats, &c[0], dl, sizeof(int32_t))) return QAC_E_NOMEM;
     if (grow((void **)&w->ca, &c[1], dl, sizeof(double))) return QAC_E_NOMEM;
     if (grow((void **)&w->cb, &c[2], dl, sizeof(double))) return QAC_E_NOMEM;
     if (grow((void **)&w->diff, &c[3], dl, sizeof(float))) return QAC_E_NOMEM;
+    if (grow((void **)&w->tot, &c[4], dl, sizeof(double))) return QAC_E_NOMEM;
     int64_t m = c[0];
-    for (int i = 1; i < 4; i++) m = c[i] < m ? c[i] : m;
+    for (int i = 1; i < 5; i++) m = c[i] < m ? c[i] : m;
     w->cap_feats = m;
     return QAC_OK;
 }
 
 static void scratch_free(scratch *w) {
     free(w->map); free(w->feats); free(w->lptr); free(w->lidx); free(w->ldat);
-    free(w->ca); free(w->cb); free(w->diff); free(w->keys); free(w->side);
+    free(w->ca); free(w->cb); free(w->tot); free(w->diff); free(w->keys); free(w->side);
     free(w->prev); free(w->tmp);
 }
 
@@ -212,13 +214,30 @@ static int split_one(const job *jb, scratch *w, int64_t c) {
     centroid_diff(w, dl);
     assign(w, n);
 
+    /* The second centroid's sum is tot - ca, so after the first update an
+     * iteration only adds or removes the members that moved: its cost is the
+     * scoring pass, O(nnz), plus O(nnz of the movers). */
+    memset(w->tot, 0, (size_t)dl * sizeof(double));
+    for (int64_t k = 0; k < nnz; k++) w->tot[w->lidx[k]] += w->ldat[k];
     for (int32_t it = 0; it < jb->max_iter; it++) {
-        memset(w->ca, 0, (size_t)dl * sizeof(double));
-        memset(w->cb, 0, (size_t)dl * sizeof(double));
-        for (int64_t i = 0; i < n; i++) {
-            double *cen = w->side[i] ? w->cb : w->ca;
-            for (int64_t k = w->lptr[i]; k < w->lptr[i + 1]; k++) cen[w->lidx[k]] += w->ldat[k];
+        if (it == 0) {
+            memset(w->ca, 0, (size_t)dl * sizeof(double));
+            for (int64_t i = 0; i < n; i++)
+                if (!w->side[i])
+                    for (int64_t k = w->lptr[i]; k < w->lptr[i + 1]; k++)
+                        w->ca[w->lidx[k]] += w->ldat[k];
+        } else {
+            for (int64_t i = 0; i < n; i++) {
+                if (w->side[i] == w->prev[i]) continue;
+                if (w->side[i])
+                    for (int64_t k = w->lptr[i]; k < w->lptr[i + 1]; k++)
+                        w->ca[w->lidx[k]] -= w->ldat[k];
+                else
+                    for (int64_t k = w->lptr[i]; k < w->lptr[i + 1]; k++)
+                        w->ca[w->lidx[k]] += w->ldat[k];
+            }
         }
+        for (int64_t f = 0; f < dl; f++) w->cb[f] = w->tot[f] - w->ca[f];
         centroid_diff(w, dl);
         memcpy(w->prev, w->side, (size_t)n);
         assign(w, n);

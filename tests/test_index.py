@@ -94,13 +94,18 @@ def _reference_split_one(rows: list[sp.csr_matrix], c: int, seed: int, max_iter:
     q = z % (n - 1)
     q += q >= p
     side = assign(diff_of(accumulate([p]), accumulate([q])))
-    for _ in range(max_iter):
-        ca = accumulate([i for i in range(n) if side[i] == 0])
-        cb = accumulate([i for i in range(n) if side[i] == 1])
-        new = assign(diff_of(ca, cb))
-        done = np.array_equal(new, side)
-        side = new
-        if done:
+    tot = accumulate(list(range(n)))
+    ca = np.zeros(dl, dtype=np.float64)
+    prev = side
+    for it in range(max_iter):
+        for i in range(n):
+            if it == 0 and side[i] == 0 or it > 0 and side[i] != prev[i]:
+                sign = 1.0 if side[i] == 0 else -1.0
+                for k in range(loc[i].shape[0]):
+                    ca[loc[i][k]] += sign * float(dat[i][k])
+        prev = side
+        side = assign(diff_of(ca, tot - ca))
+        if np.array_equal(prev, side):
             break
     return side
 
