@@ -487,3 +487,11 @@ def test_equality() -> None:
     assert a == b
     assert a != LabelTree(a.child_ptr, a.label_order[::-1].copy())
     assert a != "tree"
+
+
+def test_numpy_integer_options() -> None:
+    emb = random_emb(40, 10, 0.3)
+    a = build_kmeans_tree(emb, branching=np.int64(4), max_leaf_size=np.int32(5))  # type: ignore[arg-type]
+    assert a == build_kmeans_tree(emb, branching=4, max_leaf_size=5)
+    with pytest.raises(InputError):
+        build_kmeans_tree(emb, branching=4.0)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ one call per binary level, threads across clusters.
 from __future__ import annotations
 
 import logging
+import operator
 
 import numpy as np
 import scipy.sparse as sp
@@ -70,6 +71,15 @@ def binary_depth(n_labels: int, max_leaf_size: int) -> int:
     return min(t, max(n_labels, 1).bit_length() - 1)
 
 
+def _int_arg(name: str, value: object) -> int:
+    if isinstance(value, bool):
+        raise InputError(f"build_kmeans_tree: {name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InputError(f"build_kmeans_tree: {name} must be an integer, got {value!r}") from None
+
+
 def _split_ptr(ptr: np.ndarray) -> np.ndarray:
     sizes = np.diff(ptr)
     halves = np.empty(2 * sizes.shape[0], dtype=np.int64)
@@ -95,18 +105,26 @@ def build_kmeans_tree(
     fine. ``branching`` must be a power of 2 >= 2. Layer sizes are
     [2^r, 2^(r+b), ..., 2^t, L] with b = log2(branching), t = ``binary_depth``
     and 1 <= r <= b (just [1, L] when L <= max_leaf_size). Deterministic for a
-    seed, whatever ``threads``. Cost: O(t * max_iter * nnz).
+    seed, whatever ``threads`` (<= 0 means 2). With max_leaf_size == 1 and L
+    not a power of 2, t is capped so that no leaf is empty (see ``binary_depth``).
+    Cost: O(t * (nnz + max_iter * nnz)) time, O(nnz + threads * d) extra memory.
     """
     if not sp.issparse(emb):
         raise InputError(f"build_kmeans_tree: emb must be a scipy sparse matrix, got {type(emb)}")
-    if not isinstance(branching, int) or branching < 2 or branching & (branching - 1):
+    branching = _int_arg("branching", branching)
+    max_leaf_size = _int_arg("max_leaf_size", max_leaf_size)
+    max_iter = _int_arg("max_iter", max_iter)
+    seed = _int_arg("seed", seed)
+    threads = _int_arg("threads", threads)
+    if branching < 2 or branching & (branching - 1):
         raise InputError(f"build_kmeans_tree: branching must be a power of 2 >= 2, got {branching}")
-    if not isinstance(max_leaf_size, int) or max_leaf_size < 1:
+    if max_leaf_size < 1:
         raise InputError(f"build_kmeans_tree: max_leaf_size must be >= 1, got {max_leaf_size}")
-    if not isinstance(max_iter, int) or max_iter < 0:
+    if max_iter < 0 or max_iter > np.iinfo(np.int32).max:
         raise InputError(f"build_kmeans_tree: max_iter must be >= 0, got {max_iter}")
-    if not isinstance(seed, int) or seed < 0:
+    if seed < 0:
         raise InputError(f"build_kmeans_tree: seed must be a non-negative int, got {seed}")
+    threads = max(min(threads, 1024), -1)
     n_labels, n_cols = emb.shape
     if n_labels == 0:
         raise InputError("build_kmeans_tree: no labels (emb has 0 rows)")
