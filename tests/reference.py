@@ -41,6 +41,25 @@ def leaf_ranges(child_ptr: Sequence[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def fuzzy_positions(scores: list[float]) -> dict[int, int]:
+    """Positions (in a best-first list) whose order float32 may not reproduce.
+
+    Consecutive scores within tolerance form a cluster; a cluster whose scores
+    are not all exactly equal is fuzzy (an exact tie is decided by the id rule
+    in both implementations). Returns position -> cluster number.
+    """
+    out: dict[int, int] = {}
+    i, n = 0, len(scores)
+    while i < n:
+        j = i
+        while j + 1 < n and (scores[j + 1] == scores[j] or near(scores[j], scores[j + 1])):
+            j += 1
+        if any(scores[m] != scores[i] for m in range(i, j + 1)):
+            out.update({m: i for m in range(i, j + 1)})
+        i = j + 1
+    return out
+
+
 @dataclass
 class Answer:
     ids: np.ndarray      # int64, best first
@@ -88,17 +107,16 @@ def beam_search(
                 cands.append((score, key, c))
         cands.sort(key=lambda t: (-t[0], t[1]))
         k = topk if last else beam
+        fuzzy = fuzzy_positions([t[0] for t in cands])
         if not last:
-            if len(cands) > k and near(cands[k - 1][0], cands[k][0]):
+            # a near tie across the cut: float32 may keep another node
+            if len(cands) > k and (k - 1) in fuzzy and k in fuzzy and \
+                    fuzzy[k - 1] == fuzzy[k]:
                 ambiguous = True
             cur = [(c, sc) for sc, _, c in cands[:k]]
             continue
         kept = cands[:k]
-        near_pos: set[int] = set()
-        for i in range(len(kept)):
-            if i + 1 < len(cands) and near(cands[i][0], cands[i + 1][0]):
-                near_pos.update({i, i + 1})
-        near_pos = {i for i in near_pos if i < len(kept)}
+        near_pos = {i for i in fuzzy if i < len(kept)}
         return Answer(
             ids=np.array([t[1] for t in kept], dtype=np.int64),
             scores=np.array([t[0] for t in kept], dtype=np.float64),
