@@ -280,20 +280,6 @@ static void sort_best_first(cand_t *a, size_t n) {
     }
 }
 
-/* First i in [lo, hi) with a[i] >= key (exponential then binary search). */
-static inline int64_t gallop32(const int32_t *a, int64_t lo, int64_t hi, int32_t key) {
-    if (lo >= hi || a[lo] >= key) return lo;
-    int64_t prev = lo, step = 1, i = lo + 1;
-    while (i < hi && a[i] < key) { prev = i; step <<= 1; i = lo + step; }
-    if (i > hi) i = hi;
-    int64_t l = prev + 1, h = i; /* a[prev] < key; answer in [l, h] */
-    while (l < h) {
-        int64_t mid = l + (h - l) / 2;
-        if (a[mid] < key) l = mid + 1; else h = mid;
-    }
-    return l;
-}
-
 static inline void add_row(const layer_t *L, int64_t r, float x, float *buf, int64_t c0,
                            uint64_t width) {
     for (int64_t e = L->row_ptr[r], end = L->row_ptr[r + 1]; e < end; e++) {
@@ -302,25 +288,83 @@ static inline void add_row(const layer_t *L, int64_t r, float x, float *buf, int
     }
 }
 
-/* buf[c - c0] += sum_f x_f W[f, c] for children c in [c0, c0 + width) of p. */
+/* First i in [0, n) with a[i] > key (n small: the query). */
+static inline size_t upper_bound32(const int32_t *a, size_t n, int32_t key) {
+    size_t lo = 0;
+    while (lo < n) {
+        size_t mid = lo + (n - lo) / 2;
+        if (a[mid] <= key) lo = mid + 1; else n = mid;
+    }
+    return lo;
+}
+
+enum { LANES = 8 };
+
+/* buf[c - c0] += sum_f x_f W[f, c] for children c in [c0, c0 + width) of p.
+ *
+ * The query is first trimmed to the chunk's feature span. Against a long chunk,
+ * each query feature is located by a branchless binary search; LANES searches
+ * run in lockstep (they share the array and so the step sequence), which lets
+ * the CPU overlap their cache misses instead of waiting on each in turn. Short
+ * chunks are merged linearly. */
 static void score_chunk(const layer_t *L, int64_t p, const int32_t *idx, const float *val,
                         size_t nnz, float *buf, int64_t c0, int64_t width) {
-    int64_t r = L->chunk_ptr[p], r1 = L->chunk_ptr[p + 1];
-    if (r >= r1 || nnz == 0) return;
-    const int32_t *rf = L->row_feat;
-    if ((int64_t)nnz <= r1 - r) {
-        for (size_t j = 0; j < nnz; j++) {
-            r = gallop32(rf, r, r1, idx[j]);
-            if (r == r1) break;
-            if (rf[r] == idx[j]) add_row(L, r++, val[j], buf, c0, (uint64_t)width);
+    int64_t r0 = L->chunk_ptr[p], n_rows = L->chunk_ptr[p + 1] - r0;
+    if (n_rows <= 0 || nnz == 0) return;
+    const int32_t *rf = L->row_feat + r0;
+    size_t j0 = upper_bound32(idx, nnz, rf[0] - 1); /* rf[0] >= 0: no overflow */
+    size_t j1 = upper_bound32(idx, nnz, rf[n_rows - 1]);
+    if (j0 >= j1) return;
+    size_t q = j1 - j0;
+    if (n_rows <= 4 * (int64_t)q) {
+        int64_t r = 0;
+        size_t j = j0;
+        while (r < n_rows && j < j1) {
+            if (rf[r] < idx[j]) r++;
+            else if (rf[r] > idx[j]) j++;
+            else { add_row(L, r0 + r, val[j], buf, c0, (uint64_t)width); r++; j++; }
         }
-    } else {
-        int64_t j = 0, n = (int64_t)nnz;
-        for (; r < r1; r++) {
-            j = gallop32(idx, j, n, rf[r]);
-            if (j == n) break;
-            if (idx[j] == rf[r]) add_row(L, r, val[j++], buf, c0, (uint64_t)width);
+        return;
+    }
+    for (size_t j = j0; j < j1; j += LANES) {
+        size_t m = j1 - j < LANES ? j1 - j : LANES;
+        const int32_t *base[LANES];
+        int32_t key[LANES];
+        for (size_t k = 0; k < LANES; k++) {
+            base[k] = rf;
+            key[k] = idx[j + (k < m ? k : m - 1)];
         }
+        for (int64_t len = n_rows; len > 1;) {
+            int64_t half = len >> 1;
+            for (size_t k = 0; k < LANES; k++)
+                base[k] = base[k][half] < key[k] ? base[k] + half : base[k];
+            len -= half;
+        }
+        /* Matched rows' entries are scattered: fetch the group's row_ptr, then
+         * their entries, before accumulating, so the misses overlap. */
+        int64_t hit[LANES];
+        float hx[LANES];
+        size_t n_hit = 0;
+        for (size_t k = 0; k < m; k++) {
+            int64_t r = (base[k] - rf) + (*base[k] < key[k]);
+            if (r < n_rows && rf[r] == key[k]) {
+                hit[n_hit] = r0 + r;
+                hx[n_hit++] = val[j + k];
+                __builtin_prefetch(L->row_ptr + r0 + r);
+            }
+        }
+        int64_t e0[LANES], e1[LANES];
+        for (size_t k = 0; k < n_hit; k++) {
+            e0[k] = L->row_ptr[hit[k]];
+            e1[k] = L->row_ptr[hit[k] + 1];
+            __builtin_prefetch(L->ent_node + e0[k]);
+            __builtin_prefetch(L->ent_val + e0[k]);
+        }
+        for (size_t k = 0; k < n_hit; k++)
+            for (int64_t e = e0[k]; e < e1[k]; e++) {
+                uint64_t jj = (uint64_t)((int64_t)L->ent_node[e] - c0);
+                if (jj < (uint64_t)width) buf[jj] += hx[k] * L->ent_val[e];
+            }
     }
 }
 

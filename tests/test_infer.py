@@ -89,7 +89,7 @@ def random_spec(seed: int, depth: int, max_branch: int, max_labels: int, post: s
                 with_order: bool = True) -> Spec:
     rng = np.random.default_rng(seed)
     child_ptr = random_tree(rng, depth, max_branch, max_labels, allow_empty)
-    n_features = int(rng.integers(1, 40))
+    n_features = int(rng.integers(1, 40)) if rng.random() < 0.7 else int(rng.integers(40, 160))
     layers = random_layers(rng, child_ptr, n_features, ties)
     n_labels = int(child_ptr[-1][-1])
     order = rng.permutation(n_labels).astype(np.int32) if with_order else None
