@@ -84,7 +84,7 @@ def model_new(
     as long as the handle. Raises KernelError(QAC_E_RANGE) for inconsistent arrays.
     """
     views = ffi.new("qac_layer_view[]", len(layers))
-    for v, cp, lw in zip(views, child_ptr, layers):
+    for v, cp, lw in zip(views, child_ptr, layers, strict=True):
         v.child_ptr, v.n_child_ptr = ptr(cp, "int64_t *"), cp.shape[0]
         v.chunk_ptr, v.n_chunk_ptr = ptr(lw["chunk_ptr"], "int64_t *"), lw["chunk_ptr"].shape[0]
         v.row_feat, v.n_row_feat = ptr(lw["row_feat"], "int32_t *"), lw["row_feat"].shape[0]
@@ -97,8 +97,10 @@ def model_new(
     else:
         lo_ptr, n_labels = ptr(label_order, "int32_t *"), label_order.shape[0]
     out = ffi.new("qac_model_t **")
-    check(lib.qac_model_new(len(layers), views, lo_ptr, n_labels, n_features, post, out),
-          "qac_model_new")
+    check(
+        lib.qac_model_new(len(layers), views, lo_ptr, n_labels, n_features, post, out),
+        "qac_model_new",
+    )
     return ffi.gc(out[0], lib.qac_model_free)
 
 
@@ -125,10 +127,18 @@ def model_predict(
     n = ffi.new("size_t *")
     check(
         lib.qac_model_predict(
-            model, scratch, ffi.from_buffer("int32_t[]", idx), ffi.from_buffer("float[]", val),
-            idx.shape[0], beam, topk, lo, hi,
+            model,
+            scratch,
+            ffi.from_buffer("int32_t[]", idx),
+            ffi.from_buffer("float[]", val),
+            idx.shape[0],
+            beam,
+            topk,
+            lo,
+            hi,
             ffi.from_buffer("int32_t[]", ids, require_writable=True),
-            ffi.from_buffer("float[]", scores, require_writable=True), n,
+            ffi.from_buffer("float[]", scores, require_writable=True),
+            n,
         ),
         "qac_model_predict",
     )
@@ -150,8 +160,15 @@ def model_predict_batch(
     scores = np.empty((n_rows, topk), dtype=np.float32)
     check(
         lib.qac_model_predict_batch(
-            model, ptr(indptr, "int64_t *"), ptr(idx, "int32_t *"), ptr(val, "float *"),
-            idx.shape[0], n_rows, beam, topk, threads,
+            model,
+            ptr(indptr, "int64_t *"),
+            ptr(idx, "int32_t *"),
+            ptr(val, "float *"),
+            idx.shape[0],
+            n_rows,
+            beam,
+            topk,
+            threads,
             ffi.from_buffer("int32_t[]", ids, require_writable=True),
             ffi.from_buffer("float[]", scores, require_writable=True),
         ),

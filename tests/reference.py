@@ -22,10 +22,10 @@ def near(a: float, b: float) -> bool:
     return a != b and abs(a - b) <= RTOL * max(abs(a), abs(b)) + ATOL
 
 
-def post_fn(post: str, s: np.ndarray) -> np.ndarray:
+def post_fn(post: str, s: float) -> float:
     if post == "sigmoid":
         return 1.0 / (1.0 + np.exp(-s))
-    return np.exp(-np.maximum(0.0, 1.0 - s) ** 3)
+    return np.exp(-(np.maximum(0.0, 1.0 - s) ** 3))
 
 
 def leaf_ranges(child_ptr: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -62,9 +62,9 @@ def fuzzy_positions(scores: list[float]) -> dict[int, int]:
 
 @dataclass
 class Answer:
-    ids: np.ndarray      # int64, best first
-    scores: np.ndarray   # float64
-    ambiguous: bool      # a near tie at an inner cut: the beam itself may differ
+    ids: np.ndarray  # int64, best first
+    scores: np.ndarray  # float64
+    ambiguous: bool  # a near tie at an inner cut: the beam itself may differ
     near_pos: set[int]  # final positions whose id may legitimately differ
 
 
@@ -83,7 +83,7 @@ def beam_search(
     depth = len(layers)
     n_last = int(child_ptr[-1][-1])
     hi = n_last if hi is None else hi
-    x = {int(f): float(v) for f, v in zip(idx, val)}
+    x = {int(f): float(v) for f, v in zip(idx, val, strict=True)}
     first = leaf_ranges(child_ptr)
     cur: list[tuple[int, float]] = [(0, 1.0)]
     ambiguous = False
@@ -102,7 +102,7 @@ def beam_search(
                 a, b = int(first[li][c]), int(first[li][c + 1])
                 if a >= b or b <= lo or a >= hi:
                     continue  # no leaves, or none inside [lo, hi)
-                score = ps * float(post_fn(post, np.float64(s[c])))
+                score = ps * post_fn(post, s[c])
                 key = int(label_order[c]) if last and label_order is not None else c
                 cands.append((score, key, c))
         cands.sort(key=lambda t: (-t[0], t[1]))
@@ -110,8 +110,7 @@ def beam_search(
         fuzzy = fuzzy_positions([t[0] for t in cands])
         if not last:
             # a near tie across the cut: float32 may keep another node
-            if len(cands) > k and (k - 1) in fuzzy and k in fuzzy and \
-                    fuzzy[k - 1] == fuzzy[k]:
+            if len(cands) > k and (k - 1) in fuzzy and k in fuzzy and fuzzy[k - 1] == fuzzy[k]:
                 ambiguous = True
             cur = [(c, sc) for sc, _, c in cands[:k]]
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,12 +28,14 @@ class Spec:
     post: str
 
     def model(self) -> XLinearModel:
-        return XLinearModel(self.child_ptr, self.label_order, self.layers, self.n_features,
-                            self.post)
+        return XLinearModel(
+            self.child_ptr, self.label_order, self.layers, self.n_features, self.post
+        )
 
 
-def random_tree(rng: np.random.Generator, depth: int, max_branch: int, max_labels: int,
-                allow_empty: bool) -> list[np.ndarray]:
+def random_tree(
+    rng: np.random.Generator, depth: int, max_branch: int, max_labels: int, allow_empty: bool
+) -> list[np.ndarray]:
     """child_ptr arrays of a random tree (some nodes with 1 child, maybe some with none)."""
     child_ptr = []
     n_parent = 1
@@ -51,12 +54,17 @@ def random_tree(rng: np.random.Generator, depth: int, max_branch: int, max_label
     return child_ptr
 
 
-def random_layers(rng: np.random.Generator, child_ptr: list[np.ndarray], n_features: int,
-                  ties: bool) -> list[LayerWeights]:
+def random_layers(
+    rng: np.random.Generator, child_ptr: list[np.ndarray], n_features: int, ties: bool
+) -> list[LayerWeights]:
     layers = []
     for cp in child_ptr:
         n_parent, n_node = cp.shape[0] - 1, int(cp[-1])
-        chunk_ptr, row_feat, row_ptr, ent_node, ent_val = [0], [], [0], [], []
+        chunk_ptr: list[int] = [0]
+        row_ptr: list[int] = [0]
+        row_feat: list[int] = []
+        ent_node: list[int] = []
+        ent_val: list[float] = []
         for p in range(n_parent):
             c0, c1 = int(cp[p]), int(cp[p + 1])
             n_rows = 0 if rng.random() < 0.15 else int(rng.integers(0, n_features + 1))
@@ -73,20 +81,29 @@ def random_layers(rng: np.random.Generator, child_ptr: list[np.ndarray], n_featu
         if ties:
             ent_val = [0.0] * len(ent_val)
             bias = np.full(n_node, 0.25)
-        layers.append(LayerWeights(
-            chunk_ptr=np.array(chunk_ptr, dtype=np.int64),
-            row_feat=np.array(row_feat, dtype=np.int32),
-            row_ptr=np.array(row_ptr, dtype=np.int64),
-            ent_node=np.array(ent_node, dtype=np.int32),
-            ent_val=np.array(ent_val, dtype=np.float32),
-            bias=bias.astype(np.float32),
-        ))
+        layers.append(
+            LayerWeights(
+                chunk_ptr=np.array(chunk_ptr, dtype=np.int64),
+                row_feat=np.array(row_feat, dtype=np.int32),
+                row_ptr=np.array(row_ptr, dtype=np.int64),
+                ent_node=np.array(ent_node, dtype=np.int32),
+                ent_val=np.array(ent_val, dtype=np.float32),
+                bias=bias.astype(np.float32),
+            )
+        )
     return layers
 
 
-def random_spec(seed: int, depth: int, max_branch: int, max_labels: int, post: str,
-                ties: bool = False, allow_empty: bool = False,
-                with_order: bool = True) -> Spec:
+def random_spec(
+    seed: int,
+    depth: int,
+    max_branch: int,
+    max_labels: int,
+    post: str,
+    ties: bool = False,
+    allow_empty: bool = False,
+    with_order: bool = True,
+) -> Spec:
     rng = np.random.default_rng(seed)
     child_ptr = random_tree(rng, depth, max_branch, max_labels, allow_empty)
     n_features = int(rng.integers(1, 40)) if rng.random() < 0.7 else int(rng.integers(40, 160))
@@ -96,8 +113,9 @@ def random_spec(seed: int, depth: int, max_branch: int, max_labels: int, post: s
     return Spec(child_ptr, order, layers, n_features, post)
 
 
-def random_query(rng: np.random.Generator, n_features: int, kind: int) -> tuple[np.ndarray,
-                                                                                np.ndarray]:
+def random_query(
+    rng: np.random.Generator, n_features: int, kind: int
+) -> tuple[np.ndarray, np.ndarray]:
     if kind == 0:
         idx = np.array([], dtype=np.int32)
     elif kind == 1:
@@ -109,14 +127,20 @@ def random_query(rng: np.random.Generator, n_features: int, kind: int) -> tuple[
         idx = np.sort(rng.choice(n_features, size=size, replace=False)).astype(np.int32)
         if kind == 4:
             idx = np.union1d(idx, [n_features - 1]).astype(np.int32)
-    val = rng.uniform(0.05, 1.0, size=idx.shape[0]).astype(np.float32)
+    val = np.asarray(rng.uniform(0.05, 1.0, size=idx.shape[0]), dtype=np.float32)
     if val.size:
         val /= np.linalg.norm(val)
     return idx, val
 
 
-def assert_matches(spec: Spec, got: tuple[np.ndarray, np.ndarray], ans: reference.Answer,
-                   topk: int, lo: int, hi: int) -> None:
+def assert_matches(
+    spec: Spec,
+    got: tuple[np.ndarray, np.ndarray],
+    ans: reference.Answer,
+    topk: int,
+    lo: int,
+    hi: int,
+) -> None:
     ids, scores = got
     assert ids.dtype == np.int32 and scores.dtype == np.float32
     n_labels = int(spec.child_ptr[-1][-1])
@@ -154,9 +178,20 @@ query_kinds = st.lists(st.integers(0, 4), min_size=1, max_size=6)
     ranged=st.booleans(),
     kinds=query_kinds,
 )
-def test_single_matches_reference(seed: int, depth: int, max_branch: int, max_labels: int,
-                                  post: str, ties: bool, allow_empty: bool, with_order: bool,
-                                  beam: int, topk: int, ranged: bool, kinds: list[int]) -> None:
+def test_single_matches_reference(
+    seed: int,
+    depth: int,
+    max_branch: int,
+    max_labels: int,
+    post: str,
+    ties: bool,
+    allow_empty: bool,
+    with_order: bool,
+    beam: int,
+    topk: int,
+    ranged: bool,
+    kinds: list[int],
+) -> None:
     spec = random_spec(seed, depth, max_branch, max_labels, post, ties, allow_empty, with_order)
     model = spec.model()
     rng = np.random.default_rng(seed + 1)
@@ -168,8 +203,9 @@ def test_single_matches_reference(seed: int, depth: int, max_branch: int, max_la
             lo = int(rng.integers(0, n_labels + 1))
             hi = int(rng.integers(lo, n_labels + 1))
         got = model.predict_one(idx, val, beam=beam, topk=topk, lo=lo, hi=hi)
-        ans = reference.beam_search(spec.child_ptr, spec.label_order, spec.layers, post, idx,
-                                    val, beam, topk, lo, hi)
+        ans = reference.beam_search(
+            spec.child_ptr, spec.label_order, spec.layers, post, idx, val, beam, topk, lo, hi
+        )
         if ties:
             assert not ans.ambiguous and not ans.near_pos
         assert_matches(spec, got, ans, topk, lo, hi)
@@ -184,8 +220,9 @@ def test_single_matches_reference(seed: int, depth: int, max_branch: int, max_la
     topk=st.integers(1, 30),
     n_rows=st.integers(0, 70),
 )
-def test_batch_equals_single_for_any_thread_count(seed: int, depth: int, post: str, beam: int,
-                                                  topk: int, n_rows: int) -> None:
+def test_batch_equals_single_for_any_thread_count(
+    seed: int, depth: int, post: str, beam: int, topk: int, n_rows: int
+) -> None:
     spec = random_spec(seed, depth, 5, 200, post, allow_empty=True)
     model = spec.model()
     rng = np.random.default_rng(seed)
@@ -212,8 +249,12 @@ def test_ties_prefer_smaller_node_then_smaller_label() -> None:
     # root -> 3 nodes -> 2 labels each; all scores equal
     child_ptr = [np.array([0, 3], np.int64), np.array([0, 2, 4, 6], np.int64)]
     spec = random_spec(0, 2, 1, 1, "l3-hinge")
-    empty = dict(row_feat=np.zeros(0, np.int32), row_ptr=np.zeros(1, np.int64),
-                 ent_node=np.zeros(0, np.int32), ent_val=np.zeros(0, np.float32))
+    empty: dict[str, np.ndarray] = dict(
+        row_feat=np.zeros(0, np.int32),
+        row_ptr=np.zeros(1, np.int64),
+        ent_node=np.zeros(0, np.int32),
+        ent_val=np.zeros(0, np.float32),
+    )
     layers = [
         LayerWeights(chunk_ptr=np.zeros(2, np.int64), bias=np.ones(3, np.float32), **empty),
         LayerWeights(chunk_ptr=np.zeros(4, np.int64), bias=np.ones(6, np.float32), **empty),
@@ -221,8 +262,7 @@ def test_ties_prefer_smaller_node_then_smaller_label() -> None:
     order = np.array([5, 4, 3, 2, 1, 0], np.int32)
     spec = Spec(child_ptr, order, layers, 3, "l3-hinge")
     model = spec.model()
-    ids, scores = model.predict_one(np.zeros(0, np.int32), np.zeros(0, np.float32), beam=2,
-                                    topk=4)
+    ids, scores = model.predict_one(np.zeros(0, np.int32), np.zeros(0, np.float32), beam=2, topk=4)
     # beam keeps nodes 0 and 1 -> last-layer nodes 0..3 -> labels 5,4,3,2 -> sorted by label
     assert ids.tolist() == [2, 3, 4, 5]
     assert np.all(scores == 1.0)
@@ -232,12 +272,17 @@ def test_range_restricts_the_beam_not_just_the_answer() -> None:
     # Node 0's subtree scores high but lies outside [lo, hi): with beam 1 the
     # answer must still come from inside the range.
     child_ptr = [np.array([0, 2], np.int64), np.array([0, 2, 4], np.int64)]
-    rf = dict(row_feat=np.zeros(0, np.int32), row_ptr=np.zeros(1, np.int64),
-              ent_node=np.zeros(0, np.int32), ent_val=np.zeros(0, np.float32))
+    rf: dict[str, np.ndarray] = dict(
+        row_feat=np.zeros(0, np.int32),
+        row_ptr=np.zeros(1, np.int64),
+        ent_node=np.zeros(0, np.int32),
+        ent_val=np.zeros(0, np.float32),
+    )
     layers = [
         LayerWeights(chunk_ptr=np.zeros(2, np.int64), bias=np.array([2, -1], np.float32), **rf),
-        LayerWeights(chunk_ptr=np.zeros(3, np.int64), bias=np.array([2, 2, 0, 1], np.float32),
-                     **rf),
+        LayerWeights(
+            chunk_ptr=np.zeros(3, np.int64), bias=np.array([2, 2, 0, 1], np.float32), **rf
+        ),
     ]
     model = XLinearModel(child_ptr, None, layers, 1)
     q = (np.zeros(0, np.int32), np.zeros(0, np.float32))
@@ -258,7 +303,7 @@ def test_concurrent_threads_get_own_scratch() -> None:
     def work() -> None:
         try:
             for _ in range(20):
-                for (i, v), (wi, ws) in zip(queries, want):
+                for (i, v), (wi, ws) in zip(queries, want, strict=True):
                     gi, gs = model.predict_one(i, v, beam=5, topk=7)
                     assert np.array_equal(gi, wi) and np.array_equal(gs, ws)
         except BaseException as exc:  # noqa: BLE001 - reported below
@@ -284,8 +329,9 @@ def test_scratch_grows_with_beam_and_readonly_arrays_work() -> None:
     idx, val = random_query(rng, spec.n_features, 3)
     a = model.predict_one(idx, val, beam=2, topk=3)
     b = model.predict_one(idx, val, beam=100, topk=300)
-    ans = reference.beam_search(spec.child_ptr, spec.label_order, spec.layers, spec.post, idx,
-                                val, 100, 300)
+    ans = reference.beam_search(
+        spec.child_ptr, spec.label_order, spec.layers, spec.post, idx, val, 100, 300
+    )
     assert_matches(spec, b, ans, 300, 0, model.n_labels)
     assert len(a[0]) <= 3
     assert model.handle is not None
@@ -293,6 +339,7 @@ def test_scratch_grows_with_beam_and_readonly_arrays_work() -> None:
 
 
 # ---- corruption: every kind is rejected at construction --------------------
+
 
 def _corrupt(spec: Spec, li: int, **changes: np.ndarray) -> Spec:
     layers = list(spec.layers)
@@ -327,8 +374,9 @@ def _corruptions() -> list[tuple[str, Spec]]:
     out.append(("child_ptr decreasing", cps(1, arr(cp[1], 1, cp[1][-1] + 5))))
     out.append(("child_ptr length", cps(1, cp[1][:-1].copy())))
     out.append(("root child_ptr", cps(0, np.array([0, 1, int(cp[0][-1])], np.int64))))
-    out.append(("chunk_ptr end", _corrupt(s, 1, chunk_ptr=arr(L.chunk_ptr, -1,
-                                                               L.chunk_ptr[-1] + 1))))
+    out.append(
+        ("chunk_ptr end", _corrupt(s, 1, chunk_ptr=arr(L.chunk_ptr, -1, L.chunk_ptr[-1] + 1)))
+    )
     out.append(("chunk_ptr decreasing", _corrupt(s, 1, chunk_ptr=arr(L.chunk_ptr, 1, -1))))
     out.append(("chunk_ptr length", _corrupt(s, 1, chunk_ptr=L.chunk_ptr[:-1].copy())))
     out.append(("row_feat too big", _corrupt(s, 1, row_feat=arr(L.row_feat, 0, s.n_features))))
@@ -336,20 +384,24 @@ def _corruptions() -> list[tuple[str, Spec]]:
     # a duplicate feature inside one chunk
     p = int(np.argmax(np.diff(L.chunk_ptr)))
     r0 = int(L.chunk_ptr[p])
-    out.append(("row_feat not increasing",
-                _corrupt(s, 1, row_feat=arr(L.row_feat, r0 + 1, int(L.row_feat[r0])))))
+    out.append(
+        (
+            "row_feat not increasing",
+            _corrupt(s, 1, row_feat=arr(L.row_feat, r0 + 1, int(L.row_feat[r0]))),
+        )
+    )
     out.append(("row_ptr end", _corrupt(s, 1, row_ptr=arr(L.row_ptr, -1, L.row_ptr[-1] - 1))))
     out.append(("row_ptr decreasing", _corrupt(s, 1, row_ptr=arr(L.row_ptr, 1, 10**9))))
     out.append(("row_ptr length", _corrupt(s, 1, row_ptr=L.row_ptr[:-1].copy())))
     out.append(("ent_node negative", _corrupt(s, 1, ent_node=arr(L.ent_node, 0, -1))))
     out.append(("ent_node beyond layer", _corrupt(s, 1, ent_node=arr(L.ent_node, 0, 10**6))))
     # an entry naming a node of the layer that is not a child of the chunk's parent
-    e_par = int(np.searchsorted(L.chunk_ptr, np.searchsorted(L.row_ptr, 0, "right") - 1,
-                                "right") - 1)
+    e_par = int(
+        np.searchsorted(L.chunk_ptr, np.searchsorted(L.row_ptr, 0, "right") - 1, "right") - 1
+    )
     foreign = int(cp[1][e_par + 1]) % int(cp[1][-1])
     if not cp[1][e_par] <= foreign < cp[1][e_par + 1]:
-        out.append(("ent_node not a child", _corrupt(s, 1, ent_node=arr(L.ent_node, 0,
-                                                                          foreign))))
+        out.append(("ent_node not a child", _corrupt(s, 1, ent_node=arr(L.ent_node, 0, foreign))))
     out.append(("ent_val length", _corrupt(s, 1, ent_val=L.ent_val[:-1].copy())))
     out.append(("ent_val nan", _corrupt(s, 1, ent_val=arr(L.ent_val, 0, np.nan))))
     out.append(("bias inf", _corrupt(s, 2, bias=arr(s.layers[2].bias, 0, np.inf))))
@@ -364,8 +416,7 @@ def _corruptions() -> list[tuple[str, Spec]]:
     return out
 
 
-@pytest.mark.parametrize("name,spec", _corruptions(), ids=lambda x: x if isinstance(x, str)
-                         else "")
+@pytest.mark.parametrize("name,spec", _corruptions(), ids=lambda x: x if isinstance(x, str) else "")
 def test_corrupt_arrays_are_rejected(name: str, spec: Spec) -> None:
     with pytest.raises(ModelFormatError, match="inconsistent model arrays"):
         spec.model()
@@ -390,23 +441,23 @@ def test_bad_queries_are_input_errors() -> None:
     m = s.model()
     f = np.float32
     bad = [
-        (np.array([3, 1], np.int32), np.ones(2, f)),          # unsorted
-        (np.array([1, 1], np.int32), np.ones(2, f)),          # duplicate
+        (np.array([3, 1], np.int32), np.ones(2, f)),  # unsorted
+        (np.array([1, 1], np.int32), np.ones(2, f)),  # duplicate
         (np.array([s.n_features], np.int32), np.ones(1, f)),  # out of range
-        (np.array([-1], np.int32), np.ones(1, f)),            # negative
-        (np.array([0], np.int32), np.array([np.nan], f)),      # not finite
-        (np.array([0, 1], np.int32), np.ones(1, f)),          # length mismatch
+        (np.array([-1], np.int32), np.ones(1, f)),  # negative
+        (np.array([0], np.int32), np.array([np.nan], f)),  # not finite
+        (np.array([0, 1], np.int32), np.ones(1, f)),  # length mismatch
     ]
     for idx, val in bad:
         with pytest.raises(InputError):
             m.predict_one(idx, val)
     q = (np.zeros(0, np.int32), np.zeros(0, f))
-    for kw in ({"beam": 0}, {"topk": 0}, {"lo": -1}, {"lo": 2, "hi": 1},
-               {"hi": m.n_labels + 1}):
+    for kw in ({"beam": 0}, {"topk": 0}, {"lo": -1}, {"lo": 2, "hi": 1}, {"hi": m.n_labels + 1}):
         with pytest.raises(InputError):
             m.predict_one(*q, **kw)  # type: ignore[arg-type]
-    X = sp.csr_matrix((np.ones(2, f), np.array([3, 1], np.int32), np.array([0, 2])),
-                      shape=(1, s.n_features))
+    X = sp.csr_matrix(
+        (np.ones(2, f), np.array([3, 1], np.int32), np.array([0, 2])), shape=(1, s.n_features)
+    )
     with pytest.raises(InputError):
         m.predict(X)
     with pytest.raises(InputError, match="columns"):
@@ -427,15 +478,48 @@ def test_c_boundary_rejects_null_and_capacity() -> None:
     ids = ffi.new("int32_t[8]")
     sc = ffi.new("float[8]")
     n = ffi.new("size_t *")
-    rc = lib.qac_model_predict(m.handle, scratch, ffi.NULL, ffi.NULL, 0, 3, 2, 0,
-                               m.n_labels, ids, sc, n)
+    rc = lib.qac_model_predict(
+        m.handle, scratch, ffi.NULL, ffi.NULL, 0, 3, 2, 0, m.n_labels, ids, sc, n
+    )
     assert rc == lib.QAC_E_CAPACITY
-    rc = lib.qac_model_predict(m.handle, scratch, ffi.NULL, ffi.NULL, 1, 2, 2, 0,
-                               m.n_labels, ids, sc, n)
+    rc = lib.qac_model_predict(
+        m.handle, scratch, ffi.NULL, ffi.NULL, 1, 2, 2, 0, m.n_labels, ids, sc, n
+    )
     assert rc == lib.QAC_E_INPUT
-    rc = lib.qac_model_predict(m.handle, scratch, ffi.NULL, ffi.NULL, 0, 2, 2, 0,
-                               m.n_labels, ids, sc, n)
+    rc = lib.qac_model_predict(
+        m.handle, scratch, ffi.NULL, ffi.NULL, 0, 2, 2, 0, m.n_labels, ids, sc, n
+    )
     assert rc == lib.QAC_OK and n[0] == 2
     depth, nl, nf = ffi.new("size_t *"), ffi.new("int64_t *"), ffi.new("int64_t *")
     assert lib.qac_model_info(m.handle, depth, nl, nf) == 0
     assert (depth[0], nl[0], nf[0]) == (3, m.n_labels, s.n_features)
+
+
+def test_numpy_int_arguments_and_a_model_without_labels() -> None:
+    spec = random_spec(3, 2, 4, 50, "sigmoid")
+    m = spec.model()
+    idx, val = random_query(np.random.default_rng(0), spec.n_features, 3)
+    kw: dict[str, Any] = {"beam": np.int64(4), "topk": np.int32(5), "lo": np.int64(0)}
+    a = m.predict_one(idx, val, **kw)
+    b = m.predict_one(idx, val, beam=4, topk=5)
+    np.testing.assert_array_equal(a[0], b[0])
+    with pytest.raises(TypeError):
+        m.predict_one(idx, val, beam=2.5)  # type: ignore[arg-type]
+    # a tree whose only internal node has no children: valid, answers nothing
+    empty: dict[str, np.ndarray] = dict(
+        row_feat=np.zeros(0, np.int32),
+        row_ptr=np.zeros(1, np.int64),
+        ent_node=np.zeros(0, np.int32),
+        ent_val=np.zeros(0, np.float32),
+    )
+    layers = [
+        LayerWeights(chunk_ptr=np.zeros(2, np.int64), bias=np.zeros(1, np.float32), **empty),
+        LayerWeights(chunk_ptr=np.zeros(2, np.int64), bias=np.zeros(0, np.float32), **empty),
+    ]
+    m0 = XLinearModel(
+        [np.array([0, 1], np.int64), np.array([0, 0], np.int64)], np.zeros(0, np.int32), layers, 4
+    )
+    ids, scores = m0.predict_one(np.array([1], np.int32), np.ones(1, np.float32))
+    assert len(ids) == 0 and len(scores) == 0
+    ids2, _ = m0.predict(sp.csr_matrix((2, 4), dtype=np.float32), topk=3)
+    assert ids2.tolist() == [[-1, -1, -1]] * 2

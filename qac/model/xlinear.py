@@ -8,6 +8,7 @@ arrays are validated once, on construction; predictions then release the GIL.
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -123,11 +124,13 @@ class XLinearModel:
         return s
 
     @staticmethod
-    def _check_sizes(beam: int, topk: int) -> None:
+    def _check_sizes(beam: int, topk: int) -> tuple[int, int]:
+        beam, topk = operator.index(beam), operator.index(topk)
         if not 1 <= beam <= 1 << 24:
             raise InputError(f"beam: expected an int in [1, 2**24], got {beam!r}")
         if not 1 <= topk <= 1 << 24:
             raise InputError(f"topk: expected an int in [1, 2**24], got {topk!r}")
+        return beam, topk
 
     def predict_one(
         self,
@@ -143,15 +146,15 @@ class XLinearModel:
         idx: sorted unique feature ids (int32), val: their values (float32).
         Returns (int32 ids, float32 scores), best first, of length <= topk.
         """
-        self._check_sizes(beam, topk)
+        beam, topk = self._check_sizes(beam, topk)
         idx = np.ascontiguousarray(idx, dtype=np.int32)
         val = np.ascontiguousarray(val, dtype=np.float32)
         if idx.ndim != 1 or idx.shape != val.shape:
             raise InputError(
                 f"idx, val: expected two 1-d arrays of one length, got {idx.shape} and {val.shape}"
             )
-        if hi is None:
-            hi = self._n_labels
+        lo = operator.index(lo)
+        hi = self._n_labels if hi is None else operator.index(hi)
         if not 0 <= lo <= hi <= self._n_labels:
             raise InputError(f"lo, hi: expected 0 <= lo <= hi <= {self._n_labels}, got {lo}, {hi}")
         scratch = self.scratch_for_thread(beam, topk)
@@ -164,7 +167,8 @@ class XLinearModel:
 
         Returns int32 ids (n, topk) padded with -1 and float32 scores padded with 0.
         """
-        self._check_sizes(beam, topk)
+        beam, topk = self._check_sizes(beam, topk)
+        threads = operator.index(threads)
         if not sp.issparse(X) or X.format != "csr":
             raise InputError(f"X: expected a scipy.sparse csr matrix, got {type(X).__name__}")
         if X.shape[1] != self._n_features:
