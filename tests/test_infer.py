@@ -455,11 +455,20 @@ def test_bad_queries_are_input_errors() -> None:
     for kw in ({"beam": 0}, {"topk": 0}, {"lo": -1}, {"lo": 2, "hi": 1}, {"hi": m.n_labels + 1}):
         with pytest.raises(InputError):
             m.predict_one(*q, **kw)  # type: ignore[arg-type]
-    X = sp.csr_matrix(
-        (np.ones(2, f), np.array([3, 1], np.int32), np.array([0, 2])), shape=(1, s.n_features)
+    # unsorted rows are sorted (a copy); duplicate ids are rejected
+    unsorted = sp.csr_matrix(
+        (np.array([0.6, 0.8], f), np.array([3, 1], np.int32), np.array([0, 2])),
+        shape=(1, s.n_features),
+    )
+    assert not unsorted.has_sorted_indices
+    got = m.predict(unsorted, topk=4)
+    want = m.predict_one(np.array([1, 3], np.int32), np.array([0.8, 0.6], f), topk=4)
+    np.testing.assert_array_equal(got[0][0, : len(want[0])], want[0])
+    dup = sp.csr_matrix(
+        (np.ones(2, f), np.array([1, 1], np.int32), np.array([0, 2])), shape=(1, s.n_features)
     )
     with pytest.raises(InputError):
-        m.predict(X)
+        m.predict(dup)
     with pytest.raises(InputError, match="columns"):
         m.predict(sp.csr_matrix((1, s.n_features + 1), dtype=f))
 

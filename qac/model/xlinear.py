@@ -163,7 +163,7 @@ class XLinearModel:
     def predict(
         self, X: sp.csr_matrix, beam: int = 10, topk: int = 10, threads: int = 2
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k labels of each row of X (csr, n x n_features, sorted unique indices).
+        """Top-k labels of each row of X (csr, n x n_features, unique indices per row).
 
         Returns int32 ids (n, topk) padded with -1 and float32 scores padded with 0.
         """
@@ -173,6 +173,8 @@ class XLinearModel:
             raise InputError(f"X: expected a scipy.sparse csr matrix, got {type(X).__name__}")
         if X.shape[1] != self._n_features:
             raise InputError(f"X: expected {self._n_features} columns, got {X.shape[1]}")
+        if not X.has_sorted_indices:
+            X = X.sorted_indices()  # a copy; duplicates stay and are rejected by C
         indptr = np.ascontiguousarray(X.indptr, dtype=np.int64)
         idx = np.ascontiguousarray(X.indices, dtype=np.int32)
         val = np.ascontiguousarray(X.data, dtype=np.float32)
