@@ -270,13 +270,13 @@ static inline void heap_push(cand_t *h, size_t *n, size_t cap, cand_t c) {
     }
 }
 
-/* Sort a small array best first (insertion sort: n <= beam or topk). */
-static void sort_best_first(cand_t *a, size_t n) {
-    for (size_t i = 1; i < n; i++) {
-        cand_t x = a[i];
-        size_t j = i;
-        while (j > 0 && better(x, a[j - 1])) { a[j] = a[j - 1]; j--; }
-        a[j] = x;
+/* Turn the heap into a best-first array (heapsort: the root is the worst). */
+static void heap_sort_best_first(cand_t *h, size_t n) {
+    for (size_t end = n; end > 1; end--) {
+        cand_t worst = h[0];
+        h[0] = h[end - 1];
+        h[end - 1] = worst;
+        heap_sift_down(h, end - 1, 0);
     }
 }
 
@@ -434,7 +434,7 @@ static int predict_one(const qac_model_t *m, qac_scratch_t *s, const int32_t *id
                 heap_push(heap, &n_heap, cap, x);
             }
         }
-        sort_best_first(heap, n_heap);
+        heap_sort_best_first(heap, n_heap);
         if (last) {
             for (size_t i = 0; i < n_heap; i++) {
                 out_ids[i] = heap[i].key;
