@@ -112,3 +112,121 @@ def split_clusters(
         threads,
     )
     check(code, "qac_split_clusters")
+
+
+# --- infer ---
+
+POST_CODES = {"l3-hinge": "QAC_POST_L3HINGE", "sigmoid": "QAC_POST_SIGMOID"}
+
+
+def post_code(post: str) -> int:
+    """The QAC_POST_* code of a post-processor name ("l3-hinge" or "sigmoid")."""
+    if post not in POST_CODES:
+        raise InputError(f"post: expected one of {sorted(POST_CODES)}, got {post!r}")
+    return int(getattr(lib, POST_CODES[post]))
+
+
+def model_new(
+    child_ptr: list[np.ndarray],
+    layers: list[dict[str, np.ndarray]],
+    label_order: np.ndarray | None,
+    n_features: int,
+    post: int,
+) -> Any:
+    """Wrap validated C-contiguous arrays in a ``qac_model_t*`` (freed by the GC).
+
+    The handle points into the arrays: the caller must keep them alive at least
+    as long as the handle. Raises KernelError(QAC_E_RANGE) for inconsistent arrays.
+    """
+    views = ffi.new("qac_layer_view[]", len(layers))
+    for v, cp, lw in zip(views, child_ptr, layers, strict=True):
+        v.child_ptr, v.n_child_ptr = ptr(cp, "int64_t *"), cp.shape[0]
+        v.chunk_ptr, v.n_chunk_ptr = ptr(lw["chunk_ptr"], "int64_t *"), lw["chunk_ptr"].shape[0]
+        v.row_feat, v.n_row_feat = ptr(lw["row_feat"], "int32_t *"), lw["row_feat"].shape[0]
+        v.row_ptr, v.n_row_ptr = ptr(lw["row_ptr"], "int64_t *"), lw["row_ptr"].shape[0]
+        v.ent_node, v.n_ent_node = ptr(lw["ent_node"], "int32_t *"), lw["ent_node"].shape[0]
+        v.ent_val, v.n_ent_val = ptr(lw["ent_val"], "float *"), lw["ent_val"].shape[0]
+        v.bias, v.n_bias = ptr(lw["bias"], "float *"), lw["bias"].shape[0]
+    if label_order is None:
+        lo_ptr, n_labels = ffi.NULL, 0
+    else:
+        lo_ptr, n_labels = ptr(label_order, "int32_t *"), label_order.shape[0]
+    out = ffi.new("qac_model_t **")
+    check(
+        lib.qac_model_new(len(layers), views, lo_ptr, n_labels, n_features, post, out),
+        "qac_model_new",
+    )
+    return ffi.gc(out[0], lib.qac_model_free)
+
+
+def scratch_new(model: Any, max_beam: int, max_topk: int) -> Any:
+    """A ``qac_scratch_t*`` for ``model`` (freed by the GC); one per thread."""
+    out = ffi.new("qac_scratch_t **")
+    check(lib.qac_scratch_new(model, max_beam, max_topk, out), "qac_scratch_new")
+    return ffi.gc(out[0], lib.qac_scratch_free)
+
+
+def model_predict(
+    model: Any,
+    scratch: Any,
+    idx: np.ndarray,
+    val: np.ndarray,
+    beam: int,
+    topk: int,
+    lo: int,
+    hi: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One query (int32 idx, float32 val, C-contiguous); ids/scores trimmed to the count."""
+    ids = np.empty(topk, dtype=np.int32)
+    scores = np.empty(topk, dtype=np.float32)
+    n = ffi.new("size_t *")
+    check(
+        lib.qac_model_predict(
+            model,
+            scratch,
+            ffi.from_buffer("int32_t[]", idx),
+            ffi.from_buffer("float[]", val),
+            idx.shape[0],
+            beam,
+            topk,
+            lo,
+            hi,
+            ffi.from_buffer("int32_t[]", ids, require_writable=True),
+            ffi.from_buffer("float[]", scores, require_writable=True),
+            n,
+        ),
+        "qac_model_predict",
+    )
+    return ids[: n[0]], scores[: n[0]]
+
+
+def model_predict_batch(
+    model: Any,
+    indptr: np.ndarray,
+    idx: np.ndarray,
+    val: np.ndarray,
+    beam: int,
+    topk: int,
+    threads: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A CSR batch (int64 indptr, int32 idx, float32 val): (n, topk) ids padded -1, scores 0."""
+    n_rows = indptr.shape[0] - 1
+    ids = np.empty((n_rows, topk), dtype=np.int32)
+    scores = np.empty((n_rows, topk), dtype=np.float32)
+    check(
+        lib.qac_model_predict_batch(
+            model,
+            ptr(indptr, "int64_t *"),
+            ptr(idx, "int32_t *"),
+            ptr(val, "float *"),
+            idx.shape[0],
+            n_rows,
+            beam,
+            topk,
+            threads,
+            ffi.from_buffer("int32_t[]", ids, require_writable=True),
+            ffi.from_buffer("float[]", scores, require_writable=True),
+        ),
+        "qac_model_predict_batch",
+    )
+    return ids, scores
