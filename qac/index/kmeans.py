@@ -71,13 +71,29 @@ def binary_depth(n_labels: int, max_leaf_size: int) -> int:
     return min(t, max(n_labels, 1).bit_length() - 1)
 
 
-def _int_arg(name: str, value: object) -> int:
+def _int_arg(name: str, value: object, who: str = "build_kmeans_tree") -> int:
     if isinstance(value, bool):
-        raise InputError(f"build_kmeans_tree: {name} must be an integer, got {value!r}")
+        raise InputError(f"{who}: {name} must be an integer, got {value!r}")
     try:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        raise InputError(f"build_kmeans_tree: {name} must be an integer, got {value!r}") from None
+        raise InputError(f"{who}: {name} must be an integer, got {value!r}") from None
+
+
+def _level_seed(seed: int, level: int) -> int:
+    """The split kernel's seed for binary level ``level`` (shared by every indexer)."""
+    return (seed * 0x9E3779B97F4A7C15 + level) & 0xFFFFFFFFFFFFFFFF
+
+
+def _layer_depths(t: int, b: int) -> list[int]:
+    """Binary depths of the cluster layers for t binary levels, grouped by b from the bottom.
+
+    [r, r+b, ..., t] with 1 <= r <= b; [0] (one cluster) when t == 0.
+    """
+    if t == 0:
+        return [0]
+    r = t % b or b
+    return list(range(r, t + 1, b))
 
 
 def _split_ptr(ptr: np.ndarray) -> np.ndarray:
@@ -141,20 +157,14 @@ def build_kmeans_tree(
     order = np.arange(n_labels, dtype=np.int32)
     ptr = np.array([0, n_labels], dtype=np.int64)
     for level in tqdm(range(t), desc="k-means levels", disable=not progress):
-        level_seed = (seed * 0x9E3779B97F4A7C15 + level) & 0xFFFFFFFFFFFFFFFF
+        level_seed = _level_seed(seed, level)
         _kernel.split_clusters(
             indptr, indices, data, n_cols, order, ptr, level_seed, max_iter, threads
         )
         ptr = _split_ptr(ptr)
         log.debug("k-means level %d/%d: %d clusters", level + 1, t, ptr.shape[0] - 1)
 
-    # Binary depths of the cluster layers, grouped from the bottom up.
-    b = int(branching).bit_length() - 1
-    if t == 0:
-        depths = [0]
-    else:
-        r = t % b or b
-        depths = list(range(r, t + 1, b))
+    depths = _layer_depths(t, int(branching).bit_length() - 1)
     child_ptr = [np.array([0, 1 << depths[0]], dtype=np.int64)]
     for up, down in zip(depths, depths[1:], strict=False):
         step = 1 << (down - up)
