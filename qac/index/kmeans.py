@@ -96,6 +96,22 @@ def _layer_depths(t: int, b: int) -> list[int]:
     return list(range(r, t + 1, b))
 
 
+def _kernel_csr(
+    emb: sp.spmatrix, who: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(indptr int64, indices int32, data float32, n_cols) of ``emb`` for the split kernel."""
+    n_labels, n_cols = emb.shape
+    if n_labels > np.iinfo(np.int32).max or n_cols > np.iinfo(np.int32).max:
+        raise InputError(f"{who}: emb shape {emb.shape} exceeds int32 ids")
+    m = sp.csr_matrix(emb)
+    data = np.ascontiguousarray(m.data, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{who}: emb has non-finite values")
+    indptr = np.ascontiguousarray(m.indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(m.indices, dtype=np.int32)
+    return indptr, indices, data, int(n_cols)
+
+
 def _split_ptr(ptr: np.ndarray) -> np.ndarray:
     sizes = np.diff(ptr)
     halves = np.empty(2 * sizes.shape[0], dtype=np.int64)
@@ -141,17 +157,10 @@ def build_kmeans_tree(
     if seed < 0:
         raise InputError(f"build_kmeans_tree: seed must be a non-negative int, got {seed}")
     threads = max(min(threads, 1024), -1)
-    n_labels, n_cols = emb.shape
+    n_labels = emb.shape[0]
     if n_labels == 0:
         raise InputError("build_kmeans_tree: no labels (emb has 0 rows)")
-    if n_labels > np.iinfo(np.int32).max or n_cols > np.iinfo(np.int32).max:
-        raise InputError(f"build_kmeans_tree: emb shape {emb.shape} exceeds int32 ids")
-    m = sp.csr_matrix(emb)
-    data = np.ascontiguousarray(m.data, dtype=np.float32)
-    if not np.all(np.isfinite(data)):
-        raise InputError("build_kmeans_tree: emb has non-finite values")
-    indptr = np.ascontiguousarray(m.indptr, dtype=np.int64)
-    indices = np.ascontiguousarray(m.indices, dtype=np.int32)
+    indptr, indices, data, n_cols = _kernel_csr(emb, "build_kmeans_tree")
 
     t = binary_depth(n_labels, max_leaf_size)
     order = np.arange(n_labels, dtype=np.int32)
