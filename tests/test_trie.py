@@ -160,6 +160,7 @@ def test_trie_depth_zero_is_flat() -> None:
 def test_trie_accepts_any_sequence() -> None:
     labels = ("ab", "ac", "b")
     assert build_trie_tree(labels, 2) == build_trie_tree(list(labels), np.int64(2))
+    assert build_trie_tree(np.array(labels), 2) == build_trie_tree(list(labels), 2)
 
 
 # --- hybrid ---

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def _check_labels(labels: Sequence[str], who: str) -> list[str]:
-    if isinstance(labels, str) or not isinstance(labels, Sequence):
+    if isinstance(labels, str) or not isinstance(labels, (Sequence, np.ndarray)):
         raise InputError(f"{who}: labels must be a sequence of str, got {type(labels).__name__}")
     labs = list(labels)
     if not labs:
