@@ -71,13 +71,45 @@ def binary_depth(n_labels: int, max_leaf_size: int) -> int:
     return min(t, max(n_labels, 1).bit_length() - 1)
 
 
-def _int_arg(name: str, value: object) -> int:
+def _int_arg(name: str, value: object, who: str = "build_kmeans_tree") -> int:
     if isinstance(value, bool):
-        raise InputError(f"build_kmeans_tree: {name} must be an integer, got {value!r}")
+        raise InputError(f"{who}: {name} must be an integer, got {value!r}")
     try:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        raise InputError(f"build_kmeans_tree: {name} must be an integer, got {value!r}") from None
+        raise InputError(f"{who}: {name} must be an integer, got {value!r}") from None
+
+
+def _level_seed(seed: int, level: int) -> int:
+    """The split kernel's seed for binary level ``level`` (shared by every indexer)."""
+    return (seed * 0x9E3779B97F4A7C15 + level) & 0xFFFFFFFFFFFFFFFF
+
+
+def _layer_depths(t: int, b: int) -> list[int]:
+    """Binary depths of the cluster layers for t binary levels, grouped by b from the bottom.
+
+    [r, r+b, ..., t] with 1 <= r <= b; [0] (one cluster) when t == 0.
+    """
+    if t == 0:
+        return [0]
+    r = t % b or b
+    return list(range(r, t + 1, b))
+
+
+def _kernel_csr(
+    emb: sp.spmatrix, who: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(indptr int64, indices int32, data float32, n_cols) of ``emb`` for the split kernel."""
+    n_labels, n_cols = emb.shape
+    if n_labels > np.iinfo(np.int32).max or n_cols > np.iinfo(np.int32).max:
+        raise InputError(f"{who}: emb shape {emb.shape} exceeds int32 ids")
+    m = sp.csr_matrix(emb)
+    data = np.ascontiguousarray(m.data, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{who}: emb has non-finite values")
+    indptr = np.ascontiguousarray(m.indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(m.indices, dtype=np.int32)
+    return indptr, indices, data, int(n_cols)
 
 
 def _split_ptr(ptr: np.ndarray) -> np.ndarray:
@@ -125,36 +157,23 @@ def build_kmeans_tree(
     if seed < 0:
         raise InputError(f"build_kmeans_tree: seed must be a non-negative int, got {seed}")
     threads = max(min(threads, 1024), -1)
-    n_labels, n_cols = emb.shape
+    n_labels = emb.shape[0]
     if n_labels == 0:
         raise InputError("build_kmeans_tree: no labels (emb has 0 rows)")
-    if n_labels > np.iinfo(np.int32).max or n_cols > np.iinfo(np.int32).max:
-        raise InputError(f"build_kmeans_tree: emb shape {emb.shape} exceeds int32 ids")
-    m = sp.csr_matrix(emb)
-    data = np.ascontiguousarray(m.data, dtype=np.float32)
-    if not np.all(np.isfinite(data)):
-        raise InputError("build_kmeans_tree: emb has non-finite values")
-    indptr = np.ascontiguousarray(m.indptr, dtype=np.int64)
-    indices = np.ascontiguousarray(m.indices, dtype=np.int32)
+    indptr, indices, data, n_cols = _kernel_csr(emb, "build_kmeans_tree")
 
     t = binary_depth(n_labels, max_leaf_size)
     order = np.arange(n_labels, dtype=np.int32)
     ptr = np.array([0, n_labels], dtype=np.int64)
     for level in tqdm(range(t), desc="k-means levels", disable=not progress):
-        level_seed = (seed * 0x9E3779B97F4A7C15 + level) & 0xFFFFFFFFFFFFFFFF
+        level_seed = _level_seed(seed, level)
         _kernel.split_clusters(
             indptr, indices, data, n_cols, order, ptr, level_seed, max_iter, threads
         )
         ptr = _split_ptr(ptr)
         log.debug("k-means level %d/%d: %d clusters", level + 1, t, ptr.shape[0] - 1)
 
-    # Binary depths of the cluster layers, grouped from the bottom up.
-    b = int(branching).bit_length() - 1
-    if t == 0:
-        depths = [0]
-    else:
-        r = t % b or b
-        depths = list(range(r, t + 1, b))
+    depths = _layer_depths(t, int(branching).bit_length() - 1)
     child_ptr = [np.array([0, 1 << depths[0]], dtype=np.int64)]
     for up, down in zip(depths, depths[1:], strict=False):
         step = 1 << (down - up)
