@@ -26,23 +26,11 @@ import marisa_trie
 import numpy as np
 
 from qac.errors import InputError, ModelFormatError
-from qac.text import normalize
+from qac.text import normalize, normalize_prefix
 
 DEFAULT_CACHE_K = 16
 DEFAULT_HEAVY = 32
 _MAX_CHAR = "\U0010ffff"  # sorts after any character a normalized query holds
-
-
-def normalize_prefix(prefix: str) -> str:
-    """Normalize a typed prefix, keeping one trailing space if the user typed one.
-
-    ``normalize`` strips trailing whitespace, but for a prefix it is information:
-    "new " has finished the word "new" and must not complete to "newton".
-    """
-    p = normalize(prefix)
-    if p and prefix[-1:].isspace():
-        p += " "
-    return p
 
 
 class MostPopular:

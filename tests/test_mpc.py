@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qac.errors import InputError, ModelFormatError
-from qac.mpc import MostPopular, normalize_prefix
+from qac.mpc import MostPopular
+from qac.text import normalize_prefix
 
 
 def brute(counts: dict[str, int], prefix: str, k: int, min_count: int = 1) -> list[tuple[str, int]]:
