@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +29,9 @@ from qac.storage import ModelDir
 log = logging.getLogger(__name__)
 
 POSTS = ("l3-hinge", "sigmoid")
+
+#: Builds the label tree from the fitted vectorizer, the features X and labels Y.
+IndexFn = Callable[[Vectorizer, sp.csr_matrix, sp.csr_matrix], LabelTree]
 
 
 @dataclass(frozen=True)
@@ -105,9 +108,14 @@ class Engine:
         Y: sp.csr_matrix,
         config: EngineConfig,
         contexts: Sequence[str | None] | None = None,
+        index: IndexFn | None = None,
         progress: bool = False,
     ) -> Engine:
-        """Learn features, tree and rankers for (normalized) texts -> label rows of Y."""
+        """Learn features, tree and rankers for (normalized) texts -> label rows of Y.
+
+        ``index`` builds the label tree; the default is the balanced k-means tree
+        on PIFA embeddings (``config.branching``, ``config.max_leaf_size``).
+        """
         if len(texts) != Y.shape[0]:
             raise InputError(f"{len(texts)} texts but Y has {Y.shape[0]} rows")
         if Y.shape[1] < 1:
@@ -117,14 +125,19 @@ class Engine:
         X = vec.transform(texts, contexts, threads=config.threads)
         t1 = time.perf_counter()
         Y = sp.csr_matrix(Y, dtype=np.float32)
-        tree = build_kmeans_tree(
-            pifa(X, Y),
-            branching=config.branching,
-            max_leaf_size=config.max_leaf_size,
-            seed=config.seed,
-            threads=config.threads,
-            progress=progress,
-        )
+        if index is None:
+            tree = build_kmeans_tree(
+                pifa(X, Y),
+                branching=config.branching,
+                max_leaf_size=config.max_leaf_size,
+                seed=config.seed,
+                threads=config.threads,
+                progress=progress,
+            )
+        else:
+            tree = index(vec, X, Y)
+        if tree.n_labels != Y.shape[1]:
+            raise InputError(f"the index has {tree.n_labels} labels, Y has {Y.shape[1]}")
         t2 = time.perf_counter()
         layers = train_xlinear(X, Y, tree.child_ptr, tree.label_order, config.train, progress)
         t3 = time.perf_counter()
