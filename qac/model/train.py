@@ -57,20 +57,18 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> InputError:
-            return InputError(f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+            got = getattr(self, name)
+            return InputError(f"TrainConfig.{name}: expected {expected}, got {got!r}")
 
         if self.solver not in _SOLVERS:
             raise bad("solver", f"one of {_SOLVERS}")
         if self.negatives not in _NEGATIVES:
             raise bad("negatives", f"one of {_NEGATIVES}")
-        for name in ("Cp", "Cn", "eps"):
+        for name, positive in (("Cp", 1), ("Cn", 1), ("eps", 1), ("bias", 0), ("threshold", 0)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v) or v <= 0:
-                raise bad(name, "a finite number > 0")
-        for name in ("bias", "threshold"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v) or v < 0:
-                raise bad(name, "a finite number >= 0")
+            number = not isinstance(v, bool) and isinstance(v, int | float | np.floating)
+            if not number or not np.isfinite(v) or v < 0 or (positive and v == 0):
+                raise bad(name, "a finite number " + ("> 0" if positive else ">= 0"))
         for name, lo in (("max_iter", 1), ("man_beam", 1), ("seed", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
@@ -104,16 +102,16 @@ def _check_inputs(
         raise InputError("child_ptr: expected at least one layer")
     cps = []
     n_prev = 1
-    for l, cp in enumerate(child_ptr):
+    for layer, cp in enumerate(child_ptr):
         a = np.asarray(cp)
         if a.ndim != 1 or a.dtype.kind not in "iu" or a.shape[0] != n_prev + 1:
             raise InputError(
-                f"child_ptr[{l}]: expected 1-d integers of length {n_prev + 1}, "
+                f"child_ptr[{layer}]: expected 1-d integers of length {n_prev + 1}, "
                 f"got {a.ndim}-d {a.dtype} of shape {a.shape}"
             )
         a = a.astype(np.int64)
         if a[0] != 0 or np.any(np.diff(a) < 0):
-            raise InputError(f"child_ptr[{l}]: must start at 0 and be non-decreasing")
+            raise InputError(f"child_ptr[{layer}]: must start at 0 and be non-decreasing")
         cps.append(a)
         n_prev = int(a[-1])
     L = Y.shape[1]
@@ -152,9 +150,10 @@ def _positive_pairs(
     node = pos_of_label[Y.indices[keep]]
     D = len(cps)
     out: list[tuple[np.ndarray, np.ndarray]] = [(inst, node)]
-    for l in range(D - 1, 0, -1):
-        # node of layer l+1 -> its parent in layer l
-        parent = np.repeat(np.arange(cps[l].shape[0] - 1, dtype=np.int64), np.diff(cps[l]))
+    for layer in range(D - 1, 0, -1):
+        # node of layer+1 -> its parent in layer
+        cp = cps[layer]
+        parent = np.repeat(np.arange(cp.shape[0] - 1, dtype=np.int64), np.diff(cp))
         node = parent[node]
         out.append((inst, node))
     out.reverse()
@@ -186,36 +185,36 @@ def train_xlinear(
         from tqdm import tqdm
 
         it = tqdm(it, desc="train layers", unit="layer")
-    for l in it:
+    for layer in it:
         t0 = time.perf_counter()
-        n_parents = cps[l - 1].shape[0] - 1
-        n_nodes = int(cps[l - 1][-1])
-        inst, node = pairs[l - 1]
+        n_parents = cps[layer - 1].shape[0] - 1
+        n_nodes = int(cps[layer - 1][-1])
+        inst, node = pairs[layer - 1]
         pos_ptr, pos_node = _pairs_to_csr(inst, node, n, n_nodes)
-        if l == 1:
+        if layer == 1:
             route_ptr = np.array([0, n], np.int64)
             route_inst = np.arange(n, dtype=np.int32)
         else:
-            pinst, pnode = pairs[l - 2]
+            pinst, pnode = pairs[layer - 2]
             if config.negatives == "tfn+man":
-                mi, mn = _matcher_pairs(X, cps[: l - 1], layers, d, config)
+                mi, mn = _matcher_pairs(X, cps[: layer - 1], layers, d, config)
                 pinst = np.concatenate([pinst, mi])
                 pnode = np.concatenate([pnode, mn])
             route_ptr, route_inst = _pairs_to_csr(pnode, pinst, n_parents, n)
         arrays = _kernel.train_layer(
-            x_ptr, X.indices, X.data, d, cps[l - 1], n_nodes,
+            x_ptr, X.indices, X.data, d, cps[layer - 1], n_nodes,
             pos_ptr, pos_node, route_ptr, route_inst,
             solver=config.solver, Cp=float(config.Cp), Cn=float(config.Cn),
             eps=float(config.eps), max_iter=int(config.max_iter), bias=float(config.bias),
             threshold=float(config.threshold),
-            seed=(int(config.seed) * 0x9E3779B1 + l) & 0xFFFFFFFFFFFFFFFF,
+            seed=(int(config.seed) * 0x9E3779B1 + layer) & 0xFFFFFFFFFFFFFFFF,
             threads=int(config.threads),
         )
         lw = LayerWeights.from_arrays(arrays)
         layers.append(lw)
         log.info(
             "layer %d/%d: %d parents, %d nodes, %d routed pairs, %d weights, %.2fs",
-            l, D, n_parents, n_nodes, int(route_ptr[-1]), lw.nnz, time.perf_counter() - t0,
+            layer, D, n_parents, n_nodes, int(route_ptr[-1]), lw.nnz, time.perf_counter() - t0,
         )
     return layers
 
