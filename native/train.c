@@ -140,7 +140,7 @@ static int build_parent(job_t *J, scratch_t *S, size_t p) {
         }
         nnz += (size_t)(J->x_ptr[i + 1] - J->x_ptr[i]);
     }
-    qsort(S->flist, nf, sizeof(int32_t), cmp_i32);
+    if (nf > 1) qsort(S->flist, nf, sizeof(int32_t), cmp_i32);
     for (size_t j = 0; j < nf; j++) S->fmap[S->flist[j]] = (int32_t)j;
     P->nf = nf;
     P->feat = malloc((nf ? nf : 1) * sizeof(int32_t));
