@@ -19,13 +19,17 @@
 #include "qac.h"
 
 typedef struct {
+    int32_t j;         /* local feature id */
+    float v;
+} jv_t;
+
+typedef struct {
     /* local problem (phase 1) */
     size_t m;          /* routed instances */
     size_t nf;         /* touched features; local id j <-> global feat[j] */
     int32_t *feat;     /* [nf] */
     int64_t *xp;       /* [m+1] */
-    int32_t *xi;       /* [nnz] local feature ids */
-    float *xv;         /* [nnz] */
+    jv_t *x;           /* [nnz] rows of the routed instances, local feature ids */
     double *xsq;       /* [m] ||x||^2 + bias^2 */
     int64_t *pp;       /* [k+1] positives of local child c: pi[pp[c]:pp[c+1]] */
     int32_t *pi;       /* local instance ids */
@@ -72,13 +76,11 @@ typedef struct {
 /* Per-thread scratch, grown on demand and reused across parents and nodes. */
 typedef struct {
     int32_t *fmap;  /* [d] global -> local feature id, -1 when untouched */
-    int32_t *flist; size_t flist_cap;
+    uint64_t *fkey; size_t fkey_cap;
     int64_t *cnt; size_t cnt_cap;
     double *w; size_t w_cap;
-    double *alpha; size_t alpha_cap;
-    double *qd; size_t qd_cap;
+    struct inst *st; size_t st_cap;
     int32_t *index; size_t index_cap;
-    int8_t *y; size_t y_cap;
 } scratch_t;
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem) {
@@ -94,8 +96,8 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem) {
 #define GROW(s, f, need) grow((void **)&(s)->f, &(s)->f##_cap, (need), sizeof(*(s)->f))
 
 static void scratch_free(scratch_t *s) {
-    free(s->fmap); free(s->flist); free(s->cnt); free(s->w); free(s->alpha);
-    free(s->qd); free(s->index); free(s->y);
+    free(s->fmap); free(s->fkey); free(s->cnt); free(s->w); 
+    free(s->st); free(s->index);
 }
 
 /* splitmix64: a tiny seeded RNG per node. */
@@ -105,17 +107,20 @@ static uint64_t rng_next(uint64_t *s) {
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
 }
-static size_t rng_below(uint64_t *s, size_t k) { return (size_t)(rng_next(s) % k); }
+/* uniform in [0, k) by multiply-shift (Lemire), no division on the hot path */
+static inline size_t rng_below(uint64_t *s, size_t k) {
+    return (size_t)(((unsigned __int128)rng_next(s) * (uint64_t)k) >> 64);
+}
 
-static int cmp_i32(const void *a, const void *b) {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return (x > y) - (x < y);
 }
 
 static void parent_free_local(parent_t *P) {
-    free(P->feat); free(P->xp); free(P->xi); free(P->xv); free(P->xsq);
+    free(P->feat); free(P->xp); free(P->x); free(P->xsq);
     free(P->pp); free(P->pi);
-    P->feat = NULL; P->xp = NULL; P->xi = NULL; P->xv = NULL; P->xsq = NULL;
+    P->feat = NULL; P->xp = NULL; P->x = NULL; P->xsq = NULL;
     P->pp = NULL; P->pi = NULL;
 }
 
@@ -128,30 +133,40 @@ static int build_parent(job_t *J, scratch_t *S, size_t p) {
     if (k == 0) return 0;
     P->m = m;
     size_t nnz = 0, nf = 0;
+    int rc = 0;
     for (int64_t r = r0; r < r1; r++) {
         int32_t i = J->route_inst[r];
         for (int64_t e = J->x_ptr[i]; e < J->x_ptr[i + 1]; e++) {
             int32_t f = J->x_idx[e];
-            if (S->fmap[f] < 0) {
-                if (GROW(S, flist, nf + 1)) return QAC_E_NOMEM;
-                S->fmap[f] = 0;
-                S->flist[nf++] = f;
+            int32_t j = S->fmap[f];
+            if (j < 0) {
+                if (GROW(S, fkey, nf + 1) || GROW(S, cnt, nf + 1)) { rc = QAC_E_NOMEM; goto out; }
+                j = (int32_t)nf;
+                S->fmap[f] = j;
+                S->fkey[nf] = (uint64_t)(uint32_t)f;
+                S->cnt[nf] = 0;
+                nf++;
             }
+            S->cnt[j]++;
         }
         nnz += (size_t)(J->x_ptr[i + 1] - J->x_ptr[i]);
     }
-    if (nf > 1) qsort(S->flist, nf, sizeof(int32_t), cmp_i32);
-    for (size_t j = 0; j < nf; j++) S->fmap[S->flist[j]] = (int32_t)j;
+    /* Local ids by descending frequency (ties: feature id), so the weights the solver
+     * touches most sit together in cache; export re-sorts rows by feature id. */
+    for (size_t j = 0; j < nf; j++) {
+        uint64_t c = S->cnt[j] < 0xFFFFFFFF ? (uint64_t)S->cnt[j] : 0xFFFFFFFFull;
+        S->fkey[j] = ((0xFFFFFFFFull - c) << 32) | (S->fkey[j] & 0xFFFFFFFFull);
+    }
+    if (nf > 1) qsort(S->fkey, nf, sizeof(uint64_t), cmp_u64);
+    for (size_t j = 0; j < nf; j++) S->fmap[(int32_t)(S->fkey[j] & 0xFFFFFFFFull)] = (int32_t)j;
     P->nf = nf;
     P->feat = malloc((nf ? nf : 1) * sizeof(int32_t));
     P->xp = malloc((m + 1) * sizeof(int64_t));
-    P->xi = malloc((nnz ? nnz : 1) * sizeof(int32_t));
-    P->xv = malloc((nnz ? nnz : 1) * sizeof(float));
+    P->x = malloc((nnz ? nnz : 1) * sizeof(jv_t));
     P->xsq = malloc((m ? m : 1) * sizeof(double));
     P->pp = calloc(k + 1, sizeof(int64_t));
-    int rc = 0;
-    if (!P->feat || !P->xp || !P->xi || !P->xv || !P->xsq || !P->pp) { rc = QAC_E_NOMEM; goto out; }
-    if (nf) memcpy(P->feat, S->flist, nf * sizeof(int32_t));
+    if (!P->feat || !P->xp || !P->x || !P->xsq || !P->pp) { rc = QAC_E_NOMEM; goto out; }
+    for (size_t j = 0; j < nf; j++) P->feat[j] = (int32_t)(S->fkey[j] & 0xFFFFFFFFull);
     double b2 = J->prm->bias * J->prm->bias;
     size_t t = 0;
     P->xp[0] = 0;
@@ -160,8 +175,8 @@ static int build_parent(job_t *J, scratch_t *S, size_t p) {
         double sq = b2;
         for (int64_t e = J->x_ptr[i]; e < J->x_ptr[i + 1]; e++) {
             float v = J->x_val[e];
-            P->xi[t] = S->fmap[J->x_idx[e]];
-            P->xv[t] = v;
+            P->x[t].j = S->fmap[J->x_idx[e]];
+            P->x[t].v = v;
             sq += (double)v * v;
             t++;
         }
@@ -185,34 +200,45 @@ static int build_parent(job_t *J, scratch_t *S, size_t p) {
         }
     }
 out:
-    for (size_t j = 0; j < nf; j++) S->fmap[S->flist[j]] = -1;
+    for (size_t j = 0; j < nf; j++) S->fmap[(int32_t)(S->fkey[j] & 0xFFFFFFFFull)] = -1;
     return rc;
 }
 
 /* ---- phase 2: solvers (liblinear's, on the parent's local feature space) ---- */
-static inline double dot_row(const parent_t *P, const double *w, size_t i, double bias) {
-    double s = w[P->nf] * bias;
-    for (int64_t e = P->xp[i]; e < P->xp[i + 1]; e++) s += w[P->xi[e]] * (double)P->xv[e];
-    return s;
+/* Per-instance solver state in one cache line's worth, visited in random order. */
+struct inst {
+    double a0, a1;  /* l2svm: alpha, Q_ii; logreg: alpha, C - alpha */
+    double xsq;     /* ||x||^2 incl. the bias feature */
+    int64_t start;  /* row in parent_t.x */
+    int32_t len;
+    int32_t y;      /* +1 / -1 */
+};
+
+static inline double dot_row(const jv_t *x, const struct inst *s, const double *w, double wb) {
+    const jv_t *r = x + s->start;
+    double acc = wb;
+    for (int32_t e = 0; e < s->len; e++) acc += w[r[e].j] * (double)r[e].v;
+    return acc;
 }
 
-static inline void axpy_row(const parent_t *P, double *w, size_t i, double a, double bias) {
-    w[P->nf] += a * bias;
-    for (int64_t e = P->xp[i]; e < P->xp[i + 1]; e++) w[P->xi[e]] += a * (double)P->xv[e];
+static inline void axpy_row(const jv_t *x, const struct inst *s, double *w, double a) {
+    const jv_t *r = x + s->start;
+    for (int32_t e = 0; e < s->len; e++) w[r[e].j] += a * (double)r[e].v;
 }
 
 /* liblinear solve_l2r_l1l2_svc, L2 loss: diag = 0.5/C, no upper bound, with shrinking. */
 static void solve_l2svm(const parent_t *P, const qac_train_params_t *prm, scratch_t *S,
                         uint64_t *rng) {
-    size_t l = P->m;
-    double *w = S->w, *alpha = S->alpha, *qd = S->qd;
+    size_t l = P->m, nf = P->nf;
+    const jv_t *x = P->x;
+    double *w = S->w;
+    struct inst *st = S->st;
     int32_t *index = S->index;
-    const int8_t *y = S->y;
     double diag[3] = {0.5 / prm->Cn, 0, 0.5 / prm->Cp};
     double bias = prm->bias;
     for (size_t i = 0; i < l; i++) {
-        alpha[i] = 0;
-        qd[i] = diag[y[i] + 1] + P->xsq[i];
+        st[i].a0 = 0;
+        st[i].a1 = diag[st[i].y + 1] + st[i].xsq;
         index[i] = (int32_t)i;
     }
     double pgmax_old = INFINITY, pgmin_old = -INFINITY;
@@ -225,11 +251,11 @@ static void solve_l2svm(const parent_t *P, const qac_train_params_t *prm, scratc
             int32_t t = index[i]; index[i] = index[j]; index[j] = t;
         }
         for (size_t s = 0; s < active; s++) {
-            size_t i = (size_t)index[s];
-            double yi = y[i];
-            double g = yi * dot_row(P, w, i, bias) - 1 + alpha[i] * diag[y[i] + 1];
+            struct inst *si = &st[index[s]];
+            double yi = si->y;
+            double g = yi * dot_row(x, si, w, w[nf] * bias) - 1 + si->a0 * diag[si->y + 1];
             double pg = 0;
-            if (alpha[i] == 0) {
+            if (si->a0 == 0) {
                 if (g > pgmax_old) {
                     active--;
                     int32_t t = index[s]; index[s] = index[active]; index[active] = t;
@@ -244,10 +270,12 @@ static void solve_l2svm(const parent_t *P, const qac_train_params_t *prm, scratc
             if (pg > pgmax_new) pgmax_new = pg;
             if (pg < pgmin_new) pgmin_new = pg;
             if (fabs(pg) > 1.0e-12) {
-                double old = alpha[i];
-                double a = old - g / qd[i];
-                alpha[i] = a > 0 ? a : 0;
-                axpy_row(P, w, i, (alpha[i] - old) * yi, bias);
+                double old = si->a0;
+                double a = old - g / si->a1;
+                si->a0 = a > 0 ? a : 0;
+                double d = (si->a0 - old) * yi;
+                axpy_row(x, si, w, d);
+                w[nf] += d * bias;
             }
         }
         iter++;
@@ -265,23 +293,26 @@ static void solve_l2svm(const parent_t *P, const qac_train_params_t *prm, scratc
     }
 }
 
-/* liblinear solve_l2r_lr_dual: alpha[2i] + alpha[2i+1] = C_i, inner Newton steps. */
+/* liblinear solve_l2r_lr_dual: alpha_i + (C_i - alpha_i) = C_i, inner Newton steps. */
 static void solve_logreg(const parent_t *P, const qac_train_params_t *prm, scratch_t *S,
                          uint64_t *rng) {
-    size_t l = P->m;
-    double *w = S->w, *alpha = S->alpha;
+    size_t l = P->m, nf = P->nf;
+    const jv_t *x = P->x;
+    double *w = S->w;
+    struct inst *st = S->st;
     int32_t *index = S->index;
-    const int8_t *y = S->y;
     double ub[3] = {prm->Cn, 0, prm->Cp};
     double bias = prm->bias;
     const int max_inner = 100;
     double innereps = 1e-2;
     double innereps_min = prm->eps < 1e-8 ? prm->eps : 1e-8;
     for (size_t i = 0; i < l; i++) {
-        double C = ub[y[i] + 1];
-        alpha[2 * i] = 0.001 * C < 1e-8 ? 0.001 * C : 1e-8;
-        alpha[2 * i + 1] = C - alpha[2 * i];
-        axpy_row(P, w, i, y[i] * alpha[2 * i], bias);
+        double C = ub[st[i].y + 1];
+        st[i].a0 = 0.001 * C < 1e-8 ? 0.001 * C : 1e-8;
+        st[i].a1 = C - st[i].a0;
+        double d = st[i].y * st[i].a0;
+        axpy_row(x, &st[i], w, d);
+        w[nf] += d * bias;
         index[i] = (int32_t)i;
     }
     int iter = 0;
@@ -293,17 +324,17 @@ static void solve_logreg(const parent_t *P, const qac_train_params_t *prm, scrat
         size_t newton_iter = 0;
         double gmax = 0;
         for (size_t s = 0; s < l; s++) {
-            size_t i = (size_t)index[s];
-            double yi = y[i], C = ub[y[i] + 1];
-            double a = P->xsq[i], b = yi * dot_row(P, w, i, bias);
-            size_t ind1 = 2 * i, ind2 = 2 * i + 1;
+            struct inst *si = &st[index[s]];
+            double yi = si->y, C = ub[si->y + 1];
+            double a = si->xsq, b = yi * dot_row(x, si, w, w[nf] * bias);
+            double *p1 = &si->a0, *p2 = &si->a1;
             double sign = 1;
-            if (0.5 * a * (alpha[ind2] - alpha[ind1]) + b < 0) {
-                ind1 = 2 * i + 1;
-                ind2 = 2 * i;
+            if (0.5 * a * (*p2 - *p1) + b < 0) {
+                p1 = &si->a1;
+                p2 = &si->a0;
                 sign = -1;
             }
-            double old = alpha[ind1], z = old;
+            double old = *p1, z = old;
             if (C - z < 0.5 * C) z = 0.1 * z;
             double gp = a * (z - old) + sign * b + log(z / (C - z));
             if (fabs(gp) > gmax) gmax = fabs(gp);
@@ -318,14 +349,17 @@ static void solve_logreg(const parent_t *P, const qac_train_params_t *prm, scrat
                 inner++;
             }
             if (inner > 0) {
-                alpha[ind1] = z;
-                alpha[ind2] = C - z;
-                axpy_row(P, w, i, sign * (z - old) * yi, bias);
+                *p1 = z;
+                *p2 = C - z;
+                double d = sign * (z - old) * yi;
+                axpy_row(x, si, w, d);
+                w[nf] += d * bias;
             }
         }
         iter++;
         if (gmax < prm->eps) break;
-        if (newton_iter <= l / 10) innereps = 0.1 * innereps > innereps_min ? 0.1 * innereps : innereps_min;
+        if (newton_iter <= l / 10)
+            innereps = 0.1 * innereps > innereps_min ? 0.1 * innereps : innereps_min;
     }
 }
 
@@ -334,12 +368,16 @@ static int solve_node(job_t *J, scratch_t *S, size_t c) {
     const parent_t *P = &J->par[p];
     const qac_train_params_t *prm = J->prm;
     size_t m = P->m, nf = P->nf, lc = c - (size_t)J->child_ptr[p];
-    if (GROW(S, w, nf + 1) || GROW(S, y, m + 1) || GROW(S, index, m + 1) ||
-        GROW(S, qd, m + 1) || GROW(S, alpha, 2 * m + 2))
+    if (GROW(S, w, nf + 1) || GROW(S, st, m + 1) || GROW(S, index, m + 1))
         return QAC_E_NOMEM;
     memset(S->w, 0, (nf + 1) * sizeof(double));
-    memset(S->y, -1, m * sizeof(int8_t));
-    for (int64_t e = P->pp[lc]; e < P->pp[lc + 1]; e++) S->y[P->pi[e]] = 1;
+    for (size_t i = 0; i < m; i++) {
+        S->st[i].start = P->xp[i];
+        S->st[i].len = (int32_t)(P->xp[i + 1] - P->xp[i]);
+        S->st[i].xsq = P->xsq[i];
+        S->st[i].y = -1;
+    }
+    for (int64_t e = P->pp[lc]; e < P->pp[lc + 1]; e++) S->st[P->pi[e]].y = 1;
     uint64_t rng = prm->seed ^ (0xD1B54A32D192ED03ull * ((uint64_t)c + 1));
     (void)rng_next(&rng);
     if (m > 0) {
@@ -383,22 +421,22 @@ static int assemble_parent(job_t *J, scratch_t *S, size_t p) {
         n_ent += J->nw[c].n;
     }
     size_t n_rows = 0;
-    for (size_t j = 0; j < nf; j++) n_rows += S->cnt[j] > 0;
+    if (GROW(S, fkey, nf + 1)) { rc = QAC_E_NOMEM; goto out; }
+    for (size_t j = 0; j < nf; j++)
+        if (S->cnt[j] > 0) S->fkey[n_rows++] = ((uint64_t)(uint32_t)P->feat[j] << 32) | j;
+    if (n_rows > 1) qsort(S->fkey, n_rows, sizeof(uint64_t), cmp_u64);
     P->row_feat = malloc((n_rows ? n_rows : 1) * sizeof(int32_t));
     P->row_cnt = malloc((n_rows ? n_rows : 1) * sizeof(int64_t));
     P->ent_node = malloc((n_ent ? n_ent : 1) * sizeof(int32_t));
     P->ent_val = malloc((n_ent ? n_ent : 1) * sizeof(float));
     if (!P->row_feat || !P->row_cnt || !P->ent_node || !P->ent_val) { rc = QAC_E_NOMEM; goto out; }
-    /* cnt[j] becomes the write position of local feature j's entries */
+    /* rows by feature id; cnt[j] becomes the write position of local feature j's entries */
     int64_t off = 0;
-    size_t r = 0;
-    for (size_t j = 0; j < nf; j++) {
+    for (size_t r = 0; r < n_rows; r++) {
+        size_t j = (size_t)(S->fkey[r] & 0xFFFFFFFFull);
         int64_t k = S->cnt[j];
-        if (k > 0) {
-            P->row_feat[r] = P->feat[j];
-            P->row_cnt[r] = k;
-            r++;
-        }
+        P->row_feat[r] = P->feat[j];
+        P->row_cnt[r] = k;
         S->cnt[j] = off;
         off += k;
     }
@@ -531,6 +569,8 @@ int qac_train_layer(const qac_train_params_t *params,
     if ((rc = check_csr(x_ptr, n, x_nnz)) || (rc = check_ids(x_idx, x_nnz, d))) return rc;
     for (size_t e = 0; e < x_nnz; e++)
         if (!isfinite(x_val[e])) return QAC_E_INPUT;
+    for (size_t i = 0; i < n; i++)
+        if (x_ptr[i + 1] - x_ptr[i] > INT32_MAX) return QAC_E_INPUT;
     if ((rc = check_csr(child_ptr, n_parents, n_nodes))) return rc;
     if ((rc = check_csr(pos_ptr, n, pos_nnz)) || (rc = check_ids(pos_node, pos_nnz, n_nodes)))
         return rc;
