@@ -25,7 +25,9 @@ def _normalize(X: sp.csr_matrix) -> sp.csr_matrix:
     X.sort_indices()
     norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
     norms[norms == 0] = 1
-    return sp.csr_matrix(sp.diags(1 / norms) @ X, dtype=np.float32)
+    X = sp.csr_matrix(sp.diags(1 / norms) @ X, dtype=np.float32)
+    X.sort_indices()
+    return X
 
 
 def _random_binary(seed: int, n: int = 60, d: int = 12, density: float = 0.3) -> tuple[

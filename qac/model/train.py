@@ -123,6 +123,9 @@ def _check_inputs(
     if L and (lo.min() < 0 or lo.max() >= L or np.unique(lo).shape[0] != L):
         raise InputError("label_order: expected a permutation of 0..n_labels-1")
     X = sp.csr_matrix(X)
+    if not X.has_canonical_format:  # the matcher wants sorted, unique ids per row
+        X = X.copy()
+        X.sum_duplicates()
     Yc = sp.csr_matrix(Y)
     return X, Yc, cps, lo.astype(np.int64)
 
