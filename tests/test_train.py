@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import minimize
 
 from qac import _kernel
@@ -83,6 +85,31 @@ def test_solver_reaches_the_optimum(solver: str, seed: int, Cp: float, Cn: float
                    options={"gtol": 1e-10, "ftol": 1e-14, "maxiter": 10000})
     ours = f(np.append(w, b / bias))[0]
     assert ours <= opt.fun * 1.01 + 1e-9, (ours, opt.fun)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 25), d=st.integers(1, 8), density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**31), solver=st.sampled_from(["l2svm", "logreg"]),
+    Cp=st.floats(0.1, 10.0), Cn=st.floats(0.1, 10.0), bias=st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+)
+def test_solver_matches_scipy_on_random_problems(n: int, d: int, density: float, seed: int,
+                                                 solver: str, Cp: float, Cn: float,
+                                                 bias: float) -> None:
+    """Tiny, degenerate problems too: one instance, one feature, empty rows, one class only."""
+    rng = np.random.default_rng(seed)
+    X = sp.random(n, d, density=density, format="csr", random_state=rng, dtype=np.float64)
+    X.data = rng.normal(size=X.data.shape[0])
+    X = _normalize(X)
+    y = np.where(rng.random(n) < 0.4, 1, -1)
+    w, b = _train_one(X, y, solver=solver, Cp=Cp, Cn=Cn, bias=bias, threshold=0.0,
+                      eps=1e-6, max_iter=20000)
+    Xb = np.hstack([X.toarray().astype(np.float64), np.full((n, 1), bias)])
+    f = _objective(solver, Xb, y, np.where(y > 0, Cp, Cn))
+    opt = minimize(f, np.zeros(d + 1), jac=True, method="L-BFGS-B",
+                   options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 20000})
+    wb = np.append(w, b / bias if bias else 0.0)
+    assert f(wb)[0] <= opt.fun * 1.01 + 1e-6
 
 
 def test_cp_cn_shift_scores() -> None:
@@ -188,6 +215,23 @@ def test_multilabel_and_unlabeled_instances() -> None:
     cps = _tree(20, 3)
     layers = train_xlinear(X, Y, cps, np.arange(20, dtype=np.int32))
     _check_layout(layers, cps, X.shape[1])
+
+
+def test_unsorted_and_duplicate_feature_ids_are_accepted() -> None:
+    X, Y, lab = _synthetic(n=300, L=16)
+    rows = np.repeat(np.arange(300), np.diff(X.indptr))
+    # shuffle ids within each row, and split row 0's first entry into two duplicates
+    order = np.lexsort((np.random.default_rng(0).random(X.nnz), rows))
+    idx = np.insert(X.indices[order], 0, X.indices[order][0])
+    val = np.insert(X.data[order], 0, 0.0).astype(np.float32)
+    ptr = X.indptr.copy()
+    ptr[1:] += 1
+    Xu = sp.csr_matrix((val, idx, ptr), shape=X.shape)
+    assert not Xu.has_canonical_format
+    cps = _tree(16, 4)
+    layers = train_xlinear(Xu, Y, cps, np.arange(16, dtype=np.int32))
+    _check_layout(layers, cps, X.shape[1])
+    assert (np.argmax(_dense_scores(X, layers, cps), axis=1) == lab).mean() > 0.9
 
 
 def test_deterministic_across_threads_and_runs() -> None:
