@@ -1,4 +1,5 @@
-"""The ``qac`` command line: ``qac retrieve train|query|eval`` and ``qac demo``."""
+"""The ``qac`` command line: ``qac train|complete|eval``, ``qac retrieve train|query|eval``,
+``qac demo``."""
 
 from __future__ import annotations
 
@@ -47,6 +48,72 @@ def _print(obj: dict[str, Any], as_json: bool) -> None:
     else:
         for k, v in obj.items():
             print(f"{k:>26}: {v:.4f}" if isinstance(v, float) else f"{k:>26}: {v}")
+
+
+def _date(text: str) -> Any:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from exc
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from qac.complete import CompleterConfig, train_completer
+    from qac.engine import EngineConfig
+
+    base = CompleterConfig(index=args.index, trie_depth=args.trie_depth,
+                           min_count=args.min_count, popularity=args.popularity)
+    engine = EngineConfig(blocks=base.engine_config().blocks, **_engine_overrides(args))
+    t0 = time.perf_counter()
+    c = train_completer(args.log, args.out, replace(base, engine=engine), until=args.until,
+                        background=args.background, progress=not args.quiet)
+    print(f"trained a {args.index} completer: {len(c.labels)} labels in "
+          f"{time.perf_counter() - t0:.1f}s -> {args.out}")
+    return 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from qac.complete import Completer
+
+    c = Completer.load(args.model)
+    got = c.complete(args.prefix, args.previous, k=args.k)
+    if args.json:
+        print(json.dumps([g.__dict__ for g in got], indent=1))
+    else:
+        for g in got:
+            print(f"{g.score:9.4f}  {g.source:5}  {g.text}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from qac.complete import Completer
+    from qac.evaluate import evaluate, format_table, test_cases
+    from qac.logs import read_log
+
+    cases = test_cases(read_log(args.log, since=args.since, until=args.until))
+    if args.limit:
+        cases = cases[: args.limit]
+    models = {Path(m).name: Completer.load(m) for m in args.models}
+    first = next(iter(models.values()))
+    systems: dict[str, Any] = {
+        "mpc": lambda p, prev, k: [t for t, _ in first.mpc.complete(p, k)]}
+    for name, c in models.items():
+        systems[name] = lambda p, prev, k, c=c: [x.text for x in c.complete(p, prev, k)]
+        if not args.no_ablation:
+            systems[f"{name} -session"] = (
+                lambda p, prev, k, c=c: [x.text for x in c.complete(p, None, k)])
+    results = evaluate(systems, cases, lambda t: first.labels.id_of(t) is not None,
+                       k=args.k, progress=not args.json)
+    if args.json:
+        print(json.dumps({"cases": len(cases), "results": results}, indent=1))
+    else:
+        print(f"{len(cases)} test queries with a previous query in their session\n")
+        print(format_table(results, baseline="mpc"))
+    return 0
 
 
 def cmd_retrieve_train(args: argparse.Namespace) -> int:
@@ -116,6 +183,41 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="qac", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a session-aware completer from a query log")
+    p.add_argument("--log", required=True,
+                   help="sessions TSV (user, session, query, time) or one query per line")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--index", choices=["hybrid", "trie", "tree"], default="hybrid")
+    p.add_argument("--trie-depth", type=int, default=None,
+                   help="trie levels (default 2 for hybrid, 4 for trie)")
+    p.add_argument("--until", type=_date, help="train on rows before this date")
+    p.add_argument("--background", help="query-only log adding popularity counts")
+    p.add_argument("--min-count", type=int, default=1, help="fewest occurrences of a label")
+    p.add_argument("--popularity", type=float, default=0.0,
+                   help="answer score = ranker score * (1 + count) ** popularity")
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("complete", help="complete one prefix")
+    p.add_argument("model")
+    p.add_argument("prefix")
+    p.add_argument("--previous", help="the previous query of the session")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_complete)
+
+    p = sub.add_parser("eval", help="MRR/success/BLEU/latency against MPC on a test log")
+    p.add_argument("models", nargs="+", help="one or more completer model directories")
+    p.add_argument("--log", required=True)
+    p.add_argument("--since", type=_date, help="evaluate rows from this date on")
+    p.add_argument("--until", type=_date, help="evaluate rows before this date")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N cases")
+    p.add_argument("--no-ablation", action="store_true",
+                   help="skip the without-previous-query runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     ret = sub.add_parser("retrieve", help="query -> item retrieval").add_subparsers(
         dest="action", required=True)
