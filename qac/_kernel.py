@@ -494,3 +494,55 @@ def extract_keys(
         "qac_extract_keys",
     )
     return keys[: int(row_ptr[-1])], row_ptr
+
+
+# --- pipeline ---
+
+
+class TextSearch:
+    """The fused per-query path: featurize + beam search in one C call.
+
+    ``featurizer`` is a ``qac_featurizer_t *``; ``model`` an object with ``handle``
+    (``qac_model_t *``) and ``scratch_for_thread(beam, topk)``. Output and feature
+    buffers are per thread (threading.local) and reused, so a call allocates only
+    its two result lists.
+    """
+
+    def __init__(self, featurizer: Any, model: Any) -> None:
+        import threading
+
+        cap = ffi.new("size_t *")
+        check(lib.qac_featurize_max_capacity(featurizer, cap), "qac_featurize_max_capacity")
+        self._feat_cap = int(cap[0])
+        self._featurizer = featurizer
+        self._model = model
+        self._local = threading.local()
+
+    def _buffers(self, topk: int) -> Any:
+        local = self._local
+        if getattr(local, "topk", 0) < topk:
+            local.topk = max(topk, 16)
+            local.ids = ffi.new("int32_t[]", local.topk)
+            local.scores = ffi.new("float[]", local.topk)
+            local.n = ffi.new("size_t *")
+            if not hasattr(local, "feat_idx"):
+                local.feat_idx = ffi.new("int32_t[]", self._feat_cap)
+                local.feat_val = ffi.new("float[]", self._feat_cap)
+        return local
+
+    def __call__(self, text: str, context: str | None, topk: int, beam: int, lo: int,
+                 hi: int) -> tuple[list[int], list[float]]:
+        """Top ``topk`` label ids in [lo, hi) and their scores, best first."""
+        b = self._buffers(topk)
+        t = text.encode("utf-8")
+        c = context.encode("utf-8") if context else b""
+        check(
+            lib.qac_predict_text(
+                self._featurizer, self._model.handle, self._model.scratch_for_thread(beam, topk),
+                t, len(t), c, len(c), beam, topk, lo, hi, b.feat_idx, b.feat_val,
+                self._feat_cap, b.ids, b.scores, b.n,
+            ),
+            "qac_predict_text",
+        )
+        n = b.n[0]
+        return ffi.unpack(b.ids, n), ffi.unpack(b.scores, n)

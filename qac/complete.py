@@ -28,11 +28,10 @@ import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import marisa_trie
 import numpy as np
 import scipy.sparse as sp
 
@@ -200,7 +199,7 @@ class Completer:
         self.mpc = mpc
         self.blocklist = blocklist
         # log(1 + count) per label, for the popularity term of the answer score
-        self._logpop = np.log1p(labels.counts.astype(np.float64))
+        self._logpop = np.log1p(labels.counts.astype(np.float64)).tolist()
 
     # -- training -------------------------------------------------------------
     @classmethod
@@ -308,16 +307,17 @@ class Completer:
     def _model(self, p: str, prev: str, k: int, lo: int, hi: int) -> list[Completion]:
         n = max(k, self.config.candidates)
         ids, scores = self.engine.search(p, prev or None, k=n, lo=lo, hi=hi)
-        if not len(ids):
-            return []
-        if self.config.popularity:
-            combined = np.log(np.maximum(scores, 1e-30)) + self.config.popularity * \
-                self._logpop[ids]
-            order = np.argsort(-combined, kind="stable")[:k]
-            ids, scores = ids[order], np.exp(combined[order])
+        if self.config.popularity and ids:
+            # score * (1 + count) ** popularity, compared in log space
+            beta, logpop = self.config.popularity, self._logpop
+            pairs = zip(ids, scores, strict=True)
+            ranked = sorted(((math.log(max(s, 1e-30)) + beta * logpop[i], i) for i, s in pairs),
+                            key=lambda t: -t[0])
+            ids = [i for _, i in ranked]
+            scores = [math.exp(c) for c, _ in ranked]
         labels, block = self.labels.labels, self.blocklist
         out = []
-        for i, s in zip(ids.tolist(), scores.tolist(), strict=True):
+        for i, s in zip(ids, scores, strict=True):
             text = labels[i]
             if block is None or not block.blocks(text):
                 out.append(Completion(text, s, "model"))

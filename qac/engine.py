@@ -95,6 +95,7 @@ class Engine:
         self.model = XLinearModel(
             tree.child_ptr, tree.label_order, self.layers, vectorizer.n_features, config.post
         )
+        self._search = _kernel.TextSearch(vectorizer.handle, self.model)
 
     @property
     def n_labels(self) -> int:
@@ -188,14 +189,14 @@ class Engine:
         beam: int | None = None,
         lo: int = 0,
         hi: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k label ids and scores for one normalized text (one C call).
+    ) -> tuple[list[int], list[float]]:
+        """Top-k label ids and scores, best first, for one normalized text (one C call).
 
-        [lo, hi) restricts answers to a range of tree-order label positions.
+        [lo, hi) restricts answers to label ids lo..hi-1 (the beam never enters a
+        subtree without such a label).
         """
-        return _kernel.predict_text(
-            self.vectorizer, self.model, text, context, k, beam or self.config.beam, lo, hi
-        )
+        return self._search(text, context, k, beam or self.config.beam, lo,
+                            self.n_labels if hi is None else hi)
 
     def search_batch(
         self,
