@@ -7,6 +7,10 @@
  * (K = beam, or topk at the last layer), so nothing grows with the branching
  * factor except one float buffer. t <= 1, so a parent scoring below the
  * heap's worst when the heap is full cannot contribute and is skipped.
+ *
+ * A query may be restricted to label ids [lo, hi) (a prefix's labels, ids
+ * being sorted ranks): a child is only scored if the [min, max] id range
+ * below it meets [lo, hi), and at the last layer only ids inside enter.
  */
 #include "qac.h"
 
@@ -15,6 +19,16 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Label ids below a node of an inner layer: all lie in [min, max] (min =
+ * INT32_MAX, max = -1 when none). pmax / smin: running max of `max` over the
+ * node's earlier siblings (itself included) / running min of `min` over its
+ * later siblings; both monotone within a parent's children, so the children
+ * that may hold ids in [lo, hi) lie in one span found by binary search (the
+ * exact span when sibling ranges are sorted and disjoint, as in a trie). */
+typedef struct {
+    int32_t min, max, pmax, smin;
+} span_t;
 
 typedef struct {
     const int64_t *child_ptr;
@@ -25,15 +39,13 @@ typedef struct {
     const float *ent_val;
     const float *bias;
     int64_t n_parent, n_node;
-    /* leaf_first[c] .. leaf_first[c+1]: last-layer positions under node c of
-     * this layer (n_node+1 entries); NULL at the last layer (identity). */
-    const int64_t *leaf_first;
+    const span_t *span; /* n_node entries; NULL at the last layer (ids: label_order) */
 } layer_t;
 
 struct qac_model {
     size_t depth;
     layer_t *layers;
-    int64_t *leaf_buf;
+    span_t *span_buf;
     const int32_t *label_order;
     int64_t n_labels;
     int64_t n_features;
@@ -120,7 +132,7 @@ static int check_permutation(const int32_t *perm, int64_t n) {
 void qac_model_free(qac_model_t *model) {
     if (!model) return;
     free(model->layers);
-    free(model->leaf_buf);
+    free(model->span_buf);
     free(model);
 }
 
@@ -151,10 +163,10 @@ int qac_model_new(size_t depth, const qac_layer_view *layers, const int32_t *lab
     m->n_features = n_features;
     m->post = post;
     m->layers = calloc(depth, sizeof *m->layers);
-    size_t n_leaf = 0;
-    for (size_t i = 0; i + 1 < depth; i++) n_leaf += layers[i].n_bias + 1;
-    m->leaf_buf = n_leaf ? malloc(n_leaf * sizeof *m->leaf_buf) : NULL;
-    if (!m->layers || (n_leaf && !m->leaf_buf)) { qac_model_free(m); return QAC_E_NOMEM; }
+    size_t n_span = 0;
+    for (size_t i = 0; i + 1 < depth; i++) n_span += layers[i].n_bias;
+    m->span_buf = n_span ? malloc(n_span * sizeof *m->span_buf) : NULL;
+    if (!m->layers || (n_span && !m->span_buf)) { qac_model_free(m); return QAC_E_NOMEM; }
 
     n_parent = 1;
     for (size_t i = 0; i < depth; i++) {
@@ -175,19 +187,45 @@ int qac_model_new(size_t depth, const qac_layer_view *layers, const int32_t *lab
         }
         n_parent = L->n_node;
     }
-    /* Leaf ranges, bottom-up: a node's leaves are those of its first child up to
-     * those of its last (child_ptr is monotone, so ranges compose). */
     size_t off = 0;
     for (size_t i = 0; i + 1 < depth; i++) {
-        m->layers[i].leaf_first = m->leaf_buf + off;
-        off += (size_t)m->layers[i].n_node + 1;
+        m->layers[i].span = m->span_buf + off;
+        off += (size_t)m->layers[i].n_node;
     }
+    /* Bottom-up: a node's [min, max] covers its children's (at the last layer,
+     * the children's label ids); then the running bounds per sibling group. */
     for (size_t i = depth - 1; i-- > 0;) {
-        int64_t *lf = (int64_t *)m->layers[i].leaf_first;
-        const int64_t *cp = m->layers[i + 1].child_ptr;
-        const int64_t *below = m->layers[i + 1].leaf_first;
-        for (int64_t c = 0; c <= m->layers[i].n_node; c++)
-            lf[c] = below ? below[cp[c]] : cp[c];
+        span_t *sp = (span_t *)m->layers[i].span;
+        const layer_t *below = &m->layers[i + 1];
+        for (int64_t c = 0; c < m->layers[i].n_node; c++) {
+            int32_t lo_id = INT32_MAX, hi_id = -1;
+            for (int64_t k = below->child_ptr[c]; k < below->child_ptr[c + 1]; k++) {
+                int32_t a, b;
+                if (below->span) {
+                    a = below->span[k].min;
+                    b = below->span[k].max;
+                } else {
+                    a = b = label_order ? label_order[k] : (int32_t)k;
+                }
+                if (a < lo_id) lo_id = a;
+                if (b > hi_id) hi_id = b;
+            }
+            sp[c].min = lo_id;
+            sp[c].max = hi_id;
+        }
+        const int64_t *cp = m->layers[i].child_ptr;
+        for (int64_t p = 0; p < m->layers[i].n_parent; p++) {
+            int32_t run = -1;
+            for (int64_t c = cp[p]; c < cp[p + 1]; c++) {
+                if (sp[c].max > run) run = sp[c].max;
+                sp[c].pmax = run;
+            }
+            run = INT32_MAX;
+            for (int64_t c = cp[p + 1]; c-- > cp[p];) {
+                if (sp[c].min < run) run = sp[c].min;
+                sp[c].smin = run;
+            }
+        }
     }
     *out = m;
     return QAC_OK;
@@ -380,13 +418,39 @@ static inline float post_fn(int post, float s) {
     return t >= 0.0f ? t : 0.0f; /* NaN -> 0 */
 }
 
-/* First c in [lo, hi) with a[c] > key; a non-decreasing. */
-static inline int64_t upper_bound64(const int64_t *a, int64_t lo, int64_t hi, int64_t key) {
-    while (lo < hi) {
-        int64_t mid = lo + (hi - lo) / 2;
-        if (a[mid] <= key) lo = mid + 1; else hi = mid;
+/* The span [c0, c1) of a parent's children that may hold label ids in
+ * [lo, hi): from the first child with pmax >= lo to the first with smin >= hi
+ * (binary searches; both bounds are monotone over the siblings). */
+static inline void narrow_inner(const span_t *sp, int64_t *c0, int64_t *c1, int64_t lo,
+                                int64_t hi) {
+    int64_t a = *c0, b = *c1;
+    while (a < b) {
+        int64_t mid = a + (b - a) / 2;
+        if (sp[mid].pmax < lo) a = mid + 1; else b = mid;
     }
-    return lo;
+    int64_t start = a;
+    b = *c1;
+    while (a < b) {
+        int64_t mid = a + (b - a) / 2;
+        if (sp[mid].smin < hi) a = mid + 1; else b = mid;
+    }
+    *c0 = start;
+    *c1 = a;
+}
+
+/* Shrink [c0, c1) of last-layer nodes to the first..last with an id in [lo, hi). */
+static inline void narrow_last(const int32_t *order, int64_t *c0, int64_t *c1, int64_t lo,
+                               int64_t hi) {
+    if (!order) {
+        if (*c0 < lo) *c0 = lo;
+        if (*c1 > hi) *c1 = hi;
+        return;
+    }
+    int64_t a = *c0, b = *c1;
+    while (a < b && (order[a] < lo || order[a] >= hi)) a++;
+    while (b > a && (order[b - 1] < lo || order[b - 1] >= hi)) b--;
+    *c0 = a;
+    *c1 = b;
 }
 
 static int predict_one(const qac_model_t *m, qac_scratch_t *s, const int32_t *idx,
@@ -402,7 +466,7 @@ static int predict_one(const qac_model_t *m, qac_scratch_t *s, const int32_t *id
         const layer_t *L = &m->layers[li];
         int last = li + 1 == m->depth;
         size_t cap = last ? topk : beam, n_heap = 0;
-        const int64_t *lf = L->leaf_first;
+        const span_t *sp = L->span;
         for (size_t b = 0; b < n_cur; b++) {
             int64_t p = cur[b].node;
             float ps = cur[b].score;
@@ -411,14 +475,8 @@ static int predict_one(const qac_model_t *m, qac_scratch_t *s, const int32_t *id
             if (n_heap == cap && ps < heap[0].score) break;
             int64_t c0 = L->child_ptr[p], c1 = L->child_ptr[p + 1];
             if (restricted) {
-                if (last) {
-                    if (c0 < lo) c0 = lo;
-                    if (c1 > hi) c1 = hi;
-                } else {
-                    c0 = upper_bound64(lf, c0 + 1, c1 + 1, lo) - 1;
-                    c1 = upper_bound64(lf, c0, c1, hi - 1);
-                    /* now c in [c0, c1) has lf[c+1] > lo and lf[c] < hi */
-                }
+                if (last) narrow_last(m->label_order, &c0, &c1, lo, hi);
+                else narrow_inner(sp, &c0, &c1, lo, hi);
             }
             if (c0 >= c1) continue;
             int64_t w = c1 - c0;
@@ -426,11 +484,19 @@ static int predict_one(const qac_model_t *m, qac_scratch_t *s, const int32_t *id
             score_chunk(L, p, idx, val, nnz, s->buf, c0, w);
             for (int64_t j = 0; j < w; j++) {
                 int64_t c = c0 + j;
-                if (!last && lf[c] == lf[c + 1]) continue; /* no leaves below */
+                int32_t key = (int32_t)c;
+                if (!last) {
+                    /* no label below, or none in [lo, hi) (unrestricted: the same
+                     * as "no label below", since every id is in [0, n_labels)) */
+                    if (sp[c].min >= hi || sp[c].max < lo) continue;
+                } else {
+                    if (m->label_order) key = m->label_order[c];
+                    if (restricted && (key < lo || key >= hi)) continue;
+                }
                 cand_t x;
                 x.score = ps * post_fn(m->post, s->buf[j]);
                 x.node = (int32_t)c;
-                x.key = last && m->label_order ? m->label_order[c] : (int32_t)c;
+                x.key = key;
                 heap_push(heap, &n_heap, cap, x);
             }
         }

@@ -52,7 +52,11 @@ int qac_scratch_new(const qac_model_t *model, size_t max_beam, size_t max_topk,
 void qac_scratch_free(qac_scratch_t *scratch);
 
 /* One query: idx[0..nnz) sorted, unique, < n_features, val finite.
- * Answers restricted to last-layer positions [lo, hi) (0, n_D: all).
+ * Answers restricted to ids [lo, hi) (0, n_D: all) of the ids returned, i.e.
+ * label ids (last-layer node ids without label_order). Nodes with no id in
+ * [lo, hi) below them are never scored: pruning uses the [min, max] id range
+ * under each node, exact when a node's ids are contiguous (trie order),
+ * conservative (it may keep the beam on a node that yields none) otherwise.
  * Writes *out_n <= topk ids (labels, or last-layer nodes without
  * label_order) and their scores, best first (ties: smaller id first).
  * No allocation. QAC_E_CAPACITY if beam/topk exceed the scratch's sizes. */

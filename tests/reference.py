@@ -28,17 +28,40 @@ def post_fn(post: str, s: float) -> float:
     return np.exp(-(np.maximum(0.0, 1.0 - s) ** 3))
 
 
-def leaf_ranges(child_ptr: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """For tree layer l (index l-1): first[c] .. first[c+1] = last-layer positions under c."""
+def leaf_ids(
+    child_ptr: Sequence[np.ndarray], label_order: np.ndarray | None
+) -> list[list[np.ndarray]]:
+    """For tree layer l (index l-1): ids[c] = the label ids (int64) below node c."""
     depth = len(child_ptr)
-    out = []
-    for li in range(depth):
-        n = int(child_ptr[li][-1])
-        first = np.arange(n + 1, dtype=np.int64)
-        for m in range(li + 1, depth):
-            first = child_ptr[m][first]
-        out.append(first)
-    return out
+    n_last = int(child_ptr[-1][-1])
+    order = np.arange(n_last) if label_order is None else np.asarray(label_order, np.int64)
+    below: list[np.ndarray] = [np.array([i]) for i in order]
+    out = [below]
+    for li in range(depth - 1, 0, -1):
+        cp = child_ptr[li]
+        below = [
+            np.concatenate(
+                [below[k] for k in range(int(cp[c]), int(cp[c + 1]))] + [np.zeros(0)]
+            ).astype(np.int64)
+            for c in range(cp.shape[0] - 1)
+        ]
+        out.append(below)
+    return out[::-1]
+
+
+def id_bounds(child_ptr: Sequence[np.ndarray], label_order: np.ndarray | None) -> list[np.ndarray]:
+    """For tree layer l (index l-1): (n_l, 2) min and max label id below each node.
+
+    A node with no label below gets (n_labels, -1): it meets no range.
+    """
+    n_last = int(child_ptr[-1][-1])
+    return [
+        np.array(
+            [(int(a.min()), int(a.max())) if a.size else (n_last, -1) for a in layer],
+            dtype=np.int64,
+        ).reshape(-1, 2)
+        for layer in leaf_ids(child_ptr, label_order)
+    ]
 
 
 def fuzzy_positions(scores: list[float]) -> dict[int, int]:
@@ -79,12 +102,21 @@ def beam_search(
     topk: int,
     lo: int = 0,
     hi: int | None = None,
+    exact: bool = False,
 ) -> Answer:
+    """Beam search restricted to label ids [lo, hi).
+
+    A node competes for the beam only if some label below may be in [lo, hi):
+    by default (as the kernel) if the [min, max] id range below it meets
+    [lo, hi); with ``exact``, only if a label below really is in [lo, hi).
+    The two agree when every node's ids are contiguous.
+    """
     depth = len(layers)
     n_last = int(child_ptr[-1][-1])
     hi = n_last if hi is None else hi
     x = {int(f): float(v) for f, v in zip(idx, val, strict=True)}
-    first = leaf_ranges(child_ptr)
+    ids_below = leaf_ids(child_ptr, label_order)
+    bounds = id_bounds(child_ptr, label_order)
     cur: list[tuple[int, float]] = [(0, 1.0)]
     ambiguous = False
     for li in range(depth):
@@ -99,9 +131,12 @@ def beam_search(
                     for e in range(int(lw.row_ptr[r]), int(lw.row_ptr[r + 1])):
                         s[int(lw.ent_node[e])] += x[f] * float(lw.ent_val[e])
             for c in range(c0, c1):
-                a, b = int(first[li][c]), int(first[li][c + 1])
-                if a >= b or b <= lo or a >= hi:
-                    continue  # no leaves, or none inside [lo, hi)
+                if exact:
+                    below = ids_below[li][c]
+                    if not np.any((below >= lo) & (below < hi)):
+                        continue
+                elif bounds[li][c, 0] >= hi or bounds[li][c, 1] < lo:
+                    continue  # no label below, or [min, max] misses [lo, hi)
                 score = ps * post_fn(post, s[c])
                 key = int(label_order[c]) if last and label_order is not None else c
                 cands.append((score, key, c))

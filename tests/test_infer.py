@@ -143,13 +143,10 @@ def assert_matches(
 ) -> None:
     ids, scores = got
     assert ids.dtype == np.int32 and scores.dtype == np.float32
-    n_labels = int(spec.child_ptr[-1][-1])
-    order = spec.label_order
-    # always: valid, inside the range, sorted best first, no repeats
+    # always: valid, inside the id range, sorted best first, no repeats
     assert len(ids) <= topk
     assert len(set(ids.tolist())) == len(ids)
-    pos = np.argsort(order) if order is not None else np.arange(n_labels)
-    assert all(lo <= pos[i] < hi for i in ids)
+    assert all(lo <= i < hi for i in ids.tolist())
     assert np.all(np.diff(scores) <= 0)
     if ans.ambiguous:
         return
@@ -161,6 +158,23 @@ def assert_matches(
 
 
 query_kinds = st.lists(st.integers(0, 4), min_size=1, max_size=6)
+
+
+def leaf_blocks(child_ptr: list[np.ndarray], layer: int) -> np.ndarray:
+    """Boundaries of the last-layer positions under each node of tree layer ``layer``."""
+    first = np.arange(2 if layer == 0 else int(child_ptr[layer - 1][-1]) + 1, dtype=np.int64)
+    for cp in child_ptr[layer:]:
+        first = cp[first]
+    return first
+
+
+def trie_order(rng: np.random.Generator, child_ptr: list[np.ndarray], cut: int) -> np.ndarray:
+    """A hybrid trie / k-means label_order: the labels under each node of layer ``cut``
+    get a contiguous block of ids, blocks in node order, ids shuffled inside a block
+    (cut = depth: ids = positions; cut = 0: a random permutation)."""
+    first = leaf_blocks(child_ptr, cut)
+    parts = [a + rng.permutation(b - a) for a, b in zip(first[:-1], first[1:], strict=True)]
+    return np.concatenate(parts + [np.zeros(0, np.int64)]).astype(np.int32)
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -209,6 +223,86 @@ def test_single_matches_reference(
         if ties:
             assert not ans.ambiguous and not ans.near_pos
         assert_matches(spec, got, ans, topk, lo, hi)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    depth=st.integers(1, 4),
+    max_branch=st.integers(1, 8),
+    max_labels=st.integers(1, 300),
+    post=st.sampled_from(["l3-hinge", "sigmoid"]),
+    allow_empty=st.booleans(),
+    cut_frac=st.floats(0, 1),
+    aligned=st.booleans(),
+    beam=st.integers(1, 20),
+    topk=st.integers(1, 30),
+    kinds=query_kinds,
+)
+def test_trie_ordered_ranges_prune_no_eligible_label(
+    seed: int,
+    depth: int,
+    max_branch: int,
+    max_labels: int,
+    post: str,
+    allow_empty: bool,
+    cut_frac: float,
+    aligned: bool,
+    beam: int,
+    topk: int,
+    kinds: list[int],
+) -> None:
+    # Labels are contiguous id blocks under the nodes of layer `cut`: above it
+    # every node's ids are contiguous, so [min, max] pruning is exact; below it
+    # too when the range is a union of whole blocks (a prefix at trie level).
+    spec = random_spec(seed, depth, max_branch, max_labels, post, allow_empty=allow_empty)
+    rng = np.random.default_rng(seed + 2)
+    cut = round(cut_frac * depth)
+    spec = replace(spec, label_order=trie_order(rng, spec.child_ptr, cut))
+    model = spec.model()
+    blocks = np.unique(leaf_blocks(spec.child_ptr, cut))
+    n_labels = model.n_labels
+    for kind in kinds:
+        idx, val = random_query(rng, spec.n_features, kind)
+        if aligned:
+            lo, hi = sorted(int(b) for b in rng.choice(blocks, size=2))
+        else:
+            lo = int(rng.integers(0, n_labels + 1))
+            hi = int(rng.integers(lo, n_labels + 1))
+        args = (spec.child_ptr, spec.label_order, spec.layers, post, idx, val, beam, topk, lo, hi)
+        ans = reference.beam_search(*args)
+        if aligned or cut == depth:
+            # nothing eligible was lost to the conservative [min, max] test
+            exact = reference.beam_search(*args, exact=True)
+            assert exact.ids.tolist() == ans.ids.tolist()
+            assert exact.scores.tolist() == ans.scores.tolist()
+        got = model.predict_one(idx, val, beam=beam, topk=topk, lo=lo, hi=hi)
+        assert_matches(spec, got, ans, topk, lo, hi)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    depth=st.integers(1, 4),
+    with_order=st.booleans(),
+    n_ranges=st.integers(1, 5),
+)
+def test_a_full_beam_returns_exactly_the_ids_in_range(
+    seed: int, depth: int, with_order: bool, n_ranges: int
+) -> None:
+    # Independent of the oracle: with room for every node, pruning may drop no
+    # label in [lo, hi) (whatever the order) and must drop every other one.
+    spec = random_spec(seed, depth, 5, 120, "sigmoid", allow_empty=True, with_order=with_order)
+    model = spec.model()
+    n = model.n_labels
+    big = max(int(cp[-1]) for cp in spec.child_ptr) + 1
+    rng = np.random.default_rng(seed)
+    idx, val = random_query(rng, spec.n_features, 3)
+    for _ in range(n_ranges):
+        lo = int(rng.integers(0, n + 1))
+        hi = int(rng.integers(lo, n + 1))
+        ids, _ = model.predict_one(idx, val, beam=big, topk=big, lo=lo, hi=hi)
+        assert sorted(ids.tolist()) == list(range(lo, hi))
 
 
 @settings(max_examples=60, deadline=None)
@@ -290,6 +384,35 @@ def test_range_restricts_the_beam_not_just_the_answer() -> None:
     assert model.predict_one(*q, beam=1, topk=2, lo=1, hi=4)[0].tolist() == [1]
     assert model.predict_one(*q, beam=1, topk=2, lo=2, hi=4)[0].tolist() == [3, 2]
     assert model.predict_one(*q, beam=1, topk=2, lo=2, hi=2)[0].tolist() == []
+
+
+def test_range_is_in_label_id_space() -> None:
+    # root -> 2 nodes -> 2 labels each; node 0 holds labels {2, 0}, node 1 {3, 1}
+    child_ptr = [np.array([0, 2], np.int64), np.array([0, 2, 4], np.int64)]
+    rf: dict[str, np.ndarray] = dict(
+        row_feat=np.zeros(0, np.int32),
+        row_ptr=np.zeros(1, np.int64),
+        ent_node=np.zeros(0, np.int32),
+        ent_val=np.zeros(0, np.float32),
+    )
+    layers = [
+        LayerWeights(chunk_ptr=np.zeros(2, np.int64), bias=np.array([2, 1], np.float32), **rf),
+        LayerWeights(
+            chunk_ptr=np.zeros(3, np.int64), bias=np.array([0, 1, 2, 3], np.float32), **rf
+        ),
+    ]
+    model = XLinearModel(child_ptr, np.array([2, 0, 3, 1], np.int32), layers, 1)
+    q = (np.zeros(0, np.int32), np.zeros(0, np.float32))
+    assert model.predict_one(*q, beam=1, topk=4)[0].tolist() == [0, 2]
+    # ids [0, 1): node 1's ids span [1, 3]: pruned, node 0 yields label 0
+    assert model.predict_one(*q, beam=1, topk=4, lo=0, hi=1)[0].tolist() == [0]
+    # ids [3, 4): node 0's span [0, 2] misses it, so the beam goes to node 1
+    assert model.predict_one(*q, beam=1, topk=4, lo=3, hi=4)[0].tolist() == [3]
+    # ids [1, 2): both spans meet it; conservative, the beam of 1 keeps node 0,
+    # which has no label 1; a beam of 2 finds it
+    assert model.predict_one(*q, beam=1, topk=4, lo=1, hi=2)[0].tolist() == []
+    assert model.predict_one(*q, beam=2, topk=4, lo=1, hi=2)[0].tolist() == [1]
+    assert model.predict_one(*q, beam=2, topk=4, lo=1, hi=4)[0].tolist() == [1, 3, 2]
 
 
 def test_concurrent_threads_get_own_scratch() -> None:

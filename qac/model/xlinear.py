@@ -141,9 +141,13 @@ class XLinearModel:
         lo: int = 0,
         hi: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top labels of one sparse query, restricted to last-layer positions [lo, hi).
+        """Top labels of one sparse query, restricted to label ids [lo, hi).
 
         idx: sorted unique feature ids (int32), val: their values (float32).
+        lo, hi: a range of the ids returned (label ids; last-layer node ids without
+        label_order), e.g. the sorted-rank range of the labels with a typed prefix.
+        Subtrees with no id in the range are pruned by the [min, max] id range below
+        each node: exact when a subtree's ids are contiguous, conservative otherwise.
         Returns (int32 ids, float32 scores), best first, of length <= topk.
         """
         beam, topk = self._check_sizes(beam, topk)
