@@ -70,7 +70,9 @@ class CompleterConfig:
     index:            "hybrid" (trie levels, then k-means), "trie" or "tree" (k-means).
     trie_depth:       trie levels (hybrid default 2; trie default 4).
     min_count:        fewest occurrences for a query to become a label.
-    prefix_lengths:   training prefix lengths (those shorter than the query are used).
+    prefix_lengths:   training prefix lengths (those shorter than the query are used;
+                      0, the empty prefix, only where there is a previous query: it
+                      teaches next-query suggestion).
     prefix_weight:    weight of the prefix block (prefix-weighted char 1-3-grams).
     previous_weight:  weight of each previous-query block (word 1-2, char 3-grams).
     popularity:       answer score = ranker score * (1 + count) ** popularity.
@@ -80,7 +82,7 @@ class CompleterConfig:
     index: str = "hybrid"
     trie_depth: int | None = None
     min_count: int = 1
-    prefix_lengths: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13)
+    prefix_lengths: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10, 13)
     prefix_weight: float = 1.0
     previous_weight: float = 0.5
     popularity: float = 0.0
@@ -95,8 +97,8 @@ class CompleterConfig:
             raise InputError(f"CompleterConfig.trie_depth: must be >= 0, got {self.trie_depth}")
         if self.min_count < 1:
             raise InputError(f"CompleterConfig.min_count: must be >= 1, got {self.min_count}")
-        if not self.prefix_lengths or min(self.prefix_lengths) < 1:
-            raise InputError("CompleterConfig.prefix_lengths: positive lengths needed")
+        if not self.prefix_lengths or min(self.prefix_lengths) < 0:
+            raise InputError("CompleterConfig.prefix_lengths: lengths >= 0 needed")
         if self.candidates < 1:
             raise InputError(f"CompleterConfig.candidates: must be >= 1, got {self.candidates}")
 
@@ -237,6 +239,8 @@ class Completer:
             for n in config.prefix_lengths:
                 if n >= len(e.query):
                     break
+                if n == 0 and previous is None:
+                    continue
                 texts.append(e.query[:n])
                 contexts.append(previous)
                 rows.append(label)
