@@ -245,49 +245,83 @@ static size_t block_bound(const qac_block_spec_t *b, size_t len) {
 
 /* ---------------------------------------------------------------- sorting */
 
-static void sort_pairs(int32_t *idx, float *val, size_t n) {
-    /* insertion sort for small runs, heapsort otherwise: O(n log n) worst case */
-    if (n <= 32) {
-        for (size_t i = 1; i < n; i++) {
-            int32_t k = idx[i];
-            float v = val[i];
-            size_t j = i;
-            while (j > 0 && idx[j - 1] > k) {
-                idx[j] = idx[j - 1];
-                val[j] = val[j - 1];
-                j--;
-            }
-            idx[j] = k;
-            val[j] = v;
+static void insertion_pairs(int32_t *idx, float *val, size_t n) {
+    for (size_t i = 1; i < n; i++) {
+        int32_t k = idx[i];
+        float v = val[i];
+        size_t j = i;
+        while (j > 0 && idx[j - 1] > k) {
+            idx[j] = idx[j - 1];
+            val[j] = val[j - 1];
+            j--;
         }
-        return;
+        idx[j] = k;
+        val[j] = v;
     }
-    for (size_t start = n / 2; start-- > 0;) {
-        size_t r = start;
-        for (;;) {
-            size_t c = 2 * r + 1;
-            if (c >= n) break;
-            if (c + 1 < n && idx[c + 1] > idx[c]) c++;
-            if (idx[r] >= idx[c]) break;
-            int32_t ti = idx[r]; idx[r] = idx[c]; idx[c] = ti;
-            float tv = val[r]; val[r] = val[c]; val[c] = tv;
-            r = c;
-        }
+}
+
+static inline void swap_pair(int32_t *idx, float *val, size_t a, size_t b) {
+    int32_t ti = idx[a];
+    idx[a] = idx[b];
+    idx[b] = ti;
+    float tv = val[a];
+    val[a] = val[b];
+    val[b] = tv;
+}
+
+static void sift_pairs(int32_t *idx, float *val, size_t r, size_t n) {
+    for (;;) {
+        size_t c = 2 * r + 1;
+        if (c >= n) return;
+        if (c + 1 < n && idx[c + 1] > idx[c]) c++;
+        if (idx[r] >= idx[c]) return;
+        swap_pair(idx, val, r, c);
+        r = c;
     }
+}
+
+static void heap_pairs(int32_t *idx, float *val, size_t n) {
+    for (size_t start = n / 2; start-- > 0;) sift_pairs(idx, val, start, n);
     for (size_t end = n - 1; end > 0; end--) {
-        int32_t ti = idx[0]; idx[0] = idx[end]; idx[end] = ti;
-        float tv = val[0]; val[0] = val[end]; val[end] = tv;
-        size_t r = 0;
+        swap_pair(idx, val, 0, end);
+        sift_pairs(idx, val, 0, end);
+    }
+}
+
+/* Introsort by idx: quicksort (median of three, Hoare partition), insertion
+ * sort below 16, heapsort past 2 log2(n) levels: O(n log n) worst case. */
+static void sort_pairs(int32_t *idx, float *val, size_t n) {
+    int depth = 0;
+    for (size_t m = n; m > 1; m >>= 1) depth += 2;
+    while (n > 16) {
+        if (depth-- == 0) {
+            heap_pairs(idx, val, n);
+            return;
+        }
+        int32_t a = idx[0], b = idx[n / 2], c = idx[n - 1];
+        int32_t pivot = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
+        /* the median of three is never the unique maximum, so 0 <= j <= n-2 */
+        size_t i = 0, j = n - 1;
         for (;;) {
-            size_t c = 2 * r + 1;
-            if (c >= end) break;
-            if (c + 1 < end && idx[c + 1] > idx[c]) c++;
-            if (idx[r] >= idx[c]) break;
-            ti = idx[r]; idx[r] = idx[c]; idx[c] = ti;
-            tv = val[r]; val[r] = val[c]; val[c] = tv;
-            r = c;
+            while (idx[i] < pivot) i++;
+            while (idx[j] > pivot) j--;
+            if (i >= j) break;
+            swap_pair(idx, val, i, j);
+            i++;
+            j--;
+        }
+        size_t left = j + 1; /* [0, left) <= pivot <= [left, n) */
+        if (left < n - left) {
+            sort_pairs(idx, val, left);
+            idx += left;
+            val += left;
+            n -= left;
+        } else {
+            sort_pairs(idx + left, val + left, n - left);
+            n = left;
         }
     }
+    insertion_pairs(idx, val, n);
 }
 
 static void sort_keys(uint64_t *a, size_t n) {
@@ -509,6 +543,14 @@ int qac_featurize(const qac_featurizer_t *f, const char *const *fields, const si
         if (rc) return rc;
     }
     return featurize_row(f, fields, lens, n_fields, out_idx, out_val, cap, out_nnz);
+}
+
+int qac_featurize2(const qac_featurizer_t *f, const char *text, size_t text_len,
+                   const char *context, size_t context_len, int32_t *out_idx, float *out_val,
+                   size_t cap, size_t *out_nnz) {
+    const char *fields[2] = {text, context};
+    size_t lens[2] = {text_len, context_len};
+    return qac_featurize(f, fields, lens, 2, out_idx, out_val, cap, out_nnz);
 }
 
 /* ------------------------------------------------------------------ batch */

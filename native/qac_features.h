@@ -76,6 +76,12 @@ int qac_featurize(const qac_featurizer_t *featurizer, const char *const *fields,
                   const size_t *lens, size_t n_fields, int32_t *out_idx, float *out_val,
                   size_t cap, size_t *out_nnz);
 
+/* qac_featurize for the common two-field row (text, context); either may be
+ * NULL with length 0. Same contract. */
+int qac_featurize2(const qac_featurizer_t *featurizer, const char *text, size_t text_len,
+                   const char *context, size_t context_len, int32_t *out_idx, float *out_val,
+                   size_t cap, size_t *out_nnz);
+
 /* Batch, pass 1: field i of row r is bufs[i][offs[i][r] : offs[i][r+1]]
  * (each offs[i] has n_rows+1 non-decreasing entries, offs[i][0] >= 0).
  * Writes out_indptr[n_rows+1] (out_indptr[0] = 0). */
