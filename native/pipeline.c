@@ -8,11 +8,12 @@ int qac_predict_text(const qac_featurizer_t *featurizer, const qac_model_t *mode
                      size_t feat_cap, int32_t *out_ids, float *out_scores, size_t *out_n) {
     if (!featurizer || !model || !scratch || !out_n) return QAC_E_INPUT;
     *out_n = 0;
-    size_t n_feat = 0, nnz = 0;
-    int rc = qac_featurizer_info(featurizer, NULL, &n_feat);
+    size_t n_blocks = 0, n_feat = 0, nnz = 0;
+    int rc = qac_featurizer_info(featurizer, &n_blocks, &n_feat);
     if (rc) return rc;
-    int64_t model_features = 0;
-    rc = qac_model_info(model, NULL, NULL, &model_features);
+    size_t depth = 0;
+    int64_t n_labels = 0, model_features = 0;
+    rc = qac_model_info(model, &depth, &n_labels, &model_features);
     if (rc) return rc;
     if ((int64_t)n_feat > model_features) return QAC_E_RANGE;
     rc = qac_featurize2(featurizer, text, text_len, context, context_len, feat_idx, feat_val,
