@@ -229,7 +229,8 @@ class Completer:
         texts: list[str] = []
         contexts: list[str | None] = []
         rows: list[int] = []
-        prev_session, prev_query = None, None
+        prev_session: str | None = None
+        prev_query: str | None = None
         for e in events:
             previous = prev_query if e.session == prev_session else None
             prev_session, prev_query = e.session, e.query

@@ -33,6 +33,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ def _header_roles(first: str, where: str) -> dict[str, int] | None:
 
 
 def read_log(
-    path: str | Path,
+    path: str | os.PathLike[str],
     since: datetime | None = None,
     until: datetime | None = None,
     *,
