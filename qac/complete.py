@@ -254,8 +254,18 @@ class Completer:
             shape=(len(rows), len(labels)))
         log.info("completer: %d labels, %d training prefixes, index %s",
                  len(labels), len(rows), config.index)
+        prefix_len = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        trie_layers = 0 if config.index == "tree" else config.depth
+
+        def layer_rows(tree: LabelTree) -> list[np.ndarray | None]:
+            # Trie layer t (1-based) only decides a ranking among its siblings for
+            # prefixes shorter than t: a longer prefix admits one node there.
+            return [prefix_len < t if t <= trie_layers else None
+                    for t in range(1, tree.depth + 1)]
+
         engine = Engine.fit(texts, Y, config.engine_config(), contexts=contexts,
-                            index=_build_index(config, labels), progress=progress)
+                            index=_build_index(config, labels), layer_rows=layer_rows,
+                            progress=progress)
         pop = Counter({q: c for q, c in counts.items() if not blocklist.blocks(q)})
         if background:
             pop.update({q: c for q, c in background.items() if not blocklist.blocks(q)})

@@ -32,6 +32,8 @@ POSTS = ("l3-hinge", "sigmoid")
 
 #: Builds the label tree from the fitted vectorizer, the features X and labels Y.
 IndexFn = Callable[[Vectorizer, sp.csr_matrix, sp.csr_matrix], LabelTree]
+#: Per layer of a tree, the instances its rankers learn from (bool masks; None: all).
+LayerRowsFn = Callable[[LabelTree], Sequence[np.ndarray | None]]
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class Engine:
         config: EngineConfig,
         contexts: Sequence[str | None] | None = None,
         index: IndexFn | None = None,
+        layer_rows: LayerRowsFn | None = None,
         progress: bool = False,
     ) -> Engine:
         """Learn features, tree and rankers for (normalized) texts -> label rows of Y.
@@ -140,7 +143,9 @@ class Engine:
         if tree.n_labels != Y.shape[1]:
             raise InputError(f"the index has {tree.n_labels} labels, Y has {Y.shape[1]}")
         t2 = time.perf_counter()
-        layers = train_xlinear(X, Y, tree.child_ptr, tree.label_order, config.train, progress)
+        rows = layer_rows(tree) if layer_rows is not None else None
+        layers = train_xlinear(X, Y, tree.child_ptr, tree.label_order, config.train, progress,
+                               layer_rows=rows)
         t3 = time.perf_counter()
         log.info(
             "engine fit: %d rows, %d features, %d labels, depth %d; "

@@ -408,3 +408,27 @@ def test_empty_parents_and_no_instances() -> None:
     Y = sp.csr_matrix((np.ones(1, np.float32), ([0], [1])), shape=(3, 2))
     layers = train_xlinear(X, Y, [np.array([0, 2])], np.arange(2, dtype=np.int32))
     assert layers[0].nnz == 0
+
+
+def test_layer_rows_restrict_what_a_layer_learns_from() -> None:
+    X, Y, _ = _synthetic(n=600, L=48)
+    cps = _tree(48, 4)
+    lo = np.arange(48, dtype=np.int32)
+    n = X.shape[0]
+    full = train_xlinear(X, Y, cps, lo)
+    same = train_xlinear(X, Y, cps, lo, layer_rows=[np.ones(n, bool)] + [None] * (len(cps) - 1))
+    for a, b in zip(full, same, strict=True):
+        for k, v in a.arrays().items():
+            assert np.array_equal(v, b.arrays()[k]), k
+    # layer 1 learns from nobody: no weights, zero biases; deeper layers unchanged
+    none = train_xlinear(X, Y, cps, lo, layer_rows=[np.zeros(n, bool)] + [None] * (len(cps) - 1))
+    assert none[0].nnz == 0 and not none[0].bias.any()
+    assert np.array_equal(none[-1].ent_val, full[-1].ent_val)
+    # half the instances at the last layer: a different model there
+    half = np.arange(n) % 2 == 0
+    part = train_xlinear(X, Y, cps, lo, layer_rows=[None] * (len(cps) - 1) + [half])
+    assert not np.array_equal(part[-1].ent_val, full[-1].ent_val)
+    with pytest.raises(InputError, match="layer_rows"):
+        train_xlinear(X, Y, cps, lo, layer_rows=[None])
+    with pytest.raises(InputError, match="bool mask"):
+        train_xlinear(X, Y, cps, lo, layer_rows=[np.ones(3, bool)] + [None] * (len(cps) - 1))

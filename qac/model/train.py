@@ -170,11 +170,15 @@ def train_xlinear(
     label_order: np.ndarray,
     config: TrainConfig | None = None,
     progress: bool = False,
+    layer_rows: Sequence[np.ndarray | None] | None = None,
 ) -> list[LayerWeights]:
     """Train XR-Linear rankers for every layer of the tree; return LayerWeights 1..D.
 
     X: csr (n, d), float32 rows (converted if needed). Y: csr (n, L), positive entries
     are the labels. child_ptr / label_order: the LabelTree arrays (see CONTRACT).
+    layer_rows: optional, per layer, a bool mask (n,) of the instances that layer's
+    rankers learn from (None: all). Completion uses it to skip trie layers for
+    prefixes that already fix the trie node: their rankers never decide a ranking.
     """
     config = config or TrainConfig()
     X, Y, cps, lo = _check_inputs(X, Y, child_ptr, label_order)
@@ -182,6 +186,12 @@ def train_xlinear(
     x_ptr = X.indptr.astype(np.int64)
     D = len(cps)
     pairs = _positive_pairs(Y, cps, lo)
+    masks = list(layer_rows) if layer_rows is not None else [None] * D
+    if len(masks) != D:
+        raise InputError(f"layer_rows: {len(masks)} entries for a tree of depth {D}")
+    for i, m in enumerate(masks):
+        if m is not None and (m.dtype != np.bool_ or m.shape != (n,)):
+            raise InputError(f"layer_rows[{i}]: expected a bool mask of shape ({n},)")
     layers: list[LayerWeights] = []
     it: Any = range(1, D + 1)
     if progress:
@@ -194,15 +204,20 @@ def train_xlinear(
         n_nodes = int(cps[layer - 1][-1])
         inst, node = pairs[layer - 1]
         pos_ptr, pos_node = _pairs_to_csr(inst, node, n, n_nodes)
+        mask = masks[layer - 1]
         if layer == 1:
-            route_ptr = np.array([0, n], np.int64)
-            route_inst = np.arange(n, dtype=np.int32)
+            route_inst = (np.arange(n, dtype=np.int32) if mask is None
+                          else np.flatnonzero(mask).astype(np.int32))
+            route_ptr = np.array([0, route_inst.shape[0]], np.int64)
         else:
             pinst, pnode = pairs[layer - 2]
             if config.negatives == "tfn+man":
                 mi, mn = _matcher_pairs(X, cps[: layer - 1], layers, d, config)
                 pinst = np.concatenate([pinst, mi])
                 pnode = np.concatenate([pnode, mn])
+            if mask is not None:
+                keep = mask[pinst]
+                pinst, pnode = pinst[keep], pnode[keep]
             route_ptr, route_inst = _pairs_to_csr(pnode, pinst, n_parents, n)
         arrays = _kernel.train_layer(
             x_ptr, X.indices, X.data, d, cps[layer - 1], n_nodes,
