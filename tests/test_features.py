@@ -360,6 +360,23 @@ def test_from_parts_rejects_bad_parts() -> None:
         Vectorizer.from_parts(cfg, {"keys": dup, "idf": arrs["idf"]})
 
 
+def test_key_of_another_block_is_ignored() -> None:
+    """A corrupt key table (block 0 holding a block-1 key) cannot break sorted, distinct ids."""
+    v = Vectorizer([BlockConfig("char"), BlockConfig("word")]).fit(["abc zz", "abd"])
+    cfg, arrs = v.config(), v.arrays()
+    keys = arrs["keys"].copy()
+    keys[0] = ref_key(1, "qq")  # block 0's first id now answers to block 1's word "qq"
+    w = Vectorizer.from_parts(cfg, {"keys": keys, "idf": arrs["idf"]})
+    idx, _ = w.transform_one("abc qq")
+    assert 0 not in idx.tolist() and list(idx) == sorted(set(idx.tolist()))
+
+
+def test_fit_on_nothing() -> None:
+    v = Vectorizer([BlockConfig("char")]).fit([])
+    assert v.n_features == 0 and v.transform(["abc"]).shape == (1, 0)
+    assert v.transform_one("abc")[0].size == 0
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
