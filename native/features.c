@@ -132,6 +132,7 @@ static inline uint64_t fnv_byte(uint64_t h, unsigned char c) {
 
 typedef struct {
     const qac_featurizer_t *f; /* NULL: collect keys */
+    int32_t lo, hi;            /* the block's id range: a key of another block is ignored */
     int32_t *idx;
     float *val;
     uint64_t *keys;
@@ -155,7 +156,7 @@ static inline int table_find(const qac_featurizer_t *f, uint64_t key, int32_t *i
 static inline void sink_put(sink_t *s, uint64_t key, float w) {
     if (s->f) {
         int32_t id;
-        if (!table_find(s->f, key, &id)) return;
+        if (!table_find(s->f, key, &id) || id < s->lo || id >= s->hi) return;
         if (s->n >= s->cap) {
             s->overflow = 1;
             return;
@@ -490,7 +491,8 @@ static int featurize_row(const qac_featurizer_t *f, const char *const *fields,
         const qac_block_spec_t *spec = &f->blocks[b];
         size_t fi = (size_t)spec->field;
         if (fi >= n_fields || lens[fi] == 0) continue;
-        sink_t sink = {f, idx ? idx + nnz : NULL, val ? val + nnz : NULL, NULL, 0, cap - nnz, 0};
+        sink_t sink = {f, (int32_t)f->begin[b], (int32_t)f->begin[b + 1],
+                       idx ? idx + nnz : NULL, val ? val + nnz : NULL, NULL, 0, cap - nnz, 0};
         block_extract(spec, (int32_t)b, f->posw[b], (const unsigned char *)fields[fi], lens[fi],
                       &sink);
         if (sink.overflow) return QAC_E_CAPACITY;
@@ -591,7 +593,7 @@ static void *batch_worker(void *arg) {
                 job->rc = QAC_E_RANGE;
                 break;
             }
-            fields[i] = job->bufs[i] + a;
+            fields[i] = job->bufs[i] ? job->bufs[i] + a : NULL;
             lens[i] = (size_t)(b - a);
             int rc = check_field(fields[i], lens[i]);
             if (rc) {
@@ -725,14 +727,14 @@ static void *extract_worker(void *arg) {
             job->rc = QAC_E_RANGE;
             return NULL;
         }
-        const char *s = job->buf + a;
+        const char *s = job->buf ? job->buf + a : NULL;
         size_t n = (size_t)(b - a);
         int rc = check_field(s, n);
         if (rc) {
             job->rc = rc;
             return NULL;
         }
-        sink_t sink = {NULL, NULL, NULL, job->keys ? job->keys + job->used : NULL, 0,
+        sink_t sink = {NULL, 0, 0, NULL, NULL, job->keys ? job->keys + job->used : NULL, 0,
                        job->cap - job->used, 0};
         if (n > 0)
             block_extract(job->spec, job->block_index, job->posw, (const unsigned char *)s, n,

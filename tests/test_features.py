@@ -6,6 +6,7 @@ import json
 import math
 import string
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,41 @@ def test_batch_deterministic_across_threads() -> None:
     np.testing.assert_allclose(norms[base.indptr[1:] > base.indptr[:-1]], 1.0, rtol=1e-5)
 
 
+def test_long_rows_with_many_duplicates_match_reference() -> None:
+    """Rows of hundreds of n-grams, mostly repeats: the sort/merge path beyond small rows."""
+    rng = np.random.default_rng(1)
+    alphabet = list("ab é") + ["中"]
+    texts = ["".join(rng.choice(alphabet, size=int(rng.integers(100, 1024)))) for _ in range(12)]
+    texts += ["ab " * 300, "a" * 1024, "é" * 1000 + " x"]
+    blocks = [
+        BlockConfig("prefix_char", (1, 5), position_decay=0.5, sublinear_tf=True),
+        BlockConfig("char", (2, 4), open_end=True),
+        BlockConfig("word", (1, 3), min_df=2),
+    ]
+    v = Vectorizer(blocks).fit(texts[::2])
+    ref = RefVectorizer(blocks).fit([(t, "") for t in texts[::2]])
+    X = v.transform(texts)
+    for r, t in enumerate(texts):
+        lo, hi = X.indptr[r], X.indptr[r + 1]
+        assert_row(X.indices[lo:hi], X.data[lo:hi], ref.row(t, ""))
+
+
+def test_transform_one_is_thread_safe() -> None:
+    texts = [f"query {i} with words {i % 7}" for i in range(200)]
+    v = Vectorizer([BlockConfig("prefix_char"), BlockConfig("word")]).fit(texts)
+    want = [v.transform_one(t) for t in texts]
+
+    def work(k: int) -> bool:
+        return all(
+            all(np.array_equal(a, b) for a, b in zip(v.transform_one(t), want[i], strict=True))
+            for i, t in enumerate(texts)
+            for _ in range(k)
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, [3] * 8))
+
+
 def test_invalid_utf8_reaches_c_and_raises() -> None:
     v = Vectorizer([BlockConfig("char")]).fit(["abc"])
     for bad in [b"ab\xff", b"\xc3", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80"]:
@@ -301,6 +337,7 @@ def test_from_parts_roundtrip_mmap(tmp_path: Path) -> None:
     arrays = {n: np.load(tmp_path / f"{n}.npy", mmap_mode="r") for n in ("keys", "idf")}
     w = Vectorizer.from_parts(json.loads((tmp_path / "features.json").read_text()), arrays)
     assert w.blocks == v.blocks and w.n_features == v.n_features
+    assert all(np.shares_memory(w.arrays()[n], arrays[n]) for n in arrays)  # used in place
     a, b = v.transform(texts, ctx), w.transform(texts, ctx)
     assert (a != b).nnz == 0
     for t, c in zip(texts, ctx, strict=True):
@@ -321,6 +358,23 @@ def test_from_parts_rejects_bad_parts() -> None:
     dup[1] = dup[0]
     with pytest.raises(ModelFormatError):
         Vectorizer.from_parts(cfg, {"keys": dup, "idf": arrs["idf"]})
+
+
+def test_key_of_another_block_is_ignored() -> None:
+    """A corrupt key table (block 0 holding a block-1 key) cannot break sorted, distinct ids."""
+    v = Vectorizer([BlockConfig("char"), BlockConfig("word")]).fit(["abc zz", "abd"])
+    cfg, arrs = v.config(), v.arrays()
+    keys = arrs["keys"].copy()
+    keys[0] = ref_key(1, "qq")  # block 0's first id now answers to block 1's word "qq"
+    w = Vectorizer.from_parts(cfg, {"keys": keys, "idf": arrs["idf"]})
+    idx, _ = w.transform_one("abc qq")
+    assert 0 not in idx.tolist() and list(idx) == sorted(set(idx.tolist()))
+
+
+def test_fit_on_nothing() -> None:
+    v = Vectorizer([BlockConfig("char")]).fit([])
+    assert v.n_features == 0 and v.transform(["abc"]).shape == (1, 0)
+    assert v.transform_one("abc")[0].size == 0
 
 
 @pytest.mark.parametrize(
