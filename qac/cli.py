@@ -106,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not args.no_ablation:
             systems[f"{name} -session"] = (
                 lambda p, prev, k, c=c: [x.text for x in c.complete(p, None, k)])
-    results = evaluate(systems, cases, lambda t: first.labels.id_of(t) is not None,
+    results = evaluate(systems, cases, first.labels.__contains__,
                        k=args.k, progress=not args.json)
     if args.json:
         print(json.dumps({"cases": len(cases), "results": results}, indent=1))

@@ -77,6 +77,7 @@ class CompleterConfig:
     previous_weight:  weight of each previous-query block (word 1-2, char 3-grams).
     popularity:       answer score = ranker score * (1 + count) ** popularity.
     candidates:       labels fetched from the beam search before the policy.
+    beam:             beam width of the search (the engine's default when None).
     """
 
     index: str = "hybrid"
@@ -87,6 +88,7 @@ class CompleterConfig:
     previous_weight: float = 0.5
     popularity: float = 0.0
     candidates: int = 20
+    beam: int | None = None
     engine: EngineConfig | None = None
     blocklist: bool = True
 
@@ -101,6 +103,8 @@ class CompleterConfig:
             raise InputError("CompleterConfig.prefix_lengths: lengths >= 0 needed")
         if self.candidates < 1:
             raise InputError(f"CompleterConfig.candidates: must be >= 1, got {self.candidates}")
+        if self.beam is not None and self.beam < 1:
+            raise InputError(f"CompleterConfig.beam: must be >= 1, got {self.beam}")
 
     @property
     def depth(self) -> int:
@@ -152,6 +156,9 @@ class LabelSet:
         """Ids [lo, hi) of the labels starting with ``prefix``."""
         lo = bisect.bisect_left(self.labels, prefix)
         return lo, bisect.bisect_left(self.labels, prefix + _MAX_CHAR, lo)
+
+    def __contains__(self, text: object) -> bool:
+        return isinstance(text, str) and self.id_of(text) is not None
 
     def id_of(self, text: str) -> int | None:
         if self._index is None:
@@ -321,7 +328,8 @@ class Completer:
 
     def _model(self, p: str, prev: str, k: int, lo: int, hi: int) -> list[Completion]:
         n = max(k, self.config.candidates)
-        ids, scores = self.engine.search(p, prev or None, k=n, lo=lo, hi=hi)
+        ids, scores = self.engine.search(p, prev or None, k=n, beam=self.config.beam,
+                                         lo=lo, hi=hi)
         if self.config.popularity and ids:
             # score * (1 + count) ** popularity, compared in log space
             beta, logpop = self.config.popularity, self._logpop
