@@ -66,7 +66,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from qac.engine import EngineConfig
 
     base = CompleterConfig(index=args.index, trie_depth=args.trie_depth,
-                           min_count=args.min_count, popularity=args.popularity)
+                           min_count=args.min_count, popularity=args.popularity,
+                           popularity_per_char=args.popularity_per_char)
     engine = EngineConfig(blocks=base.engine_config().blocks, **_engine_overrides(args))
     t0 = time.perf_counter()
     c = train_completer(args.log, args.out, replace(base, engine=engine), until=args.until,
@@ -97,10 +98,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cases = test_cases(read_log(args.log, since=args.since, until=args.until))
     if args.limit:
         cases = cases[: args.limit]
+    from qac.mpc import MostPopular
+
     models = {Path(m).name: Completer.load(m) for m in args.models}
     first = next(iter(models.values()))
-    systems: dict[str, Any] = {
-        "mpc": lambda p, prev, k: [t for t, _ in first.mpc.complete(p, k)]}
+    # The baseline: most popular completion over the training log's queries (the
+    # first model's labels and counts); "mpc+bg" when its fill also has a background log.
+    mpc = MostPopular(dict(zip(first.labels.labels, first.labels.counts.tolist(), strict=True)))
+    systems: dict[str, Any] = {"mpc": lambda p, prev, k: [t for t, _ in mpc.complete(p, k)]}
+    if len(first.mpc) != len(mpc):
+        systems["mpc+bg"] = lambda p, prev, k: [t for t, _ in first.mpc.complete(p, k)]
     for name, c in models.items():
         systems[name] = lambda p, prev, k, c=c: [x.text for x in c.complete(p, prev, k)]
         if not args.no_ablation:
@@ -194,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", type=_date, help="train on rows before this date")
     p.add_argument("--background", help="query-only log adding popularity counts")
     p.add_argument("--min-count", type=int, default=1, help="fewest occurrences of a label")
-    p.add_argument("--popularity", type=float, default=0.0,
-                   help="answer score = ranker score * (1 + count) ** popularity")
+    p.add_argument("--popularity", type=float, default=0.5,
+                   help="answer score = ranker score * (1 + count) ** beta, "
+                        "beta = popularity + popularity-per-char * min(len(prefix), 10)")
+    p.add_argument("--popularity-per-char", type=float, default=0.3)
     _add_engine_args(p)
     p.set_defaults(func=cmd_train)
 

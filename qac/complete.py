@@ -75,7 +75,11 @@ class CompleterConfig:
                       teaches next-query suggestion).
     prefix_weight:    weight of the prefix block (prefix-weighted char 1-3-grams).
     previous_weight:  weight of each previous-query block (word 1-2, char 3-grams).
-    popularity:       answer score = ranker score * (1 + count) ** popularity.
+    popularity:       answer score = ranker score * (1 + count) ** beta, with
+                      beta = popularity + popularity_per_char * min(len(prefix), 10):
+                      the longer the prefix, the fewer and more specific the
+                      candidates, and the more their popularity says (tuned on a dev
+                      split with sim/tune_completion.py).
     candidates:       labels fetched from the beam search before the policy.
     beam:             beam width of the search (the engine's default when None).
     """
@@ -86,8 +90,9 @@ class CompleterConfig:
     prefix_lengths: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10, 13)
     prefix_weight: float = 1.0
     previous_weight: float = 0.5
-    popularity: float = 0.0
-    candidates: int = 20
+    popularity: float = 0.5
+    popularity_per_char: float = 0.3
+    candidates: int = 50
     beam: int | None = None
     engine: EngineConfig | None = None
     blocklist: bool = True
@@ -140,7 +145,7 @@ class CompleterConfig:
 
 
 class LabelSet:
-    """The sorted label strings with their counts; id = rank in string order."""
+    """The sorted label strings with their training-log counts; id = rank in string order."""
 
     def __init__(self, labels: list[str], counts: np.ndarray) -> None:
         if len(labels) != len(counts):
@@ -207,8 +212,10 @@ class Completer:
         self.labels = labels
         self.mpc = mpc
         self.blocklist = blocklist
-        # log(1 + count) per label, for the popularity term of the answer score
-        self._logpop = np.log1p(labels.counts.astype(np.float64)).tolist()
+        # log(1 + count) per label, for the popularity term of the answer score; the
+        # counts are the MPC table's (training log plus any background log)
+        count = mpc.count
+        self._logpop = [math.log1p(count(q)) for q in labels.labels]
 
     # -- training -------------------------------------------------------------
     @classmethod
@@ -330,9 +337,10 @@ class Completer:
         n = max(k, self.config.candidates)
         ids, scores = self.engine.search(p, prev or None, k=n, beam=self.config.beam,
                                          lo=lo, hi=hi)
-        if self.config.popularity and ids:
-            # score * (1 + count) ** popularity, compared in log space
-            beta, logpop = self.config.popularity, self._logpop
+        beta = self.config.popularity + self.config.popularity_per_char * min(len(p), 10)
+        if beta and ids:
+            # score * (1 + count) ** beta, compared in log space
+            logpop = self._logpop
             pairs = zip(ids, scores, strict=True)
             ranked = sorted(((math.log(max(s, 1e-30)) + beta * logpop[i], i) for i, s in pairs),
                             key=lambda t: -t[0])

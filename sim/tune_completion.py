@@ -17,9 +17,11 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+from qac.blocklist import Blocklist
 from qac.complete import Completer, CompleterConfig
 from qac.evaluate import evaluate, test_cases
-from qac.logs import read_log
+from qac.logs import query_counts, read_log
+from qac.mpc import MostPopular
 
 
 def main() -> None:
@@ -34,6 +36,8 @@ def main() -> None:
     ap.add_argument("--popularity", default="0,0.1,0.2,0.3,0.5,0.75,1.0")
     ap.add_argument("--candidates", default="20,50")
     ap.add_argument("--beam", default="10")
+    ap.add_argument("--per-char", default="0")
+    ap.add_argument("--background", help="query-only log whose counts join the popularity")
     ap.add_argument("--previous-weight", default="",
                     help="also retrain with these previous-query block weights")
     args = ap.parse_args()
@@ -54,17 +58,26 @@ def main() -> None:
             Completer.train(train, cfg).save(path)
             print(f"trained {path} in {time.perf_counter() - t0:.0f}s")
         base = Completer.load(path)
+        if args.background:
+            counts = query_counts(train)
+            counts.update(query_counts(read_log(args.background)))
+            blocked = Blocklist.default().blocks
+            base = Completer(base.config, base.engine, base.labels,
+                             MostPopular({q: c for q, c in counts.items() if not blocked(q)}))
         seen = base.labels.__contains__
         for beta in (float(b) for b in args.popularity.split(",")):
-            for cand, beam in ((int(c), int(b)) for c in args.candidates.split(",")
-                               for b in args.beam.split(",")):
-                c = base.with_options(popularity=beta, candidates=cand, beam=beam)
+            for cand, beam, pc in ((int(c), int(b), float(x)) for c in args.candidates.split(",")
+                                   for b in args.beam.split(",")
+                                   for x in args.per_char.split(",")):
+                c = base.with_options(popularity=beta, candidates=cand, beam=beam,
+                                      popularity_per_char=pc)
                 def system(p: str, prev: str | None, k: int, c: Completer = c) -> list[str]:
                     return [x.text for x in c.complete(p, prev, k)]
 
                 r = evaluate({"m": system}, cases, seen)["m"]
                 m = r["metrics"]
                 row = {"previous_weight": w, "popularity": beta, "candidates": cand, "beam": beam,
+                       "per_char": pc,
                        "mrr@10": m["overall"]["mrr@10"],
                        "by_length": {n: v["mrr@10"] for n, v in m["by_length"].items()}}
                 results.append(row)
