@@ -41,7 +41,8 @@ PECOS_PY = VENV / "bin" / "python"
 AOL = Path(os.environ.get("QAC_AOL_DIR", ROOT.parent.parent / "shared" / "data" / "aol"))
 if not AOL.exists():
     AOL = Path("/work/shared/data/aol")
-sys.path.insert(0, str(ROOT))
+# QAC_SRC: run against another qac tree (e.g. an integration checkout); children inherit it.
+sys.path.insert(0, os.environ.get("QAC_SRC", str(ROOT)))
 
 
 def log(msg: str) -> None:
@@ -62,19 +63,37 @@ def du_bytes(path: Path) -> int:
 # --------------------------------------------------------------------------- children
 
 
-def run_child(cmd: list[str], what: str) -> dict[str, Any]:
-    """Run one stage in a child process; return its wall time and peak RSS (MiB)."""
+class StageTimeout(Exception):
+    pass
+
+
+def run_child(cmd: list[str], what: str, timeout: float = 0) -> dict[str, Any]:
+    """Run one stage in a child process; return its wall time, CPU time and peak RSS (MiB).
+
+    With ``timeout`` > 0 the child is killed after that many seconds (StageTimeout).
+    """
     log(f"{what}: {' '.join(cmd)}")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT)
-    _, status, ru = os.wait4(proc.pid, 0)
+    deadline = t0 + timeout if timeout > 0 else None
+    while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG if deadline else 0)
+        if pid == proc.pid:
+            break
+        if deadline and time.perf_counter() > deadline:
+            proc.kill()
+            os.wait4(proc.pid, 0)
+            proc.returncode = -9
+            raise StageTimeout(f"{what} killed after {timeout:.0f}s")
+        time.sleep(0.5)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{what} failed with exit code {proc.returncode}")
     rss = ru.ru_maxrss / 1024.0  # Linux: KiB
     log(f"{what}: done in {wall:.1f}s, peak RSS {rss:.0f} MiB")
-    return {"wall_seconds": wall, "peak_rss_mib": rss}
+    return {"wall_seconds": wall, "cpu_seconds": ru.ru_utime + ru.ru_stime,
+            "peak_rss_mib": rss}
 
 
 def ensure_pecos_venv() -> None:
@@ -249,17 +268,27 @@ def index_qac(data: Path, a: argparse.Namespace) -> dict[str, Any]:
     return {"seconds": secs, "layer_sizes": sizes}
 
 
-def prepare(a: argparse.Namespace, data: Path) -> dict[str, Any]:
-    meta_path = data / "meta.json"
-    if meta_path.exists() and not a.force:
-        return json.loads(meta_path.read_text())
-    data.mkdir(parents=True, exist_ok=True)
-    log(f"prepare {a.task} -> {data}")
-    meta: dict[str, Any] = {"task": a.task}
-    meta.update(build_aol(data) if a.task == "aol" else build_synth(data, a.scale, a.seed))
+def prepare(a: argparse.Namespace, data: Path) -> tuple[dict[str, Any], bool]:
+    """Build (or reuse) the shared data; returns (meta, rebuilt)."""
     feats = a.features
     if feats == "auto":
         feats = "qac" if qac_available("features") else "pecos"
+    tree = a.tree
+    if tree == "auto":
+        tree = "qac" if qac_available("tree") else "pecos"
+    meta_path = data / "meta.json"
+    if meta_path.exists() and not a.force:
+        meta = json.loads(meta_path.read_text())
+        same = (meta.get("features"), meta.get("tree"), meta.get("branching"),
+                meta.get("max_leaf_size")) == (feats, tree, a.branching, a.max_leaf_size)
+        if same:
+            return meta, False
+        log(f"data in {data} was built with features={meta.get('features')} "
+            f"tree={meta.get('tree')}; rebuilding for features={feats} tree={tree}")
+    data.mkdir(parents=True, exist_ok=True)
+    log(f"prepare {a.task} -> {data}")
+    meta = {"task": a.task}
+    meta.update(build_aol(data) if a.task == "aol" else build_synth(data, a.scale, a.seed))
     meta["features"] = feats
     write_json(meta_path.with_suffix(".partial.json"), meta)
     if feats == "qac":
@@ -270,9 +299,6 @@ def prepare(a: argparse.Namespace, data: Path) -> dict[str, Any]:
                        str(data), "--out", str(data / "vectorize.json"),
                        "--threads", str(a.threads)], "pecos-vectorize")
         meta["featurize"] = {**json.loads((data / "vectorize.json").read_text()), **r}
-    tree = a.tree
-    if tree == "auto":
-        tree = "qac" if qac_available("tree") else "pecos"
     meta["tree"] = tree
     if tree == "qac":
         meta["index"] = index_qac(data, a)
@@ -286,7 +312,7 @@ def prepare(a: argparse.Namespace, data: Path) -> dict[str, Any]:
     meta["branching"] = a.branching
     meta["max_leaf_size"] = a.max_leaf_size
     write_json(meta_path, meta)
-    return meta
+    return meta, True
 
 
 # --------------------------------------------------------------------------- quality
@@ -329,10 +355,10 @@ def qac_train(a: argparse.Namespace) -> None:
     Y = smat.load_npz(data / "Y_trn.npz").tocsr()
     tree = _qac_tree(data)
     log(f"qac train: X {X.shape} nnz {X.nnz}, layers {list(tree.layer_sizes)}")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     layers = train_xlinear(X, Y, tree.child_ptr, tree.label_order, TrainConfig(threads=a.threads))
-    secs = time.perf_counter() - t0
-    log(f"qac trained in {secs:.1f}s")
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    log(f"qac trained in {secs:.1f}s ({cpu:.1f}s CPU)")
     # Until qac.retrieve owns a model format: plain .npy arrays, loadable with mmap.
     mdir.mkdir(parents=True, exist_ok=True)
     for old in mdir.glob("*.npy"):
@@ -344,8 +370,9 @@ def qac_train(a: argparse.Namespace) -> None:
         for name, arr in lw.arrays().items():
             np.save(mdir / f"L{li}_{name}.npy", arr)
     write_json(mdir / "manifest.json", {"depth": len(layers), "n_features": int(X.shape[1])})
-    write_json(Path(a.out), {"train_seconds": secs, "model_bytes": du_bytes(mdir),
-                             "threads": a.threads})
+    write_json(Path(a.out), {"train_seconds": secs, "train_cpu_seconds": cpu,
+                             "loadavg_after": os.getloadavg(),
+                             "model_bytes": du_bytes(mdir), "threads": a.threads})
 
 
 def _qac_load(mdir: Path) -> Any:
@@ -380,7 +407,7 @@ def qac_eval(a: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     model = _qac_load(mdir)
     res: dict[str, Any] = {"load_seconds": time.perf_counter() - t0, "beam": a.beam,
-                           "topk": a.topk}
+                           "topk": a.topk, "loadavg_before": os.getloadavg()}
     model.predict(X[: min(1000, X.shape[0])], beam=a.beam, topk=a.topk, threads=a.threads)
     t0 = time.perf_counter()
     ids, _ = model.predict(X, beam=a.beam, topk=a.topk, threads=a.threads)
@@ -429,6 +456,7 @@ def qac_eval(a: argparse.Namespace) -> None:
         log(f"qac latency (text): p50 {res['latency_text']['p50_ms']:.3f} ms")
     else:
         res["latency_text"] = None  # shared features are PECOS's: qac has no text path
+    res["loadavg_after"] = os.getloadavg()
     write_json(out, res)
 
 
@@ -440,7 +468,7 @@ def stage_ok(path: Path, a: argparse.Namespace) -> bool:
 
 
 def run(a: argparse.Namespace) -> None:
-    name = a.task if a.task == "aol" else f"synth-{a.scale:g}"
+    name = a.name or (a.task if a.task == "aol" else f"synth-{a.scale:g}")
     out_dir = ROOT / "bench-out" / name
     data = out_dir / "data"
     only = set(a.only.split(",")) if a.only else None
@@ -451,18 +479,22 @@ def run(a: argparse.Namespace) -> None:
         return not ((stage.startswith("pecos") and a.skip_pecos)
                     or (stage.startswith("qac") and a.skip_qac))
 
-    meta = prepare(a, data)
+    meta, rebuilt = prepare(a, data)
+    if rebuilt:  # results of older data are void
+        for old in out_dir.glob("*-*.json*"):
+            old.unlink()
     common = ["--data", str(data), "--threads", str(a.threads)]
     ev = ["--beam", str(a.beam), "--topk", str(a.topk), "--latency-sample",
           str(a.latency_sample)]
     res_path = ROOT / "bench-out" / f"{name}.json"
-    res: dict[str, Any] = json.loads(res_path.read_text()) if res_path.exists() else {}
+    res: dict[str, Any] = {}
     res.update({"task": name, "meta": meta, "machine": {"nproc": os.cpu_count()},
                 "settings": {"beam": a.beam, "topk": a.topk, "threads_train": a.threads,
                              "threads_batch": a.threads, "threads_latency": 1,
                              "B": meta.get("branching"),
                              "max_leaf_size": meta.get("max_leaf_size")}})
-    systems = res.setdefault("systems", {})
+    systems: dict[str, Any] = {}  # rebuilt from the stage files every run
+    res["systems"] = systems
 
     steps = []
     if want("pecos-train") or want("pecos-eval"):
@@ -489,7 +521,14 @@ def run(a: argparse.Namespace) -> None:
         if stage_ok(jp, a) and not (only and f"{system}-{step}" in only):
             log(f"{system}-{step}: cached ({jp.name}); --force to redo")
         else:
-            r = run_child(cmd + common + ["--out", str(jp)], f"{system}-{step}")
+            try:
+                r = run_child(cmd + common + ["--out", str(jp)], f"{system}-{step}",
+                              a.stage_timeout)
+            except StageTimeout as e:
+                log(str(e))
+                write_json(out_dir / f"{system}-{step}.timeout.json",
+                           {"timeout_seconds": a.stage_timeout, "what": str(e)})
+                continue
             d = json.loads(jp.read_text())
             d["child"] = r
             write_json(jp, d)
@@ -530,6 +569,7 @@ def table(res: dict[str, Any]) -> str:
 
     rows = [
         ("training time (s), same tree, threads=2", "train", "train_seconds", ".1f"),
+        ("training CPU time (s)", "train", "train_cpu_seconds", ".1f"),
         ("model size on disk (MiB)", "train", "model_bytes", "mib"),
         ("peak RSS train (MiB)", "train", "child.peak_rss_mib", ".0f"),
         ("peak RSS eval (MiB)", "eval", "child.peak_rss_mib", ".0f"),
@@ -558,7 +598,7 @@ def table(res: dict[str, Any]) -> str:
         lines.append(f"{label:44s} {vals[0]:>16s} {vals[1]:>12s}")
     tm = g("pecos", "eval", "latency_text", "mode")
     notes = [f"quality over {g('pecos', 'quality', 'n') or g('qac', 'quality', 'n')} test rows"]
-    if res["task"] == "aol":
+    if meta.get("task") == "aol":
         notes.append(meta.get("eval_rows", "") + f"; dropped "
                      f"{meta.get('n_valid_rows_dropped_no_known_url')} valid rows")
     if tm:
@@ -580,6 +620,7 @@ def main() -> None:
     p.add_argument("--task", choices=("aol", "synth"), required=True)
     p.add_argument("--scale", type=float, default=1.0, help="synth: fraction of 1M labels")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="output name under bench-out/ (default: aol, synth-<scale>)")
     p.add_argument("--features", choices=("auto", "qac", "pecos"), default="auto")
     p.add_argument("--tree", choices=("auto", "qac", "pecos"), default="auto")
     p.add_argument("--branching", type=int, default=16)
@@ -595,6 +636,8 @@ def main() -> None:
     p.add_argument("--skip-pecos", action="store_true")
     p.add_argument("--skip-qac", action="store_true")
     p.add_argument("--force", action="store_true", help="redo stages whose output exists")
+    p.add_argument("--stage-timeout", type=float, default=0,
+                   help="kill a train/eval stage after this many seconds (0 = no limit)")
     p = sub.add_parser("report", help="print the table of bench-out/<task>.json")
     p.add_argument("name")
     q = sub.add_parser("qac-side", help="(child) one qac stage")

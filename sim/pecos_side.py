@@ -149,14 +149,16 @@ def cmd_train(a: argparse.Namespace) -> None:
     Y = load_csr(os.path.join(a.data, "Y_trn.npz"))
     chain = load_chain(a.data)
     log(f"train: X {X.shape} nnz {X.nnz}, Y {Y.shape}, layers {[c.shape[0] for c in chain]}")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model = _train(X, Y, chain, a.threads)
-    secs = time.perf_counter() - t0
-    log(f"trained in {secs:.1f}s")
+    secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+    log(f"trained in {secs:.1f}s ({cpu:.1f}s CPU)")
     shutil.rmtree(a.model, ignore_errors=True)
     model.save(a.model)
     res: dict = {
         "train_seconds": secs,
+        "train_cpu_seconds": cpu,
+        "loadavg_after": os.getloadavg(),
         "model_bytes": du_bytes(a.model),
         "threads": a.threads,
         "params": {"solver": "L2R_L2LOSS_SVC_DUAL", "Cp": 1.0, "Cn": 1.0, "threshold": 0.1,
@@ -211,7 +213,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     model = XLinearModel.load(a.model, is_predict_only=True)
     load_secs = time.perf_counter() - t0
-    res: dict = {"load_seconds": load_secs, "beam": a.beam, "topk": a.topk}
+    res: dict = {"load_seconds": load_secs, "beam": a.beam, "topk": a.topk,
+                 "loadavg_before": os.getloadavg()}
 
     # Batch: whole test matrix in one call.
     model.predict(X[: min(1000, X.shape[0])], threads=a.threads, **kw)  # warm-up
@@ -271,6 +274,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
                                                                        **kw), a.topk))
     else:
         res["latency_text"] = None
+    res["loadavg_after"] = os.getloadavg()
     write_json(a.out, res)
 
 
