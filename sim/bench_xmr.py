@@ -293,6 +293,10 @@ def prepare(a: argparse.Namespace, data: Path) -> tuple[dict[str, Any], bool]:
     write_json(meta_path.with_suffix(".partial.json"), meta)
     if feats == "qac":
         meta["featurize"] = featurize_qac(data, a.threads)
+        ensure_pecos_venv()  # PECOS's own tfidf, for its text-in latency
+        run_child([str(PECOS_PY), str(SIM / "pecos_side.py"), "fit-vectorizer", "--data",
+                   str(data), "--out", str(data / "fit_vectorizer.json"), "--threads",
+                   str(a.threads)], "pecos-fit-vectorizer")
     else:
         ensure_pecos_venv()
         r = run_child([str(PECOS_PY), str(SIM / "pecos_side.py"), "vectorize", "--data",
@@ -602,8 +606,10 @@ def table(res: dict[str, Any]) -> str:
         notes.append(meta.get("eval_rows", "") + f"; dropped "
                      f"{meta.get('n_valid_rows_dropped_no_known_url')} valid rows")
     if tm:
-        notes.append(f"pecos text-in mode: {tm} (own-model = its own tfidf + a model trained "
-                     "on it with the same tree)")
+        notes.append(f"pecos text-in mode: {tm} " + {
+            "own-model": "(its own tfidf + a 2nd model trained on it with the same tree)",
+            "shared": "(the shared features are PECOS's tfidf)",
+            "sum": "(its tfidf of the text, then predict on the shared feature row)"}.get(tm, ""))
     qo = g("pecos", "quality_own_features")
     if qo:
         notes.append(f"pecos on its own tfidf features: P@1 {qo['p@1']:.4f} "
