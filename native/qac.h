@@ -36,5 +36,6 @@ const char *qac_strerror(int code);
 #include "qac_infer.h"
 #include "qac_train.h"
 #include "qac_kmeans.h"
+#include "qac_pipeline.h"
 
 #endif /* QAC_H */

@@ -6,6 +6,45 @@
 #include <stdint.h>
 
 /* QAC_CDEF_BEGIN */
+#define QAC_SOLVER_L2SVM 0  /* L2-regularized L2-loss SVM, dual CD (liblinear -s 1) */
+#define QAC_SOLVER_LOGREG 1 /* L2-regularized logistic regression, dual CD (liblinear -s 7) */
+
+typedef struct {
+    int solver;        /* QAC_SOLVER_* */
+    double Cp;         /* cost of positives, > 0 */
+    double Cn;         /* cost of negatives, > 0 */
+    double eps;        /* liblinear stopping tolerance, > 0 */
+    int max_iter;      /* outer CD iterations, >= 1 */
+    double bias;       /* value of the bias feature appended to every instance, >= 0 */
+    double threshold;  /* weights with |w| < threshold are dropped (the bias never is) */
+    uint64_t seed;     /* per-node RNG seed = f(seed, node id): independent of threads */
+} qac_train_params_t;
+
+typedef struct qac_layer qac_layer_t;
+
+/* Train the rankers of one tree layer (every child of every parent).
+ * X: CSR n x d (x_ptr[n+1], x_idx/x_val[x_nnz]). child_ptr[n_parents+1] with
+ * child_ptr[0] == 0 and child_ptr[n_parents] == n_nodes. pos_ptr[n+1]/pos_node[pos_nnz]:
+ * each instance's positive nodes at this layer. route_ptr[n_parents+1]/route_inst[route_nnz]:
+ * the instances (strictly increasing) whose training set includes parent p's children.
+ * On success *out is a handle to free with qac_layer_free. */
+int qac_train_layer(const qac_train_params_t *params,
+                    size_t n, size_t d, const int64_t *x_ptr, const int32_t *x_idx,
+                    const float *x_val, size_t x_nnz,
+                    size_t n_parents, const int64_t *child_ptr, size_t n_nodes,
+                    const int64_t *pos_ptr, const int32_t *pos_node, size_t pos_nnz,
+                    const int64_t *route_ptr, const int32_t *route_inst, size_t route_nnz,
+                    int n_threads, qac_layer_t **out);
+
+/* Sizes of the LayerWeights arrays: row_feat has n_rows, row_ptr n_rows+1, ent_* n_entries;
+ * chunk_ptr has n_parents+1 and bias n_nodes (as passed to qac_train_layer). */
+int qac_layer_sizes(const qac_layer_t *h, size_t *n_rows, size_t *n_entries);
+
+/* Copy the weights into caller-allocated arrays of the sizes above (LayerWeights layout). */
+int qac_layer_export(const qac_layer_t *h, int64_t *chunk_ptr, int32_t *row_feat,
+                     int64_t *row_ptr, int32_t *ent_node, float *ent_val, float *bias);
+
+void qac_layer_free(qac_layer_t *h);
 /* QAC_CDEF_END */
 
 #endif

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from qac.errors import InputError, KernelError, ModelFormatError, QacError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from qac.retrieve import Retriever
 
 __version__ = "0.1.0"
 
@@ -11,6 +16,18 @@ __all__ = [
     "KernelError",
     "ModelFormatError",
     "QacError",
+    "Retriever",
     "StoreUnavailable",
     "__version__",
 ]
+
+_LAZY = {"Retriever": "qac.retrieve"}
+
+
+def __getattr__(name: str) -> Any:
+    # The engine pulls in numpy/scipy and the C kernel; import it on first use.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'qac' has no attribute {name!r}")

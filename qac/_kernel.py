@@ -57,3 +57,492 @@ def as_c(arr: np.ndarray, dtype: Any, name: str) -> np.ndarray:
 def ptr(arr: np.ndarray, ctype: str) -> Any:
     """A typed cffi pointer into a C-contiguous numpy array (no copy)."""
     return ffi.cast(ctype, ffi.from_buffer(arr))
+
+
+# --- index ---
+
+
+def split_clusters(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    n_cols: int,
+    order: np.ndarray,
+    cluster_ptr: np.ndarray,
+    seed: int,
+    max_iter: int,
+    threads: int,
+) -> None:
+    """One binary level of balanced spherical 2-means, in place on ``order``.
+
+    CSR embedding (indptr int64 [L+1], indices int32, data float32) of L labels.
+    ``order`` (int32, C-contiguous, modified in place) lists labels cluster by
+    cluster as delimited by ``cluster_ptr`` (int64 [C+1]); afterwards cluster c's
+    first ceil(n/2) members form child 2c and the rest child 2c+1.
+    """
+    indptr = as_c(indptr, np.int64, "indptr")
+    indices = as_c(indices, np.int32, "indices")
+    data = as_c(data, np.float32, "data")
+    cluster_ptr = as_c(cluster_ptr, np.int64, "cluster_ptr")
+    if order.dtype != np.int32 or order.ndim != 1 or not order.flags.c_contiguous:
+        raise InputError("order: expected a C-contiguous 1-d int32 array")
+    if not order.flags.writeable:
+        raise InputError("order: must be writeable")
+    n_rows = indptr.shape[0] - 1
+    if n_rows < 0 or indices.shape[0] != data.shape[0] or cluster_ptr.shape[0] < 1:
+        raise InputError(
+            f"split_clusters: inconsistent shapes indptr {indptr.shape}, "
+            f"indices {indices.shape}, data {data.shape}, cluster_ptr {cluster_ptr.shape}"
+        )
+    if int(indptr[-1]) != indices.shape[0]:
+        raise InputError(f"indptr[-1] = {int(indptr[-1])} but nnz = {indices.shape[0]}")
+    code = lib.qac_split_clusters(
+        ptr(indptr, "int64_t *"),
+        ptr(indices, "int32_t *"),
+        ptr(data, "float *"),
+        n_rows,
+        n_cols,
+        indices.shape[0],
+        ptr(order, "int32_t *"),
+        order.shape[0],
+        ptr(cluster_ptr, "int64_t *"),
+        cluster_ptr.shape[0] - 1,
+        seed & 0xFFFFFFFFFFFFFFFF,
+        max_iter,
+        threads,
+    )
+    check(code, "qac_split_clusters")
+
+
+# --- infer ---
+
+POST_CODES = {"l3-hinge": "QAC_POST_L3HINGE", "sigmoid": "QAC_POST_SIGMOID"}
+
+
+def post_code(post: str) -> int:
+    """The QAC_POST_* code of a post-processor name ("l3-hinge" or "sigmoid")."""
+    if post not in POST_CODES:
+        raise InputError(f"post: expected one of {sorted(POST_CODES)}, got {post!r}")
+    return int(getattr(lib, POST_CODES[post]))
+
+
+def model_new(
+    child_ptr: list[np.ndarray],
+    layers: list[dict[str, np.ndarray]],
+    label_order: np.ndarray | None,
+    n_features: int,
+    post: int,
+) -> Any:
+    """Wrap validated C-contiguous arrays in a ``qac_model_t*`` (freed by the GC).
+
+    The handle points into the arrays: the caller must keep them alive at least
+    as long as the handle. Raises KernelError(QAC_E_RANGE) for inconsistent arrays.
+    """
+    views = ffi.new("qac_layer_view[]", len(layers))
+    for v, cp, lw in zip(views, child_ptr, layers, strict=True):
+        v.child_ptr, v.n_child_ptr = ptr(cp, "int64_t *"), cp.shape[0]
+        v.chunk_ptr, v.n_chunk_ptr = ptr(lw["chunk_ptr"], "int64_t *"), lw["chunk_ptr"].shape[0]
+        v.row_feat, v.n_row_feat = ptr(lw["row_feat"], "int32_t *"), lw["row_feat"].shape[0]
+        v.row_ptr, v.n_row_ptr = ptr(lw["row_ptr"], "int64_t *"), lw["row_ptr"].shape[0]
+        v.ent_node, v.n_ent_node = ptr(lw["ent_node"], "int32_t *"), lw["ent_node"].shape[0]
+        v.ent_val, v.n_ent_val = ptr(lw["ent_val"], "float *"), lw["ent_val"].shape[0]
+        v.bias, v.n_bias = ptr(lw["bias"], "float *"), lw["bias"].shape[0]
+    if label_order is None:
+        lo_ptr, n_labels = ffi.NULL, 0
+    else:
+        lo_ptr, n_labels = ptr(label_order, "int32_t *"), label_order.shape[0]
+    out = ffi.new("qac_model_t **")
+    check(
+        lib.qac_model_new(len(layers), views, lo_ptr, n_labels, n_features, post, out),
+        "qac_model_new",
+    )
+    return ffi.gc(out[0], lib.qac_model_free)
+
+
+def scratch_new(model: Any, max_beam: int, max_topk: int) -> Any:
+    """A ``qac_scratch_t*`` for ``model`` (freed by the GC); one per thread."""
+    out = ffi.new("qac_scratch_t **")
+    check(lib.qac_scratch_new(model, max_beam, max_topk, out), "qac_scratch_new")
+    return ffi.gc(out[0], lib.qac_scratch_free)
+
+
+def model_predict(
+    model: Any,
+    scratch: Any,
+    idx: np.ndarray,
+    val: np.ndarray,
+    beam: int,
+    topk: int,
+    lo: int,
+    hi: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One query (int32 idx, float32 val, C-contiguous); ids/scores trimmed to the count."""
+    ids = np.empty(topk, dtype=np.int32)
+    scores = np.empty(topk, dtype=np.float32)
+    n = ffi.new("size_t *")
+    check(
+        lib.qac_model_predict(
+            model,
+            scratch,
+            ffi.from_buffer("int32_t[]", idx),
+            ffi.from_buffer("float[]", val),
+            idx.shape[0],
+            beam,
+            topk,
+            lo,
+            hi,
+            ffi.from_buffer("int32_t[]", ids, require_writable=True),
+            ffi.from_buffer("float[]", scores, require_writable=True),
+            n,
+        ),
+        "qac_model_predict",
+    )
+    return ids[: n[0]], scores[: n[0]]
+
+
+def model_predict_batch(
+    model: Any,
+    indptr: np.ndarray,
+    idx: np.ndarray,
+    val: np.ndarray,
+    beam: int,
+    topk: int,
+    threads: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A CSR batch (int64 indptr, int32 idx, float32 val): (n, topk) ids padded -1, scores 0."""
+    n_rows = indptr.shape[0] - 1
+    ids = np.empty((n_rows, topk), dtype=np.int32)
+    scores = np.empty((n_rows, topk), dtype=np.float32)
+    check(
+        lib.qac_model_predict_batch(
+            model,
+            ptr(indptr, "int64_t *"),
+            ptr(idx, "int32_t *"),
+            ptr(val, "float *"),
+            idx.shape[0],
+            n_rows,
+            beam,
+            topk,
+            threads,
+            ffi.from_buffer("int32_t[]", ids, require_writable=True),
+            ffi.from_buffer("float[]", scores, require_writable=True),
+        ),
+        "qac_model_predict_batch",
+    )
+    return ids, scores
+
+
+# --- train ---
+
+SOLVERS = {"l2svm": 0, "logreg": 1}
+
+
+def train_layer(
+    x_ptr: np.ndarray,
+    x_idx: np.ndarray,
+    x_val: np.ndarray,
+    n_features: int,
+    child_ptr: np.ndarray,
+    n_nodes: int,
+    pos_ptr: np.ndarray,
+    pos_node: np.ndarray,
+    route_ptr: np.ndarray,
+    route_inst: np.ndarray,
+    *,
+    solver: str,
+    Cp: float,
+    Cn: float,
+    eps: float,
+    max_iter: int,
+    bias: float,
+    threshold: float,
+    seed: int,
+    threads: int,
+) -> dict[str, np.ndarray]:
+    """Train one layer's rankers in C; return the LayerWeights arrays by name.
+
+    X is CSR (x_ptr int64 [n+1], x_idx int32, x_val float32); pos_* is CSR instance ->
+    positive node ids at this layer; route_* is CSR parent -> instance ids (sorted).
+    """
+    if solver not in SOLVERS:
+        raise InputError(f"solver: expected one of {sorted(SOLVERS)}, got {solver!r}")
+    x_ptr = as_c(x_ptr, np.int64, "x_ptr")
+    x_idx = as_c(x_idx, np.int32, "x_idx")
+    x_val = as_c(x_val, np.float32, "x_val")
+    child_ptr = as_c(child_ptr, np.int64, "child_ptr")
+    pos_ptr = as_c(pos_ptr, np.int64, "pos_ptr")
+    pos_node = as_c(pos_node, np.int32, "pos_node")
+    route_ptr = as_c(route_ptr, np.int64, "route_ptr")
+    route_inst = as_c(route_inst, np.int32, "route_inst")
+    n = x_ptr.shape[0] - 1
+    n_parents = child_ptr.shape[0] - 1
+    if n < 0 or n_parents < 0:
+        raise InputError("x_ptr and child_ptr need at least one entry")
+    if x_idx.shape != x_val.shape:
+        raise InputError(f"x_idx {x_idx.shape} and x_val {x_val.shape} differ in length")
+    if pos_ptr.shape[0] != n + 1:
+        raise InputError(f"pos_ptr: expected {n + 1} entries, got {pos_ptr.shape[0]}")
+    if route_ptr.shape[0] != n_parents + 1:
+        raise InputError(f"route_ptr: expected {n_parents + 1} entries, got {route_ptr.shape[0]}")
+    if n_features < 0 or n_nodes < 0:
+        raise InputError(f"n_features={n_features}, n_nodes={n_nodes}: must be >= 0")
+    params = ffi.new("qac_train_params_t *")
+    params.solver = SOLVERS[solver]
+    params.Cp, params.Cn, params.eps = Cp, Cn, eps
+    params.max_iter, params.bias, params.threshold = max_iter, bias, threshold
+    params.seed = seed & 0xFFFFFFFFFFFFFFFF
+    out = ffi.new("qac_layer_t **")
+    check(
+        lib.qac_train_layer(
+            params,
+            n, n_features, ptr(x_ptr, "int64_t *"), ptr(x_idx, "int32_t *"),
+            ptr(x_val, "float *"), x_idx.shape[0],
+            n_parents, ptr(child_ptr, "int64_t *"), n_nodes,
+            ptr(pos_ptr, "int64_t *"), ptr(pos_node, "int32_t *"), pos_node.shape[0],
+            ptr(route_ptr, "int64_t *"), ptr(route_inst, "int32_t *"), route_inst.shape[0],
+            threads, out,
+        ),
+        "train_layer",
+    )
+    handle = ffi.gc(out[0], lib.qac_layer_free)
+    sizes = ffi.new("size_t[2]")
+    check(lib.qac_layer_sizes(handle, sizes, sizes + 1), "train_layer")
+    n_rows, n_ent = int(sizes[0]), int(sizes[1])
+    arrays = {
+        "chunk_ptr": np.empty(n_parents + 1, np.int64),
+        "row_feat": np.empty(n_rows, np.int32),
+        "row_ptr": np.empty(n_rows + 1, np.int64),
+        "ent_node": np.empty(n_ent, np.int32),
+        "ent_val": np.empty(n_ent, np.float32),
+        "bias": np.empty(n_nodes, np.float32),
+    }
+    check(
+        lib.qac_layer_export(
+            handle,
+            ptr(arrays["chunk_ptr"], "int64_t *"), ptr(arrays["row_feat"], "int32_t *"),
+            ptr(arrays["row_ptr"], "int64_t *"), ptr(arrays["ent_node"], "int32_t *"),
+            ptr(arrays["ent_val"], "float *"), ptr(arrays["bias"], "float *"),
+        ),
+        "train_layer export",
+    )
+    ffi.release(handle)
+    return arrays
+
+
+# --- features ---
+# Thin wrappers over native/features.c (see native/qac_features.h for the ABI).
+# Text goes in as UTF-8 bytes: one row as a list of per-field bytes, many rows as
+# one concatenated buffer per field plus int64 offsets (n_rows + 1).
+
+_FEAT_SPEC_FIELDS = (
+    "kind", "field", "ngram_min", "ngram_max", "sublinear_tf", "open_end",
+    "position_decay", "weight", "n_features",
+)
+
+
+def _feat_specs(specs: Any) -> Any:
+    rows = []
+    for s in specs:
+        missing = [k for k in _FEAT_SPEC_FIELDS if k not in s]
+        if missing:
+            raise InputError(f"block spec: missing {missing}")
+        rows.append({k: s[k] for k in _FEAT_SPEC_FIELDS})
+    return ffi.new("qac_block_spec_t[]", rows)
+
+
+def featurizer_new(specs: Any, keys: np.ndarray, idf: np.ndarray) -> Any:
+    """Build a ``qac_featurizer_t *`` (freed by the garbage collector).
+
+    ``specs``: mappings with the ``qac_block_spec_t`` fields; ``keys`` uint64 and
+    ``idf`` float32 of length n_features (read-only / memory-mapped arrays are
+    read in place, the C side copies them into its hash table).
+    """
+    c_specs = _feat_specs(specs)
+    keys = as_c(keys, np.uint64, "keys")
+    idf = as_c(idf, np.float32, "idf")
+    if keys.shape != idf.shape:
+        raise InputError(f"keys/idf: lengths differ ({keys.size} != {idf.size})")
+    out = ffi.new("qac_featurizer_t **")
+    check(
+        lib.qac_featurizer_new(
+            c_specs, len(c_specs), ptr(keys, "uint64_t *"), ptr(idf, "float *"), keys.size, out
+        ),
+        "qac_featurizer_new",
+    )
+    return ffi.gc(out[0], lib.qac_featurizer_free)
+
+
+def featurize_max_capacity(handle: Any) -> int:
+    cap = ffi.new("size_t *")
+    check(lib.qac_featurize_max_capacity(handle, cap), "qac_featurize_max_capacity")
+    return int(cap[0])
+
+
+class RowFeaturizer:
+    """Per-thread reusable output buffers for ``qac_featurize`` on one handle.
+
+    ``__call__(text, context)`` featurizes one two-field row (UTF-8 bytes) and
+    returns fresh (int32 ids, float32 values) arrays. Not thread-safe itself:
+    keep one per thread (``Vectorizer`` does).
+    """
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.cap = featurize_max_capacity(handle)
+        self.idx = np.empty(max(self.cap, 1), dtype=np.int32)
+        self.val = np.empty(max(self.cap, 1), dtype=np.float32)
+        self._idx_p = ptr(self.idx, "int32_t *")
+        self._val_p = ptr(self.val, "float *")
+        self._nnz = ffi.new("size_t *")
+
+    def __call__(self, text: bytes, context: bytes) -> tuple[np.ndarray, np.ndarray]:
+        code = lib.qac_featurize2(
+            self.handle, text, len(text), context, len(context),
+            self._idx_p, self._val_p, self.cap, self._nnz,
+        )
+        if code:
+            check(code, "qac_featurize")
+        n = self._nnz[0]
+        return self.idx[:n].copy(), self.val[:n].copy()
+
+
+def featurize_raw(
+    handle: Any, fields: list[bytes], lens: list[int], cap: int
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """``qac_featurize`` with caller-chosen lengths/capacity (tests: bad bytes, small cap)."""
+    idx = np.empty(max(cap, 1), dtype=np.int32)
+    val = np.empty(max(cap, 1), dtype=np.float32)
+    nnz = ffi.new("size_t *")
+    bufs = [ffi.from_buffer(f) for f in fields]
+    c_fields = ffi.new("char *[]", [ffi.cast("char *", b) for b in bufs] or [ffi.NULL])
+    code = lib.qac_featurize(
+        handle, c_fields, lens, len(fields), ptr(idx, "int32_t *"), ptr(val, "float *"), cap,
+        nnz,
+    )
+    return int(code), idx[: nnz[0]].copy(), val[: nnz[0]].copy()
+
+
+def _columns(columns: list[tuple[bytes, np.ndarray]], n_rows: int) -> tuple[Any, Any, list[Any]]:
+    keep: list[Any] = []
+    bufs = ffi.new("char *[]", max(len(columns), 1))
+    offs = ffi.new("int64_t *[]", max(len(columns), 1))
+    for i, (buf, off) in enumerate(columns):
+        off = as_c(off, np.int64, f"offsets[{i}]")
+        if off.size != n_rows + 1:
+            raise InputError(f"offsets[{i}]: expected {n_rows + 1} entries, got {off.size}")
+        if off[0] < 0 or off[-1] > len(buf):
+            raise InputError(f"offsets[{i}]: outside the {len(buf)}-byte buffer")
+        b = ffi.from_buffer(buf)
+        keep += [b, off]
+        bufs[i] = ffi.cast("char *", b)
+        offs[i] = ptr(off, "int64_t *")
+    return bufs, offs, keep
+
+
+def featurize_batch(
+    handle: Any, columns: list[tuple[bytes, np.ndarray]], n_rows: int, n_threads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR (indptr int64, indices int32, data float32) of many rows, two passes in C.
+
+    ``columns[i] = (buffer, offsets)``: field i of row r is
+    ``buffer[offsets[r]:offsets[r+1]]``.
+    """
+    bufs, offs, keep = _columns(columns, n_rows)
+    indptr = np.empty(n_rows + 1, dtype=np.int64)
+    check(
+        lib.qac_featurize_batch_count(
+            handle, bufs, offs, len(columns), n_rows, n_threads, ptr(indptr, "int64_t *")
+        ),
+        "qac_featurize_batch_count",
+    )
+    nnz = int(indptr[-1])
+    idx = np.empty(max(nnz, 1), dtype=np.int32)
+    val = np.empty(max(nnz, 1), dtype=np.float32)
+    check(
+        lib.qac_featurize_batch(
+            handle, bufs, offs, len(columns), n_rows, n_threads, ptr(indptr, "int64_t *"),
+            ptr(idx, "int32_t *"), ptr(val, "float *"), nnz,
+        ),
+        "qac_featurize_batch",
+    )
+    del keep
+    return indptr, idx[:nnz], val[:nnz]
+
+
+def extract_keys(
+    spec: Any, block_index: int, buf: bytes, offsets: np.ndarray, n_threads: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct n-gram keys of each row for one block: (keys uint64, row_ptr int64)."""
+    c_spec = _feat_specs([spec])
+    offsets = as_c(offsets, np.int64, "offsets")
+    n_rows = offsets.size - 1
+    if n_rows < 0 or offsets[0] < 0 or offsets[-1] > len(buf):
+        raise InputError(f"offsets: need >= 1 entries inside the {len(buf)}-byte buffer")
+    cap = ffi.new("size_t *")
+    check(
+        lib.qac_extract_capacity(c_spec, ptr(offsets, "int64_t *"), n_rows, cap),
+        "qac_extract_capacity",
+    )
+    keys = np.empty(max(int(cap[0]), 1), dtype=np.uint64)
+    row_ptr = np.empty(n_rows + 1, dtype=np.int64)
+    b = ffi.from_buffer(buf)
+    check(
+        lib.qac_extract_keys(
+            c_spec, block_index, ffi.cast("char *", b), ptr(offsets, "int64_t *"), n_rows,
+            n_threads, ptr(keys, "uint64_t *"), int(cap[0]), ptr(row_ptr, "int64_t *"),
+        ),
+        "qac_extract_keys",
+    )
+    return keys[: int(row_ptr[-1])], row_ptr
+
+
+# --- pipeline ---
+
+
+class TextSearch:
+    """The fused per-query path: featurize + beam search in one C call.
+
+    ``featurizer`` is a ``qac_featurizer_t *``; ``model`` an object with ``handle``
+    (``qac_model_t *``) and ``scratch_for_thread(beam, topk)``. Output and feature
+    buffers are per thread (threading.local) and reused, so a call allocates only
+    its two result lists.
+    """
+
+    def __init__(self, featurizer: Any, model: Any) -> None:
+        import threading
+
+        cap = ffi.new("size_t *")
+        check(lib.qac_featurize_max_capacity(featurizer, cap), "qac_featurize_max_capacity")
+        self._feat_cap = int(cap[0])
+        self._featurizer = featurizer
+        self._model = model
+        self._local = threading.local()
+
+    def _buffers(self, topk: int) -> Any:
+        local = self._local
+        if getattr(local, "topk", 0) < topk:
+            local.topk = max(topk, 16)
+            local.ids = ffi.new("int32_t[]", local.topk)
+            local.scores = ffi.new("float[]", local.topk)
+            local.n = ffi.new("size_t *")
+            if not hasattr(local, "feat_idx"):
+                local.feat_idx = ffi.new("int32_t[]", self._feat_cap)
+                local.feat_val = ffi.new("float[]", self._feat_cap)
+        return local
+
+    def __call__(self, text: str, context: str | None, topk: int, beam: int, lo: int,
+                 hi: int) -> tuple[list[int], list[float]]:
+        """Top ``topk`` label ids in [lo, hi) and their scores, best first."""
+        b = self._buffers(topk)
+        t = text.encode("utf-8")
+        c = context.encode("utf-8") if context else b""
+        check(
+            lib.qac_predict_text(
+                self._featurizer, self._model.handle, self._model.scratch_for_thread(beam, topk),
+                t, len(t), c, len(c), beam, topk, lo, hi, b.feat_idx, b.feat_val,
+                self._feat_cap, b.ids, b.scores, b.n,
+            ),
+            "qac_predict_text",
+        )
+        n = b.n[0]
+        return ffi.unpack(b.ids, n), ffi.unpack(b.scores, n)

@@ -50,3 +50,15 @@ def normalize(text: str | bytes, *, max_chars: int = MAX_TEXT_CHARS) -> str:
     elif "\ufffd" in text:
         text = text.replace("\ufffd", " ")
     return _SPACES.sub(" ", text).strip()
+
+
+def normalize_prefix(prefix: str) -> str:
+    """Normalize a typed prefix, keeping one trailing space if the user typed one.
+
+    ``normalize`` strips trailing whitespace, but for a prefix it is information:
+    "new " has finished the word "new" and must not complete to "newton".
+    """
+    p = normalize(prefix)
+    if p and prefix[-1:].isspace():
+        p += " "
+    return p

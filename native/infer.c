@@ -1,0 +1,650 @@
+/* Beam search inference for XR-Linear models in the chunked LayerWeights layout.
+ *
+ * Per layer, for every parent p on the beam, the rows of p's chunk (sorted by
+ * feature) are intersected with the sorted query; matching rows add x_f * w
+ * into a per-child buffer preset with the biases. Children are then scored
+ * t(s) * score(p) and streamed through a bounded min-heap of the best K
+ * (K = beam, or topk at the last layer), so nothing grows with the branching
+ * factor except one float buffer. t <= 1, so a parent scoring below the
+ * heap's worst when the heap is full cannot contribute and is skipped.
+ *
+ * A query may be restricted to label ids [lo, hi) (a prefix's labels, ids
+ * being sorted ranks): a child is only scored if the [min, max] id range
+ * below it meets [lo, hi), and at the last layer only ids inside enter.
+ */
+#include "qac.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Label ids below a node of an inner layer: all lie in [min, max] (min =
+ * INT32_MAX, max = -1 when none). pmax / smin: running max of `max` over the
+ * node's earlier siblings (itself included) / running min of `min` over its
+ * later siblings; both monotone within a parent's children, so the children
+ * that may hold ids in [lo, hi) lie in one span found by binary search (the
+ * exact span when sibling ranges are sorted and disjoint, as in a trie). */
+typedef struct {
+    int32_t min, max, pmax, smin;
+} span_t;
+
+typedef struct {
+    const int64_t *child_ptr;
+    const int64_t *chunk_ptr;
+    const int32_t *row_feat;
+    const int64_t *row_ptr;
+    const int32_t *ent_node;
+    const float *ent_val;
+    const float *bias;
+    int64_t n_parent, n_node;
+    const span_t *span; /* n_node entries; NULL at the last layer (ids: label_order) */
+} layer_t;
+
+struct qac_model {
+    size_t depth;
+    layer_t *layers;
+    span_t *span_buf;
+    const int32_t *label_order;
+    int64_t n_labels;
+    int64_t n_features;
+    int64_t max_branch;
+    int post;
+};
+
+typedef struct {
+    float score;
+    int32_t node;
+    int32_t key; /* tie-break id: node id, or label id at the last layer */
+} cand_t;
+
+struct qac_scratch {
+    size_t max_beam, max_topk;
+    int64_t max_branch;
+    float *buf;    /* max_branch */
+    cand_t *heap;  /* max(max_beam, max_topk) */
+    cand_t *beam;  /* max_beam */
+};
+
+/* ---- validation ---------------------------------------------------------- */
+
+/* ptr[0] == 0, non-decreasing, ptr[n-1] == end. */
+static int check_ptr(const int64_t *ptr, size_t n, int64_t end) {
+    if (n == 0 || ptr[0] != 0) return QAC_E_RANGE;
+    for (size_t i = 1; i < n; i++)
+        if (ptr[i] < ptr[i - 1]) return QAC_E_RANGE;
+    return ptr[n - 1] == end ? QAC_OK : QAC_E_RANGE;
+}
+
+static int check_view_ptrs(const qac_layer_view *v) {
+    if ((v->n_child_ptr && !v->child_ptr) || (v->n_chunk_ptr && !v->chunk_ptr) ||
+        (v->n_row_feat && !v->row_feat) || (v->n_row_ptr && !v->row_ptr) ||
+        (v->n_ent_node && !v->ent_node) || (v->n_ent_val && !v->ent_val) ||
+        (v->n_bias && !v->bias))
+        return QAC_E_INPUT;
+    return QAC_OK;
+}
+
+static int check_layer(const qac_layer_view *v, int64_t n_parent, int64_t n_features) {
+    int rc = check_view_ptrs(v);
+    if (rc) return rc;
+    int64_t n_node = (int64_t)v->n_bias;
+    if ((int64_t)v->n_child_ptr != n_parent + 1 || (int64_t)v->n_chunk_ptr != n_parent + 1)
+        return QAC_E_RANGE;
+    if (v->n_bias > (size_t)INT32_MAX) return QAC_E_RANGE;
+    if ((rc = check_ptr(v->child_ptr, v->n_child_ptr, n_node))) return rc;
+    if ((rc = check_ptr(v->chunk_ptr, v->n_chunk_ptr, (int64_t)v->n_row_feat))) return rc;
+    if (v->n_row_ptr != v->n_row_feat + 1) return QAC_E_RANGE;
+    if (v->n_ent_node != v->n_ent_val) return QAC_E_RANGE;
+    if ((rc = check_ptr(v->row_ptr, v->n_row_ptr, (int64_t)v->n_ent_node))) return rc;
+    for (int64_t p = 0; p < n_parent; p++) {
+        int64_t c0 = v->child_ptr[p], c1 = v->child_ptr[p + 1];
+        for (int64_t r = v->chunk_ptr[p]; r < v->chunk_ptr[p + 1]; r++) {
+            int32_t f = v->row_feat[r];
+            if (f < 0 || f >= n_features) return QAC_E_RANGE;
+            if (r > v->chunk_ptr[p] && f <= v->row_feat[r - 1]) return QAC_E_RANGE;
+            for (int64_t e = v->row_ptr[r]; e < v->row_ptr[r + 1]; e++) {
+                int32_t c = v->ent_node[e];
+                if (c < c0 || c >= c1) return QAC_E_RANGE;
+                if (!isfinite(v->ent_val[e])) return QAC_E_RANGE;
+            }
+        }
+    }
+    for (size_t c = 0; c < v->n_bias; c++)
+        if (!isfinite(v->bias[c])) return QAC_E_RANGE;
+    return QAC_OK;
+}
+
+static int check_permutation(const int32_t *perm, int64_t n) {
+    unsigned char *seen = calloc((size_t)n + 1, 1);
+    if (!seen) return QAC_E_NOMEM;
+    int rc = QAC_OK;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t v = perm[i];
+        if (v < 0 || v >= n || seen[v]) { rc = QAC_E_RANGE; break; }
+        seen[v] = 1;
+    }
+    free(seen);
+    return rc;
+}
+
+void qac_model_free(qac_model_t *model) {
+    if (!model) return;
+    free(model->layers);
+    free(model->span_buf);
+    free(model);
+}
+
+int qac_model_new(size_t depth, const qac_layer_view *layers, const int32_t *label_order,
+                  size_t n_labels, int64_t n_features, int post, qac_model_t **out) {
+    if (!out) return QAC_E_INPUT;
+    *out = NULL;
+    if (depth == 0 || !layers || n_features < 0 || n_features > (int64_t)INT32_MAX + 1 ||
+        (post != QAC_POST_L3HINGE && post != QAC_POST_SIGMOID))
+        return QAC_E_INPUT;
+    int64_t n_parent = 1;
+    int rc;
+    for (size_t i = 0; i < depth; i++) {
+        if ((rc = check_layer(&layers[i], n_parent, n_features))) return rc;
+        n_parent = (int64_t)layers[i].n_bias;
+    }
+    int64_t n_last = n_parent;
+    if (label_order) {
+        if ((int64_t)n_labels != n_last) return QAC_E_RANGE;
+        if ((rc = check_permutation(label_order, n_last))) return rc;
+    }
+
+    qac_model_t *m = calloc(1, sizeof *m);
+    if (!m) return QAC_E_NOMEM;
+    m->depth = depth;
+    m->label_order = label_order;
+    m->n_labels = n_last;
+    m->n_features = n_features;
+    m->post = post;
+    m->layers = calloc(depth, sizeof *m->layers);
+    size_t n_span = 0;
+    for (size_t i = 0; i + 1 < depth; i++) n_span += layers[i].n_bias;
+    m->span_buf = n_span ? malloc(n_span * sizeof *m->span_buf) : NULL;
+    if (!m->layers || (n_span && !m->span_buf)) { qac_model_free(m); return QAC_E_NOMEM; }
+
+    n_parent = 1;
+    for (size_t i = 0; i < depth; i++) {
+        const qac_layer_view *v = &layers[i];
+        layer_t *L = &m->layers[i];
+        L->child_ptr = v->child_ptr;
+        L->chunk_ptr = v->chunk_ptr;
+        L->row_feat = v->row_feat;
+        L->row_ptr = v->row_ptr;
+        L->ent_node = v->ent_node;
+        L->ent_val = v->ent_val;
+        L->bias = v->bias;
+        L->n_parent = n_parent;
+        L->n_node = (int64_t)v->n_bias;
+        for (int64_t p = 0; p < n_parent; p++) {
+            int64_t b = L->child_ptr[p + 1] - L->child_ptr[p];
+            if (b > m->max_branch) m->max_branch = b;
+        }
+        n_parent = L->n_node;
+    }
+    size_t off = 0;
+    for (size_t i = 0; i + 1 < depth; i++) {
+        m->layers[i].span = m->span_buf + off;
+        off += (size_t)m->layers[i].n_node;
+    }
+    /* Bottom-up: a node's [min, max] covers its children's (at the last layer,
+     * the children's label ids); then the running bounds per sibling group. */
+    for (size_t i = depth - 1; i-- > 0;) {
+        span_t *sp = (span_t *)m->layers[i].span;
+        const layer_t *below = &m->layers[i + 1];
+        for (int64_t c = 0; c < m->layers[i].n_node; c++) {
+            int32_t lo_id = INT32_MAX, hi_id = -1;
+            for (int64_t k = below->child_ptr[c]; k < below->child_ptr[c + 1]; k++) {
+                int32_t a, b;
+                if (below->span) {
+                    a = below->span[k].min;
+                    b = below->span[k].max;
+                } else {
+                    a = b = label_order ? label_order[k] : (int32_t)k;
+                }
+                if (a < lo_id) lo_id = a;
+                if (b > hi_id) hi_id = b;
+            }
+            sp[c].min = lo_id;
+            sp[c].max = hi_id;
+        }
+        const int64_t *cp = m->layers[i].child_ptr;
+        for (int64_t p = 0; p < m->layers[i].n_parent; p++) {
+            int32_t run = -1;
+            for (int64_t c = cp[p]; c < cp[p + 1]; c++) {
+                if (sp[c].max > run) run = sp[c].max;
+                sp[c].pmax = run;
+            }
+            run = INT32_MAX;
+            for (int64_t c = cp[p + 1]; c-- > cp[p];) {
+                if (sp[c].min < run) run = sp[c].min;
+                sp[c].smin = run;
+            }
+        }
+    }
+    *out = m;
+    return QAC_OK;
+}
+
+int qac_model_info(const qac_model_t *model, size_t *depth, int64_t *n_labels,
+                   int64_t *n_features) {
+    if (!model) return QAC_E_INPUT;
+    if (depth) *depth = model->depth;
+    if (n_labels) *n_labels = model->n_labels;
+    if (n_features) *n_features = model->n_features;
+    return QAC_OK;
+}
+
+/* ---- scratch ------------------------------------------------------------- */
+
+void qac_scratch_free(qac_scratch_t *s) {
+    if (!s) return;
+    free(s->buf);
+    free(s->heap);
+    free(s->beam);
+    free(s);
+}
+
+int qac_scratch_new(const qac_model_t *model, size_t max_beam, size_t max_topk,
+                    qac_scratch_t **out) {
+    if (!out) return QAC_E_INPUT;
+    *out = NULL;
+    if (!model || max_beam == 0 || max_topk == 0 || max_beam > ((size_t)1 << 24) ||
+        max_topk > ((size_t)1 << 24))
+        return QAC_E_INPUT;
+    qac_scratch_t *s = calloc(1, sizeof *s);
+    if (!s) return QAC_E_NOMEM;
+    size_t k = max_beam > max_topk ? max_beam : max_topk;
+    s->max_beam = max_beam;
+    s->max_topk = max_topk;
+    s->max_branch = model->max_branch;
+    s->buf = malloc(((size_t)model->max_branch + 1) * sizeof *s->buf);
+    s->heap = malloc(k * sizeof *s->heap);
+    s->beam = malloc(max_beam * sizeof *s->beam);
+    if (!s->buf || !s->heap || !s->beam) { qac_scratch_free(s); return QAC_E_NOMEM; }
+    *out = s;
+    return QAC_OK;
+}
+
+/* ---- beam search --------------------------------------------------------- */
+
+/* a ranks before b: higher score, then smaller key. */
+static inline int better(cand_t a, cand_t b) {
+    return a.score > b.score || (a.score == b.score && a.key < b.key);
+}
+
+/* Min-heap on `better` (root = worst kept). */
+static inline void heap_sift_down(cand_t *h, size_t n, size_t i) {
+    cand_t x = h[i];
+    for (;;) {
+        size_t l = 2 * i + 1;
+        if (l >= n) break;
+        size_t w = (l + 1 < n && better(h[l], h[l + 1])) ? l + 1 : l;
+        if (!better(x, h[w])) break;
+        h[i] = h[w];
+        i = w;
+    }
+    h[i] = x;
+}
+
+static inline void heap_push(cand_t *h, size_t *n, size_t cap, cand_t c) {
+    if (*n < cap) {
+        size_t i = (*n)++;
+        while (i > 0) {
+            size_t p = (i - 1) / 2;
+            if (!better(h[p], c)) break;
+            h[i] = h[p];
+            i = p;
+        }
+        h[i] = c;
+    } else if (better(c, h[0])) {
+        h[0] = c;
+        heap_sift_down(h, *n, 0);
+    }
+}
+
+/* Turn the heap into a best-first array (heapsort: the root is the worst). */
+static void heap_sort_best_first(cand_t *h, size_t n) {
+    for (size_t end = n; end > 1; end--) {
+        cand_t worst = h[0];
+        h[0] = h[end - 1];
+        h[end - 1] = worst;
+        heap_sift_down(h, end - 1, 0);
+    }
+}
+
+static inline void add_row(const layer_t *L, int64_t r, float x, float *buf, int64_t c0,
+                           uint64_t width) {
+    for (int64_t e = L->row_ptr[r], end = L->row_ptr[r + 1]; e < end; e++) {
+        uint64_t j = (uint64_t)((int64_t)L->ent_node[e] - c0);
+        if (j < width) buf[j] += x * L->ent_val[e];
+    }
+}
+
+/* First i in [0, n) with a[i] > key (n small: the query). */
+static inline size_t upper_bound32(const int32_t *a, size_t n, int32_t key) {
+    size_t lo = 0;
+    while (lo < n) {
+        size_t mid = lo + (n - lo) / 2;
+        if (a[mid] <= key) lo = mid + 1; else n = mid;
+    }
+    return lo;
+}
+
+enum { LANES = 8 };
+
+/* buf[c - c0] += sum_f x_f W[f, c] for children c in [c0, c0 + width) of p.
+ *
+ * The query is first trimmed to the chunk's feature span. Against a long chunk,
+ * each query feature is located by a branchless binary search; LANES searches
+ * run in lockstep (they share the array and so the step sequence), which lets
+ * the CPU overlap their cache misses instead of waiting on each in turn. Short
+ * chunks are merged linearly. */
+static void score_chunk(const layer_t *L, int64_t p, const int32_t *idx, const float *val,
+                        size_t nnz, float *buf, int64_t c0, int64_t width) {
+    int64_t r0 = L->chunk_ptr[p], n_rows = L->chunk_ptr[p + 1] - r0;
+    if (n_rows <= 0 || nnz == 0) return;
+    const int32_t *rf = L->row_feat + r0;
+    size_t j0 = upper_bound32(idx, nnz, rf[0] - 1); /* rf[0] >= 0: no overflow */
+    size_t j1 = upper_bound32(idx, nnz, rf[n_rows - 1]);
+    if (j0 >= j1) return;
+    size_t q = j1 - j0;
+    if (n_rows <= 4 * (int64_t)q) {
+        int64_t r = 0;
+        size_t j = j0;
+        while (r < n_rows && j < j1) {
+            if (rf[r] < idx[j]) r++;
+            else if (rf[r] > idx[j]) j++;
+            else { add_row(L, r0 + r, val[j], buf, c0, (uint64_t)width); r++; j++; }
+        }
+        return;
+    }
+    for (size_t j = j0; j < j1; j += LANES) {
+        size_t m = j1 - j < LANES ? j1 - j : LANES;
+        const int32_t *base[LANES];
+        int32_t key[LANES];
+        for (size_t k = 0; k < LANES; k++) {
+            base[k] = rf;
+            key[k] = idx[j + (k < m ? k : m - 1)];
+        }
+        for (int64_t len = n_rows; len > 1;) {
+            int64_t half = len >> 1;
+            for (size_t k = 0; k < LANES; k++)
+                base[k] = base[k][half] < key[k] ? base[k] + half : base[k];
+            len -= half;
+        }
+        /* Matched rows' entries are scattered: fetch the group's row_ptr, then
+         * their entries, before accumulating, so the misses overlap. */
+        int64_t hit[LANES];
+        float hx[LANES];
+        size_t n_hit = 0;
+        for (size_t k = 0; k < m; k++) {
+            int64_t r = (base[k] - rf) + (*base[k] < key[k]);
+            if (r < n_rows && rf[r] == key[k]) {
+                hit[n_hit] = r0 + r;
+                hx[n_hit++] = val[j + k];
+                __builtin_prefetch(L->row_ptr + r0 + r);
+            }
+        }
+        int64_t e0[LANES], e1[LANES];
+        for (size_t k = 0; k < n_hit; k++) {
+            e0[k] = L->row_ptr[hit[k]];
+            e1[k] = L->row_ptr[hit[k] + 1];
+            __builtin_prefetch(L->ent_node + e0[k]);
+            __builtin_prefetch(L->ent_val + e0[k]);
+        }
+        for (size_t k = 0; k < n_hit; k++)
+            for (int64_t e = e0[k]; e < e1[k]; e++) {
+                uint64_t jj = (uint64_t)((int64_t)L->ent_node[e] - c0);
+                if (jj < (uint64_t)width) buf[jj] += hx[k] * L->ent_val[e];
+            }
+    }
+}
+
+static inline float post_fn(int post, float s) {
+    float t;
+    if (post == QAC_POST_SIGMOID) {
+        t = 1.0f / (1.0f + expf(-s));
+    } else {
+        float h = 1.0f - s;
+        h = h > 0.0f ? h : 0.0f;
+        t = expf(-h * h * h);
+    }
+    return t >= 0.0f ? t : 0.0f; /* NaN -> 0 */
+}
+
+/* The span [c0, c1) of a parent's children that may hold label ids in
+ * [lo, hi): from the first child with pmax >= lo to the first with smin >= hi
+ * (binary searches; both bounds are monotone over the siblings). */
+static inline void narrow_inner(const span_t *sp, int64_t *c0, int64_t *c1, int64_t lo,
+                                int64_t hi) {
+    int64_t a = *c0, b = *c1;
+    while (a < b) {
+        int64_t mid = a + (b - a) / 2;
+        if (sp[mid].pmax < lo) a = mid + 1; else b = mid;
+    }
+    int64_t start = a;
+    b = *c1;
+    while (a < b) {
+        int64_t mid = a + (b - a) / 2;
+        if (sp[mid].smin < hi) a = mid + 1; else b = mid;
+    }
+    *c0 = start;
+    *c1 = a;
+}
+
+/* Shrink [c0, c1) of last-layer nodes to the first..last with an id in [lo, hi). */
+static inline void narrow_last(const int32_t *order, int64_t *c0, int64_t *c1, int64_t lo,
+                               int64_t hi) {
+    if (!order) {
+        if (*c0 < lo) *c0 = lo;
+        if (*c1 > hi) *c1 = hi;
+        return;
+    }
+    int64_t a = *c0, b = *c1;
+    while (a < b && (order[a] < lo || order[a] >= hi)) a++;
+    while (b > a && (order[b - 1] < lo || order[b - 1] >= hi)) b--;
+    *c0 = a;
+    *c1 = b;
+}
+
+static int predict_one(const qac_model_t *m, qac_scratch_t *s, const int32_t *idx,
+                       const float *val, size_t nnz, size_t beam, size_t topk, int64_t lo,
+                       int64_t hi, int32_t *out_ids, float *out_scores, size_t *out_n) {
+    *out_n = 0;
+    if (lo >= hi) return QAC_OK;
+    int restricted = lo > 0 || hi < m->n_labels;
+    cand_t *cur = s->beam, *heap = s->heap;
+    size_t n_cur = 1;
+    cur[0] = (cand_t){1.0f, 0, 0};
+    for (size_t li = 0; li < m->depth; li++) {
+        const layer_t *L = &m->layers[li];
+        int last = li + 1 == m->depth;
+        size_t cap = last ? topk : beam, n_heap = 0;
+        const span_t *sp = L->span;
+        for (size_t b = 0; b < n_cur; b++) {
+            int64_t p = cur[b].node;
+            float ps = cur[b].score;
+            /* Beam is sorted best first: once a parent cannot beat the worst
+             * kept candidate, no later one can either (t <= 1). */
+            if (n_heap == cap && ps < heap[0].score) break;
+            int64_t c0 = L->child_ptr[p], c1 = L->child_ptr[p + 1];
+            if (restricted) {
+                if (last) narrow_last(m->label_order, &c0, &c1, lo, hi);
+                else narrow_inner(sp, &c0, &c1, lo, hi);
+            }
+            if (c0 >= c1) continue;
+            int64_t w = c1 - c0;
+            memcpy(s->buf, L->bias + c0, (size_t)w * sizeof *s->buf);
+            score_chunk(L, p, idx, val, nnz, s->buf, c0, w);
+            for (int64_t j = 0; j < w; j++) {
+                int64_t c = c0 + j;
+                int32_t key = (int32_t)c;
+                if (!last) {
+                    /* no label below, or none in [lo, hi) (unrestricted: the same
+                     * as "no label below", since every id is in [0, n_labels)) */
+                    if (sp[c].min >= hi || sp[c].max < lo) continue;
+                } else {
+                    if (m->label_order) key = m->label_order[c];
+                    if (restricted && (key < lo || key >= hi)) continue;
+                }
+                cand_t x;
+                x.score = ps * post_fn(m->post, s->buf[j]);
+                x.node = (int32_t)c;
+                x.key = key;
+                heap_push(heap, &n_heap, cap, x);
+            }
+        }
+        heap_sort_best_first(heap, n_heap);
+        if (last) {
+            for (size_t i = 0; i < n_heap; i++) {
+                out_ids[i] = heap[i].key;
+                out_scores[i] = heap[i].score;
+            }
+            *out_n = n_heap;
+            return QAC_OK;
+        }
+        memcpy(cur, heap, n_heap * sizeof *cur);
+        n_cur = n_heap;
+        if (n_cur == 0) return QAC_OK;
+    }
+    return QAC_OK;
+}
+
+static int check_query(const qac_model_t *m, const int32_t *idx, const float *val, size_t nnz) {
+    if (nnz && (!idx || !val)) return QAC_E_INPUT;
+    for (size_t j = 0; j < nnz; j++) {
+        if (idx[j] < 0 || idx[j] >= m->n_features || !isfinite(val[j])) return QAC_E_INPUT;
+        if (j && idx[j] <= idx[j - 1]) return QAC_E_INPUT;
+    }
+    return QAC_OK;
+}
+
+static int check_sizes(const qac_model_t *m, const qac_scratch_t *s, size_t beam, size_t topk) {
+    if (beam == 0 || topk == 0) return QAC_E_INPUT;
+    if (beam > s->max_beam || topk > s->max_topk || m->max_branch > s->max_branch)
+        return QAC_E_CAPACITY;
+    return QAC_OK;
+}
+
+int qac_model_predict(const qac_model_t *model, qac_scratch_t *scratch, const int32_t *idx,
+                      const float *val, size_t nnz, size_t beam, size_t topk, int64_t lo,
+                      int64_t hi, int32_t *out_ids, float *out_scores, size_t *out_n) {
+    if (!model || !scratch || !out_ids || !out_scores || !out_n) return QAC_E_INPUT;
+    *out_n = 0;
+    int rc;
+    if ((rc = check_sizes(model, scratch, beam, topk))) return rc;
+    if (lo < 0 || hi < lo || hi > model->n_labels) return QAC_E_INPUT;
+    if ((rc = check_query(model, idx, val, nnz))) return rc;
+    return predict_one(model, scratch, idx, val, nnz, beam, topk, lo, hi, out_ids, out_scores,
+                       out_n);
+}
+
+/* ---- batch --------------------------------------------------------------- */
+
+typedef struct {
+    const qac_model_t *model;
+    const int64_t *indptr;
+    const int32_t *idx;
+    const float *val;
+    size_t n_rows, beam, topk;
+    int32_t *out_ids;
+    float *out_scores;
+    atomic_size_t next;
+} batch_t;
+
+typedef struct {
+    batch_t *job;
+    int rc;      /* status of this worker's first failing row */
+    size_t row;  /* that row */
+} worker_t;
+
+enum { BATCH_GRAIN = 16 };
+
+static void *batch_worker(void *arg) {
+    worker_t *w = arg;
+    batch_t *job = w->job;
+    const qac_model_t *m = job->model;
+    w->rc = QAC_OK;
+    w->row = job->n_rows;
+    qac_scratch_t *s = NULL;
+    int rc = qac_scratch_new(m, job->beam, job->topk, &s);
+    if (rc) {
+        w->rc = rc;
+        w->row = 0;
+        return NULL;
+    }
+    for (;;) {
+        size_t start = atomic_fetch_add(&job->next, BATCH_GRAIN);
+        if (start >= job->n_rows) break;
+        size_t end = start + BATCH_GRAIN < job->n_rows ? start + BATCH_GRAIN : job->n_rows;
+        for (size_t i = start; i < end; i++) {
+            int32_t *ids = job->out_ids + i * job->topk;
+            float *sc = job->out_scores + i * job->topk;
+            const int32_t *qi = job->idx + job->indptr[i];
+            const float *qv = job->val + job->indptr[i];
+            size_t nnz = (size_t)(job->indptr[i + 1] - job->indptr[i]), n = 0;
+            rc = check_query(m, qi, qv, nnz);
+            if (!rc)
+                rc = predict_one(m, s, qi, qv, nnz, job->beam, job->topk, 0, m->n_labels, ids,
+                                 sc, &n);
+            for (size_t k = n; k < job->topk; k++) { ids[k] = -1; sc[k] = 0.0f; }
+            if (rc && i < w->row) { w->rc = rc; w->row = i; }
+        }
+    }
+    qac_scratch_free(s);
+    return NULL;
+}
+
+int qac_model_predict_batch(const qac_model_t *model, const int64_t *indptr,
+                            const int32_t *idx, const float *val, size_t nnz, size_t n_rows,
+                            size_t beam, size_t topk, int n_threads, int32_t *out_ids,
+                            float *out_scores) {
+    if (!model || !indptr || beam == 0 || topk == 0) return QAC_E_INPUT;
+    if (n_rows && (!out_ids || !out_scores)) return QAC_E_INPUT;
+    if (nnz && (!idx || !val)) return QAC_E_INPUT;
+    if (n_rows > SIZE_MAX / topk) return QAC_E_INPUT;
+    if (indptr[0] < 0) return QAC_E_INPUT;
+    for (size_t i = 0; i < n_rows; i++)
+        if (indptr[i + 1] < indptr[i]) return QAC_E_INPUT;
+    if ((uint64_t)indptr[n_rows] > nnz) return QAC_E_INPUT;
+    if (n_rows == 0) return QAC_OK;
+    if (n_threads <= 0) n_threads = 2;
+    size_t nt = (size_t)n_threads;
+    size_t max_nt = (n_rows + BATCH_GRAIN - 1) / BATCH_GRAIN;
+    if (nt > max_nt) nt = max_nt;
+
+    batch_t job = {.model = model, .indptr = indptr, .idx = idx, .val = val,
+                   .n_rows = n_rows, .beam = beam, .topk = topk,
+                   .out_ids = out_ids, .out_scores = out_scores};
+    atomic_init(&job.next, 0);
+    worker_t *ws = calloc(nt, sizeof *ws);
+    pthread_t *th = calloc(nt, sizeof *th);
+    if (!ws || !th) { free(ws); free(th); return QAC_E_NOMEM; }
+    size_t started = 0;
+    int rc = QAC_OK;
+    for (size_t t = 0; t < nt; t++) ws[t].job = &job;
+    /* Worker 0 runs on the calling thread. */
+    for (size_t t = 1; t < nt; t++) {
+        if (pthread_create(&th[t], NULL, batch_worker, &ws[t])) { rc = QAC_E_THREAD; break; }
+        started = t;
+    }
+    batch_worker(&ws[0]);
+    for (size_t t = 1; t <= started; t++) pthread_join(th[t], NULL);
+    if (!rc) {
+        size_t best = n_rows + 1; /* a scratch failure reports row 0 */
+        for (size_t t = 0; t <= started; t++)
+            if (ws[t].rc && ws[t].row < best) {
+                best = ws[t].row;
+                rc = ws[t].rc;
+            }
+    }
+    free(ws);
+    free(th);
+    return rc;
+}

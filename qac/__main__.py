@@ -1,0 +1,5 @@
+import sys
+
+from qac.cli import main
+
+sys.exit(main())

@@ -1,0 +1,270 @@
+"""The ``qac`` command line: ``qac train|complete|eval``, ``qac retrieve train|query|eval``,
+``qac demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from qac.errors import QacError
+
+log = logging.getLogger("qac")
+
+
+def _sample_file(name: str) -> Path:
+    return Path(str(resources.files("qac") / "data" / name))
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("QAC_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "qac"
+    )
+    return Path(base)
+
+
+def _engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from qac.model.train import TrainConfig
+
+    return {
+        "branching": args.branching,
+        "max_leaf_size": args.max_leaf_size,
+        "beam": args.beam,
+        "threads": args.threads,
+        "seed": args.seed,
+        "train": TrainConfig(threads=args.threads, seed=args.seed),
+    }
+
+
+def _print(obj: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=1))
+    else:
+        for k, v in obj.items():
+            print(f"{k:>26}: {v:.4f}" if isinstance(v, float) else f"{k:>26}: {v}")
+
+
+def _date(text: str) -> Any:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from exc
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from qac.complete import CompleterConfig, train_completer
+    from qac.engine import EngineConfig
+
+    base = CompleterConfig(index=args.index, trie_depth=args.trie_depth,
+                           min_count=args.min_count, popularity=args.popularity)
+    engine = EngineConfig(blocks=base.engine_config().blocks, **_engine_overrides(args))
+    t0 = time.perf_counter()
+    c = train_completer(args.log, args.out, replace(base, engine=engine), until=args.until,
+                        background=args.background, progress=not args.quiet)
+    print(f"trained a {args.index} completer: {len(c.labels)} labels in "
+          f"{time.perf_counter() - t0:.1f}s -> {args.out}")
+    return 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from qac.complete import Completer
+
+    c = Completer.load(args.model)
+    got = c.complete(args.prefix, args.previous, k=args.k)
+    if args.json:
+        print(json.dumps([g.__dict__ for g in got], indent=1))
+    else:
+        for g in got:
+            print(f"{g.score:9.4f}  {g.source:5}  {g.text}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from qac.complete import Completer
+    from qac.evaluate import evaluate, format_table, test_cases
+    from qac.logs import read_log
+
+    cases = test_cases(read_log(args.log, since=args.since, until=args.until))
+    if args.limit:
+        cases = cases[: args.limit]
+    models = {Path(m).name: Completer.load(m) for m in args.models}
+    first = next(iter(models.values()))
+    systems: dict[str, Any] = {
+        "mpc": lambda p, prev, k: [t for t, _ in first.mpc.complete(p, k)]}
+    for name, c in models.items():
+        systems[name] = lambda p, prev, k, c=c: [x.text for x in c.complete(p, prev, k)]
+        if not args.no_ablation:
+            systems[f"{name} -session"] = (
+                lambda p, prev, k, c=c: [x.text for x in c.complete(p, None, k)])
+    results = evaluate(systems, cases, lambda t: first.labels.id_of(t) is not None,
+                       k=args.k, progress=not args.json)
+    if args.json:
+        print(json.dumps({"cases": len(cases), "results": results}, indent=1))
+    else:
+        print(f"{len(cases)} test queries with a previous query in their session\n")
+        print(format_table(results, baseline="mpc"))
+    return 0
+
+
+def cmd_retrieve_train(args: argparse.Namespace) -> int:
+    from qac.retrieve import Retriever, default_config, read_tsv
+
+    t0 = time.perf_counter()
+    pairs = read_tsv(args.pairs)
+    items = read_tsv(args.items) if args.items else None
+    r = Retriever.train(pairs, items, default_config(**_engine_overrides(args)),
+                        progress=not args.quiet)
+    out = r.save(args.out)
+    print(f"trained on {len(pairs)} pairs, {len(r.items)} items in "
+          f"{time.perf_counter() - t0:.1f}s -> {out}")
+    return 0
+
+
+def cmd_retrieve_query(args: argparse.Namespace) -> int:
+    from qac.retrieve import Retriever
+
+    r = Retriever.load(args.model)
+    hits = r.search(args.text, k=args.k)
+    if args.json:
+        print(json.dumps([{"item": i, "score": s} for i, s in hits], indent=1))
+    else:
+        for item, score in hits:
+            print(f"{score:.4f}\t{item}")
+    return 0
+
+
+def cmd_retrieve_eval(args: argparse.Namespace) -> int:
+    from qac.retrieve import Retriever, read_tsv
+
+    r = Retriever.load(args.model)
+    report = r.evaluate(read_tsv(args.pairs), latency_sample=args.latency_sample)
+    _print(report.as_dict(), args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from qac.retrieve import Retriever, default_config, read_tsv
+    from qac.storage import MANIFEST
+
+    model = _cache_dir() / "demo-retriever"
+    if args.rebuild or not (model / MANIFEST).exists():
+        print(f"training a retriever on the bundled sample -> {model}")
+        r = Retriever.train(read_tsv(_sample_file("sample_pairs.tsv")),
+                            read_tsv(_sample_file("sample_items.tsv")),
+                            default_config(), progress=True)
+        r.save(model)
+    r = Retriever.load(model)
+    for text in args.queries or ["weather", "ebay motors", "free birthday cards"]:
+        print(f"\n{text!r}:")
+        for item, score in r.search(text, k=args.k):
+            print(f"  {score:.4f}  {item}")
+    return 0
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--branching", type=int, default=16, help="tree branching factor B")
+    p.add_argument("--max-leaf-size", type=int, default=100, help="labels per leaf cluster")
+    p.add_argument("--beam", type=int, default=10, help="beam width at query time")
+    p.add_argument("--threads", type=int, default=2, help="worker threads for training")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="qac", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a session-aware completer from a query log")
+    p.add_argument("--log", required=True,
+                   help="sessions TSV (user, session, query, time) or one query per line")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--index", choices=["hybrid", "trie", "tree"], default="hybrid")
+    p.add_argument("--trie-depth", type=int, default=None,
+                   help="trie levels (default 2 for hybrid, 4 for trie)")
+    p.add_argument("--until", type=_date, help="train on rows before this date")
+    p.add_argument("--background", help="query-only log adding popularity counts")
+    p.add_argument("--min-count", type=int, default=1, help="fewest occurrences of a label")
+    p.add_argument("--popularity", type=float, default=0.0,
+                   help="answer score = ranker score * (1 + count) ** popularity")
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("complete", help="complete one prefix")
+    p.add_argument("model")
+    p.add_argument("prefix")
+    p.add_argument("--previous", help="the previous query of the session")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_complete)
+
+    p = sub.add_parser("eval", help="MRR/success/BLEU/latency against MPC on a test log")
+    p.add_argument("models", nargs="+", help="one or more completer model directories")
+    p.add_argument("--log", required=True)
+    p.add_argument("--since", type=_date, help="evaluate rows from this date on")
+    p.add_argument("--until", type=_date, help="evaluate rows before this date")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N cases")
+    p.add_argument("--no-ablation", action="store_true",
+                   help="skip the without-previous-query runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    ret = sub.add_parser("retrieve", help="query -> item retrieval").add_subparsers(
+        dest="action", required=True)
+    p = ret.add_parser("train", help="train a retrieval model")
+    p.add_argument("--pairs", required=True, help="TSV of item_id<TAB>query text")
+    p.add_argument("--items", help="TSV of item_id<TAB>title (titles become training rows)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    _add_engine_args(p)
+    p.set_defaults(func=cmd_retrieve_train)
+
+    p = ret.add_parser("query", help="top-k items for one query")
+    p.add_argument("model")
+    p.add_argument("text")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_retrieve_query)
+
+    p = ret.add_parser("eval", help="precision/recall and latency on held-out pairs")
+    p.add_argument("model")
+    p.add_argument("--pairs", required=True, help="TSV of item_id<TAB>query text")
+    p.add_argument("--latency-sample", type=int, default=5000,
+                   help="queries timed one call each")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_retrieve_eval)
+
+    p = sub.add_parser("demo", help="train on the bundled sample (once) and answer queries")
+    p.add_argument("queries", nargs="*")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--rebuild", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args))
+    except QacError as exc:
+        print(f"qac: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"qac: error: {exc.filename}: no such file", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

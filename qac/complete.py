@@ -1,0 +1,366 @@
+"""Session-aware query completion on the shared XMR engine.
+
+Input: the prefix typed so far and the previous query of the session; output: the
+top-k full queries. Labels are the distinct normalized past queries, **sorted**, so a
+label id is its rank in string order and "labels starting with the prefix" is one
+id range [lo, hi) found by bisection. The C beam search takes that range and never
+scores a tree node with no eligible label below it (prefix-constrained beam search:
+exact on the trie levels of the trie and hybrid indexes), so every model answer
+already starts with the prefix.
+
+Policy, in order: model answers (ranker score, optionally times popularity);
+then, when fewer than k remain, most-popular completions (MPC) of the prefix;
+no duplicates; blocked queries never become labels or MPC entries (the blocklist in
+force at training), and a blocklist given at load time filters answers too.
+Empty prefix with a previous query: next-query suggestions over all labels; empty
+prefix and no previous query: the most popular queries.
+
+Training instances: for every query q of the training log, prefixes of q of the
+lengths in ``prefix_lengths`` (shorter than q) with the previous query of its
+session as context (empty for the first query of a session) -> label q.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from qac.blocklist import Blocklist
+from qac.engine import Engine, EngineConfig
+from qac.errors import InputError, ModelFormatError
+from qac.features import BlockConfig, Vectorizer
+from qac.index.kmeans import build_kmeans_tree, pifa
+from qac.index.tree import LabelTree
+from qac.index.trie import build_hybrid_tree, build_trie_tree
+from qac.logs import LogEvent
+from qac.mpc import MostPopular
+from qac.storage import open_model_dir, save_model_dir
+from qac.text import normalize, normalize_prefix
+
+log = logging.getLogger(__name__)
+
+KIND = "completer"
+INDEXES = ("hybrid", "trie", "tree")
+_MAX_CHAR = "\U0010ffff"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One suggestion: ``source`` is "model" (the XMR ranker) or "mpc" (popularity)."""
+
+    text: str
+    score: float
+    source: str
+
+
+@dataclass(frozen=True)
+class CompleterConfig:
+    """How a completer is trained and how it answers.
+
+    index:            "hybrid" (trie levels, then k-means), "trie" or "tree" (k-means).
+    trie_depth:       trie levels (hybrid default 2; trie default 4).
+    min_count:        fewest occurrences for a query to become a label.
+    prefix_lengths:   training prefix lengths (those shorter than the query are used;
+                      0, the empty prefix, only where there is a previous query: it
+                      teaches next-query suggestion).
+    prefix_weight:    weight of the prefix block (prefix-weighted char 1-3-grams).
+    previous_weight:  weight of each previous-query block (word 1-2, char 3-grams).
+    popularity:       answer score = ranker score * (1 + count) ** popularity.
+    candidates:       labels fetched from the beam search before the policy.
+    """
+
+    index: str = "hybrid"
+    trie_depth: int | None = None
+    min_count: int = 1
+    prefix_lengths: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10, 13)
+    prefix_weight: float = 1.0
+    previous_weight: float = 0.5
+    popularity: float = 0.0
+    candidates: int = 20
+    engine: EngineConfig | None = None
+    blocklist: bool = True
+
+    def __post_init__(self) -> None:
+        if self.index not in INDEXES:
+            raise InputError(f"CompleterConfig.index: one of {INDEXES}, got {self.index!r}")
+        if self.trie_depth is not None and self.trie_depth < 0:
+            raise InputError(f"CompleterConfig.trie_depth: must be >= 0, got {self.trie_depth}")
+        if self.min_count < 1:
+            raise InputError(f"CompleterConfig.min_count: must be >= 1, got {self.min_count}")
+        if not self.prefix_lengths or min(self.prefix_lengths) < 0:
+            raise InputError("CompleterConfig.prefix_lengths: lengths >= 0 needed")
+        if self.candidates < 1:
+            raise InputError(f"CompleterConfig.candidates: must be >= 1, got {self.candidates}")
+
+    @property
+    def depth(self) -> int:
+        if self.trie_depth is not None:
+            return self.trie_depth
+        return 2 if self.index == "hybrid" else 4
+
+    def engine_config(self) -> EngineConfig:
+        if self.engine is not None:
+            return self.engine
+        blocks = (
+            BlockConfig(kind="prefix_char", ngram_range=(1, 3), field=0,
+                        weight=self.prefix_weight, open_end=True),
+            BlockConfig(kind="word", ngram_range=(1, 2), field=1,
+                        weight=self.previous_weight, min_df=2),
+            BlockConfig(kind="char", ngram_range=(3, 3), field=1,
+                        weight=self.previous_weight, min_df=2),
+        )
+        return EngineConfig(blocks=blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "engine"}
+        d["prefix_lengths"] = list(self.prefix_lengths)
+        d["engine"] = self.engine_config().to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CompleterConfig:
+        d = dict(d)
+        d["prefix_lengths"] = tuple(d["prefix_lengths"])
+        d["engine"] = EngineConfig.from_dict(d["engine"])
+        return cls(**d)
+
+
+class LabelSet:
+    """The sorted label strings with their counts; id = rank in string order."""
+
+    def __init__(self, labels: list[str], counts: np.ndarray) -> None:
+        if len(labels) != len(counts):
+            raise InputError(f"{len(labels)} labels but {len(counts)} counts")
+        self.labels = labels
+        self.counts = counts
+        self._index: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def range(self, prefix: str) -> tuple[int, int]:
+        """Ids [lo, hi) of the labels starting with ``prefix``."""
+        lo = bisect.bisect_left(self.labels, prefix)
+        return lo, bisect.bisect_left(self.labels, prefix + _MAX_CHAR, lo)
+
+    def id_of(self, text: str) -> int | None:
+        if self._index is None:
+            self._index = {s: i for i, s in enumerate(self.labels)}
+        return self._index.get(text)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        blob = "\n".join(self.labels).encode("utf-8")
+        return {"text": np.frombuffer(blob, dtype=np.uint8), "counts": self.counts}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LabelSet:
+        text = bytes(arrays["text"]).decode("utf-8")
+        labels = text.split("\n") if text else []
+        return cls(labels, np.asarray(arrays["counts"]))
+
+
+def _build_index(config: CompleterConfig, labels: list[str]) -> Any:
+    ec = config.engine_config()
+
+    def index(vec: Vectorizer, X: sp.csr_matrix, Y: sp.csr_matrix) -> LabelTree:
+        if config.index == "trie":
+            return build_trie_tree(labels, depth=config.depth)
+        if config.index == "tree":
+            return build_kmeans_tree(pifa(X, Y), branching=ec.branching,
+                                     max_leaf_size=ec.max_leaf_size, seed=ec.seed,
+                                     threads=ec.threads)
+        # hybrid: k-means below the trie on the labels' own prefix-block features
+        emb = vec.transform(labels, None, threads=ec.threads)
+        return build_hybrid_tree(labels, emb, trie_depth=config.depth,
+                                 branching=ec.branching, max_leaf_size=ec.max_leaf_size,
+                                 seed=ec.seed, threads=ec.threads)
+
+    return index
+
+
+class Completer:
+    """``Completer.load(dir).complete(prefix, previous=None, k=10) -> list[Completion]``."""
+
+    def __init__(self, config: CompleterConfig, engine: Engine, labels: LabelSet,
+                 mpc: MostPopular, blocklist: Blocklist | None = None) -> None:
+        if engine.n_labels != len(labels):
+            raise InputError(f"engine has {engine.n_labels} labels, label set {len(labels)}")
+        self.config = config
+        self.engine = engine
+        self.labels = labels
+        self.mpc = mpc
+        self.blocklist = blocklist
+        # log(1 + count) per label, for the popularity term of the answer score
+        self._logpop = np.log1p(labels.counts.astype(np.float64)).tolist()
+
+    # -- training -------------------------------------------------------------
+    @classmethod
+    def train(
+        cls,
+        events: Sequence[LogEvent],
+        config: CompleterConfig | None = None,
+        background: Counter[str] | None = None,
+        progress: bool = False,
+    ) -> Completer:
+        """Train on a session log (events in log order, queries normalized).
+
+        ``background`` adds query counts (e.g. from a larger query-only log) to the
+        popularity used by the MPC fill and the popularity term, not to the labels.
+        """
+        config = config or CompleterConfig()
+        blocklist = Blocklist.default() if config.blocklist else Blocklist.empty()
+        counts: Counter[str] = Counter(e.query for e in events)
+        labels = sorted(q for q, c in counts.items()
+                        if c >= config.min_count and not blocklist.blocks(q))
+        if not labels:
+            raise InputError("no queries to learn from (after min_count and the blocklist)")
+        label_set = LabelSet(labels, np.array([counts[q] for q in labels], dtype=np.int64))
+        ids = {q: i for i, q in enumerate(labels)}
+        texts: list[str] = []
+        contexts: list[str | None] = []
+        rows: list[int] = []
+        prev_session: str | None = None
+        prev_query: str | None = None
+        for e in events:
+            previous = prev_query if e.session == prev_session else None
+            prev_session, prev_query = e.session, e.query
+            label = ids.get(e.query)
+            if label is None:
+                continue
+            for n in config.prefix_lengths:
+                if n >= len(e.query):
+                    break
+                if n == 0 and previous is None:
+                    continue
+                texts.append(e.query[:n])
+                contexts.append(previous)
+                rows.append(label)
+        if not texts:
+            raise InputError("no training prefixes: every query is shorter than the "
+                             "smallest prefix length")
+        Y = sp.csr_matrix(
+            (np.ones(len(rows), dtype=np.float32), np.array(rows, dtype=np.int32),
+             np.arange(len(rows) + 1, dtype=np.int64)),
+            shape=(len(rows), len(labels)))
+        log.info("completer: %d labels, %d training prefixes, index %s",
+                 len(labels), len(rows), config.index)
+        engine = Engine.fit(texts, Y, config.engine_config(), contexts=contexts,
+                            index=_build_index(config, labels), progress=progress)
+        pop = Counter({q: c for q, c in counts.items() if not blocklist.blocks(q)})
+        if background:
+            pop.update({q: c for q, c in background.items() if not blocklist.blocks(q)})
+        return cls(config, engine, label_set, MostPopular(pop))
+
+    # -- persistence -------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        arrays = self.engine.arrays()
+        arrays.update({f"labels.{k}": v for k, v in self.labels.arrays().items()})
+        arrays.update({f"mpc.{k}": v for k, v in self.mpc.arrays().items()})
+        config = {"completer": self.config.to_dict(), **self.engine.manifest_config()}
+        return save_model_dir(path, KIND, config, arrays, {"mpc": self.mpc.trie})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], blocklist: Blocklist | None = None,
+             verify: bool = True) -> Completer:
+        """Load a model directory (arrays memory-mapped). ``blocklist``, if given,
+        also filters answers at query time (the training blocklist always applies)."""
+        md = open_model_dir(path, kind=KIND, verify=verify)
+        try:
+            config = CompleterConfig.from_dict(md.config["completer"])
+            labels = LabelSet.from_arrays(md.arrays("labels."))
+            mpc = MostPopular.from_parts(md.trie("mpc"), md.arrays("mpc."))
+        except ModelFormatError:
+            raise
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise ModelFormatError(f"{md.path}: completer data inconsistent ({exc})",
+                                   str(md.path)) from exc
+        return cls(config, Engine.from_model_dir(md), labels, mpc, blocklist)
+
+    def with_options(self, **changes: Any) -> Completer:
+        """A view with other answer-time options (popularity, candidates)."""
+        return Completer(replace(self.config, **changes), self.engine, self.labels,
+                         self.mpc, self.blocklist)
+
+    # -- answering (the per-keystroke path) ---------------------------------------
+    def complete(self, prefix: str | bytes, previous: str | bytes | None = None,
+                 k: int = 10) -> list[Completion]:
+        """Top-k completions of ``prefix`` given the session's previous query."""
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}")
+        p = normalize_prefix(prefix.decode("utf-8", "replace")
+                             if isinstance(prefix, bytes) else prefix)
+        prev = normalize(previous) if previous is not None else ""
+        out: list[Completion] = []
+        if p or prev:
+            lo, hi = self.labels.range(p)
+            if lo < hi:
+                out = self._model(p, prev, k, lo, hi)
+        if len(out) < k:
+            self._fill(out, p, k)
+        return out
+
+    def _model(self, p: str, prev: str, k: int, lo: int, hi: int) -> list[Completion]:
+        n = max(k, self.config.candidates)
+        ids, scores = self.engine.search(p, prev or None, k=n, lo=lo, hi=hi)
+        if self.config.popularity and ids:
+            # score * (1 + count) ** popularity, compared in log space
+            beta, logpop = self.config.popularity, self._logpop
+            pairs = zip(ids, scores, strict=True)
+            ranked = sorted(((math.log(max(s, 1e-30)) + beta * logpop[i], i) for i, s in pairs),
+                            key=lambda t: -t[0])
+            ids = [i for _, i in ranked]
+            scores = [math.exp(c) for c, _ in ranked]
+        labels, block = self.labels.labels, self.blocklist
+        out = []
+        for i, s in zip(ids, scores, strict=True):
+            text = labels[i]
+            if block is None or not block.blocks(text):
+                out.append(Completion(text, s, "model"))
+                if len(out) == k:
+                    break
+        return out
+
+    def _fill(self, out: list[Completion], p: str, k: int) -> None:
+        seen = {c.text for c in out}
+        block = self.blocklist
+        for text, count in self.mpc.complete(p, k + len(out)):
+            if text not in seen and (block is None or not block.blocks(text)):
+                # below any model score: model scores are > 0, these are <= 0
+                out.append(Completion(text, -1.0 / (1.0 + math.log1p(count)), "mpc"))
+                seen.add(text)
+                if len(out) == k:
+                    return
+
+    def complete_batch(self, prefixes: Iterable[str], previous: Iterable[str | None] | None
+                       = None, k: int = 10) -> list[list[Completion]]:
+        """``complete`` over many (prefix, previous) pairs."""
+        prefixes = list(prefixes)
+        prevs = list(previous) if previous is not None else [None] * len(prefixes)
+        if len(prevs) != len(prefixes):
+            raise InputError(f"{len(prefixes)} prefixes but {len(prevs)} previous queries")
+        return [self.complete(p, q, k) for p, q in zip(prefixes, prevs, strict=True)]
+
+
+def train_completer(log_path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
+                    config: CompleterConfig | None = None, until: Any = None,
+                    background: str | os.PathLike[str] | None = None,
+                    progress: bool = False) -> Completer:
+    """Read a log (and an optional background query log), train, optionally save."""
+    from qac.logs import query_counts, read_log
+
+    events = read_log(log_path, until=until)
+    bg = query_counts(read_log(background)) if background else None
+    c = Completer.train(events, config, background=bg, progress=progress)
+    if out is not None:
+        c.save(out)
+    return c

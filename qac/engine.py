@@ -1,0 +1,213 @@
+"""The shared XMR core: features -> label tree -> XR-Linear rankers -> beam search.
+
+Completion and retrieval are thin layers over :class:`Engine`: they decide what
+the texts and labels are, the engine learns to map one to the other and answers
+a query with a single call into C (featurize + beam search, GIL released).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from qac import _kernel
+from qac.errors import InputError, ModelFormatError
+from qac.features import BlockConfig, Vectorizer
+from qac.index.kmeans import build_kmeans_tree, pifa
+from qac.index.tree import LabelTree
+from qac.model.train import TrainConfig, train_xlinear
+from qac.model.weights import LayerWeights
+from qac.model.xlinear import XLinearModel
+from qac.storage import ModelDir
+
+log = logging.getLogger(__name__)
+
+POSTS = ("l3-hinge", "sigmoid")
+
+#: Builds the label tree from the fitted vectorizer, the features X and labels Y.
+IndexFn = Callable[[Vectorizer, sp.csr_matrix, sp.csr_matrix], LabelTree]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine featurizes, indexes, trains and searches.
+
+    blocks:        feature blocks (see :mod:`qac.features`).
+    branching:     B of the B-ary k-means label tree (a power of two).
+    max_leaf_size: most labels in one leaf cluster.
+    beam:          default beam width of the search.
+    post:          score post-processor, "l3-hinge" or "sigmoid" (PECOS's).
+    """
+
+    blocks: tuple[BlockConfig, ...]
+    branching: int = 16
+    max_leaf_size: int = 100
+    seed: int = 0
+    beam: int = 10
+    post: str = "l3-hinge"
+    threads: int = 2
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not self.blocks:
+            raise InputError("EngineConfig.blocks: at least one feature block is needed")
+        if self.beam < 1:
+            raise InputError(f"EngineConfig.beam: must be >= 1, got {self.beam}")
+        if self.post not in POSTS:
+            raise InputError(f"EngineConfig.post: one of {POSTS}, got {self.post!r}")
+        if self.threads < 1:
+            raise InputError(f"EngineConfig.threads: must be >= 1, got {self.threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k not in ("blocks", "train")}
+        d["blocks"] = [b.to_dict() for b in self.blocks]
+        d["train"] = self.train.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EngineConfig:
+        d = dict(d)
+        d["blocks"] = tuple(BlockConfig.from_dict(b) for b in d["blocks"])
+        d["train"] = TrainConfig.from_dict(d["train"])
+        return cls(**d)
+
+
+class Engine:
+    """Vectorizer + label tree + per-layer weights, searchable from text."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        vectorizer: Vectorizer,
+        tree: LabelTree,
+        layers: Sequence[LayerWeights],
+    ) -> None:
+        self.config = config
+        self.vectorizer = vectorizer
+        self.tree = tree
+        self.layers = list(layers)
+        self.model = XLinearModel(
+            tree.child_ptr, tree.label_order, self.layers, vectorizer.n_features, config.post
+        )
+        self._search = _kernel.TextSearch(vectorizer.handle, self.model)
+
+    @property
+    def n_labels(self) -> int:
+        return self.tree.n_labels
+
+    # -- training ---------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        texts: Sequence[str],
+        Y: sp.csr_matrix,
+        config: EngineConfig,
+        contexts: Sequence[str | None] | None = None,
+        index: IndexFn | None = None,
+        progress: bool = False,
+    ) -> Engine:
+        """Learn features, tree and rankers for (normalized) texts -> label rows of Y.
+
+        ``index`` builds the label tree; the default is the balanced k-means tree
+        on PIFA embeddings (``config.branching``, ``config.max_leaf_size``).
+        """
+        if len(texts) != Y.shape[0]:
+            raise InputError(f"{len(texts)} texts but Y has {Y.shape[0]} rows")
+        if Y.shape[1] < 1:
+            raise InputError("no labels to learn")
+        t0 = time.perf_counter()
+        vec = Vectorizer(config.blocks).fit(texts, contexts)
+        X = vec.transform(texts, contexts, threads=config.threads)
+        t1 = time.perf_counter()
+        Y = sp.csr_matrix(Y, dtype=np.float32)
+        if index is None:
+            tree = build_kmeans_tree(
+                pifa(X, Y),
+                branching=config.branching,
+                max_leaf_size=config.max_leaf_size,
+                seed=config.seed,
+                threads=config.threads,
+                progress=progress,
+            )
+        else:
+            tree = index(vec, X, Y)
+        if tree.n_labels != Y.shape[1]:
+            raise InputError(f"the index has {tree.n_labels} labels, Y has {Y.shape[1]}")
+        t2 = time.perf_counter()
+        layers = train_xlinear(X, Y, tree.child_ptr, tree.label_order, config.train, progress)
+        t3 = time.perf_counter()
+        log.info(
+            "engine fit: %d rows, %d features, %d labels, depth %d; "
+            "features %.1fs, tree %.1fs, rankers %.1fs",
+            X.shape[0], X.shape[1], Y.shape[1], tree.depth, t1 - t0, t2 - t1, t3 - t2,
+        )
+        return cls(config, vec, tree, layers)
+
+    # -- persistence -------------------------------------------------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        out.update({f"features.{k}": v for k, v in self.vectorizer.arrays().items()})
+        out.update({f"tree.{k}": v for k, v in self.tree.arrays().items()})
+        for depth, layer in enumerate(self.layers, start=1):
+            out.update({f"layer{depth}.{k}": v for k, v in layer.arrays().items()})
+        return out
+
+    def manifest_config(self) -> dict[str, Any]:
+        return {"engine": self.config.to_dict(), "features": self.vectorizer.config()}
+
+    @classmethod
+    def from_model_dir(cls, md: ModelDir) -> Engine:
+        cfg = md.config
+        try:
+            config = EngineConfig.from_dict(cfg["engine"])
+            vec = Vectorizer.from_parts(cfg["features"], md.arrays("features."))
+            tree = LabelTree.from_arrays(md.arrays("tree."))
+            layers = [
+                LayerWeights.from_arrays(md.arrays(f"layer{d}."))
+                for d in range(1, tree.depth + 1)
+            ]
+            return cls(config, vec, tree, layers)
+        except ModelFormatError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFormatError(
+                f"{md.path}: model arrays or config inconsistent ({exc})", str(md.path)
+            ) from exc
+
+    # -- search ---------------------------------------------------------------
+    def search(
+        self,
+        text: str,
+        context: str | None = None,
+        k: int = 10,
+        beam: int | None = None,
+        lo: int = 0,
+        hi: int | None = None,
+    ) -> tuple[list[int], list[float]]:
+        """Top-k label ids and scores, best first, for one normalized text (one C call).
+
+        [lo, hi) restricts answers to label ids lo..hi-1 (the beam never enters a
+        subtree without such a label).
+        """
+        return self._search(text, context, k, beam or self.config.beam, lo,
+                            self.n_labels if hi is None else hi)
+
+    def search_batch(
+        self,
+        texts: Sequence[str],
+        contexts: Sequence[str | None] | None = None,
+        k: int = 10,
+        beam: int | None = None,
+        threads: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k label ids (padded with -1) and scores for many normalized texts."""
+        X = self.vectorizer.transform(texts, contexts, threads=threads or self.config.threads)
+        return self.model.predict(
+            X, beam=beam or self.config.beam, topk=k, threads=threads or self.config.threads
+        )

@@ -1,0 +1,184 @@
+"""Retrieval mode: query text -> item ids, on the shared XMR engine.
+
+Training data are (item id, query text) pairs, one line per query-item pair; the
+distinct normalized queries become instances whose labels are their items. Item
+titles, when given, are added as instances too, so every item of the catalogue
+can be retrieved even if no query led to it yet. Item ids are kept in a
+marisa-trie; an item's label id is its key id in that trie.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import marisa_trie
+import numpy as np
+import scipy.sparse as sp
+
+from qac.engine import Engine, EngineConfig
+from qac.errors import InputError
+from qac.features import BlockConfig
+from qac.storage import open_model_dir, save_model_dir
+from qac.text import normalize
+
+log = logging.getLogger(__name__)
+
+KIND = "retriever"
+
+DEFAULT_BLOCKS = (
+    BlockConfig(kind="word", ngram_range=(1, 2)),
+    BlockConfig(kind="char", ngram_range=(3, 3)),
+)
+
+
+def default_config(**overrides: Any) -> EngineConfig:
+    """The retrieval engine configuration: word 1-2 + char 3-gram TF-IDF, B=16."""
+    return EngineConfig(blocks=DEFAULT_BLOCKS, **overrides)
+
+
+def read_tsv(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """Read ``id<TAB>text`` lines; '#' comment lines and blank lines are skipped.
+
+    Bytes that are not UTF-8 become U+FFFD (normalization turns them into spaces).
+    A line without a tab raises :class:`InputError` naming the file and line.
+    """
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line or line.startswith("#"):
+                continue
+            key, sep, text = line.partition("\t")
+            if not sep or not key:
+                raise InputError(f"{path}:{lineno}: expected 'id<TAB>text'")
+            rows.append((key, text))
+    return rows
+
+
+@dataclass
+class RetrievalReport:
+    """Quality and latency of a retriever on held-out (item, query) pairs."""
+
+    queries: int
+    queries_with_known_item: int
+    precision_at_1: float
+    precision_at_5: float
+    recall_at_10: float
+    recall_at_100: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Retriever:
+    """Query -> item ids. ``Retriever.load(dir).search(text, k=10)``."""
+
+    def __init__(self, engine: Engine, items: marisa_trie.Trie) -> None:
+        if len(items) != engine.n_labels:
+            raise InputError(f"{len(items)} items but the engine has {engine.n_labels} labels")
+        self.engine = engine
+        self.items = items
+
+    @classmethod
+    def train(
+        cls,
+        pairs: Iterable[tuple[str, str]],
+        items: Iterable[tuple[str, str]] | None = None,
+        config: EngineConfig | None = None,
+        progress: bool = False,
+    ) -> Retriever:
+        """Train on (item_id, query) pairs and optional (item_id, title) items."""
+        config = config or default_config()
+        by_query: dict[str, set[str]] = {}
+        for item, query in pairs:
+            q = normalize(query)
+            if q:
+                by_query.setdefault(q, set()).add(item)
+        titles = [(item, normalize(title)) for item, title in (items or ())]
+        all_items = set().union(*by_query.values()) if by_query else set()
+        all_items.update(item for item, _ in titles)
+        if not all_items:
+            raise InputError("no training pairs or items: nothing to learn")
+        trie = marisa_trie.Trie(all_items)
+        texts = list(by_query) + [t for _, t in titles if t]
+        label_sets = [[trie[i] for i in s] for s in by_query.values()]
+        label_sets += [[trie[item]] for item, t in titles if t]
+        indptr = np.zeros(len(label_sets) + 1, dtype=np.int64)
+        np.cumsum([len(s) for s in label_sets], out=indptr[1:])
+        indices = np.fromiter((i for s in label_sets for i in s), dtype=np.int32,
+                              count=int(indptr[-1]))
+        Y = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr),
+                          shape=(len(texts), len(trie)))
+        Y.sort_indices()
+        log.info("retriever: %d queries, %d titled items, %d items",
+                 len(by_query), len(titles), len(trie))
+        engine = Engine.fit(texts, Y, config, progress=progress)
+        return cls(engine, trie)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return save_model_dir(path, KIND, self.engine.manifest_config(),
+                              self.engine.arrays(), {"items": self.items})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], verify: bool = True) -> Retriever:
+        """Load a model directory written by :meth:`save` (arrays memory-mapped)."""
+        md = open_model_dir(path, kind=KIND, verify=verify)
+        return cls(Engine.from_model_dir(md), md.trie("items"))
+
+    def search(self, text: str | bytes, k: int = 10) -> list[tuple[str, float]]:
+        """The top-k (item_id, score) for one query; empty text gives []."""
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}")
+        q = normalize(text)
+        if not q:
+            return []
+        ids, scores = self.engine.search(q, k=k)
+        key = self.items.restore_key
+        return [(key(int(i)), float(s)) for i, s in zip(ids, scores, strict=True)]
+
+    def evaluate(self, pairs: Sequence[tuple[str, str]], latency_sample: int = 5000,
+                 threads: int | None = None) -> RetrievalReport:
+        """P@1/5 and R@10/100 over held-out queries with at least one known item,
+        and single-query latency (text in, item ids out) over a sample of them."""
+        truth: dict[str, set[int]] = {}
+        for item, query in pairs:
+            q = normalize(query)
+            if q:
+                truth.setdefault(q, set())
+                if item in self.items:
+                    truth[q].add(self.items[item])
+        known = [(q, t) for q, t in truth.items() if t]
+        if not known:
+            raise InputError("no held-out query has an item the model knows")
+        ids, _ = self.engine.search_batch([q for q, _ in known], k=100, threads=threads)
+        p1 = p5 = r10 = r100 = 0.0
+        for row, (_, t) in zip(ids, known, strict=True):
+            p1 += row[0] in t
+            p5 += len(t.intersection(row[:5].tolist())) / 5
+            r10 += len(t.intersection(row[:10].tolist())) / len(t)
+            r100 += len(t.intersection(row.tolist())) / len(t)
+        n = len(known)
+        times = []
+        for q, _ in known[:latency_sample]:
+            t0 = time.perf_counter()
+            self.search(q, k=10)
+            times.append(time.perf_counter() - t0)
+        lat = np.array(times) * 1e3
+        return RetrievalReport(
+            queries=len(truth),
+            queries_with_known_item=n,
+            precision_at_1=p1 / n,
+            precision_at_5=p5 / n,
+            recall_at_10=r10 / n,
+            recall_at_100=r100 / n,
+            latency_p50_ms=float(np.percentile(lat, 50)),
+            latency_p99_ms=float(np.percentile(lat, 99)),
+        )

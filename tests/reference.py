@@ -1,0 +1,160 @@
+"""Plain numpy oracle of the XR-Linear beam search (same semantics as native/infer.c).
+
+Scores in float64. Besides the answer it reports where a float32 kernel may
+legitimately disagree: near (but not exact) ties at a cut or inside the top-k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from qac.model.weights import LayerWeights
+
+RTOL = 1e-5
+ATOL = 1e-30  # float32 scores this small have lost their precision or underflowed
+
+
+def near(a: float, b: float) -> bool:
+    """a and b differ, but by less than the float32 kernel can resolve."""
+    return a != b and abs(a - b) <= RTOL * max(abs(a), abs(b)) + ATOL
+
+
+def post_fn(post: str, s: float) -> float:
+    if post == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-s))
+    return np.exp(-(np.maximum(0.0, 1.0 - s) ** 3))
+
+
+def leaf_ids(
+    child_ptr: Sequence[np.ndarray], label_order: np.ndarray | None
+) -> list[list[np.ndarray]]:
+    """For tree layer l (index l-1): ids[c] = the label ids (int64) below node c."""
+    depth = len(child_ptr)
+    n_last = int(child_ptr[-1][-1])
+    order = np.arange(n_last) if label_order is None else np.asarray(label_order, np.int64)
+    below: list[np.ndarray] = [np.array([i]) for i in order]
+    out = [below]
+    for li in range(depth - 1, 0, -1):
+        cp = child_ptr[li]
+        below = [
+            np.concatenate(
+                [below[k] for k in range(int(cp[c]), int(cp[c + 1]))] + [np.zeros(0)]
+            ).astype(np.int64)
+            for c in range(cp.shape[0] - 1)
+        ]
+        out.append(below)
+    return out[::-1]
+
+
+def id_bounds(child_ptr: Sequence[np.ndarray], label_order: np.ndarray | None) -> list[np.ndarray]:
+    """For tree layer l (index l-1): (n_l, 2) min and max label id below each node.
+
+    A node with no label below gets (n_labels, -1): it meets no range.
+    """
+    n_last = int(child_ptr[-1][-1])
+    return [
+        np.array(
+            [(int(a.min()), int(a.max())) if a.size else (n_last, -1) for a in layer],
+            dtype=np.int64,
+        ).reshape(-1, 2)
+        for layer in leaf_ids(child_ptr, label_order)
+    ]
+
+
+def fuzzy_positions(scores: list[float]) -> dict[int, int]:
+    """Positions (in a best-first list) whose order float32 may not reproduce.
+
+    Consecutive scores within tolerance form a cluster; a cluster whose scores
+    are not all exactly equal is fuzzy (an exact tie is decided by the id rule
+    in both implementations). Returns position -> cluster number.
+    """
+    out: dict[int, int] = {}
+    i, n = 0, len(scores)
+    while i < n:
+        j = i
+        while j + 1 < n and (scores[j + 1] == scores[j] or near(scores[j], scores[j + 1])):
+            j += 1
+        if any(scores[m] != scores[i] for m in range(i, j + 1)):
+            out.update({m: i for m in range(i, j + 1)})
+        i = j + 1
+    return out
+
+
+@dataclass
+class Answer:
+    ids: np.ndarray  # int64, best first
+    scores: np.ndarray  # float64
+    ambiguous: bool  # a near tie at an inner cut: the beam itself may differ
+    near_pos: set[int]  # final positions whose id may legitimately differ
+
+
+def beam_search(
+    child_ptr: Sequence[np.ndarray],
+    label_order: np.ndarray | None,
+    layers: Sequence[LayerWeights],
+    post: str,
+    idx: np.ndarray,
+    val: np.ndarray,
+    beam: int,
+    topk: int,
+    lo: int = 0,
+    hi: int | None = None,
+    exact: bool = False,
+) -> Answer:
+    """Beam search restricted to label ids [lo, hi).
+
+    A node competes for the beam only if some label below may be in [lo, hi):
+    by default (as the kernel) if the [min, max] id range below it meets
+    [lo, hi); with ``exact``, only if a label below really is in [lo, hi).
+    The two agree when every node's ids are contiguous.
+    """
+    depth = len(layers)
+    n_last = int(child_ptr[-1][-1])
+    hi = n_last if hi is None else hi
+    x = {int(f): float(v) for f, v in zip(idx, val, strict=True)}
+    ids_below = leaf_ids(child_ptr, label_order)
+    bounds = id_bounds(child_ptr, label_order)
+    cur: list[tuple[int, float]] = [(0, 1.0)]
+    ambiguous = False
+    for li in range(depth):
+        lw, cp, last = layers[li], child_ptr[li], li == depth - 1
+        cands = []  # (score, key, node)
+        for p, ps in cur:
+            c0, c1 = int(cp[p]), int(cp[p + 1])
+            s = {c: float(lw.bias[c]) for c in range(c0, c1)}
+            for r in range(int(lw.chunk_ptr[p]), int(lw.chunk_ptr[p + 1])):
+                f = int(lw.row_feat[r])
+                if f in x:
+                    for e in range(int(lw.row_ptr[r]), int(lw.row_ptr[r + 1])):
+                        s[int(lw.ent_node[e])] += x[f] * float(lw.ent_val[e])
+            for c in range(c0, c1):
+                if exact:
+                    below = ids_below[li][c]
+                    if not np.any((below >= lo) & (below < hi)):
+                        continue
+                elif bounds[li][c, 0] >= hi or bounds[li][c, 1] < lo:
+                    continue  # no label below, or [min, max] misses [lo, hi)
+                score = ps * post_fn(post, s[c])
+                key = int(label_order[c]) if last and label_order is not None else c
+                cands.append((score, key, c))
+        cands.sort(key=lambda t: (-t[0], t[1]))
+        k = topk if last else beam
+        fuzzy = fuzzy_positions([t[0] for t in cands])
+        if not last:
+            # a near tie across the cut: float32 may keep another node
+            if len(cands) > k and (k - 1) in fuzzy and k in fuzzy and fuzzy[k - 1] == fuzzy[k]:
+                ambiguous = True
+            cur = [(c, sc) for sc, _, c in cands[:k]]
+            continue
+        kept = cands[:k]
+        near_pos = {i for i in fuzzy if i < len(kept)}
+        return Answer(
+            ids=np.array([t[1] for t in kept], dtype=np.int64),
+            scores=np.array([t[0] for t in kept], dtype=np.float64),
+            ambiguous=ambiguous,
+            near_pos=near_pos,
+        )
+    raise AssertionError("unreachable")

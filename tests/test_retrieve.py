@@ -1,0 +1,91 @@
+"""Retrieval mode end to end: train on the bundled sample, save, load, search, evaluate."""
+
+from pathlib import Path
+
+import pytest
+
+from qac import ModelFormatError, Retriever
+from qac.errors import InputError
+from qac.retrieve import default_config, read_tsv
+
+DATA = Path(__file__).resolve().parent.parent / "qac" / "data"
+
+
+@pytest.fixture(scope="module")
+def sample() -> list[tuple[str, str]]:
+    return read_tsv(DATA / "sample_pairs.tsv")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, sample: list[tuple[str, str]]) -> Path:
+    items = read_tsv(DATA / "sample_items.tsv")
+    r = Retriever.train(sample, items, default_config(seed=1))
+    return r.save(tmp_path_factory.mktemp("m") / "retriever")
+
+
+def test_training_queries_retrieve_their_items(model_dir: Path,
+                                               sample: list[tuple[str, str]]) -> None:
+    r = Retriever.load(model_dir)
+    truth: dict[str, set[str]] = {}
+    for item, q in sample:
+        truth.setdefault(q, set()).add(item)
+    queries = sorted(truth)[:300]
+    hits = sum(r.search(q, k=1)[0][0] in truth[q] for q in queries)
+    assert hits / len(queries) > 0.8
+    report = r.evaluate(sample)
+    assert report.precision_at_1 > 0.8
+    assert report.recall_at_10 >= report.precision_at_1 * 0.5
+    assert report.latency_p50_ms > 0
+
+
+def test_item_titles_make_unqueried_items_retrievable(tmp_path: Path) -> None:
+    pairs = [("shoe-1", "red running shoes"), ("shoe-1", "running shoes"),
+             ("coat-2", "blue rain jacket"), ("coat-2", "rain coat")]
+    items = [("hose-3", "green garden hose"), ("shoe-1", "trail running shoe"),
+             ("coat-2", "waterproof rain jacket")]
+    r = Retriever.train(pairs, items)
+    assert len(r.items) == 3
+    assert r.search("garden hose", k=1)[0][0] == "hose-3"
+    assert r.search("running shoes", k=1)[0][0] == "shoe-1"
+
+
+def test_search_results_are_sorted_and_bounded(model_dir: Path) -> None:
+    r = Retriever.load(model_dir)
+    got = r.search("weather", k=7)
+    assert 0 < len(got) <= 7
+    scores = [s for _, s in got]
+    assert scores == sorted(scores, reverse=True)
+    assert len({i for i, _ in got}) == len(got)
+
+
+def test_bad_input(model_dir: Path) -> None:
+    r = Retriever.load(model_dir)
+    assert r.search("") == []
+    assert r.search("   \t ") == []
+    assert r.search(b"\xff\xfe") == []  # invalid UTF-8 -> replacement -> nothing left
+    assert isinstance(r.search(b"weath\xc3\xa9r \xff"), list)
+    assert isinstance(r.search("wea\x00ther\x1b"), list)
+    with pytest.raises(InputError):
+        r.search("x" * 5000)
+    with pytest.raises(InputError):
+        r.search("weather", k=0)
+
+
+def test_corrupt_model_is_named(model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dir, bad)
+    victim = next(bad.glob("layer1.ent_val.npy"))
+    victim.write_bytes(victim.read_bytes()[:-8])
+    with pytest.raises(ModelFormatError, match="layer1.ent_val.npy"):
+        Retriever.load(bad)
+
+
+def test_read_tsv_reports_the_bad_line(tmp_path: Path) -> None:
+    f = tmp_path / "p.tsv"
+    f.write_bytes(b"# comment\nitem\tgood query\nno tab here\n")
+    with pytest.raises(InputError, match=r"p.tsv:3"):
+        read_tsv(f)
+    f.write_bytes(b"item\tcaf\xff query\n")
+    assert read_tsv(f) == [("item", "caf\ufffd query")]
