@@ -17,6 +17,11 @@ The completion call is synchronous C (tens of microseconds, GIL released inside)
 and runs inline on the event loop: a thread-pool hop would cost more than the call.
 Model loading (reload) runs in a worker thread and swaps one reference, so requests
 keep flowing and each request sees either the old or the new model, never a mix.
+Reload acts on one process: with several uvicorn workers, SIGHUP to the uvicorn
+master restarts them all on the (atomically replaced) model directory.
+
+Metrics live in a registry per app, hence per worker process; /healthz names the
+process (``pid``) so a scraper can tell workers apart.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import hmac
 import inspect
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -356,7 +362,7 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
     async def healthz(request: Request) -> Response:
         model = state.current[1]
         return JSONResponse({"status": "ok", "model": model.path, "version": model.version,
-                             "retrieval": state.retriever is not None})
+                             "retrieval": state.retriever is not None, "pid": os.getpid()})
 
     async def metrics(request: Request) -> Response:
         stats = state.store.stats()

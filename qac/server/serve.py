@@ -70,6 +70,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if config.redis_url is None:
         log.warning("%d workers without --redis-url: each worker keeps its own sessions, "
                     "so a session's context depends on which worker answers", args.workers)
+    if config.admin_token is not None:
+        log.warning("POST /v1/admin/reload reloads only the worker that answers it; to "
+                    "reload all %d workers send SIGHUP to this process (uvicorn restarts "
+                    "them one by one, each mapping the model directory afresh)", args.workers)
     worker = replace(config, verify_model=False)
     os.environ.update(worker.to_env())
     uvicorn.run(FACTORY, factory=True, host=args.host, port=args.port,
