@@ -337,3 +337,58 @@ def test_bad_model_dir_fails_at_creation(tmp_path: Path) -> None:
 
     with pytest.raises(ModelFormatError):
         create_app(ServerConfig(model_dir=str(tmp_path)))
+
+
+def test_completions_flow_while_a_reload_loads(models: dict[str, Path],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new model loads in a worker thread: the event loop keeps answering."""
+    import asyncio
+    import threading
+
+    import httpx2
+
+    from qac.server import app as app_module
+
+    loading, release = threading.Event(), threading.Event()
+    real = app_module.load_completer
+
+    def slow_load(path: Any, verify: bool = True) -> Any:
+        loading.set()
+        assert release.wait(5)
+        return real(path, verify)
+
+    app = create_app(ServerConfig(model_dir=str(models["a"]), admin_token=TOKEN))
+    monkeypatch.setattr(app_module, "load_completer", slow_load)
+
+    async def scenario() -> None:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://t") as client:
+            reload = asyncio.create_task(client.post(
+                "/v1/admin/reload", json={"model_dir": str(models["b"])},
+                headers={"Authorization": f"Bearer {TOKEN}"}))
+            while not loading.is_set():
+                await asyncio.sleep(0.005)
+            r = await client.get("/v1/complete?q=z")  # answered by the old model
+            assert r.status_code == 200 and "zebra crossing" not in r.text
+            assert not reload.done()
+            release.set()
+            assert (await reload).status_code == 200
+            r = await client.get("/v1/complete?q=z")
+            assert r.json()["completions"][0]["text"] == "zebra crossing"
+
+    asyncio.run(scenario())
+
+
+def test_worker_factory_reads_the_environment(models: dict[str, Path],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from qac.server.app import app_from_env
+
+    cfg = ServerConfig(model_dir=str(models["a"]), admin_token="t0ken",
+                       admin_token_env="QAC_TEST_TOKEN", verify_model=False)
+    for key, value in cfg.to_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("QAC_TEST_TOKEN", "t0ken")
+    with TestClient(app_from_env()) as client:
+        assert _texts(client.get("/v1/complete?q=pl"))[0] == "playstation"
+        r = client.post("/v1/admin/reload", headers={"Authorization": "Bearer t0ken"})
+        assert r.status_code == 200
