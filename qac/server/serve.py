@@ -10,7 +10,6 @@ from dataclasses import replace
 
 from qac.errors import InputError
 from qac.server.config import ServerConfig
-from qac.storage import open_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until interrupted; returns the exit status."""
     import uvicorn
+
+    from qac.storage import open_model_dir
 
     if args.workers < 1:
         raise InputError(f"--workers: must be >= 1, got {args.workers}")
