@@ -1,0 +1,84 @@
+"""Server configuration: one frozen dataclass, validated on creation.
+
+Worker processes started by uvicorn (``--workers N``) re-create it from the
+environment: :meth:`ServerConfig.to_env` writes everything but the admin token as
+JSON into ``QAC_SERVER_CONFIG``, and names the environment variable that holds the
+token, so the secret never travels through argv or a second variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from qac.errors import InputError
+
+ENV_CONFIG = "QAC_SERVER_CONFIG"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What a server serves and the limits it enforces.
+
+    model_dir:        completer model directory (required).
+    retrieval_dir:    retriever model directory; without it /v1/search answers 404.
+    redis_url:        session store URL; None keeps sessions in this process.
+    admin_token:      bearer token of POST /v1/admin/reload; None turns reload off.
+    admin_token_env:  name of the environment variable the token came from (how
+                      worker processes find it again); not needed in-process.
+    max_query_chars:  longest prefix, search text or submitted query (characters).
+    max_k:            largest k (k is 1..max_k); default_k when absent.
+    max_body_bytes:   largest request body.
+    verify_model:     check every model file's SHA-256 on load (reload always does).
+    """
+
+    model_dir: str
+    retrieval_dir: str | None = None
+    redis_url: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    admin_token_env: str | None = None
+    max_query_chars: int = 256
+    max_k: int = 50
+    default_k: int = 10
+    max_body_bytes: int = 4096
+    verify_model: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.model_dir:
+            raise InputError("ServerConfig.model_dir: a completer model directory is needed")
+        if self.admin_token is not None and not self.admin_token.strip():
+            raise InputError("ServerConfig.admin_token: empty (leave it unset to turn "
+                             "the reload endpoint off)")
+        for name in ("max_query_chars", "max_k", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise InputError(f"ServerConfig.{name}: must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.default_k <= self.max_k:
+            raise InputError(f"ServerConfig.default_k: must be in 1..{self.max_k}, "
+                             f"got {self.default_k}")
+
+    def to_env(self) -> dict[str, str]:
+        """Environment for worker processes (the token itself is left out)."""
+        d = asdict(self)
+        del d["admin_token"]
+        return {ENV_CONFIG: json.dumps(d)}
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ServerConfig:
+        """The inverse of :meth:`to_env`, reading the token from ``admin_token_env``."""
+        env = dict(os.environ if environ is None else environ)
+        raw = env.get(ENV_CONFIG)
+        if raw is None:
+            raise InputError(f"{ENV_CONFIG} is not set (start the server with `qac serve`)")
+        try:
+            d: dict[str, Any] = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{ENV_CONFIG}: not JSON ({exc})") from exc
+        token_env = d.get("admin_token_env")
+        token = None
+        if token_env:
+            token = env.get(token_env)
+            if not token:
+                raise InputError(f"admin token variable {token_env} is unset or empty")
+        return cls(**d, admin_token=token)

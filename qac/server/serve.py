@@ -1,0 +1,82 @@
+"""``qac serve``: the command-line front of the server (wired into qac.cli by
+:func:`add_serve_arguments` and :func:`run_serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import replace
+
+from qac.errors import InputError
+from qac.server.config import ServerConfig
+
+log = logging.getLogger(__name__)
+
+FACTORY = "qac.server.app:app_from_env"
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``qac serve`` (the admin token comes from an environment
+    variable, never from argv, where ``ps`` would show it)."""
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="completer model directory")
+    parser.add_argument("--retrieval-dir", help="retriever model directory (enables /v1/search)")
+    parser.add_argument("--redis-url",
+                        help="session store, e.g. redis://localhost:6379/0 "
+                             "(default: sessions kept in each worker process)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes; each maps the same model files")
+    parser.add_argument("--admin-token-env", metavar="VAR",
+                        help="environment variable holding the bearer token of "
+                             "POST /v1/admin/reload (unset: reload is off)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"])
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    token = None
+    if args.admin_token_env:
+        token = os.environ.get(args.admin_token_env)
+        if not token:
+            raise InputError(f"--admin-token-env {args.admin_token_env}: "
+                             "that environment variable is unset or empty")
+    return ServerConfig(model_dir=args.model_dir, retrieval_dir=args.retrieval_dir,
+                        redis_url=args.redis_url, admin_token=token,
+                        admin_token_env=args.admin_token_env)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve until interrupted; returns the exit status."""
+    import uvicorn
+
+    from qac.storage import open_model_dir
+
+    if args.workers < 1:
+        raise InputError(f"--workers: must be >= 1, got {args.workers}")
+    config = config_from_args(args)
+    if args.workers == 1:
+        from qac.server.app import create_app
+
+        uvicorn.run(create_app(config), host=args.host, port=args.port,
+                    log_level=args.log_level)
+        return 0
+    # Several workers: check the model files once here (fail fast, with the file
+    # named), then let each worker load them without re-hashing; the arrays are
+    # memory-mapped, so the workers share one copy in the page cache.
+    open_model_dir(config.model_dir, verify=True)
+    if config.retrieval_dir:
+        open_model_dir(config.retrieval_dir, verify=True)
+    if config.redis_url is None:
+        log.warning("%d workers without --redis-url: each worker keeps its own sessions, "
+                    "so a session's context depends on which worker answers", args.workers)
+    if config.admin_token is not None:
+        log.warning("POST /v1/admin/reload reloads only the worker that answers it; to "
+                    "reload all %d workers send SIGHUP to this process (uvicorn restarts "
+                    "them one by one, each mapping the model directory afresh)", args.workers)
+    worker = replace(config, verify_model=False)
+    os.environ.update(worker.to_env())
+    uvicorn.run(FACTORY, factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level)
+    return 0

@@ -1,0 +1,394 @@
+"""HTTP service: every endpoint, every limit, reload, and the session effect via the API."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from qac.complete import Completer, CompleterConfig
+from qac.errors import StoreUnavailable
+from qac.logs import LogEvent
+from qac.retrieve import Retriever
+from qac.server import ServerConfig, create_app
+from qac.server.config import ENV_CONFIG
+from qac.session import MemorySessionStore
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def _log(extra: int = 0) -> list[LogEvent]:
+    """Sessions where the previous query decides the completion of "pl"."""
+    t = datetime(2006, 3, 1)
+    events: list[LogEvent] = []
+
+    def session(sid: str, *queries: str) -> None:
+        nonlocal t
+        for q in queries:
+            t += timedelta(minutes=1)
+            events.append(LogEvent(sid, q, t, "u"))
+
+    for i in range(6):
+        session(f"a{i}", "rose of jericho", "plant care tips")
+    for i in range(12):
+        session(f"b{i}", "game console", "playstation 5")
+    for i in range(20):
+        session(f"c{i}", "playstation")
+    for i in range(4):
+        session(f"d{i}", "new york times", "newark airport")
+    for i in range(extra):
+        session(f"x{i}", "zebra crossing")
+    return events
+
+
+def train_model(path: Path, extra: int = 0) -> Path:
+    """A tiny completer saved to ``path`` (well under a second)."""
+    Completer.train(_log(extra), CompleterConfig(index="hybrid", trie_depth=1)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    retriever = Retriever.train([("i1", "red shoes"), ("i2", "blue shirt"), ("i1", "shoes")])
+    retriever.save(root / "retriever")
+    return {"a": train_model(root / "a"), "b": train_model(root / "b", extra=3),
+            "retriever": root / "retriever"}
+
+
+def _client(cfg: ServerConfig, **kw: Any) -> Iterator[TestClient]:
+    with TestClient(create_app(cfg, **kw)) as client:
+        yield client
+
+
+@pytest.fixture()
+def client(models: dict[str, Path]) -> Iterator[TestClient]:
+    cfg = ServerConfig(model_dir=str(models["a"]), retrieval_dir=str(models["retriever"]),
+                       admin_token=TOKEN)
+    yield from _client(cfg)
+
+
+def _texts(resp: Any) -> list[str]:
+    assert resp.status_code == 200, resp.text
+    return [c["text"] for c in resp.json()["completions"]]
+
+
+# -- completion and sessions -----------------------------------------------------------
+
+def test_complete_answers_with_texts_scores_sources_and_time(client: TestClient) -> None:
+    r = client.get("/v1/complete", params={"q": "pl", "k": 3})
+    body = r.json()
+    assert r.status_code == 200
+    assert set(body) == {"completions", "took_ms"}
+    assert body["took_ms"] >= 0
+    assert len(body["completions"]) == 3
+    for c in body["completions"]:
+        assert set(c) == {"text", "score", "source"}
+        assert c["text"].startswith("pl") and c["source"] in {"model", "mpc"}
+    assert body["completions"][0]["text"] == "playstation"
+
+
+def test_complete_defaults(client: TestClient) -> None:
+    assert _texts(client.get("/v1/complete"))[0] == "playstation"  # no q: most popular
+    assert len(_texts(client.get("/v1/complete?q=&k="))) <= 10
+
+
+def test_session_effect_through_the_api(client: TestClient) -> None:
+    assert _texts(client.get("/v1/complete?q=pl&session=s-1"))[0] == "playstation"
+    r = client.post("/v1/sessions/s-1/queries", json={"query": "Rose of  Jericho"})
+    assert r.status_code == 200 and r.json()["session"] == "s-1"
+    assert _texts(client.get("/v1/complete?q=pl&session=s-1&k=3"))[0] == "plant care tips"
+    # other sessions are untouched
+    assert _texts(client.get("/v1/complete?q=pl&session=s-2"))[0] == "playstation"
+    # the latest submitted query is the context
+    client.post("/v1/sessions/s-1/queries", json={"query": "game console"})
+    assert _texts(client.get("/v1/complete?q=pl&session=s-1"))[0] == "playstation 5"
+
+
+def test_unknown_session_has_no_context(client: TestClient) -> None:
+    assert _texts(client.get("/v1/complete?q=pl&session=never-seen"))[0] == "playstation"
+
+
+def test_store_failure_serves_without_context(models: dict[str, Path]) -> None:
+    class Broken(MemorySessionStore):
+        async def recent(self, session: str, n: int = 5) -> list[str]:
+            raise StoreUnavailable("down")
+
+        async def record(self, session: str, query: str) -> None:
+            raise StoreUnavailable("down")
+
+    for client in _client(ServerConfig(model_dir=str(models["a"])), store=Broken()):
+        assert _texts(client.get("/v1/complete?q=pl&session=s"))[0] == "playstation"
+        r = client.post("/v1/sessions/s/queries", json={"query": "x"})
+        assert r.status_code == 503 and "unavailable" in r.json()["error"]
+        assert "qac_session_store_failures_total 2.0" in client.get("/metrics").text
+
+
+# -- limits ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url, fragment", [
+    ("/v1/complete?q=" + "a" * 257, "at most 256"),
+    ("/v1/complete?q=pl&k=0", "k:"),
+    ("/v1/complete?q=pl&k=51", "k:"),
+    ("/v1/complete?q=pl&k=ten", "k:"),
+    ("/v1/complete?q=%FF%FE", "UTF-8"),
+    ("/v1/complete?q=pl&session=bad%20id", "session id"),
+    ("/v1/complete?q=pl&session=" + "s" * 65, "session id"),
+    ("/v1/search?q=" + "a" * 257, "at most 256"),
+    ("/v1/search?q=shoes&k=99", "k:"),
+])
+def test_bad_queries_are_400_with_a_message(client: TestClient, url: str,
+                                             fragment: str) -> None:
+    r = client.get(url)
+    assert r.status_code == 400, r.text
+    assert fragment in r.json()["error"]
+
+
+def test_k_limits_are_inclusive(client: TestClient) -> None:
+    assert len(_texts(client.get("/v1/complete?q=&k=1"))) == 1
+    assert client.get("/v1/complete?q=&k=50").status_code == 200
+
+
+@pytest.mark.parametrize("body, headers, status, fragment", [
+    (b'{"query": ', {}, 400, "JSON"),
+    (b'\xff\xfe{"query": "x"}', {}, 400, "JSON"),
+    (b'["x"]', {}, 400, "object"),
+    (b'{"query": 3}', {}, 400, "object"),
+    (b'{"q": "x"}', {}, 400, "object"),
+    (b'', {}, 400, "object"),
+    (b'{"query": "   "}', {}, 400, "empty"),
+    (('{"query": "%s"}' % ("a" * 300)).encode(), {}, 400, "at most"),
+    (('{"query": "%s"}' % ("a" * 5000)).encode(), {}, 413, "4096"),
+])
+def test_bad_bodies(client: TestClient, body: bytes, headers: dict[str, str], status: int,
+                    fragment: str) -> None:
+    r = client.post("/v1/sessions/s1/queries", content=body,
+                    headers={"content-type": "application/json", **headers})
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]
+
+
+def test_body_limit_without_content_length(client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"query": "'
+        for _ in range(10):
+            yield b"a" * 1000
+        yield b'"}'
+
+    r = client.post("/v1/sessions/s1/queries", content=chunks())
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize("session", ["bad%20id", "x" * 65, "a.b", "%C3%A9t%C3%A9"])
+def test_bad_session_id_on_record(client: TestClient, session: str) -> None:
+    r = client.post(f"/v1/sessions/{session}/queries", json={"query": "x"})
+    assert r.status_code == 400 and "session id" in r.json()["error"]
+
+
+def test_unknown_route_and_method_are_json(client: TestClient) -> None:
+    r = client.get("/nope")
+    assert r.status_code == 404 and "error" in r.json()
+    r = client.post("/v1/complete")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+# -- search, health, metrics, page ---------------------------------------------------------
+
+def test_search(client: TestClient) -> None:
+    r = client.get("/v1/search", params={"q": "red shoes", "k": 2})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["items"][0]["item"] == "i1" and body["took_ms"] >= 0
+    assert client.get("/v1/search?q=").json()["items"] == []
+
+
+def test_search_without_a_retrieval_model_is_404(models: dict[str, Path]) -> None:
+    for client in _client(ServerConfig(model_dir=str(models["a"]))):
+        r = client.get("/v1/search?q=shoes")
+        assert r.status_code == 404 and "retrieval" in r.json()["error"]
+
+
+def test_healthz(client: TestClient, models: dict[str, Path]) -> None:
+    body = client.get("/healthz").json()
+    assert body["status"] == "ok" and body["model"] == str(models["a"])
+    assert body["retrieval"] is True and "/" in body["version"]
+
+
+def test_metrics(client: TestClient) -> None:
+    client.get("/v1/complete?q=pl")
+    client.get("/v1/complete?q=pl&k=0")
+    client.post("/v1/sessions/abc/queries", json={"query": "x"})
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'qac_http_requests_total{endpoint="/v1/complete",status="200"} 1.0' in text
+    assert 'qac_http_requests_total{endpoint="/v1/complete",status="400"} 1.0' in text
+    # session ids never become label values
+    assert 'endpoint="/v1/sessions/{session}/queries",status="200"' in text
+    assert "abc" not in text
+    assert 'qac_http_request_seconds_bucket{endpoint="/v1/complete",le="0.0001"}' in text
+    assert 'qac_session_store{stat="errors"} 0.0' in text
+    assert 'qac_session_store{stat="sessions"} 1.0' in text
+    assert "qac_model_info{created=" in text
+
+
+def test_demo_page_and_script(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert 'id="q"' in r.text and "/app.js" in r.text
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    js = client.get("/app.js")
+    assert js.status_code == 200 and "/v1/complete" in js.text
+
+
+# -- reload ----------------------------------------------------------------------------------
+
+def _reload(client: TestClient, token: str | None = TOKEN, **body: Any) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return client.post("/v1/admin/reload", json=body or None, headers=headers)
+
+
+def test_reload_swaps_the_model(client: TestClient, models: dict[str, Path]) -> None:
+    assert "zebra crossing" not in _texts(client.get("/v1/complete?q=z"))
+    before = client.get("/healthz").json()["version"]
+    r = _reload(client, model_dir=str(models["b"]))
+    assert r.status_code == 200, r.text
+    assert r.json()["previous_version"] == before
+    assert client.get("/healthz").json()["model"] == str(models["b"])
+    assert _texts(client.get("/v1/complete?q=z"))[0] == "zebra crossing"
+    assert 'qac_model_reloads_total{result="ok"} 1.0' in client.get("/metrics").text
+    # no body: reload the current directory (e.g. after retraining in place)
+    assert _reload(client).status_code == 200
+
+
+@pytest.mark.parametrize("where", ["missing", "corrupt", "not-a-string"])
+def test_bad_reload_keeps_the_old_model(client: TestClient, models: dict[str, Path],
+                                        tmp_path: Path, where: str) -> None:
+    bad: Any = str(tmp_path / "nothing-here")
+    if where == "corrupt":
+        bad = tmp_path / "corrupt"
+        shutil.copytree(models["a"], bad)
+        with open(bad / "labels.counts.npy", "r+b") as f:
+            f.seek(-1, 2)
+            f.write(b"\x7f")
+        bad = str(bad)
+    elif where == "not-a-string":
+        bad = 42
+    before = client.get("/healthz").json()
+    r = _reload(client, model_dir=bad)
+    assert 400 <= r.status_code < 500 and r.json()["error"]
+    assert client.get("/healthz").json() == before
+    assert _texts(client.get("/v1/complete?q=pl"))[0] == "playstation"
+
+
+@pytest.mark.parametrize("token, status", [(None, 401), ("wrong", 403), ("", 403)])
+def test_reload_needs_the_token(client: TestClient, models: dict[str, Path],
+                                token: str | None, status: int) -> None:
+    r = _reload(client, token, model_dir=str(models["b"]))
+    assert r.status_code == status and r.json()["error"]
+    assert client.get("/healthz").json()["model"] == str(models["a"])
+
+
+def test_reload_is_off_without_a_token(models: dict[str, Path]) -> None:
+    for client in _client(ServerConfig(model_dir=str(models["a"]))):
+        r = _reload(client, TOKEN, model_dir=str(models["b"]))
+        assert r.status_code == 404 and "off" in r.json()["error"]
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+def test_config_round_trips_through_the_environment_without_the_token() -> None:
+    cfg = ServerConfig(model_dir="/m", admin_token="t0ken", admin_token_env="QAC_TEST_TOKEN")
+    env = cfg.to_env()
+    assert "t0ken" not in env[ENV_CONFIG]
+    assert ServerConfig.from_env({**env, "QAC_TEST_TOKEN": "t0ken"}) == cfg
+    with pytest.raises(ValueError, match="QAC_TEST_TOKEN"):
+        ServerConfig.from_env(env)
+    with pytest.raises(ValueError, match="max_k"):
+        ServerConfig(model_dir="/m", max_k=0)
+    with pytest.raises(ValueError, match="admin_token"):
+        ServerConfig(model_dir="/m", admin_token=" ")
+
+
+def test_serve_arguments(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from qac.server import add_serve_arguments
+    from qac.server.serve import config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = parser.parse_args([str(models["a"]), "--admin-token-env", "QAC_TEST_TOKEN",
+                              "--workers", "2"])
+    assert args.port == 8000 and args.host == "127.0.0.1" and args.workers == 2
+    with pytest.raises(ValueError, match="QAC_TEST_TOKEN"):
+        config_from_args(args)
+    monkeypatch.setenv("QAC_TEST_TOKEN", "abc")
+    assert config_from_args(args).admin_token == "abc"
+
+
+def test_bad_model_dir_fails_at_creation(tmp_path: Path) -> None:
+    from qac.errors import ModelFormatError
+
+    with pytest.raises(ModelFormatError):
+        create_app(ServerConfig(model_dir=str(tmp_path)))
+
+
+def test_completions_flow_while_a_reload_loads(models: dict[str, Path],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new model loads in a worker thread: the event loop keeps answering."""
+    import asyncio
+    import threading
+
+    import httpx2
+
+    from qac.server import app as app_module
+
+    loading, release = threading.Event(), threading.Event()
+    real = app_module.load_completer
+
+    def slow_load(path: Any, verify: bool = True) -> Any:
+        loading.set()
+        assert release.wait(5)
+        return real(path, verify)
+
+    app = create_app(ServerConfig(model_dir=str(models["a"]), admin_token=TOKEN))
+    monkeypatch.setattr(app_module, "load_completer", slow_load)
+
+    async def scenario() -> None:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://t") as client:
+            reload = asyncio.create_task(client.post(
+                "/v1/admin/reload", json={"model_dir": str(models["b"])},
+                headers={"Authorization": f"Bearer {TOKEN}"}))
+            while not loading.is_set():
+                await asyncio.sleep(0.005)
+            r = await client.get("/v1/complete?q=z")  # answered by the old model
+            assert r.status_code == 200 and "zebra crossing" not in r.text
+            assert not reload.done()
+            release.set()
+            assert (await reload).status_code == 200
+            r = await client.get("/v1/complete?q=z")
+            assert r.json()["completions"][0]["text"] == "zebra crossing"
+
+    asyncio.run(scenario())
+
+
+def test_worker_factory_reads_the_environment(models: dict[str, Path],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from qac.server.app import app_from_env
+
+    cfg = ServerConfig(model_dir=str(models["a"]), admin_token="t0ken",
+                       admin_token_env="QAC_TEST_TOKEN", verify_model=False)
+    for key, value in cfg.to_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("QAC_TEST_TOKEN", "t0ken")
+    with TestClient(app_from_env()) as client:
+        assert _texts(client.get("/v1/complete?q=pl"))[0] == "playstation"
+        r = client.post("/v1/admin/reload", headers={"Authorization": "Bearer t0ken"})
+        assert r.status_code == 200
