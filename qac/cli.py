@@ -1,5 +1,5 @@
-"""The ``qac`` command line: ``qac train|complete|eval``, ``qac retrieve train|query|eval``,
-``qac demo``."""
+"""The ``qac`` command line: ``qac train|complete|eval|serve|demo`` and
+``qac retrieve train|query|eval``."""
 
 from __future__ import annotations
 
@@ -159,23 +159,49 @@ def cmd_retrieve_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from qac.retrieve import Retriever, default_config, read_tsv
+def _demo_models(rebuild: bool) -> tuple[Path, Path]:
+    """The demo's completer and retriever, trained once on the bundled samples."""
+    from qac.complete import Completer
+    from qac.logs import read_log
+    from qac.retrieve import Retriever, read_tsv
     from qac.storage import MANIFEST
 
-    model = _cache_dir() / "demo-retriever"
-    if args.rebuild or not (model / MANIFEST).exists():
-        print(f"training a retriever on the bundled sample -> {model}")
-        r = Retriever.train(read_tsv(_sample_file("sample_pairs.tsv")),
-                            read_tsv(_sample_file("sample_items.tsv")),
-                            default_config(), progress=True)
-        r.save(model)
-    r = Retriever.load(model)
-    for text in args.queries or ["weather", "ebay motors", "free birthday cards"]:
-        print(f"\n{text!r}:")
-        for item, score in r.search(text, k=args.k):
-            print(f"  {score:.4f}  {item}")
-    return 0
+    cache = _cache_dir()
+    completer, retriever = cache / "demo-completer", cache / "demo-retriever"
+    if rebuild or not (completer / MANIFEST).exists():
+        print(f"training a completer on the bundled sample -> {completer}", file=sys.stderr)
+        Completer.train(read_log(_sample_file("sample_sessions.tsv.gz")),
+                        progress=True).save(completer)
+    if rebuild or not (retriever / MANIFEST).exists():
+        print(f"training a retriever on the bundled sample -> {retriever}", file=sys.stderr)
+        Retriever.train(read_tsv(_sample_file("sample_pairs.tsv")),
+                        read_tsv(_sample_file("sample_items.tsv")),
+                        progress=True).save(retriever)
+    return completer, retriever
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    completer_dir, retriever_dir = _demo_models(args.rebuild)
+    if args.queries or args.no_serve:
+        from qac.complete import Completer
+        from qac.retrieve import Retriever
+
+        c, r = Completer.load(completer_dir), Retriever.load(retriever_dir)
+        for text in args.queries or ["we", "goo"]:
+            print(f"\ncompletions of {text!r}:")
+            for x in c.complete(text, k=args.k):
+                print(f"  {x.score:8.4f}  {x.source:5}  {x.text}")
+            print(f"items for {text!r}:")
+            for item, score in r.search(text, k=args.k):
+                print(f"  {score:8.4f}  {item}")
+        return 0
+    from qac.server.serve import run_serve
+
+    print(f"qac demo: open http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    serve = argparse.Namespace(model_dir=str(completer_dir), retrieval_dir=str(retriever_dir),
+                               redis_url=None, host=args.host, port=args.port, workers=1,
+                               admin_token_env=None, log_level="warning")
+    return run_serve(serve)
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -252,10 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_retrieve_eval)
 
-    p = sub.add_parser("demo", help="train on the bundled sample (once) and answer queries")
-    p.add_argument("queries", nargs="*")
+    p = sub.add_parser("serve", help="serve the HTTP API and the demo page")
+    from qac.server.serve import add_serve_arguments, run_serve
+
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve)
+
+    p = sub.add_parser("demo", help="train on the bundled sample (once) and serve the demo page")
+    p.add_argument("queries", nargs="*",
+                   help="answer these in the terminal instead of serving")
+    p.add_argument("--no-serve", action="store_true", help="answer example queries and exit")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
     p.add_argument("-k", type=int, default=5)
-    p.add_argument("--rebuild", action="store_true")
+    p.add_argument("--rebuild", action="store_true", help="retrain the cached demo models")
     p.set_defaults(func=cmd_demo)
     return ap
 
