@@ -68,3 +68,16 @@ def test_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixt
     bad.write_text("no tab on this line\n")
     assert main(["retrieve", "train", "--pairs", str(bad), "--out", str(tmp_path / "r")]) == 2
     assert "bad.tsv:1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_trains_once_and_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("QAC_CACHE", str(tmp_path))
+    assert main(["demo", "goo", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "completions of 'goo':" in out and "google" in out
+    assert (tmp_path / "demo-completer" / "manifest.json").exists()
+    stamp = (tmp_path / "demo-completer" / "manifest.json").stat().st_mtime
+    assert main(["demo", "--no-serve"]) == 0  # cached: not trained again
+    assert (tmp_path / "demo-completer" / "manifest.json").stat().st_mtime == stamp
