@@ -53,6 +53,7 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MAX_DURATION = 600.0  # seconds per rate
 MAX_RATE = 20000.0
 MAX_RATES = 10
+MAX_INFLIGHT = 20000  # requests waiting or in flight; beyond it a request is not sent
 
 
 # -- a minimal HTTP/1.1 keep-alive client ------------------------------------------------
@@ -169,16 +170,23 @@ class Pool:
         self.timeout = timeout
 
     async def request(self, method: str, target: str, body: bytes | None = None,
-                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        conn = await self.free.get()
+                      headers: dict[str, str] | None = None,
+                      due: float | None = None) -> tuple[int, bytes]:
+        """One exchange, cut off ``timeout`` seconds after ``due`` (perf_counter; default
+        now), the wait for a free connection included."""
+        limit = self.timeout - (0.0 if due is None else time.perf_counter() - due)
+        conn: Conn | None = None
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(max(0.0, limit)):
+                conn = await self.free.get()
                 return await conn.request(method, target, body, headers)
         except TimeoutError:
-            conn.close()  # the late answer must not be read as the next one's
+            if conn is not None:
+                conn.close()  # the late answer must not be read as the next one's
             raise HttpError("timeout", f"> {self.timeout}s") from None
         finally:
-            self.free.put_nowait(conn)
+            if conn is not None:
+                self.free.put_nowait(conn)
 
     def close(self) -> None:
         while not self.free.empty():
@@ -314,11 +322,12 @@ async def one(pool: Pool, phase: Phase, t0: float, due: float, kind: str, user: 
     try:
         if kind == "complete":
             target = complete_target(text, user.sid)
-            status, body = await pool.request("GET", target)
+            status, body = await pool.request("GET", target, due=due)
         else:
             payload = json.dumps({"query": text}).encode()
             status, body = await pool.request(
-                "POST", f"/v1/sessions/{urllib.parse.quote(user.sid, safe='')}/queries", payload)
+                "POST", f"/v1/sessions/{urllib.parse.quote(user.sid, safe='')}/queries", payload,
+                due=due)
         if status != 200:
             err = f"http {status}"
     except HttpError as exc:
@@ -369,6 +378,10 @@ async def run_phase(pool: Pool, users: Users, rate: float, duration: float,
             await asyncio.sleep(delay)
         else:
             phase.late_dispatch_ms = max(phase.late_dispatch_ms, -delay * 1e3)
+        if len(tasks) >= MAX_INFLIGHT:
+            # the server has stalled for a long while: count instead of piling up tasks
+            phase.samples.append(Sample(due - t0, "complete", 0.0, "client-overload"))
+            continue
         kind, user, text = users.next_action()
         if kind == "complete":
             phase.completes_sent += 1
