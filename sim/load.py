@@ -2,7 +2,7 @@
 
 Simulated users replay the sessions of a query log: each query is typed one character
 at a time, one ``GET /v1/complete?q=<prefix>&session=<id>`` per keystroke, and then
-``POST /v1/sessions/<id>/queries`` submits it: about one submit per 9 completes on the
+``POST /v1/sessions/<id>/queries`` submits it: about one submit per 10 completes on the
 bundled AOL sample (mean query length 8.7 characters). With ``--pick-top N`` a user
 stops typing early when the last answer it received lists the query it is typing in
 its first N entries (it "picks" it), which makes submits more frequent.
