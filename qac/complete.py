@@ -145,13 +145,22 @@ class CompleterConfig:
 
 
 class LabelSet:
-    """The sorted label strings with their training-log counts; id = rank in string order."""
+    """The sorted label strings; id = rank in string order.
 
-    def __init__(self, labels: list[str], counts: np.ndarray) -> None:
+    counts:     int64 [L], occurrences in the training log.
+    popularity: int64 [L], counts in the MPC table (training log plus any background
+                log): the popularity term of the answer score.
+    """
+
+    def __init__(self, labels: list[str], counts: np.ndarray,
+                 popularity: np.ndarray | None = None) -> None:
         if len(labels) != len(counts):
             raise InputError(f"{len(labels)} labels but {len(counts)} counts")
+        if popularity is not None and len(popularity) != len(labels):
+            raise InputError(f"{len(labels)} labels but {len(popularity)} popularity counts")
         self.labels = labels
         self.counts = counts
+        self.popularity = popularity
         self._index: dict[str, int] | None = None
 
     def __len__(self) -> int:
@@ -172,13 +181,16 @@ class LabelSet:
 
     def arrays(self) -> dict[str, np.ndarray]:
         blob = "\n".join(self.labels).encode("utf-8")
-        return {"text": np.frombuffer(blob, dtype=np.uint8), "counts": self.counts}
+        out = {"text": np.frombuffer(blob, dtype=np.uint8), "counts": self.counts}
+        if self.popularity is not None:
+            out["popularity"] = self.popularity
+        return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LabelSet:
         text = bytes(arrays["text"]).decode("utf-8")
         labels = text.split("\n") if text else []
-        return cls(labels, np.asarray(arrays["counts"]))
+        return cls(labels, np.asarray(arrays["counts"]), arrays.get("popularity"))
 
 
 def _build_index(config: CompleterConfig, labels: list[str]) -> Any:
@@ -212,10 +224,10 @@ class Completer:
         self.labels = labels
         self.mpc = mpc
         self.blocklist = blocklist
-        # log(1 + count) per label, for the popularity term of the answer score; the
-        # counts are the MPC table's (training log plus any background log)
-        count = mpc.count
-        self._logpop = [math.log1p(count(q)) for q in labels.labels]
+        if labels.popularity is None:  # computed once, then saved with the model
+            labels.popularity = np.array([mpc.count(q) for q in labels.labels], dtype=np.int64)
+        # log(1 + popularity) per label, for the popularity term of the answer score
+        self._logpop = np.log1p(labels.popularity.astype(np.float64)).tolist()
 
     # -- training -------------------------------------------------------------
     @classmethod
