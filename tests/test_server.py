@@ -392,3 +392,24 @@ def test_worker_factory_reads_the_environment(models: dict[str, Path],
         assert _texts(client.get("/v1/complete?q=pl"))[0] == "playstation"
         r = client.post("/v1/admin/reload", headers={"Authorization": "Bearer t0ken"})
         assert r.status_code == 200
+
+
+def test_multi_worker_listening_socket_has_nagle_off() -> None:
+    """With --workers > 1 the shared socket gets TCP_NODELAY (accepted sockets inherit
+    it on Linux); without it each keep-alive request waited ~40 ms for a delayed ACK."""
+    import socket
+
+    import uvicorn
+
+    from qac.server.serve import _nodelay_listening_socket
+
+    class Config(uvicorn.Config):
+        pass
+
+    _nodelay_listening_socket(Config)
+    _nodelay_listening_socket(Config)  # idempotent
+    sock = Config(app=lambda *a: None, host="127.0.0.1", port=0).bind_socket()
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sock.close()

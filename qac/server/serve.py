@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 from dataclasses import replace
+from typing import Any
 
 from qac.errors import InputError
 from qac.server.config import ServerConfig
@@ -77,6 +78,31 @@ def run_serve(args: argparse.Namespace) -> int:
                     "them one by one, each mapping the model directory afresh)", args.workers)
     worker = replace(config, verify_model=False)
     os.environ.update(worker.to_env())
+    _nodelay_listening_socket(uvicorn.Config)
     uvicorn.run(FACTORY, factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level)
     return 0
+
+
+def _nodelay_listening_socket(config_cls: Any) -> None:
+    """Turn Nagle's algorithm off on the socket uvicorn's worker processes share.
+
+    With several workers uvicorn binds the socket in the parent and asyncio in each
+    worker does not set TCP_NODELAY on connections accepted from it, so a small
+    response waits for the client's delayed ACK: ~40 ms per keep-alive request.
+    On Linux, accepted sockets inherit TCP_NODELAY from the listening socket.
+    """
+    import socket
+
+    bind = config_cls.bind_socket
+    if getattr(bind, "_qac_nodelay", False):
+        return
+
+    def bind_socket(self: Any) -> socket.socket:
+        sock: socket.socket = bind(self)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    bind_socket._qac_nodelay = True  # type: ignore[attr-defined]
+    config_cls.bind_socket = bind_socket
