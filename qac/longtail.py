@@ -52,7 +52,6 @@ FEATURES = (
     "gen_logcount", "gen_logcount*L",
     "prev_overlap", "extends_prev",
     "added_words", "added_chars",
-    "bias*L",
 )
 _NF = len(FEATURES)
 _IS = {s: i for i, s in enumerate(SOURCES)}
@@ -162,8 +161,12 @@ class Ranker:
 
 #: fitted on the AOL dev week (2006-05-11..17, model trained on rows before 05-11)
 #: with ``sim/tune_completion.py --fit-ranker``; used when nothing else is given
-DEFAULT_WEIGHTS: dict[str, float] = {f: 0.0 for f in FEATURES} | {
-    "is_model": 1.0, "model_logscore": 1.0, "logpop": 0.5, "logpop*L": 3.0,
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "is_model": 4.8903, "is_mpc": 0.5036, "is_session": 1.2481, "is_suffix": 0.4617,
+    "is_word": 0.049, "model_logscore": 0.4121, "model_logscore*L": 0.1344,
+    "model_rank": 2.3442, "logpop": 0.3793, "logpop*L": 0.546, "seen": 0.6837,
+    "gen_logcount": -0.1143, "gen_logcount*L": -0.0014, "prev_overlap": 2.667,
+    "extends_prev": 0.494, "added_words": -0.0798, "added_chars": -0.3238,
 }
 
 
@@ -352,7 +355,6 @@ class LongTail:
                     row[14] = 1.0 if t.startswith(prev) else 0.0
                 row[15] = t.count(" ") - pw
                 row[16] = (len(t) - lp) / 10.0
-                row[17] = L
                 src[t] = g
             row[g] = 1.0
             if lc > row[11]:
@@ -380,7 +382,6 @@ class LongTail:
             M[:, 10] = mpop > 0
             M[:, 15] = [t.count(" ") - pw for t in mtexts]
             M[:, 16] = [(len(t) - lp) / 10.0 for t in mtexts]
-            M[:, 17] = L
             for i, col, v in flags:
                 if col == 11:
                     M[i, 11] = max(M[i, 11], v)
