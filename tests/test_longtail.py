@@ -1,15 +1,18 @@
 """Long-tail completion: each generator on a tiny log, the ranker fit, policy, persistence."""
 
+import json
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qac.blocklist import Blocklist
 from qac.complete import Completer, CompleterConfig
-from qac.errors import InputError
+from qac.errors import InputError, ModelFormatError
 from qac.logs import LogEvent
 from qac.longtail import FEATURES, SOURCES, LongTail, LongTailConfig, Ranker
 
@@ -171,3 +174,25 @@ def test_attach_to_a_trained_completer(tmp_path: Path) -> None:
     assert both.config.longtail and not plain.config.longtail
     both.save(tmp_path / "m")
     assert Completer.load(tmp_path / "m").complete("bank of am") == both.complete("bank of am")
+
+
+@settings(max_examples=60, deadline=None)
+@given(prefix=st.text(alphabet="cheapflistoryxbn ", max_size=12),
+       prev=st.sampled_from([None, "", "cheap flights", "paris", "bank of america",
+                             "sexy pictures"]))
+def test_prefix_property(completer: Completer, prefix: str, prev: str | None) -> None:
+    got = completer.complete(prefix, prev, k=5)
+    p = " ".join(prefix.split()) + (" " if prefix[-1:].isspace() and prefix.strip() else "")
+    texts = [c.text for c in got]
+    assert len(got) <= 5 and len(set(texts)) == len(texts)
+    assert all(t.startswith(p) for t in texts)
+    assert prev is None or prev == "" or prev not in texts or not p
+
+
+def test_corrupt_longtail_data_is_a_format_error(completer: Completer, tmp_path: Path) -> None:
+    completer.save(tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    del manifest["config"]["longtail"]["ranker"]["logpop"]
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFormatError):
+        Completer.load(tmp_path / "m")
