@@ -8,7 +8,14 @@ scores a tree node with no eligible label below it (prefix-constrained beam sear
 exact on the trie levels of the trie and hybrid indexes), so every model answer
 already starts with the prefix.
 
-Policy, in order: model answers (ranker score, optionally times popularity);
+With ``longtail`` on (and long-tail statistics in the model, see
+:mod:`qac.longtail`), every non-empty prefix instead gets one candidate pool -- the
+XMR beam, the MPC list, and the word / ending / session generators, which can build
+queries never seen before -- ordered by one fitted linear ranker; every answer still
+starts with the prefix, passes the blocklist and appears once, and its ``source``
+names the generator that made it.
+
+Policy without long tail, in order: model answers (ranker score, optionally times popularity);
 then, when fewer than k remain, most-popular completions (MPC) of the prefix;
 no duplicates; blocked queries never become labels or MPC entries (the blocklist in
 force at training), and a blocklist given at load time filters answers too.
@@ -43,6 +50,7 @@ from qac.index.kmeans import build_kmeans_tree, pifa
 from qac.index.tree import LabelTree
 from qac.index.trie import build_hybrid_tree, build_trie_tree
 from qac.logs import LogEvent
+from qac.longtail import LongTail
 from qac.mpc import MostPopular
 from qac.storage import open_model_dir, save_model_dir
 from qac.text import normalize, normalize_prefix
@@ -52,11 +60,13 @@ log = logging.getLogger(__name__)
 KIND = "completer"
 INDEXES = ("hybrid", "trie", "tree")
 _MAX_CHAR = "\U0010ffff"
+_EMPTY = np.zeros(0)
 
 
 @dataclass(frozen=True)
 class Completion:
-    """One suggestion: ``source`` is "model" (the XMR ranker) or "mpc" (popularity)."""
+    """One suggestion: ``source`` is "model" (the XMR ranker), "mpc" (popularity), or
+    with long tail on "word", "suffix" or "session" (:data:`qac.longtail.SOURCES`)."""
 
     text: str
     score: float
@@ -82,6 +92,11 @@ class CompleterConfig:
                       split with sim/tune_completion.py).
     candidates:       labels fetched from the beam search before the policy.
     beam:             beam width of the search (the engine's default when None).
+    longtail:         answer non-empty prefixes from the long-tail candidate pool and
+                      its ranker (:mod:`qac.longtail`); training builds the word and
+                      ending tables only when this is on.
+    longtail_generators: which generators feed the pool ("word", "suffix",
+                      "session"); the XMR beam and the MPC list always do.
     """
 
     index: str = "hybrid"
@@ -96,6 +111,8 @@ class CompleterConfig:
     beam: int | None = None
     engine: EngineConfig | None = None
     blocklist: bool = True
+    longtail: bool = False
+    longtail_generators: tuple[str, ...] = ("word", "suffix", "session")
 
     def __post_init__(self) -> None:
         if self.index not in INDEXES:
@@ -110,6 +127,9 @@ class CompleterConfig:
             raise InputError(f"CompleterConfig.candidates: must be >= 1, got {self.candidates}")
         if self.beam is not None and self.beam < 1:
             raise InputError(f"CompleterConfig.beam: must be >= 1, got {self.beam}")
+        bad = set(self.longtail_generators) - {"word", "suffix", "session"}
+        if bad:
+            raise InputError(f"CompleterConfig.longtail_generators: unknown {sorted(bad)}")
 
     @property
     def depth(self) -> int:
@@ -133,6 +153,7 @@ class CompleterConfig:
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "engine"}
         d["prefix_lengths"] = list(self.prefix_lengths)
+        d["longtail_generators"] = list(self.longtail_generators)
         d["engine"] = self.engine_config().to_dict()
         return d
 
@@ -140,6 +161,8 @@ class CompleterConfig:
     def from_dict(cls, d: dict[str, Any]) -> CompleterConfig:
         d = dict(d)
         d["prefix_lengths"] = tuple(d["prefix_lengths"])
+        if "longtail_generators" in d:
+            d["longtail_generators"] = tuple(d["longtail_generators"])
         d["engine"] = EngineConfig.from_dict(d["engine"])
         return cls(**d)
 
@@ -216,7 +239,8 @@ class Completer:
     """``Completer.load(dir).complete(prefix, previous=None, k=10) -> list[Completion]``."""
 
     def __init__(self, config: CompleterConfig, engine: Engine, labels: LabelSet,
-                 mpc: MostPopular, blocklist: Blocklist | None = None) -> None:
+                 mpc: MostPopular, blocklist: Blocklist | None = None,
+                 longtail: LongTail | None = None) -> None:
         if engine.n_labels != len(labels):
             raise InputError(f"engine has {engine.n_labels} labels, label set {len(labels)}")
         self.config = config
@@ -224,10 +248,14 @@ class Completer:
         self.labels = labels
         self.mpc = mpc
         self.blocklist = blocklist
+        self.longtail = longtail
+        # generated queries pass the training blocklist too (labels and MPC already do)
+        self._gen_blocks = Blocklist.default().blocks if config.blocklist else None
         if labels.popularity is None:  # computed once, then saved with the model
             labels.popularity = np.array([mpc.count(q) for q in labels.labels], dtype=np.int64)
         # log(1 + popularity) per label, for the popularity term of the answer score
-        self._logpop = np.log1p(labels.popularity.astype(np.float64)).tolist()
+        self._logpop_arr = np.log1p(labels.popularity.astype(np.float64))
+        self._logpop = self._logpop_arr.tolist()
 
     # -- training -------------------------------------------------------------
     @classmethod
@@ -295,7 +323,13 @@ class Completer:
         pop = Counter({q: c for q, c in counts.items() if not blocklist.blocks(q)})
         if background:
             pop.update({q: c for q, c in background.items() if not blocklist.blocks(q)})
-        return cls(config, engine, label_set, MostPopular(pop))
+        longtail = LongTail.build(pop, blocklist) if config.longtail else None
+        return cls(config, engine, label_set, MostPopular(pop), longtail=longtail)
+
+    def with_longtail(self, longtail: LongTail) -> Completer:
+        """This completer with long-tail statistics attached and switched on."""
+        return Completer(replace(self.config, longtail=True), self.engine, self.labels,
+                         self.mpc, self.blocklist, longtail)
 
     # -- persistence -------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -303,7 +337,12 @@ class Completer:
         arrays.update({f"labels.{k}": v for k, v in self.labels.arrays().items()})
         arrays.update({f"mpc.{k}": v for k, v in self.mpc.arrays().items()})
         config = {"completer": self.config.to_dict(), **self.engine.manifest_config()}
-        return save_model_dir(path, KIND, config, arrays, {"mpc": self.mpc.trie})
+        tries = {"mpc": self.mpc.trie}
+        if self.longtail is not None:
+            arrays.update({f"longtail.{k}": v for k, v in self.longtail.arrays().items()})
+            tries.update({f"longtail.{k}": v for k, v in self.longtail.tries().items()})
+            config["longtail"] = self.longtail.manifest()
+        return save_model_dir(path, KIND, config, arrays, tries)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], blocklist: Blocklist | None = None,
@@ -315,17 +354,23 @@ class Completer:
             config = CompleterConfig.from_dict(md.config["completer"])
             labels = LabelSet.from_arrays(md.arrays("labels."))
             mpc = MostPopular.from_parts(md.trie("mpc"), md.arrays("mpc."))
+            longtail = None
+            if "longtail" in md.config:
+                longtail = LongTail.from_parts(
+                    md.config["longtail"],
+                    {n: md.trie(f"longtail.{n}") for n in ("words", "suffixes")},
+                    md.arrays("longtail."))
         except ModelFormatError:
             raise
         except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
             raise ModelFormatError(f"{md.path}: completer data inconsistent ({exc})",
                                    str(md.path)) from exc
-        return cls(config, Engine.from_model_dir(md), labels, mpc, blocklist)
+        return cls(config, Engine.from_model_dir(md), labels, mpc, blocklist, longtail)
 
     def with_options(self, **changes: Any) -> Completer:
-        """A view with other answer-time options (popularity, candidates)."""
+        """A view with other answer-time options (popularity, candidates, longtail)."""
         return Completer(replace(self.config, **changes), self.engine, self.labels,
-                         self.mpc, self.blocklist)
+                         self.mpc, self.blocklist, self.longtail)
 
     # -- answering (the per-keystroke path) ---------------------------------------
     def complete(self, prefix: str | bytes, previous: str | bytes | None = None,
@@ -337,6 +382,8 @@ class Completer:
                              if isinstance(prefix, bytes) else prefix)
         prev = normalize(previous) if previous is not None else ""
         out: list[Completion] = []
+        if p and self.config.longtail and self.longtail is not None:
+            return self._ranked(p, prev, k)
         if p or prev:
             lo, hi = self.labels.range(p)
             if lo < hi:
@@ -364,6 +411,45 @@ class Completer:
             text = labels[i]
             if block is None or not block.blocks(text):
                 out.append(Completion(text, s, "model"))
+                if len(out) == k:
+                    break
+        return out
+
+    def candidates(self, p: str, prev: str, k: int = 10
+                   ) -> tuple[list[str], list[str], np.ndarray]:
+        """The long-tail candidate pool of a normalized prefix: (texts, sources, X).
+
+        X holds the ranker's feature rows (:data:`qac.longtail.FEATURES`); the tuner
+        fits the ranker on these.
+        """
+        lt = self.longtail
+        if lt is None:
+            raise InputError("this completer has no long-tail statistics")
+        texts: list[str] = []
+        scores: list[float] = []
+        pop = _EMPTY
+        lo, hi = self.labels.range(p)
+        if lo < hi:
+            n = max(k, self.config.candidates)
+            ids, scores = self.engine.search(p, prev or None, k=n, beam=self.config.beam,
+                                             lo=lo, hi=hi)
+            labels = self.labels.labels
+            texts = [labels[i] for i in ids]
+            pop = self._logpop_arr[ids]
+        mpc = self.mpc.complete(p, lt.config.mpc)
+        return lt.pool(p, prev, (texts, scores, pop), mpc, self.mpc.count, self._gen_blocks,
+                       self.config.longtail_generators)
+
+    def _ranked(self, p: str, prev: str, k: int) -> list[Completion]:
+        assert self.longtail is not None
+        texts, sources, X = self.candidates(p, prev, k)
+        order, scores = self.longtail.order(X)
+        block = self.blocklist
+        out = []
+        for i in order:
+            text = texts[i]
+            if block is None or not block.blocks(text):
+                out.append(Completion(text, scores[i], sources[i]))
                 if len(out) == k:
                     break
         return out

@@ -6,6 +6,19 @@ test week by default). Prints MRR@10 per option setting; the best popularity
 exponent is the default of :class:`qac.complete.CompleterConfig`.
 
     python sim/tune_completion.py --log ../shared/data/aol/sessions/aol_top1000_sessions_dev.tsv.gz
+
+Long tail (:mod:`qac.longtail`): ``--fit-ranker W.json`` builds the word and ending
+tables from the rows before ``--dev-from`` (plus ``--background``), pools the
+candidates of every dev (prefix, previous query), fits the ranker on the pools that
+hold the target, prints dev figures with and without each generator, and writes
+the weights. ``--attach SRC --attach-out DST --weights W.json`` then builds the
+tables from the rows before ``--until`` (the whole training log) and saves the
+completer at SRC with them and the fitted ranker to DST:
+
+    python sim/tune_completion.py --log $LOG --background $BG --model $DEV_MODEL \
+        --fit-ranker bench-out/ranker.json
+    python sim/tune_completion.py --log $LOG --background $BG \
+        --weights bench-out/ranker.json --attach models/hybrid --attach-out models/hybrid-lt
 """
 
 from __future__ import annotations
@@ -13,14 +26,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from qac.blocklist import Blocklist
 from qac.complete import Completer, CompleterConfig
-from qac.evaluate import evaluate, test_cases
+from qac.evaluate import DEFAULT_LENGTHS, evaluate, format_table, test_cases
 from qac.logs import query_counts, read_log
+from qac.longtail import LongTail, LongTailConfig, Ranker
 from qac.mpc import MostPopular
 
 
@@ -40,7 +58,21 @@ def main() -> None:
     ap.add_argument("--background", help="query-only log whose counts join the popularity")
     ap.add_argument("--previous-weight", default="",
                     help="also retrain with these previous-query block weights")
+    ap.add_argument("--fit-ranker", metavar="JSON",
+                    help="fit the long-tail ranker on the dev split, write its weights")
+    ap.add_argument("--weights", metavar="JSON", help="ranker weights for --attach")
+    ap.add_argument("--attach", metavar="DIR", help="completer to give long-tail statistics")
+    ap.add_argument("--attach-out", metavar="DIR")
+    ap.add_argument("--l2", type=float, default=1e-3)
+    ap.add_argument("--lt-config", default="{}",
+                    help='LongTailConfig fields as JSON, e.g. \'{"suffixes": 6}\'')
     args = ap.parse_args()
+    if args.attach:
+        attach(args)
+        return
+    if args.fit_ranker:
+        fit_ranker(args)
+        return
     dev_from = datetime.fromisoformat(args.dev_from)
     until = datetime.fromisoformat(args.until)
     train = read_log(args.log, until=dev_from)
@@ -88,6 +120,93 @@ def main() -> None:
                               "by_length": {n: v["mrr@10"] for n, v in mpc["by_length"].items()}}))
     best = max(results, key=lambda r: r["mrr@10"])
     print("best:", json.dumps(best))
+
+
+def _counts(train: list, background: str | None) -> Counter[str]:
+    counts = query_counts(train)
+    if background:
+        counts.update(query_counts(read_log(background)))
+    blocked = Blocklist.default().blocks
+    return Counter({q: c for q, c in counts.items() if not blocked(q)})
+
+
+def attach(args: argparse.Namespace) -> None:
+    """Long-tail tables from the rows before --until, the fitted ranker, saved with SRC."""
+    if not args.attach_out or not args.weights:
+        raise SystemExit("--attach needs --attach-out and --weights")
+    train = read_log(args.log, until=datetime.fromisoformat(args.until))
+    ranker = Ranker.from_dict(json.loads(Path(args.weights).read_text())["weights"])
+    t0 = time.perf_counter()
+    lt = LongTail.build(_counts(train, args.background), Blocklist.default(),
+                        LongTailConfig(**json.loads(args.lt_config)), ranker=ranker)
+    print(f"long tail: {len(lt.words)} words, {len(lt.suffixes)} endings in "
+          f"{time.perf_counter() - t0:.1f}s")
+    Completer.load(args.attach).with_longtail(lt).save(args.attach_out)
+    print(f"saved {args.attach_out}")
+
+
+def fit_ranker(args: argparse.Namespace) -> None:
+    """Fit the long-tail ranker on the dev split; print dev figures and an ablation."""
+    dev_from = datetime.fromisoformat(args.dev_from)
+    until = datetime.fromisoformat(args.until)
+    train = read_log(args.log, until=dev_from)
+    cases = test_cases(read_log(args.log, since=dev_from, until=until))
+    path = Path(args.model)
+    if not (path / "manifest.json").exists():
+        Completer.train(train, CompleterConfig(index=args.index)).save(path)
+    base = Completer.load(path)
+    counts = _counts(train, args.background)
+    base = Completer(replace(base.config, candidates=50, popularity=0.5,
+                             popularity_per_char=0.3),
+                     base.engine, base.labels, MostPopular(counts))
+    t0 = time.perf_counter()
+    lt = LongTail.build(counts, Blocklist.default(),
+                        LongTailConfig(**json.loads(args.lt_config)))
+    print(f"train rows: {len(train)}, dev cases: {len(cases)}; long tail {len(lt.words)} "
+          f"words, {len(lt.suffixes)} endings in {time.perf_counter() - t0:.1f}s")
+    c = base.with_longtail(lt)
+    groups = []
+    n_events = 0
+    by_source: Counter[str] = Counter()
+    t0 = time.perf_counter()
+    for case in cases:
+        for n in DEFAULT_LENGTHS:
+            if n >= len(case.target):
+                break
+            n_events += 1
+            texts, sources, X = c.candidates(case.target[:n], case.previous)
+            try:
+                i = texts.index(case.target)
+            except ValueError:
+                continue
+            by_source[sources[i]] += 1
+            groups.append((X.astype(np.float32), i))
+    print(f"pools: {n_events} events, target in pool {len(groups) / n_events:.4f} "
+          f"({time.perf_counter() - t0:.0f}s); by source {dict(by_source)}")
+    ranker = Ranker.fit(groups, l2=args.l2)
+    weights = ranker.to_dict()
+    print(json.dumps(weights, indent=1))
+    Path(args.fit_ranker).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.fit_ranker).write_text(json.dumps(
+        {"weights": weights, "dev_from": args.dev_from, "until": args.until,
+         "coverage": len(groups) / n_events, "l2": args.l2}, indent=1))
+    fitted = base.with_longtail(lt.with_ranker(ranker))
+    gens = ("word", "suffix", "session")
+    systems = {"mpc": fitted.mpc, "base": base, "longtail": fitted}
+    for g in gens:
+        systems[f"longtail -{g}"] = fitted.with_options(
+            longtail_generators=tuple(x for x in gens if x != g))
+    systems["longtail (model+mpc only)"] = fitted.with_options(longtail_generators=())
+
+    def as_system(obj: object) -> Any:
+        if isinstance(obj, MostPopular):
+            return lambda p, prev, k: [t for t, _ in obj.complete(p, k)]
+        assert isinstance(obj, Completer)
+        return lambda p, prev, k: [x.text for x in obj.complete(p, prev, k)]
+
+    res = evaluate({k: as_system(v) for k, v in systems.items()}, cases, base.labels.__contains__)
+    print("dev split (in-sample for the ranker weights):")
+    print(format_table(res, baseline="mpc"))
 
 
 if __name__ == "__main__":

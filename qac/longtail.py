@@ -1,0 +1,401 @@
+"""Long-tail completion: candidates beyond the label set, and one ranker over all of them.
+
+About two thirds of next week's queries were never issued before, so a ranker that
+only picks among past queries (the XMR labels, the MPC table) cannot produce them.
+Beside the beam search, cheap generators build new queries from the typed prefix:
+
+* ``word``: the partial last word is completed from a word vocabulary with counts,
+  and each of the best completed words is extended by popular query endings that
+  start with it (Mitra & Craswell 2015, "Query auto-completion for rare prefixes").
+* ``suffix``: the prefix's last one to three words (the last one partial) are
+  matched against popular query endings -- the last one to three words of past
+  queries, with counts -- and the matching ending replaces them.
+* ``session``: the previous query, when the prefix agrees with it, extended by its
+  popular endings; and the previous query's words that complete the partial word.
+
+Every candidate (these, the XMR beam and the MPC list) gets a short feature row
+(:data:`FEATURES`) and one linear :class:`Ranker` orders them; its weights are
+fitted on a dev split with a listwise softmax loss (``sim/tune_completion.py``).
+
+Statistics: both tables are :class:`qac.mpc.MostPopular` instances (a marisa-trie
+plus precomputed top lists of heavy prefixes), so every lookup is one trie prefix
+walk with a cap, and the per-keystroke cost does not grow with the vocabulary.
+Blocked words and endings are left out at build time; a candidate's typed head is
+checked once per head, so every generated query passes the training blocklist.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import marisa_trie
+import numpy as np
+
+from qac.blocklist import Blocklist
+from qac.errors import InputError, ModelFormatError
+from qac.mpc import MostPopular
+
+log = logging.getLogger(__name__)
+
+#: generators, in the order that names a candidate's ``source`` when several made it
+SOURCES = ("model", "mpc", "session", "suffix", "word")
+#: the ranker's features, in column order (L = min(len(prefix), 10) / 10)
+FEATURES = (
+    "is_model", "is_mpc", "is_session", "is_suffix", "is_word",
+    "model_logscore", "model_logscore*L", "model_rank",
+    "logpop", "logpop*L", "seen",
+    "gen_logcount", "gen_logcount*L",
+    "prev_overlap", "extends_prev",
+    "added_words", "added_chars",
+)
+_NF = len(FEATURES)
+_IS = {s: i for i, s in enumerate(SOURCES)}
+
+
+@dataclass(frozen=True)
+class LongTailConfig:
+    """Caps of the generators (candidates per lookup) and how the tables are built.
+
+    words:          completions of the partial last word.
+    word_ext:       how many of those completed words are extended by endings.
+    ext:            endings per extended word (and per extended previous query).
+    suffixes:       endings per tail (the prefix's last 1..max_suffix_words words).
+    max_suffix_words: longest ending mined from past queries (1-3 words).
+    min_count:      fewest occurrences for a word or an ending to be kept.
+    min_tail:       shortest tail (characters) an ending lookup starts from.
+    mpc:            MPC completions put into the candidate pool.
+    """
+
+    words: int = 5
+    word_ext: int = 2
+    ext: int = 3
+    suffixes: int = 4
+    max_suffix_words: int = 3
+    min_count: int = 2
+    min_tail: int = 2
+    mpc: int = 10
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if value < 0:
+                raise InputError(f"LongTailConfig.{name}: must be >= 0, got {value}")
+        if not 1 <= self.max_suffix_words <= 3:
+            raise InputError("LongTailConfig.max_suffix_words: 1..3, got "
+                             f"{self.max_suffix_words}")
+        if self.min_count < 1:
+            raise InputError(f"LongTailConfig.min_count: must be >= 1, got {self.min_count}")
+
+
+class Ranker:
+    """A linear scorer over :data:`FEATURES`: score = X @ weights."""
+
+    def __init__(self, weights: Sequence[float] | np.ndarray) -> None:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (_NF,) or not np.all(np.isfinite(w)):
+            raise InputError(f"Ranker: {_NF} finite weights needed, got shape {w.shape}")
+        self.weights = w
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Scores of feature rows X (float [n, len(FEATURES)])."""
+        return np.asarray(X @ self.weights)
+
+    def to_dict(self) -> dict[str, float]:
+        return {f: float(v) for f, v in zip(FEATURES, self.weights, strict=True)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, float]) -> Ranker:
+        missing = [f for f in FEATURES if f not in d]
+        if missing:
+            raise InputError(f"Ranker: weights for {missing} missing")
+        return cls([float(d[f]) for f in FEATURES])
+
+    @classmethod
+    def fit(cls, groups: Sequence[tuple[np.ndarray, int]], l2: float = 1e-3,
+            init: np.ndarray | None = None, max_iter: int = 300) -> Ranker:
+        """Listwise softmax fit: each group is (X [n_i, F], index of the target row).
+
+        Minimizes mean_i -log softmax(X_i w)[t_i] + l2 |w|^2 with L-BFGS. Groups
+        whose target is not among the candidates say nothing and are left out by the
+        caller.
+        """
+        from scipy.optimize import minimize
+
+        if not groups:
+            raise InputError("Ranker.fit: no groups")
+        X = np.concatenate([g for g, _ in groups]).astype(np.float64)
+        if X.ndim != 2 or X.shape[1] != _NF:
+            raise InputError(f"Ranker.fit: rows of {_NF} features needed, got {X.shape}")
+        sizes = np.array([len(g) for g, _ in groups], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        tgt = np.array([t for _, t in groups], dtype=np.int64)
+        if np.any(tgt < 0) or np.any(tgt >= sizes):
+            raise InputError("Ranker.fit: a target index is outside its group")
+        gid = np.repeat(np.arange(len(groups)), sizes)
+        rows_t = starts + tgt
+        n = len(groups)
+
+        def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+            s = X @ w
+            m = np.full(n, -np.inf)
+            np.maximum.at(m, gid, s)
+            e = np.exp(s - m[gid])
+            z = np.bincount(gid, weights=e, minlength=n)
+            lse = m + np.log(z)
+            val = float(np.mean(lse - s[rows_t])) + l2 * float(w @ w)
+            p = e / z[gid]
+            grad = (X.T @ p - X[rows_t].sum(axis=0)) / n + 2 * l2 * w
+            return val, grad
+
+        w0 = np.zeros(_NF) if init is None else np.asarray(init, dtype=np.float64)
+        res = minimize(loss, w0, jac=True, method="L-BFGS-B",
+                       options={"maxiter": max_iter})
+        log.info("ranker fit: %d groups, %d rows, loss %.4f (%s)", n, len(X), res.fun,
+                 res.message)
+        return cls(res.x)
+
+
+#: fitted on the AOL dev week (2006-05-11..17, model trained on rows before 05-11)
+#: with ``sim/tune_completion.py --fit-ranker``; used when nothing else is given
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "is_model": 4.8903, "is_mpc": 0.5036, "is_session": 1.2481, "is_suffix": 0.4617,
+    "is_word": 0.049, "model_logscore": 0.4121, "model_logscore*L": 0.1344,
+    "model_rank": 2.3442, "logpop": 0.3793, "logpop*L": 0.546, "seen": 0.6837,
+    "gen_logcount": -0.1143, "gen_logcount*L": -0.0014, "prev_overlap": 2.667,
+    "extends_prev": 0.494, "added_words": -0.0798, "added_chars": -0.3238,
+}
+
+
+class LongTail:
+    """Word and ending tables, the generators over them, and the ranker.
+
+    ``words`` maps words to counts, ``suffixes`` maps query endings (last 1..3
+    words of past queries) to counts; both are :class:`MostPopular` tables.
+    """
+
+    def __init__(self, words: MostPopular, suffixes: MostPopular,
+                 config: LongTailConfig | None = None, ranker: Ranker | None = None) -> None:
+        self.words = words
+        self.suffixes = suffixes
+        self.config = config or LongTailConfig()
+        self.ranker = ranker or Ranker.from_dict(DEFAULT_WEIGHTS)
+
+    # -- building ------------------------------------------------------------------
+    @classmethod
+    def build(cls, counts: Mapping[str, int], blocklist: Blocklist | None = None,
+              config: LongTailConfig | None = None, ranker: Ranker | None = None) -> LongTail:
+        """Mine word and ending counts from query -> count (normalized queries)."""
+        config = config or LongTailConfig()
+        blocks = (blocklist or Blocklist.empty()).blocks
+        words: Counter[str] = Counter()
+        ends: Counter[str] = Counter()
+        jmax = config.max_suffix_words
+        for q, c in counts.items():
+            toks = q.split(" ")
+            for w in toks:
+                words[w] += c
+            for j in range(1, min(jmax, len(toks)) + 1):
+                ends[" ".join(toks[-j:])] += c
+        keep = config.min_count
+
+        def table(counter: Counter[str]) -> MostPopular:
+            kept = {k: c for k, c in counter.items() if c >= keep and k and not blocks(k)}
+            return MostPopular(kept if kept else {"": 0})
+
+        lt = cls(table(words), table(ends), config, ranker)
+        log.info("long tail: %d words, %d endings", len(lt.words), len(lt.suffixes))
+        return lt
+
+    def with_ranker(self, ranker: Ranker) -> LongTail:
+        return LongTail(self.words, self.suffixes, self.config, ranker)
+
+    # -- persistence (through qac.storage, as part of a completer directory) ---------
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {f"words.{k}": v for k, v in self.words.arrays().items()}
+        out.update({f"suffixes.{k}": v for k, v in self.suffixes.arrays().items()})
+        return out
+
+    def tries(self) -> dict[str, marisa_trie.Trie]:
+        return {"words": self.words.trie, "suffixes": self.suffixes.trie}
+
+    def manifest(self) -> dict[str, Any]:
+        return {"config": asdict(self.config), "ranker": self.ranker.to_dict()}
+
+    @classmethod
+    def from_parts(cls, manifest: Mapping[str, Any], tries: Mapping[str, marisa_trie.Trie],
+                   arrays: Mapping[str, np.ndarray]) -> LongTail:
+        try:
+            words = MostPopular.from_parts(
+                tries["words"], {k[6:]: v for k, v in arrays.items() if k.startswith("words.")})
+            ends = MostPopular.from_parts(
+                tries["suffixes"],
+                {k[9:]: v for k, v in arrays.items() if k.startswith("suffixes.")})
+            return cls(words, ends, LongTailConfig(**manifest["config"]),
+                       Ranker.from_dict(manifest["ranker"]))
+        except (KeyError, TypeError, InputError) as exc:
+            raise ModelFormatError(f"long-tail data inconsistent ({exc})", "longtail") from exc
+
+    # -- generators ------------------------------------------------------------------
+    def _ends(self, tail: str, n: int) -> list[tuple[str, int]]:
+        if n <= 0 or len(tail) < self.config.min_tail:
+            return []
+        return self.suffixes.complete(tail, n)
+
+    def gen_word(self, p: str, blocks: Any = None) -> list[tuple[str, int]]:
+        """Complete the partial last word; extend the best ones by popular endings."""
+        cut = p.rfind(" ") + 1
+        head, part = p[:cut], p[cut:]
+        if not part or (blocks is not None and head and blocks(head)):
+            return []
+        cfg = self.config
+        words = self.words.complete(part, cfg.words)
+        out = [(head + w, c) for w, c in words]
+        if cfg.word_ext and cfg.ext:
+            # the word before the partial one narrows the endings ("of am" -> "of america ...")
+            cut2 = p.rfind(" ", 0, cut - 1) + 1 if cut else 0
+            prev_word = p[cut2:cut]
+            for w, _ in words[:cfg.word_ext]:
+                if prev_word:
+                    out += [(p[:cut2] + e, c) for e, c in
+                            self._ends(prev_word + w + " ", cfg.ext)]
+                out += [(head + e, c) for e, c in self._ends(w + " ", cfg.ext)]
+        return out
+
+    def gen_suffix(self, p: str, blocks: Any = None) -> list[tuple[str, int]]:
+        """Replace the prefix's last 1..3 words (the last partial) by popular endings."""
+        out: list[tuple[str, int]] = []
+        cut = len(p)
+        n = self.config.suffixes
+        for _ in range(self.config.max_suffix_words):
+            cut = p.rfind(" ", 0, cut - 1) + 1 if cut > 1 else 0
+            head, tail = p[:cut], p[cut:]
+            if tail.strip() and not (blocks is not None and head and blocks(head)):
+                out += [(head + e, c) for e, c in self._ends(tail, n)]
+            if cut == 0:
+                break
+        return out
+
+    def gen_session(self, p: str, prev: str, blocks: Any = None) -> list[tuple[str, int]]:
+        """The previous query extended by its popular endings, when the prefix agrees
+        with it; the previous query's words that complete the partial word."""
+        if not prev:
+            return []
+        out: list[tuple[str, int]] = []
+        n = self.config.ext
+        if prev.startswith(p) or p.startswith(prev + " "):
+            cut = prev.rfind(" ") + 1
+            out += [(prev[:cut] + e, c) for e, c in self._ends(prev[cut:] + " ", n)
+                    if len(prev[:cut]) + len(e) > len(prev)]
+        cut = p.rfind(" ") + 1
+        head, part = p[:cut], p[cut:]
+        if part:
+            for w in dict.fromkeys(prev.split(" ")):
+                if w.startswith(part) and w != part:
+                    out.append((head + w, self.words.count(w)))
+                    out += [(head + e, c) for e, c in self._ends(w + " ", n)]
+        if blocks is not None:
+            out = [(t, c) for t, c in out if not blocks(t)]
+        return out
+
+    # -- the candidate pool and its features -------------------------------------------
+    def pool(self, p: str, prev: str, model: tuple[Sequence[str], Sequence[float], np.ndarray],
+             mpc: Sequence[tuple[str, int]], count: Any, blocks: Any = None,
+             generators: Sequence[str] = ("word", "suffix", "session"),
+             ) -> tuple[list[str], list[str], np.ndarray]:
+        """(texts, sources, X [n, F]) of every distinct candidate starting with ``p``.
+
+        ``model``: (texts, engine scores, log(1 + popularity)) of the beam's answers,
+        best first; ``mpc``: (text, count); ``count(text)``: popularity of a full query
+        (the MPC table's). The previous query itself is never a candidate: a session
+        does not repeat its last query (the log reader drops such repeats).
+        The model rows are built with numpy; only the few others cost Python work.
+        """
+        mtexts, mscores, mpop = model
+        nm = len(mtexts)
+        L = min(len(p), 10) / 10.0
+        lp = len(p)
+        pw = p.count(" ")
+        at = {t: i for i, t in enumerate(mtexts)}
+        rows: dict[str, list[float]] = {}
+        src: dict[str, int] = {}
+        flags: list[tuple[int, int, float]] = []  # (model row, column, value)
+        extra: list[tuple[int, str, int]] = [(1, t, c) for t, c in mpc]
+        if "session" in generators:
+            extra += [(2, t, c) for t, c in self.gen_session(p, prev, blocks)]
+        if "suffix" in generators:
+            extra += [(3, t, c) for t, c in self.gen_suffix(p, blocks)]
+        if "word" in generators:
+            extra += [(4, t, c) for t, c in self.gen_word(p, blocks)]
+        prev_words = set(prev.split(" ")) if prev else None
+        cut = p.rfind(" ") + 1
+        for g, t, c in extra:
+            if t == prev or not t.startswith(p):
+                continue
+            lc = math.log1p(c) if g > 1 else 0.0
+            i = at.get(t)
+            if i is not None:
+                flags.append((i, g, 1.0))
+                if lc:
+                    flags.append((i, 11, lc))
+                continue
+            row = rows.get(t)
+            if row is None:
+                pop = math.log1p(count(t)) if g > 1 else math.log1p(c)
+                row = rows[t] = [0.0] * _NF
+                row[8] = pop
+                row[9] = pop * L
+                row[10] = 1.0 if pop > 0 else 0.0
+                if prev_words is not None:
+                    new = t[cut:].split(" ")
+                    row[13] = len(prev_words.intersection(new)) / len(new)
+                    row[14] = 1.0 if t.startswith(prev) else 0.0
+                row[15] = t.count(" ") - pw
+                row[16] = (len(t) - lp) / 10.0
+                src[t] = g
+            row[g] = 1.0
+            if lc > row[11]:
+                row[11] = lc
+                row[12] = lc * L
+        keep = [i for i, t in enumerate(mtexts) if t != prev]
+        if len(keep) < nm:
+            mtexts = [mtexts[i] for i in keep]
+            mscores = [mscores[i] for i in keep]
+            mpop = mpop[keep]
+            remap = {old: new for new, old in enumerate(keep)}
+            flags = [(remap[i], c, v) for i, c, v in flags if i in remap]
+            nm = len(keep)
+        X = np.zeros((nm + len(rows), _NF))
+        if nm:
+            M = X[:nm]
+            ls = np.maximum(np.log(np.maximum(np.asarray(mscores, dtype=np.float64), 1e-30)),
+                            -10.0)
+            M[:, 0] = 1.0
+            M[:, 5] = ls
+            M[:, 6] = ls * L
+            M[:, 7] = 1.0 / np.arange(1, nm + 1)
+            M[:, 8] = mpop
+            M[:, 9] = mpop * L
+            M[:, 10] = mpop > 0
+            M[:, 15] = [t.count(" ") - pw for t in mtexts]
+            M[:, 16] = [(len(t) - lp) / 10.0 for t in mtexts]
+            for i, col, v in flags:
+                if col == 11:
+                    M[i, 11] = max(M[i, 11], v)
+                    M[i, 12] = M[i, 11] * L
+                else:
+                    M[i, col] = v
+        if rows:
+            X[nm:] = list(rows.values())
+        texts = [*mtexts, *rows]
+        return texts, ["model"] * nm + [SOURCES[src[t]] for t in rows], X
+
+    def order(self, X: np.ndarray) -> tuple[list[int], list[float]]:
+        """Row indices best first (ties: pool order, i.e. model rank first) and scores."""
+        if not len(X):
+            return [], []
+        s = self.ranker.score(X)
+        return np.argsort(-s, kind="stable").tolist(), s.tolist()

@@ -1,0 +1,198 @@
+"""Long-tail completion: each generator on a tiny log, the ranker fit, policy, persistence."""
+
+import json
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qac.blocklist import Blocklist
+from qac.complete import Completer, CompleterConfig
+from qac.errors import InputError, ModelFormatError
+from qac.logs import LogEvent
+from qac.longtail import FEATURES, SOURCES, LongTail, LongTailConfig, Ranker
+
+COUNTS = Counter({
+    "bank of america": 5, "bank of america online": 3, "cheap flights to paris": 4,
+    "flights to paris": 2, "cheap hotels": 2, "paris hotels": 3, "sexy pictures": 9,
+})
+
+
+@pytest.fixture(scope="module")
+def lt() -> LongTail:
+    return LongTail.build(COUNTS, Blocklist.default(), LongTailConfig(min_count=1))
+
+
+def test_tables_count_words_and_endings(lt: LongTail) -> None:
+    assert lt.words.count("paris") == 9
+    assert lt.words.count("sexy") == 0  # blocked
+    assert lt.suffixes.count("to paris") == 6
+    assert lt.suffixes.count("of america online") == 3
+    assert lt.suffixes.count("sexy pictures") == 0
+    assert lt.suffixes.count("pictures") == 9
+
+
+def test_word_generator(lt: LongTail) -> None:
+    got = lt.gen_word("bank of am")
+    assert got[0] == ("bank of america", 8)
+    assert set(got) == {("bank of america", 8), ("bank of america online", 3)}
+    assert lt.gen_word("bank of ") == []  # no partial word to complete
+    assert lt.gen_word("sexy pi", Blocklist.default().blocks) == []  # blocked head
+
+
+def test_suffix_generator(lt: LongTail) -> None:
+    got = lt.gen_suffix("cheap flights to pa")
+    assert got[:2] == [("cheap flights to paris", 6), ("cheap flights to paris hotels", 3)]
+    assert {t for t, _ in got} == {"cheap flights to paris", "cheap flights to paris hotels"}
+    # a finished word: endings that start with it
+    assert ("bank of america", 5) in lt.gen_suffix("bank of ")
+
+
+def test_session_generator(lt: LongTail) -> None:
+    # the prefix agrees with the previous query: that query extended by its endings
+    assert lt.gen_session("bank", "bank of america") == [("bank of america online", 3)]
+    assert lt.gen_session("cheap flights to paris h", "cheap flights to paris") == [
+        ("cheap flights to paris hotels", 3)]
+    # the partial word completed from the previous query's words
+    assert lt.gen_session("fl", "cheap flights to paris") == [
+        ("flights", 6), ("flights to paris", 6)]
+    assert lt.gen_session("fl", "") == []
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(InputError):
+        LongTailConfig(words=-1)
+    with pytest.raises(InputError):
+        LongTailConfig(max_suffix_words=4)
+    with pytest.raises(InputError):
+        CompleterConfig(longtail_generators=("words",))
+
+
+def test_ranker_fit_puts_the_target_first() -> None:
+    rng = np.random.default_rng(0)
+    groups = []
+    for _ in range(200):
+        X = rng.normal(size=(8, len(FEATURES)))
+        X[:, 8] = rng.uniform(0, 1, size=8)   # logpop
+        t = int(rng.integers(8))
+        X[t, 8] += 1.0                        # the target is the most popular ...
+        X[:, 13] = 0.0
+        X[t, 13] = 1.0                        # ... and agrees with the session
+        groups.append((X, t))
+    r = Ranker.fit(groups)
+    assert r.weights[FEATURES.index("logpop")] > 1.0
+    assert r.weights[FEATURES.index("prev_overlap")] > 1.0
+    hits = sum(int(np.argmax(r.score(X))) == t for X, t in groups)
+    assert hits >= 190
+    assert Ranker.from_dict(r.to_dict()).weights.tolist() == r.weights.tolist()
+    with pytest.raises(InputError):
+        Ranker.fit([(groups[0][0], 8)])
+    with pytest.raises(InputError):
+        Ranker([1.0, 2.0])
+
+
+def _log() -> list[LogEvent]:
+    t = datetime(2006, 3, 1)
+    events: list[LogEvent] = []
+
+    def session(sid: str, *queries: str) -> None:
+        nonlocal t
+        for q in queries:
+            t += timedelta(minutes=1)
+            events.append(LogEvent(sid, q, t, "u"))
+
+    for i in range(4):
+        session(f"a{i}", "cheap flights", "cheap flights to paris")
+    for i in range(3):
+        session(f"b{i}", "paris", "paris hotels")
+    for i in range(5):
+        session(f"c{i}", "bank of america", "bank of america online")
+    for i in range(5):
+        session(f"d{i}", "sexy pictures", "pictures of paris")
+    return events
+
+
+@pytest.fixture(scope="module")
+def completer() -> Completer:
+    return Completer.train(_log(), CompleterConfig(trie_depth=1, longtail=True))
+
+
+def test_generated_completions_reach_unseen_queries(completer: Completer) -> None:
+    got = completer.complete("cheap flights to paris h", previous="cheap flights to paris")
+    texts = [c.text for c in got]
+    assert "cheap flights to paris hotels" in texts  # never issued as such
+    assert got[texts.index("cheap flights to paris hotels")].source in {"session", "suffix"}
+    # the previous query is never suggested again
+    assert "cheap flights" not in [c.text for c in completer.complete("ch", "cheap flights")]
+
+
+def test_policy_invariants(completer: Completer) -> None:
+    blocks = Blocklist.default().blocks
+    for prefix in ["c", "ch", "cheap f", "paris ", "b", "bank of am", "pi", "sexy p", "zz"]:
+        for prev in [None, "cheap flights", "bank of america", "sexy pictures", "x y"]:
+            got = completer.complete(prefix, prev, k=10)
+            texts = [c.text for c in got]
+            assert all(t.startswith(prefix) for t in texts), (prefix, prev, texts)
+            assert len(set(texts)) == len(texts)
+            assert not any(blocks(t) for t in texts)
+            assert {c.source for c in got} <= set(SOURCES)
+            assert [c.score for c in got] == sorted((c.score for c in got), reverse=True)
+            assert len(got) <= 10
+    assert completer.complete("sexy p") == []
+
+
+def test_longtail_can_be_switched_off(completer: Completer) -> None:
+    off = completer.with_options(longtail=False)
+    assert {c.source for c in off.complete("cheap flights to paris h", "cheap flights")} <= {
+        "model", "mpc"}
+    some = completer.with_options(longtail_generators=("word",))
+    got = some.complete("cheap flights to paris h", "cheap flights to paris")
+    assert {c.source for c in got} <= {"model", "mpc", "word"}
+
+
+def test_save_load_round_trip(completer: Completer, tmp_path: Path) -> None:
+    completer.save(tmp_path / "m")
+    loaded = Completer.load(tmp_path / "m")
+    assert loaded.longtail is not None and loaded.config.longtail
+    assert isinstance(loaded.longtail.words.arrays()["counts"], np.memmap)
+    assert completer.longtail is not None
+    assert loaded.longtail.ranker.weights.tolist() == completer.longtail.ranker.weights.tolist()
+    for prefix, prev in [("cheap flights to paris h", "cheap flights to paris"),
+                         ("b", None), ("pa", "paris"), ("", "paris")]:
+        assert loaded.complete(prefix, prev) == completer.complete(prefix, prev)
+
+
+def test_attach_to_a_trained_completer(tmp_path: Path) -> None:
+    plain = Completer.train(_log(), CompleterConfig(trie_depth=1))
+    assert plain.longtail is None
+    lt = LongTail.build(COUNTS, Blocklist.default())
+    both = plain.with_longtail(lt)
+    assert both.config.longtail and not plain.config.longtail
+    both.save(tmp_path / "m")
+    assert Completer.load(tmp_path / "m").complete("bank of am") == both.complete("bank of am")
+
+
+@settings(max_examples=60, deadline=None)
+@given(prefix=st.text(alphabet="cheapflistoryxbn ", max_size=12),
+       prev=st.sampled_from([None, "", "cheap flights", "paris", "bank of america",
+                             "sexy pictures"]))
+def test_prefix_property(completer: Completer, prefix: str, prev: str | None) -> None:
+    got = completer.complete(prefix, prev, k=5)
+    p = " ".join(prefix.split()) + (" " if prefix[-1:].isspace() and prefix.strip() else "")
+    texts = [c.text for c in got]
+    assert len(got) <= 5 and len(set(texts)) == len(texts)
+    assert all(t.startswith(p) for t in texts)
+    assert prev is None or prev == "" or prev not in texts or not p
+
+
+def test_corrupt_longtail_data_is_a_format_error(completer: Completer, tmp_path: Path) -> None:
+    completer.save(tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    del manifest["config"]["longtail"]["ranker"]["logpop"]
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFormatError):
+        Completer.load(tmp_path / "m")
