@@ -67,7 +67,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     base = CompleterConfig(index=args.index, trie_depth=args.trie_depth,
                            min_count=args.min_count, popularity=args.popularity,
-                           popularity_per_char=args.popularity_per_char)
+                           popularity_per_char=args.popularity_per_char,
+                           longtail=args.longtail)
     engine = EngineConfig(blocks=base.engine_config().blocks, **_engine_overrides(args))
     t0 = time.perf_counter()
     c = train_completer(args.log, args.out, replace(base, engine=engine), until=args.until,
@@ -113,6 +114,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not args.no_ablation:
             systems[f"{name} -session"] = (
                 lambda p, prev, k, c=c: [x.text for x in c.complete(p, None, k)])
+            if c.longtail is not None and c.config.longtail:
+                off = c.with_options(longtail=False)
+                systems[f"{name} -longtail"] = (
+                    lambda p, prev, k, c=off: [x.text for x in c.complete(p, prev, k)])
     results = evaluate(systems, cases, first.labels.__contains__,
                        k=args.k, progress=not args.json)
     if args.json:
@@ -231,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer score = ranker score * (1 + count) ** beta, "
                         "beta = popularity + popularity-per-char * min(len(prefix), 10)")
     p.add_argument("--popularity-per-char", type=float, default=0.3)
+    p.add_argument("--longtail", action="store_true",
+                   help="also build word/ending tables and answer from the long-tail "
+                        "candidate pool (see qac.longtail)")
     _add_engine_args(p)
     p.set_defaults(func=cmd_train)
 
