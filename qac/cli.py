@@ -59,6 +59,12 @@ def _date(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from exc
 
 
+def _blocklist(path: str | None) -> Any:
+    from qac.blocklist import Blocklist
+
+    return Blocklist.from_file(path) if path else None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -72,7 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     engine = EngineConfig(blocks=base.engine_config().blocks, **_engine_overrides(args))
     t0 = time.perf_counter()
     c = train_completer(args.log, args.out, replace(base, engine=engine), until=args.until,
-                        background=args.background, progress=not args.quiet)
+                        background=args.background, progress=not args.quiet,
+                        blocklist=_blocklist(args.blocklist))
     print(f"trained a {args.index} completer: {len(c.labels)} labels in "
           f"{time.perf_counter() - t0:.1f}s -> {args.out}")
     return 0
@@ -81,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_complete(args: argparse.Namespace) -> int:
     from qac.complete import Completer
 
-    c = Completer.load(args.model)
+    c = Completer.load(args.model, blocklist=_blocklist(args.blocklist))
     got = c.complete(args.prefix, args.previous, k=args.k)
     if args.json:
         print(json.dumps([g.__dict__ for g in got], indent=1))
@@ -236,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer score = ranker score * (1 + count) ** beta, "
                         "beta = popularity + popularity-per-char * min(len(prefix), 10)")
     p.add_argument("--popularity-per-char", type=float, default=0.3)
+    p.add_argument("--blocklist", help="blocklist file replacing the default "
+                   "(format of qac/data/blocklist.txt)")
     p.add_argument("--longtail", action="store_true",
                    help="also build word/ending tables and answer from the long-tail "
                         "candidate pool (see qac.longtail)")
@@ -246,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("prefix")
     p.add_argument("--previous", help="the previous query of the session")
+    p.add_argument("--blocklist", help="also drop answers this blocklist file matches")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_complete)

@@ -265,14 +265,18 @@ class Completer:
         config: CompleterConfig | None = None,
         background: Counter[str] | None = None,
         progress: bool = False,
+        blocklist: Blocklist | None = None,
     ) -> Completer:
         """Train on a session log (events in log order, queries normalized).
 
         ``background`` adds query counts (e.g. from a larger query-only log) to the
         popularity used by the MPC fill and the popularity term, not to the labels.
+        ``blocklist`` replaces the default list (``config.blocklist=False``: none);
+        blocked queries never become labels, MPC entries or long-tail entries.
         """
         config = config or CompleterConfig()
-        blocklist = Blocklist.default() if config.blocklist else Blocklist.empty()
+        if blocklist is None:
+            blocklist = Blocklist.default() if config.blocklist else Blocklist.empty()
         counts: Counter[str] = Counter(e.query for e in events)
         labels = sorted(q for q, c in counts.items()
                         if c >= config.min_count and not blocklist.blocks(q))
@@ -478,13 +482,13 @@ class Completer:
 def train_completer(log_path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
                     config: CompleterConfig | None = None, until: Any = None,
                     background: str | os.PathLike[str] | None = None,
-                    progress: bool = False) -> Completer:
+                    progress: bool = False, blocklist: Blocklist | None = None) -> Completer:
     """Read a log (and an optional background query log), train, optionally save."""
     from qac.logs import query_counts, read_log
 
     events = read_log(log_path, until=until)
     bg = query_counts(read_log(background)) if background else None
-    c = Completer.train(events, config, background=bg, progress=progress)
+    c = Completer.train(events, config, background=bg, progress=progress, blocklist=blocklist)
     if out is not None:
         c.save(out)
     return c

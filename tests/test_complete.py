@@ -128,3 +128,19 @@ def test_prefix_property(hybrid: Completer, prefix: str, prev: str | None) -> No
     p = " ".join(prefix.split()) + (" " if prefix[-1:].isspace() and prefix.strip() else "")
     assert len(got) <= 5
     assert all(c.text.startswith(p) for c in got)
+
+
+def test_blocklist_is_replaceable(tmp_path: Path) -> None:
+    from qac.blocklist import Blocklist
+
+    custom = Blocklist.from_lines(["playstation*"])
+    c = Completer.train(_log(), CompleterConfig(trie_depth=1), blocklist=custom)
+    texts = [x.text for x in c.complete("p", k=10)]
+    assert not any(t.startswith("playstation") for t in texts)
+    assert "pleasure island" in texts
+    # the default list is not in force here
+    assert [x.text for x in c.complete("se", k=3)] == ["sexy pictures"]
+    c.save(tmp_path / "m")
+    # a list given at load time filters answers too
+    strict = Completer.load(tmp_path / "m", blocklist=Blocklist.from_lines(["plant"]))
+    assert "plant care tips" not in [x.text for x in strict.complete("pl", "rose of jericho")]
