@@ -233,6 +233,7 @@ def test_command_writes_json_markdown_and_pngs(completer: Completer, tmp_path: P
     assert set(report["systems"]) == {"mpc", "hybrid", "hybrid -session"}
     assert report["session_effect"][0]["system"] == "hybrid"
     assert report["session_effect"][0]["mrr_delta"] > 0
+    assert "mrr_at_length_1_with_session" in report["session_effect"][0]
     md = (out / "replay.md").read_text()
     assert md.startswith("# Session replay") and "| hybrid -session |" in md
     for name in ("mrr_by_prefix.png", "latency_cdf.png", "keystrokes_saved.png"):
