@@ -1,4 +1,4 @@
-"""The ``qac`` command line: ``qac train|complete|eval|serve|demo`` and
+"""The ``qac`` command line: ``qac train|complete|eval|serve|replay|demo`` and
 ``qac retrieve train|query|eval``."""
 
 from __future__ import annotations
@@ -301,6 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_arguments(p)
     p.set_defaults(func=run_serve)
+
+    p = sub.add_parser("replay", help="replay a log keystroke by keystroke against models or "
+                       "a service (see sim/replay.py)")
+    from qac.replay import add_replay_arguments, run_replay
+
+    add_replay_arguments(p)
+    p.set_defaults(func=run_replay)
 
     p = sub.add_parser("demo", help="train on the bundled sample (once) and serve the demo page")
     p.add_argument("queries", nargs="*",
