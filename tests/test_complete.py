@@ -1,11 +1,11 @@
 """Session-aware completion: policy, session effect, indexers, persistence, bad input."""
 
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sessionlog import pl_log
 
 from qac.complete import Completer, CompleterConfig
 from qac.errors import InputError, ModelFormatError
@@ -13,29 +13,10 @@ from qac.logs import LogEvent
 
 
 def _log() -> list[LogEvent]:
-    """Sessions where the previous query decides the completion of "pl"."""
-    t = datetime(2006, 3, 1)
-    events: list[LogEvent] = []
-
-    def session(sid: str, *queries: str) -> None:
-        nonlocal t
-        for q in queries:
-            t += timedelta(minutes=1)
-            events.append(LogEvent(sid, q, t, "u"))
-
-    for i in range(6):
-        session(f"a{i}", "rose of jericho", "plant care tips")
-    for i in range(12):
-        session(f"b{i}", "game console", "playstation 5")
-    for i in range(20):
-        session(f"c{i}", "playstation")
-    for i in range(4):
-        session(f"d{i}", "new york times", "newark airport")
-    for i in range(3):
-        session(f"e{i}", "newton", "new york weather")
-    for i in range(5):
-        session(f"f{i}", "sexy pictures", "pleasure island")  # blocked first query
-    return events
+    log = pl_log()
+    log.repeat(3, "e", "newton", "new york weather")
+    log.repeat(5, "f", "sexy pictures", "pleasure island")  # blocked first query
+    return log.events
 
 
 @pytest.fixture(scope="module", params=["hybrid", "trie", "tree"])

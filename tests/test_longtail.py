@@ -2,13 +2,13 @@
 
 import json
 from collections import Counter
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sessionlog import SessionLog
 
 from qac.blocklist import Blocklist
 from qac.complete import Completer, CompleterConfig
@@ -96,24 +96,12 @@ def test_ranker_fit_puts_the_target_first() -> None:
 
 
 def _log() -> list[LogEvent]:
-    t = datetime(2006, 3, 1)
-    events: list[LogEvent] = []
-
-    def session(sid: str, *queries: str) -> None:
-        nonlocal t
-        for q in queries:
-            t += timedelta(minutes=1)
-            events.append(LogEvent(sid, q, t, "u"))
-
-    for i in range(4):
-        session(f"a{i}", "cheap flights", "cheap flights to paris")
-    for i in range(3):
-        session(f"b{i}", "paris", "paris hotels")
-    for i in range(5):
-        session(f"c{i}", "bank of america", "bank of america online")
-    for i in range(5):
-        session(f"d{i}", "sexy pictures", "pictures of paris")
-    return events
+    log = SessionLog()
+    log.repeat(4, "a", "cheap flights", "cheap flights to paris")
+    log.repeat(3, "b", "paris", "paris hotels")
+    log.repeat(5, "c", "bank of america", "bank of america online")
+    log.repeat(5, "d", "sexy pictures", "pictures of paris")
+    return log.events
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sessionlog import pl_log
 
 from qac.complete import Completer, CompleterConfig
 from qac.evaluate import evaluate
@@ -29,29 +30,13 @@ SPLIT = datetime(2006, 5, 18)
 
 def _log() -> list[LogEvent]:
     """Training sessions before SPLIT (the previous query decides "pl"), test after."""
-    t = datetime(2006, 3, 1)
-    events: list[LogEvent] = []
-
-    def session(sid: str, *queries: str) -> None:
-        nonlocal t
-        for q in queries:
-            t += timedelta(minutes=1)
-            events.append(LogEvent(sid, q, t, "u"))
-
-    for i in range(6):
-        session(f"a{i}", "rose of jericho", "plant care tips")
-    for i in range(12):
-        session(f"b{i}", "game console", "playstation 5")
-    for i in range(20):
-        session(f"c{i}", "playstation")
-    for i in range(4):
-        session(f"d{i}", "new york times", "newark airport")
-    t = SPLIT
-    session("x1", "rose of jericho", "plant care tips", "playstation")
-    session("x2", "game console", "playstation 5", "new york times", "unseen query")
-    session("x3", "newton", "new york weather", "p")
-    session("x4", "plant care tips")
-    return events
+    log = pl_log()
+    log.time = SPLIT
+    log.session("x1", "rose of jericho", "plant care tips", "playstation")
+    log.session("x2", "game console", "playstation 5", "new york times", "unseen query")
+    log.session("x3", "newton", "new york weather", "p")
+    log.session("x4", "plant care tips")
+    return log.events
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sessionlog import pl_log
 from starlette.testclient import TestClient
 
 from qac.complete import Completer, CompleterConfig
@@ -23,27 +23,9 @@ TOKEN = "s3cret-token-for-tests"
 
 
 def _log(extra: int = 0) -> list[LogEvent]:
-    """Sessions where the previous query decides the completion of "pl"."""
-    t = datetime(2006, 3, 1)
-    events: list[LogEvent] = []
-
-    def session(sid: str, *queries: str) -> None:
-        nonlocal t
-        for q in queries:
-            t += timedelta(minutes=1)
-            events.append(LogEvent(sid, q, t, "u"))
-
-    for i in range(6):
-        session(f"a{i}", "rose of jericho", "plant care tips")
-    for i in range(12):
-        session(f"b{i}", "game console", "playstation 5")
-    for i in range(20):
-        session(f"c{i}", "playstation")
-    for i in range(4):
-        session(f"d{i}", "new york times", "newark airport")
-    for i in range(extra):
-        session(f"x{i}", "zebra crossing")
-    return events
+    log = pl_log()
+    log.repeat(extra, "x", "zebra crossing")
+    return log.events
 
 
 def train_model(path: Path, extra: int = 0) -> Path:

@@ -72,7 +72,8 @@ def test_missing_directory(tmp_path: Path) -> None:
         open_model_dir(tmp_path / "nope")
 
 
-def test_interrupted_save_keeps_the_old_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_save_keeps_the_old_model(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     _save(tmp_path / "m", value=1)
 
     def boom(*args: object, **kwargs: object) -> None:

@@ -1,0 +1,36 @@
+"""Tiny session logs for completion tests, built in memory (one home for them)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from qac.logs import LogEvent
+
+
+class SessionLog:
+    """Appends sessions of queries, one minute apart, in log order."""
+
+    def __init__(self, start: datetime = datetime(2006, 3, 1)) -> None:
+        self.time = start
+        self.events: list[LogEvent] = []
+
+    def session(self, sid: str, *queries: str) -> None:
+        for q in queries:
+            self.time += timedelta(minutes=1)
+            self.events.append(LogEvent(sid, q, self.time, "u"))
+
+    def repeat(self, n: int, prefix: str, *queries: str) -> None:
+        """``n`` sessions ``<prefix>0..`` each issuing ``queries``."""
+        for i in range(n):
+            self.session(f"{prefix}{i}", *queries)
+
+
+def pl_log() -> SessionLog:
+    """Sessions where the previous query decides the completion of "pl": after
+    "rose of jericho" it is "plant care tips", without context "playstation"."""
+    log = SessionLog()
+    log.repeat(6, "a", "rose of jericho", "plant care tips")
+    log.repeat(12, "b", "game console", "playstation 5")
+    log.repeat(20, "c", "playstation")
+    log.repeat(4, "d", "new york times", "newark airport")
+    return log
