@@ -122,6 +122,25 @@ def _split_ptr(ptr: np.ndarray) -> np.ndarray:
     return out
 
 
+def _kmeans_options(who: str, branching: int, max_leaf_size: int, max_iter: int, seed: int,
+                    threads: int) -> tuple[int, int, int, int, int]:
+    """Validated (branching, max_leaf_size, max_iter, seed, threads) of a k-means build."""
+    branching = _int_arg("branching", branching, who)
+    max_leaf_size = _int_arg("max_leaf_size", max_leaf_size, who)
+    max_iter = _int_arg("max_iter", max_iter, who)
+    seed = _int_arg("seed", seed, who)
+    threads = _int_arg("threads", threads, who)
+    if branching < 2 or branching & (branching - 1):
+        raise InputError(f"{who}: branching must be a power of 2 >= 2, got {branching}")
+    if max_leaf_size < 1:
+        raise InputError(f"{who}: max_leaf_size must be >= 1, got {max_leaf_size}")
+    if max_iter < 0 or max_iter > np.iinfo(np.int32).max:
+        raise InputError(f"{who}: max_iter must be >= 0, got {max_iter}")
+    if seed < 0:
+        raise InputError(f"{who}: seed must be a non-negative int, got {seed}")
+    return branching, max_leaf_size, max_iter, seed, max(min(threads, 1024), -1)
+
+
 def build_kmeans_tree(
     emb: sp.spmatrix,
     branching: int = 16,
@@ -143,20 +162,8 @@ def build_kmeans_tree(
     """
     if not sp.issparse(emb):
         raise InputError(f"build_kmeans_tree: emb must be a scipy sparse matrix, got {type(emb)}")
-    branching = _int_arg("branching", branching)
-    max_leaf_size = _int_arg("max_leaf_size", max_leaf_size)
-    max_iter = _int_arg("max_iter", max_iter)
-    seed = _int_arg("seed", seed)
-    threads = _int_arg("threads", threads)
-    if branching < 2 or branching & (branching - 1):
-        raise InputError(f"build_kmeans_tree: branching must be a power of 2 >= 2, got {branching}")
-    if max_leaf_size < 1:
-        raise InputError(f"build_kmeans_tree: max_leaf_size must be >= 1, got {max_leaf_size}")
-    if max_iter < 0 or max_iter > np.iinfo(np.int32).max:
-        raise InputError(f"build_kmeans_tree: max_iter must be >= 0, got {max_iter}")
-    if seed < 0:
-        raise InputError(f"build_kmeans_tree: seed must be a non-negative int, got {seed}")
-    threads = max(min(threads, 1024), -1)
+    branching, max_leaf_size, max_iter, seed, threads = _kmeans_options(
+        "build_kmeans_tree", branching, max_leaf_size, max_iter, seed, threads)
     n_labels = emb.shape[0]
     if n_labels == 0:
         raise InputError("build_kmeans_tree: no labels (emb has 0 rows)")

@@ -25,7 +25,14 @@ import scipy.sparse as sp
 
 from qac import _kernel
 from qac.errors import InputError
-from qac.index.kmeans import _int_arg, _kernel_csr, _layer_depths, _level_seed, binary_depth
+from qac.index.kmeans import (
+    _int_arg,
+    _kernel_csr,
+    _kmeans_options,
+    _layer_depths,
+    _level_seed,
+    binary_depth,
+)
 from qac.index.tree import LabelTree
 
 __all__ = ["build_trie_tree", "build_hybrid_tree"]
@@ -128,22 +135,10 @@ def build_hybrid_tree(
     """
     who = "build_hybrid_tree"
     trie_depth = _int_arg("trie_depth", trie_depth, who)
-    branching = _int_arg("branching", branching, who)
-    max_leaf_size = _int_arg("max_leaf_size", max_leaf_size, who)
-    seed = _int_arg("seed", seed, who)
-    threads = _int_arg("threads", threads, who)
-    max_iter = _int_arg("max_iter", max_iter, who)
     if trie_depth < 0:
         raise InputError(f"{who}: trie_depth must be >= 0, got {trie_depth}")
-    if branching < 2 or branching & (branching - 1):
-        raise InputError(f"{who}: branching must be a power of 2 >= 2, got {branching}")
-    if max_leaf_size < 1:
-        raise InputError(f"{who}: max_leaf_size must be >= 1, got {max_leaf_size}")
-    if max_iter < 0 or max_iter > np.iinfo(np.int32).max:
-        raise InputError(f"{who}: max_iter must be >= 0, got {max_iter}")
-    if seed < 0:
-        raise InputError(f"{who}: seed must be a non-negative int, got {seed}")
-    threads = max(min(threads, 1024), -1)
+    branching, max_leaf_size, max_iter, seed, threads = _kmeans_options(
+        who, branching, max_leaf_size, max_iter, seed, threads)
     labs = _check_labels(labels, who)
     if not sp.issparse(emb):
         raise InputError(f"{who}: emb must be a scipy sparse matrix, got {type(emb)}")
