@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING, Any
 from qac.errors import InputError, KernelError, ModelFormatError, QacError, StoreUnavailable
 
 if TYPE_CHECKING:
+    from qac.complete import Completer, Completion, train_completer
     from qac.retrieve import Retriever
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Completer",
+    "Completion",
     "InputError",
     "KernelError",
     "ModelFormatError",
@@ -19,9 +22,15 @@ __all__ = [
     "Retriever",
     "StoreUnavailable",
     "__version__",
+    "train_completer",
 ]
 
-_LAZY = {"Retriever": "qac.retrieve"}
+_LAZY = {
+    "Completer": "qac.complete",
+    "Completion": "qac.complete",
+    "train_completer": "qac.complete",
+    "Retriever": "qac.retrieve",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -125,3 +125,16 @@ def test_blocklist_is_replaceable(tmp_path: Path) -> None:
     # a list given at load time filters answers too
     strict = Completer.load(tmp_path / "m", blocklist=Blocklist.from_lines(["plant"]))
     assert "plant care tips" not in [x.text for x in strict.complete("pl", "rose of jericho")]
+
+
+def test_top_level_api(tmp_path: Path) -> None:
+    import qac
+
+    assert qac.Completer is Completer
+    log = tmp_path / "log.txt"
+    log.write_text("rose of jericho\nplant care tips\n\nplaystation\n")
+    c = qac.train_completer(log, out=tmp_path / "m", config=CompleterConfig(trie_depth=1))
+    assert isinstance(c.complete("pl")[0], qac.Completion)
+    assert qac.Completer.load(tmp_path / "m").complete("pl") == c.complete("pl")
+    with pytest.raises(AttributeError):
+        qac.NoSuchThing  # noqa: B018
