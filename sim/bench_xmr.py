@@ -64,7 +64,7 @@ def du_bytes(path: Path) -> int:
 
 
 class StageTimeout(Exception):
-    pass
+    """A train/eval stage ran past --stage-timeout and was killed."""
 
 
 def run_child(cmd: list[str], what: str, timeout: float = 0) -> dict[str, Any]:

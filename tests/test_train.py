@@ -293,7 +293,6 @@ def test_man_routes_the_union_of_teacher_and_beam(monkeypatch: pytest.MonkeyPatc
 
 
 def test_man_with_the_real_matcher() -> None:
-    pytest.importorskip("qac.model.xlinear")
     X, Y, lab = _synthetic()
     cps = _tree(64, 4)
     lo = np.arange(64, dtype=np.int32)
