@@ -166,6 +166,15 @@ def read_log(
     return events
 
 
+def _malformed(path: Path, lineno: int, exc: InputError, skip: bool, bad: int) -> int:
+    """A malformed row: raise naming file:line, or (skip) count it, logging the first 5."""
+    if not skip:
+        raise InputError(f"{path}:{lineno}: {exc}") from None
+    if bad < 5:
+        log.warning("%s:%d: skipped: %s", path, lineno, exc)
+    return bad + 1
+
+
 def _read_plain(path: Path, first: str, lines: Iterable[str],
                 skip: bool) -> tuple[list[LogEvent], int]:
     events: list[LogEvent] = []
@@ -177,11 +186,7 @@ def _read_plain(path: Path, first: str, lines: Iterable[str],
         try:
             q = normalize(line)
         except InputError as exc:
-            if not skip:
-                raise InputError(f"{path}:{lineno}: {exc}") from None
-            bad += 1
-            if bad <= 5:
-                log.warning("%s:%d: skipped: %s", path, lineno, exc)
+            bad = _malformed(path, lineno, exc, skip, bad)
             continue
         if not q:
             if not line.strip() and started:
@@ -231,11 +236,7 @@ def _read_tsv(path: Path, roles: dict[str, int], ncols: int, lines: Iterable[str
                 except ValueError:
                     raise InputError(f"bad time {raw[:40]!r}") from None
         except InputError as exc:
-            if not skip:
-                raise InputError(f"{path}:{lineno}: {exc}") from None
-            bad += 1
-            if bad <= 5:
-                log.warning("%s:%d: skipped: %s", path, lineno, exc)
+            bad = _malformed(path, lineno, exc, skip, bad)
             continue
         user = cols[ui] if ui is not None else None
         if si is not None:
