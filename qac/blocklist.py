@@ -89,4 +89,9 @@ class Blocklist:
 
         Words are runs of letters and digits.
         """
-        return self._re is not None and self._re.search(normalize(text)) is not None
+        return self.blocks_normalized(normalize(text))
+
+    def blocks_normalized(self, text: str) -> bool:
+        """:meth:`blocks` of text already normalized (the per-keystroke callers'
+        candidates are built from normalized pieces)."""
+        return self._re is not None and self._re.search(text) is not None

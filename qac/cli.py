@@ -100,33 +100,40 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from qac.complete import Completer
-    from qac.evaluate import evaluate, format_table, test_cases
+    from qac.evaluate import CompleterSystem, MpcSystem, evaluate, format_table, test_cases
     from qac.logs import read_log
-
-    cases = test_cases(read_log(args.log, since=args.since, until=args.until))
-    if args.limit:
-        cases = cases[: args.limit]
+    from qac.longtail import GENERATORS
     from qac.mpc import MostPopular
 
+    # the whole log up to --until: rows before --since feed the users' histories
+    cases = test_cases(read_log(args.log, until=args.until), since=args.since,
+                       history=args.history)
+    if args.limit:
+        cases = cases[: args.limit]
     models = {Path(m).name: Completer.load(m) for m in args.models}
     first = next(iter(models.values()))
     # The baseline: most popular completion over the training log's queries (the
     # first model's labels and counts); "mpc+bg" when its fill also has a background log.
     mpc = MostPopular(dict(zip(first.labels.labels, first.labels.counts.tolist(), strict=True)))
-    systems: dict[str, Any] = {"mpc": lambda p, prev, k: [t for t, _ in mpc.complete(p, k)]}
+    systems: dict[str, Any] = {"mpc": MpcSystem(mpc)}
     if len(first.mpc) != len(mpc):
-        systems["mpc+bg"] = lambda p, prev, k: [t for t, _ in first.mpc.complete(p, k)]
+        systems["mpc+bg"] = MpcSystem(first.mpc)
     for name, c in models.items():
-        systems[name] = lambda p, prev, k, c=c: [x.text for x in c.complete(p, prev, k)]
-        if not args.no_ablation:
-            systems[f"{name} -session"] = (
-                lambda p, prev, k, c=c: [x.text for x in c.complete(p, None, k)])
-            if c.longtail is not None and c.config.longtail:
-                off = c.with_options(longtail=False)
-                systems[f"{name} -longtail"] = (
-                    lambda p, prev, k, c=off: [x.text for x in c.complete(p, prev, k)])
+        longtail = c.longtail is not None and c.config.longtail
+        if longtail:  # the same engine without the long-tail pool, in the same run
+            systems[f"{name} -longtail"] = CompleterSystem(c.with_options(longtail=False))
+        systems[name] = CompleterSystem(c)
+        if args.no_ablation:
+            continue
+        systems[f"{name} -session"] = CompleterSystem(c, session=False)
+        if longtail:
+            for g in GENERATORS:
+                if g in c.config.longtail_generators:
+                    rest = tuple(x for x in c.config.longtail_generators if x != g)
+                    systems[f"{name} -{g}"] = CompleterSystem(
+                        c.with_options(longtail_generators=rest))
     results = evaluate(systems, cases, first.labels.__contains__,
-                       k=args.k, progress=not args.json)
+                       k=args.k, progress=not args.json, coverage=not args.no_coverage)
     if args.json:
         print(json.dumps({"cases": len(cases), "results": results}, indent=1))
     else:
@@ -226,6 +233,7 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qac.evaluate import DEFAULT_HISTORY
     ap = argparse.ArgumentParser(prog="qac", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -268,7 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N cases")
     p.add_argument("--no-ablation", action="store_true",
-                   help="skip the without-previous-query runs")
+                   help="skip the without-previous-query and without-one-generator runs")
+    p.add_argument("--history", type=int, default=DEFAULT_HISTORY, metavar="N",
+                   help="distinct past queries of the user each test case carries "
+                        f"(default {DEFAULT_HISTORY}, as the session store keeps; 0: none)")
+    p.add_argument("--no-coverage", action="store_true",
+                   help="skip the coverage column (it re-builds each candidate pool)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 

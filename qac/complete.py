@@ -50,8 +50,9 @@ from qac.index.kmeans import build_kmeans_tree, pifa
 from qac.index.tree import LabelTree
 from qac.index.trie import build_hybrid_tree, build_trie_tree
 from qac.logs import LogEvent
-from qac.longtail import LongTail
+from qac.longtail import GENERATORS, LongTail
 from qac.mpc import MostPopular
+from qac.session import MAX_HISTORY
 from qac.storage import open_model_dir, save_model_dir
 from qac.text import normalize, normalize_prefix
 
@@ -63,10 +64,17 @@ _MAX_CHAR = "\U0010ffff"
 _EMPTY = np.zeros(0)
 
 
+def _check_history(history: Sequence[str]) -> Sequence[str]:
+    if isinstance(history, str | bytes):
+        raise InputError("history must be a sequence of queries, not one string")
+    # entries are checked where they are read (LongTail.gen_history), not per call
+    return history[:MAX_HISTORY]
+
+
 @dataclass(frozen=True)
 class Completion:
     """One suggestion: ``source`` is "model" (the XMR ranker), "mpc" (popularity), or
-    with long tail on "word", "suffix" or "session" (:data:`qac.longtail.SOURCES`)."""
+    with long tail on "word", "suffix", "session" or "history" (:data:`qac.longtail.SOURCES`)."""
 
     text: str
     score: float
@@ -96,7 +104,7 @@ class CompleterConfig:
                       its ranker (:mod:`qac.longtail`); training builds the word and
                       ending tables only when this is on.
     longtail_generators: which generators feed the pool ("word", "suffix",
-                      "session"); the XMR beam and the MPC list always do.
+                      "session", "history"); the XMR beam and the MPC list always do.
     """
 
     index: str = "hybrid"
@@ -112,7 +120,7 @@ class CompleterConfig:
     engine: EngineConfig | None = None
     blocklist: bool = True
     longtail: bool = False
-    longtail_generators: tuple[str, ...] = ("word", "suffix", "session")
+    longtail_generators: tuple[str, ...] = GENERATORS
 
     def __post_init__(self) -> None:
         if self.index not in INDEXES:
@@ -127,7 +135,7 @@ class CompleterConfig:
             raise InputError(f"CompleterConfig.candidates: must be >= 1, got {self.candidates}")
         if self.beam is not None and self.beam < 1:
             raise InputError(f"CompleterConfig.beam: must be >= 1, got {self.beam}")
-        bad = set(self.longtail_generators) - {"word", "suffix", "session"}
+        bad = set(self.longtail_generators) - set(GENERATORS)
         if bad:
             raise InputError(f"CompleterConfig.longtail_generators: unknown {sorted(bad)}")
 
@@ -250,7 +258,7 @@ class Completer:
         self.blocklist = blocklist
         self.longtail = longtail
         # generated queries pass the training blocklist too (labels and MPC already do)
-        self._gen_blocks = Blocklist.default().blocks if config.blocklist else None
+        self._gen_blocks = Blocklist.default().blocks_normalized if config.blocklist else None
         if labels.popularity is None:  # computed once, then saved with the model
             labels.popularity = np.array([mpc.count(q) for q in labels.labels], dtype=np.int64)
         # log(1 + popularity) per label, for the popularity term of the answer score
@@ -371,6 +379,14 @@ class Completer:
                                    str(md.path)) from exc
         return cls(config, Engine.from_model_dir(md), labels, mpc, blocklist, longtail)
 
+    @property
+    def uses_history(self) -> bool:
+        """Whether :meth:`complete` looks at ``history`` (only the long-tail pool's
+        "history" generator does), so a caller can skip fetching it."""
+        cfg = self.config
+        return bool(cfg.longtail and self.longtail is not None
+                    and "history" in cfg.longtail_generators)
+
     def with_options(self, **changes: Any) -> Completer:
         """A view with other answer-time options (popularity, candidates, longtail)."""
         return Completer(replace(self.config, **changes), self.engine, self.labels,
@@ -378,8 +394,14 @@ class Completer:
 
     # -- answering (the per-keystroke path) ---------------------------------------
     def complete(self, prefix: str | bytes, previous: str | bytes | None = None,
-                 k: int = 10) -> list[Completion]:
-        """Top-k completions of ``prefix`` given the session's previous query."""
+                 k: int = 10, history: Sequence[str] = ()) -> list[Completion]:
+        """Top-k completions of ``prefix`` given the session's previous query.
+
+        ``history``: the user's recent distinct queries, most recent first, normalized
+        (as :mod:`qac.session` keeps them; at most
+        :data:`qac.session.MAX_HISTORY` are looked at).
+        Only the long-tail pool uses it (its ``history`` generator).
+        """
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}")
         p = normalize_prefix(prefix.decode("utf-8", "replace")
@@ -387,7 +409,7 @@ class Completer:
         prev = normalize(previous) if previous is not None else ""
         out: list[Completion] = []
         if p and self.config.longtail and self.longtail is not None:
-            return self._ranked(p, prev, k)
+            return self._ranked(p, prev, k, _check_history(history))
         if p or prev:
             lo, hi = self.labels.range(p)
             if lo < hi:
@@ -413,13 +435,13 @@ class Completer:
         out = []
         for i, s in zip(ids, scores, strict=True):
             text = labels[i]
-            if block is None or not block.blocks(text):
+            if block is None or not block.blocks_normalized(text):
                 out.append(Completion(text, s, "model"))
                 if len(out) == k:
                     break
         return out
 
-    def candidates(self, p: str, prev: str, k: int = 10
+    def candidates(self, p: str, prev: str, k: int = 10, history: Sequence[str] = ()
                    ) -> tuple[list[str], list[str], np.ndarray]:
         """The long-tail candidate pool of a normalized prefix: (texts, sources, X).
 
@@ -440,19 +462,19 @@ class Completer:
             labels = self.labels.labels
             texts = [labels[i] for i in ids]
             pop = self._logpop_arr[ids]
-        mpc = self.mpc.complete(p, lt.config.mpc)
+        mpc = self.mpc.top(p, lt.config.mpc)
         return lt.pool(p, prev, (texts, scores, pop), mpc, self.mpc.count, self._gen_blocks,
-                       self.config.longtail_generators)
+                       self.config.longtail_generators, history, hi - lo)
 
-    def _ranked(self, p: str, prev: str, k: int) -> list[Completion]:
+    def _ranked(self, p: str, prev: str, k: int, history: Sequence[str]) -> list[Completion]:
         assert self.longtail is not None
-        texts, sources, X = self.candidates(p, prev, k)
+        texts, sources, X = self.candidates(p, prev, k, history)
         order, scores = self.longtail.order(X)
         block = self.blocklist
         out = []
         for i in order:
             text = texts[i]
-            if block is None or not block.blocks(text):
+            if block is None or not block.blocks_normalized(text):
                 out.append(Completion(text, scores[i], sources[i]))
                 if len(out) == k:
                     break
@@ -461,8 +483,8 @@ class Completer:
     def _fill(self, out: list[Completion], p: str, k: int) -> None:
         seen = {c.text for c in out}
         block = self.blocklist
-        for text, count in self.mpc.complete(p, k + len(out)):
-            if text not in seen and (block is None or not block.blocks(text)):
+        for text, count in self.mpc.top(p, k + len(out)):
+            if text not in seen and (block is None or not block.blocks_normalized(text)):
                 # below any model score: model scores are > 0, these are <= 0
                 out.append(Completion(text, -1.0 / (1.0 + math.log1p(count)), "mpc"))
                 seen.add(text)

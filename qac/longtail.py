@@ -12,6 +12,10 @@ Beside the beam search, cheap generators build new queries from the typed prefix
   queries, with counts -- and the matching ending replaces them.
 * ``session``: the previous query, when the prefix agrees with it, extended by its
   popular endings; and the previous query's words that complete the partial word.
+* ``history``: the user's own recent queries (the session store keeps the last few
+  hundred distinct ones, most recent first) that start with the prefix. Heavy users
+  repeat themselves: in the AOL evaluation week a third of next queries are one of
+  the user's earlier queries, a fifth one of the last ten distinct ones.
 
 Every candidate (these, the XMR beam and the MPC list) gets a short feature row
 (:data:`FEATURES`) and one linear :class:`Ranker` orders them; its weights are
@@ -43,18 +47,28 @@ from qac.mpc import MostPopular
 log = logging.getLogger(__name__)
 
 #: generators, in the order that names a candidate's ``source`` when several made it
-SOURCES = ("model", "mpc", "session", "suffix", "word")
-#: the ranker's features, in column order (L = min(len(prefix), 10) / 10)
+SOURCES = ("model", "mpc", "session", "suffix", "word", "history")
+#: the ranker's features, in column order (L = min(len(prefix), 10) / 10); the first
+#: len(SOURCES) columns are "made by this generator" flags, in SOURCES order
 FEATURES = (
-    "is_model", "is_mpc", "is_session", "is_suffix", "is_word",
+    "is_model", "is_mpc", "is_session", "is_suffix", "is_word", "is_history",
     "model_logscore", "model_logscore*L", "model_rank",
     "logpop", "logpop*L", "seen",
     "gen_logcount", "gen_logcount*L",
     "prev_overlap", "extends_prev",
     "added_words", "added_chars",
+    "hist_recency", "hist_recency*L",
 )
 _NF = len(FEATURES)
-_IS = {s: i for i, s in enumerate(SOURCES)}
+#: features added after the first release of the ranker (weight 0 when absent)
+_NEWER = ("is_history", "hist_recency", "hist_recency*L")
+_COL = {f: i for i, f in enumerate(FEATURES)}
+_MODEL, _MPC, _SESSION, _SUFFIX, _WORD, _HISTORY = range(len(SOURCES))
+(_LOGSCORE, _LOGSCORE_L, _RANK, _LOGPOP, _LOGPOP_L, _SEEN, _GEN, _GEN_L, _OVERLAP,
+ _EXTENDS, _WORDS, _CHARS, _HREC, _HREC_L) = (_COL[f] for f in FEATURES[len(SOURCES):])
+_TIMES_L = {_GEN: _GEN_L, _HREC: _HREC_L}  # a feature -> its "*L" twin
+#: the generators a completer may switch on or off (the beam and MPC always feed)
+GENERATORS = ("word", "suffix", "session", "history")
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,13 @@ class LongTailConfig:
     min_count:      fewest occurrences for a word or an ending to be kept.
     min_tail:       shortest tail (characters) an ending lookup starts from.
     mpc:            MPC completions put into the candidate pool.
+    rare:           the word and suffix generators run only for a rare prefix: one
+                    that fewer than this many labels (past queries) start with
+                    (Mitra & Craswell's "rare prefix"; 0: never, a huge number:
+                    always). Past a common prefix the beam, MPC and history already
+                    hold more good candidates than are shown, and building new
+                    queries there costs time and changes little (tuned on the dev
+                    split with ``sim/tune_completion.py``).
     """
 
     words: int = 5
@@ -79,6 +100,7 @@ class LongTailConfig:
     min_count: int = 2
     min_tail: int = 2
     mpc: int = 10
+    rare: int = 10
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -109,6 +131,9 @@ class Ranker:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, float]) -> Ranker:
+        """Weights by feature name; features newer than the weights (models saved
+        before the history generator) weigh 0, so those models ignore history."""
+        d = {**dict.fromkeys(_NEWER, 0.0), **d}
         missing = [f for f in FEATURES if f not in d]
         if missing:
             raise InputError(f"Ranker: weights for {missing} missing")
@@ -167,6 +192,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "model_rank": 2.3442, "logpop": 0.3793, "logpop*L": 0.546, "seen": 0.6837,
     "gen_logcount": -0.1143, "gen_logcount*L": -0.0014, "prev_overlap": 2.667,
     "extends_prev": 0.494, "added_words": -0.0798, "added_chars": -0.3238,
+    "is_history": 2.0, "hist_recency": 2.0, "hist_recency*L": 0.0,
 }
 
 
@@ -243,7 +269,7 @@ class LongTail:
     def _ends(self, tail: str, n: int) -> list[tuple[str, int]]:
         if n <= 0 or len(tail) < self.config.min_tail:
             return []
-        return self.suffixes.complete(tail, n)
+        return self.suffixes.top(tail, n)
 
     def gen_word(self, p: str, blocks: Any = None) -> list[tuple[str, int]]:
         """Complete the partial last word; extend the best ones by popular endings."""
@@ -252,7 +278,7 @@ class LongTail:
         if not part or (blocks is not None and head and blocks(head)):
             return []
         cfg = self.config
-        words = self.words.complete(part, cfg.words)
+        words = self.words.top(part, cfg.words)
         out = [(head + w, c) for w, c in words]
         if cfg.word_ext and cfg.ext:
             # the word before the partial one narrows the endings ("of am" -> "of america ...")
@@ -301,17 +327,54 @@ class LongTail:
             out = [(t, c) for t, c in out if not blocks(t)]
         return out
 
+    def gen_history(self, p: str, history: Sequence[str], blocks: Any = None
+                    ) -> list[tuple[str, int]]:
+        """The user's recent queries that start with ``p``: (text, recency rank).
+
+        One C-level scan of the joined history instead of a Python loop over it
+        (normalized queries hold no newline; if one does, the plain loop runs).
+        """
+        if not history:
+            return []
+        try:
+            blob = "\n" + "\n".join(history)
+        except TypeError:
+            raise InputError("history must hold str queries") from None
+        out: list[tuple[str, int]]
+        if blob.count("\n") != len(history):
+            out = [(t, r) for r, t in enumerate(history) if t.startswith(p)]
+            return [(t, r) for t, r in out if not (blocks is not None and blocks(t))]
+        out = []
+        needle = "\n" + p
+        i = blob.find(needle)
+        r = at = 0
+        while i >= 0:
+            r += blob.count("\n", at, i)  # entries before this one: its rank
+            j = blob.find("\n", i + 1)
+            t = blob[i + 1:] if j < 0 else blob[i + 1:j]
+            if history[r] == t and not (blocks is not None and blocks(t)):
+                out.append((t, r))
+            if j < 0:
+                break
+            at = i
+            i = blob.find(needle, j)
+        return out
+
     # -- the candidate pool and its features -------------------------------------------
     def pool(self, p: str, prev: str, model: tuple[Sequence[str], Sequence[float], np.ndarray],
              mpc: Sequence[tuple[str, int]], count: Any, blocks: Any = None,
-             generators: Sequence[str] = ("word", "suffix", "session"),
-             ) -> tuple[list[str], list[str], np.ndarray]:
+             generators: Sequence[str] = GENERATORS, history: Sequence[str] = (),
+             n_labels: int = 0) -> tuple[list[str], list[str], np.ndarray]:
         """(texts, sources, X [n, F]) of every distinct candidate starting with ``p``.
 
         ``model``: (texts, engine scores, log(1 + popularity)) of the beam's answers,
         best first; ``mpc``: (text, count); ``count(text)``: popularity of a full query
-        (the MPC table's). The previous query itself is never a candidate: a session
-        does not repeat its last query (the log reader drops such repeats).
+        (the MPC table's); ``history``: the user's recent distinct queries, most
+        recent first (normalized, as the session store keeps them); ``n_labels``: how
+        many labels start with ``p`` (the word and suffix generators run only below
+        ``config.rare``).
+        The previous query itself is never a candidate: a session does not repeat its
+        last query (the log reader drops such repeats).
         The model rows are built with numpy; only the few others cost Python work.
         """
         mtexts, mscores, mpop = model
@@ -323,43 +386,54 @@ class LongTail:
         rows: dict[str, list[float]] = {}
         src: dict[str, int] = {}
         flags: list[tuple[int, int, float]] = []  # (model row, column, value)
-        extra: list[tuple[int, str, int]] = [(1, t, c) for t, c in mpc]
+        extra: list[tuple[int, str, int]] = [(_MPC, t, c) for t, c in mpc]
+        if "history" in generators and history:
+            extra += [(_HISTORY, t, r) for t, r in self.gen_history(p, history, blocks)]
         if "session" in generators:
-            extra += [(2, t, c) for t, c in self.gen_session(p, prev, blocks)]
-        if "suffix" in generators:
-            extra += [(3, t, c) for t, c in self.gen_suffix(p, blocks)]
-        if "word" in generators:
-            extra += [(4, t, c) for t, c in self.gen_word(p, blocks)]
+            extra += [(_SESSION, t, c) for t, c in self.gen_session(p, prev, blocks)]
+        rare = n_labels < self.config.rare
+        if rare and "suffix" in generators:
+            extra += [(_SUFFIX, t, c) for t, c in self.gen_suffix(p, blocks)]
+        if rare and "word" in generators:
+            extra += [(_WORD, t, c) for t, c in self.gen_word(p, blocks)]
         prev_words = set(prev.split(" ")) if prev else None
         cut = p.rfind(" ") + 1
         for g, t, c in extra:
             if t == prev or not t.startswith(p):
                 continue
-            lc = math.log1p(c) if g > 1 else 0.0
+            # generators' counts (words, endings) are a feature; MPC's count is the
+            # popularity, history's number its recency rank
+            lc = math.log1p(c) if _SESSION <= g <= _WORD else 0.0
+            rec = 1.0 / (1.0 + c) if g == _HISTORY else 0.0
             i = at.get(t)
             if i is not None:
                 flags.append((i, g, 1.0))
                 if lc:
-                    flags.append((i, 11, lc))
+                    flags.append((i, _GEN, lc))
+                if rec:
+                    flags.append((i, _HREC, rec))
                 continue
             row = rows.get(t)
             if row is None:
-                pop = math.log1p(count(t)) if g > 1 else math.log1p(c)
+                pop = math.log1p(c) if g == _MPC else math.log1p(count(t))
                 row = rows[t] = [0.0] * _NF
-                row[8] = pop
-                row[9] = pop * L
-                row[10] = 1.0 if pop > 0 else 0.0
+                row[_LOGPOP] = pop
+                row[_LOGPOP_L] = pop * L
+                row[_SEEN] = 1.0 if pop > 0 else 0.0
                 if prev_words is not None:
                     new = t[cut:].split(" ")
-                    row[13] = len(prev_words.intersection(new)) / len(new)
-                    row[14] = 1.0 if t.startswith(prev) else 0.0
-                row[15] = t.count(" ") - pw
-                row[16] = (len(t) - lp) / 10.0
+                    row[_OVERLAP] = len(prev_words.intersection(new)) / len(new)
+                    row[_EXTENDS] = 1.0 if t.startswith(prev) else 0.0
+                row[_WORDS] = t.count(" ") - pw
+                row[_CHARS] = (len(t) - lp) / 10.0
                 src[t] = g
             row[g] = 1.0
-            if lc > row[11]:
-                row[11] = lc
-                row[12] = lc * L
+            if lc > row[_GEN]:
+                row[_GEN] = lc
+                row[_GEN_L] = lc * L
+            if rec > row[_HREC]:
+                row[_HREC] = rec
+                row[_HREC_L] = rec * L
         keep = [i for i, t in enumerate(mtexts) if t != prev]
         if len(keep) < nm:
             mtexts = [mtexts[i] for i in keep]
@@ -373,19 +447,19 @@ class LongTail:
             M = X[:nm]
             ls = np.maximum(np.log(np.maximum(np.asarray(mscores, dtype=np.float64), 1e-30)),
                             -10.0)
-            M[:, 0] = 1.0
-            M[:, 5] = ls
-            M[:, 6] = ls * L
-            M[:, 7] = 1.0 / np.arange(1, nm + 1)
-            M[:, 8] = mpop
-            M[:, 9] = mpop * L
-            M[:, 10] = mpop > 0
-            M[:, 15] = [t.count(" ") - pw for t in mtexts]
-            M[:, 16] = [(len(t) - lp) / 10.0 for t in mtexts]
+            M[:, _MODEL] = 1.0
+            M[:, _LOGSCORE] = ls
+            M[:, _LOGSCORE_L] = ls * L
+            M[:, _RANK] = 1.0 / np.arange(1, nm + 1)
+            M[:, _LOGPOP] = mpop
+            M[:, _LOGPOP_L] = mpop * L
+            M[:, _SEEN] = mpop > 0
+            M[:, _WORDS] = [t.count(" ") - pw for t in mtexts]
+            M[:, _CHARS] = [(len(t) - lp) / 10.0 for t in mtexts]
             for i, col, v in flags:
-                if col == 11:
-                    M[i, 11] = max(M[i, 11], v)
-                    M[i, 12] = M[i, 11] * L
+                if col in _TIMES_L:
+                    M[i, col] = max(M[i, col], v)
+                    M[i, _TIMES_L[col]] = M[i, col] * L
                 else:
                     M[i, col] = v
         if rows:

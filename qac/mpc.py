@@ -116,9 +116,11 @@ class MostPopular:
             raise ModelFormatError("MostPopular: heavy_top holds key ids out of range",
                                    "heavy_top")
         self.trie = trie
-        self._counts = counts
+        # plain ndarray views of the (memory-mapped) arrays: np.memmap's per-index
+        # bookkeeping costs more than the lookups themselves
+        self._counts = counts.view(np.ndarray)
         self._prefix = prefix
-        self._top = top
+        self._top = top.view(np.ndarray)
         self._cache_k = int(top.shape[1])
         # A small dict (one entry per heavy prefix) turns the lookup into one hash probe.
         self._row = {p: i for i, p in enumerate(prefix.tolist())}
@@ -147,7 +149,11 @@ class MostPopular:
         """
         if k < 0:
             raise InputError(f"k must be >= 0, got {k}")
-        p = normalize_prefix(prefix)
+        return self.top(normalize_prefix(prefix), k)
+
+    def top(self, p: str, k: int) -> list[tuple[str, int]]:
+        """:meth:`complete` of an already normalized prefix (the per-keystroke callers
+        hold one), k >= 0."""
         row = self._row.get(p)
         restore = self.trie.restore_key
         counts = self._counts

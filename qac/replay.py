@@ -5,8 +5,13 @@ order, the user types the query one character at a time; after every keystroke
 it asks for k completions of the prefix typed so far, with the session's
 previous query taken from the session store (the in-process
 :class:`~qac.session.MemorySessionStore`, or the service's store, e.g. Redis,
-over HTTP). When the target query is among the shown completions the user
-accepts it, and the query is submitted to the session.
+over HTTP). In-process, each query is also asked with its user's history: the
+user's last ``history`` distinct queries, from the log rows before the session
+(rows before ``--since`` included) and the session's own earlier queries, as a
+per-user session store would hold them. Over HTTP the history is what the
+service's store has recorded during the replay. When the target query is among
+the shown completions the user accepts it, and the query is submitted to the
+session.
 
 Acceptance policies (:attr:`ReplayConfig.accept`):
 
@@ -65,7 +70,14 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from qac.errors import InputError
-from qac.evaluate import DEFAULT_LENGTHS, System
+from qac.evaluate import (
+    DEFAULT_HISTORY,
+    DEFAULT_LENGTHS,
+    CompleterSystem,
+    MpcSystem,
+    System,
+    UserHistory,
+)
 from qac.logs import LogEvent
 from qac.metrics import CompletionMetrics, percentiles
 from qac.session import MemorySessionStore
@@ -75,6 +87,7 @@ log = logging.getLogger(__name__)
 MODES = ("typed", "fixed")
 ACCEPT = ("shown", "top")
 NO_SESSION = " -session"
+NO_LONGTAIL = " -longtail"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 #: bins (percent) of the keystrokes-saved histogram in the JSON and the plot
 SAVED_BINS = tuple(range(0, 101, 5))
@@ -96,6 +109,8 @@ class ReplayConfig:
     concurrency:  simultaneous users (threads in-process, connections over HTTP).
     sessions:     replay this many sessions, sampled with ``seed`` (0 = all).
     seed:         random seed (session sample, interval jitter).
+    history:      distinct past queries of the user passed with each request
+                  (in-process; 0 = none).
     """
 
     k: int = 10
@@ -108,6 +123,7 @@ class ReplayConfig:
     concurrency: int = 1
     sessions: int = 0
     seed: int = 0
+    history: int = DEFAULT_HISTORY
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -126,6 +142,8 @@ class ReplayConfig:
             raise InputError(f"ReplayConfig.concurrency: must be >= 1, got {self.concurrency}")
         if self.sessions < 0:
             raise InputError(f"ReplayConfig.sessions: must be >= 0, got {self.sessions}")
+        if self.history < 0:
+            raise InputError(f"ReplayConfig.history: must be >= 0, got {self.history}")
 
     @property
     def window(self) -> int:
@@ -148,26 +166,44 @@ class ReplayConfig:
 
 @dataclass(frozen=True)
 class Session:
-    """One simulated user: its queries in order (normalized) and when it started."""
+    """One simulated user: its queries in order (normalized), when it started, and
+    its user's distinct earlier queries (most recent first) when it started."""
 
     id: str
     queries: tuple[str, ...]
     start: datetime | None
+    history: tuple[str, ...] = ()
+
+    def history_at(self, i: int, size: int = DEFAULT_HISTORY) -> tuple[str, ...]:
+        """The user's history when typing query ``i``: this session's earlier
+        queries, most recent first, then the history it started with; distinct."""
+        if i == 0:
+            return self.history[:size]
+        got = dict.fromkeys(self.queries[i - 1::-1])
+        got.update(dict.fromkeys(self.history))
+        return tuple(got)[:size]
 
 
-def sessions_of(events: Sequence[LogEvent]) -> list[Session]:
+def sessions_of(events: Sequence[LogEvent], since: datetime | None = None,
+                history: int = DEFAULT_HISTORY) -> list[Session]:
     """Group events by session, sessions in the time order of their first event
-    (log order among equal or missing times)."""
-    order: dict[str, tuple[int, datetime | None, list[str]]] = {}
+    (log order among equal or missing times). Only sessions whose first event is
+    at or after ``since`` are kept; earlier events (in log order, as a user's are
+    in time order) feed each user's ``history`` of up to that many distinct queries
+    (events without a user id count as their session's)."""
+    order: dict[str, tuple[int, datetime | None, list[str], tuple[str, ...]]] = {}
+    hist = UserHistory(history)
     for i, e in enumerate(events):
+        user = e.user if e.user is not None else e.session
         got = order.get(e.session)
-        if got is None:
-            order[e.session] = (i, e.time, [e.query])
-        else:
+        if got is not None:
             got[2].append(e.query)
+        elif since is None or (e.time is not None and e.time >= since):
+            order[e.session] = (i, e.time, [e.query], hist.get(user))
+        hist.add(user, e.query)
     rows = sorted(order.items(), key=lambda kv: (kv[1][1] is None, kv[1][1] or datetime.min,
                                                  kv[1][0]))
-    return [Session(sid, tuple(qs), t) for sid, (_, t, qs) in rows]
+    return [Session(sid, tuple(qs), t, h) for sid, (_, t, qs, h) in rows]
 
 
 def sample_sessions(sessions: Sequence[Session], n: int, seed: int) -> list[Session]:
@@ -281,9 +317,11 @@ def inprocess_systems(models: dict[str, Any], select: Sequence[str] | None = Non
     Offered: ``mpc`` (most popular over the first model's training queries, as
     ``qac eval``), ``mpc+bg`` (the first model's own MPC table, when it has a
     background log), and for each model NAME: ``NAME`` (with the session's previous
-    query) and ``NAME -session`` (without; ``NAME-nosession`` is accepted too).
-    ``select`` picks and orders them; default: mpc, then each model with and
-    without the session.
+    query) and ``NAME -session`` (without; ``NAME-nosession`` is accepted too), and
+    for a model with long tail on ``NAME -longtail`` (``NAME-nolongtail``): the same
+    engine without the long-tail pool.
+    ``select`` picks and orders them; default: mpc, then each model without long
+    tail (if it has it), with, and without the session.
     """
     from qac.mpc import MostPopular
 
@@ -291,18 +329,19 @@ def inprocess_systems(models: dict[str, Any], select: Sequence[str] | None = Non
         raise InputError("at least one model directory is needed")
     first = next(iter(models.values()))
     mpc = MostPopular(dict(zip(first.labels.labels, first.labels.counts.tolist(), strict=True)))
-    offered: dict[str, tuple[System, bool]] = {
-        "mpc": (lambda p, prev, k: [t for t, _ in mpc.complete(p, k)], False),
-    }
+    offered: dict[str, tuple[System, bool]] = {"mpc": (MpcSystem(mpc), False)}
     if len(first.mpc) != len(mpc):
-        bg = first.mpc
-        offered["mpc+bg"] = (lambda p, prev, k: [t for t, _ in bg.complete(p, k)], False)
+        offered["mpc+bg"] = (MpcSystem(first.mpc), False)
+    names = ["mpc"]
     for name, c in models.items():
-        offered[name] = (_with_session(c), True)
-        offered[name + NO_SESSION] = (_without_session(c), False)
-    if select is None:
-        names = ["mpc"] + [n for m in models for n in (m, m + NO_SESSION)]
-    else:
+        if c.longtail is not None and c.config.longtail:
+            offered[name + NO_LONGTAIL] = (CompleterSystem(c.with_options(longtail=False)),
+                                           True)
+            names.append(name + NO_LONGTAIL)
+        offered[name] = (CompleterSystem(c), True)
+        offered[name + NO_SESSION] = (CompleterSystem(c, session=False), False)
+        names += [name, name + NO_SESSION]
+    if select is not None:
         names = [_canonical(s) for s in select]
     unknown = [n for n in names if n not in offered]
     if unknown:
@@ -310,21 +349,12 @@ def inprocess_systems(models: dict[str, Any], select: Sequence[str] | None = Non
     return {n: offered[n] for n in names}
 
 
-def _with_session(c: Any) -> System:
-    def system(p: str, prev: str | None, k: int) -> list[str]:
-        return [x.text for x in c.complete(p, prev, k)]
-    return system
-
-
-def _without_session(c: Any) -> System:
-    def system(p: str, prev: str | None, k: int) -> list[str]:
-        return [x.text for x in c.complete(p, None, k)]
-    return system
-
-
 def _canonical(name: str) -> str:
     name = name.strip()
-    return name[: -len("-nosession")] + NO_SESSION if name.endswith("-nosession") else name
+    for short, long in (("-nosession", NO_SESSION), ("-nolongtail", NO_LONGTAIL)):
+        if name.endswith(short):
+            return name[: -len(short)] + long
+    return name
 
 
 def _jitter(rng: random.Random, interval_s: float) -> float:
@@ -338,7 +368,7 @@ def _replay_inprocess(sessions: Sequence[Session], system: System, use_session: 
                       cfg: ReplayConfig, seen: Callable[[str], bool] | None,
                       progress: Any) -> _Tally:
     store = MemorySessionStore(max_sessions=max(len(sessions), 1) + 1,
-                               max_queries=2, ttl_seconds=86400 * 365)
+                               max_queries=2, ttl_seconds=86400 * 365, history_size=0)
     feed: Iterator[tuple[int, Session]] = iter(enumerate(sessions))
     lock = threading.Lock()
 
@@ -377,13 +407,14 @@ def _user(sid: str, sess: Session, system: System, use_session: bool,
     clock = time.perf_counter
     for qi, target in enumerate(sess.queries):
         has_prev = qi > 0
+        history = sess.history_at(qi, cfg.history)
         group = ("seen" if seen(target) else "unseen") if seen is not None else None
         at = -1
         for n in cfg.plan(target, has_prev):
             prefix = target[:n]
             t0 = clock()
             prev = previous_sync(sid) if use_session else None
-            got = system(prefix, prev, k)
+            got = system(prefix, prev, k, history)
             lat(clock() - t0)
             add(n, group, got, target)
             if has_prev:
@@ -883,15 +914,19 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
                        "http://127.0.0.1:8000")
     parser.add_argument("--client", choices=("auto", "aiohttp", "httpx"), default="auto",
                         help="HTTP client of --url (auto: aiohttp when installed)")
-    parser.add_argument("--systems", help="comma-separated configurations: mpc, mpc+bg, NAME, "
-                        "NAME-nosession (in-process; default mpc and every model with and "
-                        "without session); service, service-nosession (HTTP; default both)")
+    parser.add_argument("--systems", help="comma-separated configurations: mpc, mpc+bg, "
+                        "NAME, NAME-nosession, NAME-nolongtail (in-process; default mpc and "
+                        "every model without long tail, with and without session); service, "
+                        "service-nosession (HTTP; default both)")
     parser.add_argument("--sessions", type=int, default=0,
                         help="replay this many sessions, sampled with --seed (0 = all)")
     parser.add_argument("--concurrency", type=int, default=1, help="simultaneous users")
     parser.add_argument("--interval-ms", type=float, default=0.0,
                         help="pause between keystrokes (jittered 0.5-1.5x; 0 = none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--history", type=int, default=DEFAULT_HISTORY, metavar="N",
+                        help="in-process: distinct past queries of the user sent with "
+                        f"each request (default {DEFAULT_HISTORY}; 0: none)")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--mode", choices=MODES, default="typed",
                         help="typed: simulation; fixed: qac eval's lengths, no acceptance")
@@ -922,10 +957,12 @@ def run_replay(args: argparse.Namespace) -> int:
     cfg = ReplayConfig(k=args.k, mode=args.mode, lengths=lengths, accept=args.accept,
                        top_m=args.top_m, from_empty=args.from_empty,
                        interval_ms=args.interval_ms, concurrency=args.concurrency,
-                       sessions=args.sessions, seed=args.seed)
+                       sessions=args.sessions, seed=args.seed, history=args.history)
     t_start = time.perf_counter()
-    events = read_log(args.log, since=args.since, until=args.until)
-    sessions = sample_sessions(sessions_of(events), cfg.sessions, cfg.seed)
+    # the whole log up to --until: rows before --since feed the users' histories
+    events = read_log(args.log, until=args.until)
+    sessions = sample_sessions(sessions_of(events, args.since, cfg.history), cfg.sessions,
+                               cfg.seed)
     select = [s for s in args.systems.split(",") if s.strip()] if args.systems else None
     progress = not args.quiet
     if args.url:

@@ -36,9 +36,17 @@ import numpy as np
 
 from qac.blocklist import Blocklist
 from qac.complete import Completer, CompleterConfig
-from qac.evaluate import DEFAULT_LENGTHS, evaluate, format_table, test_cases
+from qac.evaluate import (
+    DEFAULT_HISTORY,
+    DEFAULT_LENGTHS,
+    CompleterSystem,
+    MpcSystem,
+    evaluate,
+    format_table,
+    test_cases,
+)
 from qac.logs import query_counts, read_log
-from qac.longtail import LongTail, LongTailConfig, Ranker
+from qac.longtail import GENERATORS, LongTail, LongTailConfig, Ranker
 from qac.mpc import MostPopular
 
 
@@ -64,6 +72,8 @@ def main() -> None:
     ap.add_argument("--attach", metavar="DIR", help="completer to give long-tail statistics")
     ap.add_argument("--attach-out", metavar="DIR")
     ap.add_argument("--l2", type=float, default=1e-3)
+    ap.add_argument("--history", type=int, default=DEFAULT_HISTORY,
+                    help="distinct past queries per user each case carries (0: none)")
     ap.add_argument("--lt-config", default="{}",
                     help='LongTailConfig fields as JSON, e.g. \'{"suffixes": 6}\'')
     args = ap.parse_args()
@@ -76,7 +86,7 @@ def main() -> None:
     dev_from = datetime.fromisoformat(args.dev_from)
     until = datetime.fromisoformat(args.until)
     train = read_log(args.log, until=dev_from)
-    cases = test_cases(read_log(args.log, since=dev_from, until=until))
+    cases = test_cases(read_log(args.log, until=until), since=dev_from, history=args.history)
     print(f"train rows: {len(train)}, dev cases: {len(cases)}")
     weights = [None] + [float(w) for w in args.previous_weight.split(",") if w]
     results = []
@@ -103,10 +113,7 @@ def main() -> None:
                                    for x in args.per_char.split(",")):
                 c = base.with_options(popularity=beta, candidates=cand, beam=beam,
                                       popularity_per_char=pc)
-                def system(p: str, prev: str | None, k: int, c: Completer = c) -> list[str]:
-                    return [x.text for x in c.complete(p, prev, k)]
-
-                r = evaluate({"m": system}, cases, seen)["m"]
+                r = evaluate({"m": CompleterSystem(c)}, cases, seen, coverage=False)["m"]
                 m = r["metrics"]
                 row = {"previous_weight": w, "popularity": beta, "candidates": cand, "beam": beam,
                        "per_char": pc,
@@ -114,8 +121,7 @@ def main() -> None:
                        "by_length": {n: v["mrr@10"] for n, v in m["by_length"].items()}}
                 results.append(row)
                 print(json.dumps(row))
-    mpc = evaluate({"mpc": lambda p, prev, k: [t for t, _ in base.mpc.complete(p, k)]},
-                   cases, seen)["mpc"]["metrics"]
+    mpc = evaluate({"mpc": MpcSystem(base.mpc)}, cases, seen, coverage=False)["mpc"]["metrics"]
     print("mpc:", json.dumps({"mrr@10": mpc["overall"]["mrr@10"],
                               "by_length": {n: v["mrr@10"] for n, v in mpc["by_length"].items()}}))
     best = max(results, key=lambda r: r["mrr@10"])
@@ -141,7 +147,8 @@ def attach(args: argparse.Namespace) -> None:
                         LongTailConfig(**json.loads(args.lt_config)), ranker=ranker)
     print(f"long tail: {len(lt.words)} words, {len(lt.suffixes)} endings in "
           f"{time.perf_counter() - t0:.1f}s")
-    Completer.load(args.attach).with_longtail(lt).save(args.attach_out)
+    c = Completer.load(args.attach).with_longtail(lt)
+    c.with_options(longtail_generators=GENERATORS).save(args.attach_out)
     print(f"saved {args.attach_out}")
 
 
@@ -150,14 +157,14 @@ def fit_ranker(args: argparse.Namespace) -> None:
     dev_from = datetime.fromisoformat(args.dev_from)
     until = datetime.fromisoformat(args.until)
     train = read_log(args.log, until=dev_from)
-    cases = test_cases(read_log(args.log, since=dev_from, until=until))
+    cases = test_cases(read_log(args.log, until=until), since=dev_from, history=args.history)
     path = Path(args.model)
     if not (path / "manifest.json").exists():
         Completer.train(train, CompleterConfig(index=args.index)).save(path)
     base = Completer.load(path)
     counts = _counts(train, args.background)
     base = Completer(replace(base.config, candidates=50, popularity=0.5,
-                             popularity_per_char=0.3),
+                             popularity_per_char=0.3, longtail_generators=GENERATORS),
                      base.engine, base.labels, MostPopular(counts))
     t0 = time.perf_counter()
     lt = LongTail.build(counts, Blocklist.default(),
@@ -174,7 +181,8 @@ def fit_ranker(args: argparse.Namespace) -> None:
             if n >= len(case.target):
                 break
             n_events += 1
-            texts, sources, X = c.candidates(case.target[:n], case.previous)
+            texts, sources, X = c.candidates(case.target[:n], case.previous,
+                                             history=case.history)
             try:
                 i = texts.index(case.target)
             except ValueError:
@@ -191,20 +199,14 @@ def fit_ranker(args: argparse.Namespace) -> None:
         {"weights": weights, "dev_from": args.dev_from, "until": args.until,
          "coverage": len(groups) / n_events, "l2": args.l2}, indent=1))
     fitted = base.with_longtail(lt.with_ranker(ranker))
-    gens = ("word", "suffix", "session")
-    systems = {"mpc": fitted.mpc, "base": base, "longtail": fitted}
-    for g in gens:
-        systems[f"longtail -{g}"] = fitted.with_options(
-            longtail_generators=tuple(x for x in gens if x != g))
-    systems["longtail (model+mpc only)"] = fitted.with_options(longtail_generators=())
-
-    def as_system(obj: object) -> Any:
-        if isinstance(obj, MostPopular):
-            return lambda p, prev, k: [t for t, _ in obj.complete(p, k)]
-        assert isinstance(obj, Completer)
-        return lambda p, prev, k: [x.text for x in obj.complete(p, prev, k)]
-
-    res = evaluate({k: as_system(v) for k, v in systems.items()}, cases, base.labels.__contains__)
+    systems: dict[str, Any] = {"mpc": MpcSystem(fitted.mpc), "base": CompleterSystem(base),
+                               "longtail": CompleterSystem(fitted)}
+    for g in GENERATORS:
+        systems[f"longtail -{g}"] = CompleterSystem(fitted.with_options(
+            longtail_generators=tuple(x for x in GENERATORS if x != g)))
+    systems["longtail (model+mpc only)"] = CompleterSystem(
+        fitted.with_options(longtail_generators=()))
+    res = evaluate(systems, cases, base.labels.__contains__)
     print("dev split (in-sample for the ranker weights):")
     print(format_table(res, baseline="mpc"))
 

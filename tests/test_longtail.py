@@ -72,16 +72,19 @@ def test_config_is_validated() -> None:
         CompleterConfig(longtail_generators=("words",))
 
 
+POP, OVERLAP = FEATURES.index("logpop"), FEATURES.index("prev_overlap")
+
+
 def test_ranker_fit_puts_the_target_first() -> None:
     rng = np.random.default_rng(0)
     groups = []
     for _ in range(200):
         X = rng.normal(size=(8, len(FEATURES)))
-        X[:, 8] = rng.uniform(0, 1, size=8)   # logpop
+        X[:, POP] = rng.uniform(0, 1, size=8)
         t = int(rng.integers(8))
-        X[t, 8] += 1.0                        # the target is the most popular ...
-        X[:, 13] = 0.0
-        X[t, 13] = 1.0                        # ... and agrees with the session
+        X[t, POP] += 1.0                      # the target is the most popular ...
+        X[:, OVERLAP] = 0.0
+        X[t, OVERLAP] = 1.0                   # ... and agrees with the session
         groups.append((X, t))
     r = Ranker.fit(groups)
     assert r.weights[FEATURES.index("logpop")] > 1.0
@@ -146,7 +149,8 @@ def test_save_load_round_trip(completer: Completer, tmp_path: Path) -> None:
     completer.save(tmp_path / "m")
     loaded = Completer.load(tmp_path / "m")
     assert loaded.longtail is not None and loaded.config.longtail
-    assert isinstance(loaded.longtail.words.arrays()["counts"], np.memmap)
+    counts = loaded.longtail.words.arrays()["counts"]
+    assert isinstance(counts.base, np.memmap) and not counts.flags.owndata  # not a copy
     assert completer.longtail is not None
     assert loaded.longtail.ranker.weights.tolist() == completer.longtail.ranker.weights.tolist()
     for prefix, prev in [("cheap flights to paris h", "cheap flights to paris"),
@@ -184,3 +188,59 @@ def test_corrupt_longtail_data_is_a_format_error(completer: Completer, tmp_path:
     (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelFormatError):
         Completer.load(tmp_path / "m")
+
+
+@settings(max_examples=200, deadline=None)
+@given(history=st.lists(st.text(alphabet="ab \n", max_size=6), max_size=12),
+       prefix=st.text(alphabet="ab ", max_size=3))
+def test_history_generator_matches_the_plain_scan(lt: LongTail, history: list[str],
+                                                  prefix: str) -> None:
+    want = [(t, r) for r, t in enumerate(history) if t.startswith(prefix)]
+    assert lt.gen_history(prefix, history) == want
+
+
+def test_history_generator_ranks_and_blocks(lt: LongTail) -> None:
+    history = ["paris hotels", "sexy pictures", "pizza", "bank", "pictures of paris"]
+    assert lt.gen_history("p", history, Blocklist.default().blocks_normalized) == [
+        ("paris hotels", 0), ("pizza", 2), ("pictures of paris", 4)]
+    assert lt.gen_history("p", []) == []
+    with pytest.raises(InputError, match="str"):
+        lt.gen_history("p", ["ok", 3])  # type: ignore[list-item]
+
+
+def test_history_candidates_reach_what_nobody_else_issued(completer: Completer) -> None:
+    # "paris opera tickets" was never issued by anyone: only the user's history has it
+    history = ["paris opera tickets", "bank of america"]
+    got = {c.text: c for c in completer.complete("paris o", "bank of america",
+                                                 history=history)}
+    assert got["paris opera tickets"].source == "history"
+    assert "paris opera tickets" not in [
+        c.text for c in completer.complete("paris o", "bank of america")]
+    # history is only a source of candidates: it is filtered by prefix and blocklist
+    assert all(c.text.startswith("ch") for c in completer.complete("ch", None, history=history))
+    assert completer.complete("sexy", None, history=["sexy pictures"]) == []
+    with pytest.raises(InputError):
+        completer.complete("p", None, history="paris opera tickets")  # type: ignore[arg-type]
+    with pytest.raises(InputError):
+        completer.complete("p", None, history=[None])  # type: ignore[list-item]
+
+
+def test_weights_from_before_the_history_generator_load_with_zero_weight() -> None:
+    old = {f: 1.0 for f in FEATURES if f not in ("is_history", "hist_recency",
+                                                  "hist_recency*L")}
+    r = Ranker.from_dict(old)
+    assert r.to_dict()["is_history"] == 0.0 and r.to_dict()["logpop"] == 1.0
+    with pytest.raises(InputError, match="logpop"):
+        Ranker.from_dict({k: v for k, v in old.items() if k != "logpop"})
+
+
+def test_uses_history_says_whether_history_is_read(completer: Completer) -> None:
+    assert completer.uses_history
+    assert not completer.with_options(longtail=False).uses_history
+    assert not completer.with_options(longtail_generators=("word", "session")).uses_history
+    plain = Completer.train(_log(), CompleterConfig(trie_depth=1))
+    assert not plain.uses_history
+    # and indeed: without the generator, history changes nothing
+    off = completer.with_options(longtail_generators=("word", "suffix", "session"))
+    assert off.complete("paris o", None, history=["paris opera tickets"]) == off.complete(
+        "paris o", None)

@@ -79,7 +79,7 @@ def test_typed_mode_differs_from_fixed_lengths(completer: Completer) -> None:
 def _stub(shows: dict[tuple[str, int], list[str]], calls: list[tuple[str, str | None]]):
     """A system that answers shows[(target-less prefix key)]: looked up by prefix length
     and full target via the prefix; records (prefix, previous) of every call."""
-    def system(prefix: str, previous: str | None, k: int) -> list[str]:
+    def system(prefix: str, previous: str | None, k: int, history: object = ()) -> list[str]:
         calls.append((prefix, previous))
         for (target, n), got in shows.items():
             if len(prefix) == n and target.startswith(prefix):
@@ -240,3 +240,35 @@ def test_sessions_in_time_order_and_sampling() -> None:
     picked = sample_sessions(got, 2, seed=1)
     assert len(picked) == 2 and picked == sorted(picked, key=got.index)
     assert sample_sessions(got, 2, seed=1) == picked
+
+
+def test_fixed_mode_equals_qac_eval_with_history_and_long_tail() -> None:
+    train = [e for e in _log() if e.time is not None and e.time < SPLIT]
+    lt = Completer.train(train, CompleterConfig(index="hybrid", trie_depth=1, longtail=True))
+    systems = inprocess_systems({"lt": lt})
+    assert list(systems) == ["mpc", "lt -longtail", "lt", "lt -session"]
+    # rows before SPLIT feed each user's history, in both
+    cases = eval_cases(_log(), since=SPLIT)
+    assert any(c.history for c in cases)
+    want = evaluate({n: s for n, (s, _) in systems.items()}, cases, lt.labels.__contains__)
+    sessions = sessions_of(_log(), SPLIT)
+    assert sessions[0].history and sessions[0].start is not None and sessions[0].start >= SPLIT
+    runs = replay(sessions, systems, ReplayConfig(mode="fixed"), seen=lt.labels.__contains__)
+    for run in runs:
+        assert run.summary()["metrics"] == want[run.name]["metrics"], run.name
+
+
+def test_session_history_at_each_query() -> None:
+    s = Session("s", ("a", "b", "a", "c"), None, ("z", "b", "y"))
+    assert s.history_at(0) == ("z", "b", "y")
+    assert s.history_at(1) == ("a", "z", "b", "y")
+    assert s.history_at(3) == ("a", "b", "z", "y")  # distinct, most recent first
+    assert s.history_at(3, size=2) == ("a", "b")
+    t = datetime(2006, 5, 18)
+    events = [LogEvent("u1", "old", t - timedelta(days=1), "u"),
+              LogEvent("u2", "new", t, "u"), LogEvent("u2", "newer", t, "u"),
+              LogEvent("v1", "other", t, "v")]
+    got = {x.id: x for x in sessions_of(events, since=t)}
+    assert set(got) == {"u2", "v1"}
+    assert got["u2"].history == ("old",) and got["v1"].history == ()
+    assert sessions_of(events, since=t, history=0)[0].history == ()
