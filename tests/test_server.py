@@ -8,16 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import RedisServer
 from sessionlog import pl_log
 from starlette.testclient import TestClient
 
 from qac.complete import Completer, CompleterConfig
-from qac.errors import StoreUnavailable
+from qac.errors import InputError, StoreUnavailable
 from qac.logs import LogEvent
 from qac.retrieve import Retriever
 from qac.server import ServerConfig, create_app
 from qac.server.config import ENV_CONFIG
-from qac.session import MemorySessionStore
+from qac.session import MemorySessionStore, RedisSessionStore, history_key
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -28,9 +29,10 @@ def _log(extra: int = 0) -> list[LogEvent]:
     return log.events
 
 
-def train_model(path: Path, extra: int = 0) -> Path:
+def train_model(path: Path, extra: int = 0, longtail: bool = False) -> Path:
     """A tiny completer saved to ``path`` (well under a second)."""
-    Completer.train(_log(extra), CompleterConfig(index="hybrid", trie_depth=1)).save(path)
+    Completer.train(_log(extra), CompleterConfig(index="hybrid", trie_depth=1,
+                                                 longtail=longtail)).save(path)
     return path
 
 
@@ -40,6 +42,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     retriever = Retriever.train([("i1", "red shoes"), ("i2", "blue shirt"), ("i1", "shoes")])
     retriever.save(root / "retriever")
     return {"a": train_model(root / "a"), "b": train_model(root / "b", extra=3),
+            "longtail": train_model(root / "longtail", longtail=True),
             "retriever": root / "retriever"}
 
 
@@ -101,6 +104,9 @@ def test_store_failure_serves_without_context(models: dict[str, Path]) -> None:
         async def recent(self, session: str, n: int = 5) -> list[str]:
             raise StoreUnavailable("down")
 
+        async def context(self, session: str, history: int) -> tuple[str | None, list[str]]:
+            raise StoreUnavailable("down")
+
         async def record(self, session: str, query: str) -> None:
             raise StoreUnavailable("down")
 
@@ -109,6 +115,96 @@ def test_store_failure_serves_without_context(models: dict[str, Path]) -> None:
         r = client.post("/v1/sessions/s/queries", json={"query": "x"})
         assert r.status_code == 503 and "unavailable" in r.json()["error"]
         assert "qac_session_store_failures_total 2.0" in client.get("/metrics").text
+
+
+class SpyStore(MemorySessionStore):
+    """A memory store that notes every ``context`` call (one per completion)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.calls: list[tuple[str, int]] = []
+
+    async def recent(self, session: str, n: int = 5) -> list[str]:
+        raise AssertionError("the server reads context in one call")
+
+    async def context(self, session: str, history: int) -> tuple[str | None, list[str]]:
+        self.calls.append((session, history))
+        return await super().context(session, history)
+
+
+class RecordingCompleter:
+    """Stands in for a long-tail completer with the history generator; notes its calls."""
+
+    uses_history = True
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None, int, Any]] = []
+
+    def complete(self, prefix: str, previous: str | None = None, k: int = 10,
+                 history: Any = ()) -> list[Any]:
+        self.calls.append((prefix, previous, k, history))
+        return []
+
+
+def test_history_reaches_the_completer(models: dict[str, Path]) -> None:
+    store = SpyStore()
+    fake = RecordingCompleter()
+    for client in _client(ServerConfig(model_dir=str(models["a"]), history=3), store=store):
+        state = client.app.state.qac  # type: ignore[attr-defined]
+        state.current = (fake, state.current[1])
+        for q in ["Red shoes", "blue hat", "red  SHOES", "green scarf", "yellow boots"]:
+            assert client.post("/v1/sessions/u-1/queries", json={"query": q}).status_code == 200
+        client.post("/v1/sessions/u-2/queries", json={"query": "other user"})
+        assert _texts(client.get("/v1/complete?q=re&session=u-1&k=4")) == []
+        # distinct, most recent first, config.history of them, previous query too
+        assert fake.calls[-1] == ("re", "yellow boots", 4,
+                                  ["yellow boots", "green scarf", "red shoes"])
+        assert store.calls == [("u-1", 3)]  # one store call per keystroke
+        client.get("/v1/complete?q=re&session=u-3")
+        assert fake.calls[-1][1:] == (None, 10, [])
+        client.get("/v1/complete?q=re")  # no session: no store call
+        assert fake.calls[-1][1:] == (None, 10, []) and len(store.calls) == 2
+
+
+def test_history_not_fetched_for_a_model_that_does_not_use_it(models: dict[str, Path]) -> None:
+    store = SpyStore()
+    for client in _client(ServerConfig(model_dir=str(models["a"])), store=store):
+        client.post("/v1/sessions/u-1/queries", json={"query": "rose of jericho"})
+        assert _texts(client.get("/v1/complete?q=pl&session=u-1&k=3"))[0] == "plant care tips"
+        assert store.calls == [("u-1", 0)]  # the previous query only
+
+
+def test_history_suggests_the_users_own_queries(models: dict[str, Path]) -> None:
+    """End to end with a long-tail model: a past query of this user, unknown to the
+    model, completes its prefix; another user's history does not leak."""
+    for client in _client(ServerConfig(model_dir=str(models["longtail"]))):
+        assert "plumbing repair near me" not in _texts(client.get("/v1/complete?q=plu"))
+        for q in ["Plumbing repair near me", "game console"]:
+            client.post("/v1/sessions/u-1/queries", json={"query": q})
+        r = client.get("/v1/complete?q=plu&session=u-1")
+        assert r.status_code == 200, r.text
+        top = r.json()["completions"][0]
+        assert (top["text"], top["source"]) == ("plumbing repair near me", "history")
+        assert "plumbing repair near me" not in _texts(client.get("/v1/complete?q=plu&session=u-2"))
+    for client in _client(ServerConfig(model_dir=str(models["longtail"]), history=0)):
+        client.post("/v1/sessions/u-1/queries", json={"query": "plumbing repair near me"})
+        assert "plumbing repair near me" not in _texts(
+            client.get("/v1/complete?q=plu&session=u-1"))
+
+
+def test_history_through_redis(models: dict[str, Path], redis_server: RedisServer) -> None:
+    """The store built from the config keeps config.history entries per session."""
+    cfg = ServerConfig(model_dir=str(models["longtail"]), redis_url=redis_server.url, history=2)
+    session = f"srv-{id(cfg)}"
+    for client in _client(cfg):
+        store = client.app.state.qac.store  # type: ignore[attr-defined]
+        assert isinstance(store, RedisSessionStore) and store.history_size == 2
+        for q in ["plumbing repair near me", "plum cake", "playstation"]:
+            client.post(f"/v1/sessions/{session}/queries", json={"query": q})
+        assert redis_server.cli("LRANGE", history_key(session), "0", "-1").split("\n") == [
+            "playstation", "plum cake"]
+        got = client.get(f"/v1/complete?q=plu&session={session}").json()["completions"]
+        assert [c["text"] for c in got if c["source"] == "history"] == ["plum cake"]
 
 
 # -- limits ------------------------------------------------------------------------------
@@ -295,6 +391,11 @@ def test_config_round_trips_through_the_environment_without_the_token() -> None:
         ServerConfig(model_dir="/m", max_k=0)
     with pytest.raises(ValueError, match="admin_token"):
         ServerConfig(model_dir="/m", admin_token=" ")
+    assert ServerConfig.from_env(ServerConfig(model_dir="/m", history=7).to_env()).history == 7
+    for bad in (-1, 1001, 2.5, True, "200"):
+        with pytest.raises(InputError, match="ServerConfig.history"):
+            ServerConfig(model_dir="/m", history=bad)  # type: ignore[arg-type]
+    assert ServerConfig(model_dir="/m", history=0).history == 0
 
 
 def test_serve_arguments(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -312,6 +413,12 @@ def test_serve_arguments(models: dict[str, Path], monkeypatch: pytest.MonkeyPatc
         config_from_args(args)
     monkeypatch.setenv("QAC_TEST_TOKEN", "abc")
     assert config_from_args(args).admin_token == "abc"
+    assert config_from_args(args).history == 200
+    args = parser.parse_args([str(models["a"]), "--history", "50"])
+    assert config_from_args(args).history == 50
+    # a namespace built without --history (qac demo builds its own) gets the default
+    del args.history
+    assert config_from_args(args).history == 200
 
 
 def test_bad_model_dir_fails_at_creation(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from qac.session import (
     MemorySessionStore,
     RedisSessionStore,
     SessionStore,
+    history_key,
     make_store,
     session_key,
 )
@@ -97,7 +98,8 @@ def test_key_format_and_ttl_refreshed_on_write(redis_server: RedisServer) -> Non
 
     with_store(lambda: RedisSessionStore(redis_server.url, ttl_seconds=1000), body)
     assert redis_server.cli("LRANGE", key, "0", "-1").split("\n") == ["second", "first"]
-    assert redis_server.cli("KEYS", f"*{s}*") == key  # nothing else written
+    # nothing else written than the two lists
+    assert sorted(redis_server.cli("KEYS", f"*{s}*").split("\n")) == [history_key(s), key]
 
 
 def test_sessions_are_isolated(redis_server: RedisServer) -> None:
@@ -135,6 +137,8 @@ def test_invalid_session_ids(bad: Any, kind: str, redis_server: RedisServer) -> 
             await store.recent(bad)
         with pytest.raises(InputError, match="session id"):
             await store.previous(bad)
+        with pytest.raises(InputError, match="session id"):
+            await store.context(bad, 10)
         assert store.stats()["errors"] == 0  # an input error is the caller's, not Redis's
 
     with_store(lambda: make_store(url), body)
@@ -159,10 +163,150 @@ def test_query_normalization_and_limits(kind: str, redis_server: RedisServer) ->
             await store.record(s, 123)  # type: ignore[arg-type]
         with pytest.raises(InputError, match="n must be"):
             await store.recent(s, -1)
+        for bad in (-1, 1.5, True, "3", None):
+            with pytest.raises(InputError, match="history must be"):
+                await store.context(s, bad)  # type: ignore[arg-type]
+        assert (await store.context(s, 10))[1][:2] == ["q" * MAX_QUERY_CHARS, "full width"]
         await store.record(longest, "ok")
         assert await store.previous(longest) == "ok"
 
     with_store(lambda: make_store(url), body)
+
+
+# --------------------------------------------------------------------------- history (Redis)
+
+
+class RoundTrips:
+    """Counts the request batches redis-py writes to a socket (one per round trip:
+    a pipeline is one write, then its replies are read)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from redis.asyncio.connection import AbstractConnection
+
+        self.count = 0
+        real = AbstractConnection.send_packed_command
+
+        async def counting(conn: Any, *args: Any, **kwargs: Any) -> None:
+            self.count += 1
+            await real(conn, *args, **kwargs)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+
+
+def test_history_distinct_most_recent_first_capped(redis_server: RedisServer) -> None:
+    s = sid("hist")
+    assert history_key(s) == f"qac:{{{s}}}:history"
+
+    async def body(store: SessionStore) -> None:
+        assert await store.context(s, 10) == (None, [])
+        for q in ["a", "b", "c", "b", "Ｂ ", "a", "d"]:  # "Ｂ " normalizes to "b"
+            await store.record(s, q)
+        assert await store.recent(s, 10) == ["d", "a", "b", "b", "c", "b"]  # max_queries 6
+        assert await store.context(s, 10) == ("d", ["d", "a", "b", "c"])
+        assert await store.context(s, 2) == ("d", ["d", "a"])
+        assert await store.context(s, 0) == ("d", [])
+        await store.record(s, "e")  # history cap 4: "c", the oldest, drops out
+        assert await store.context(s, 100) == ("e", ["e", "d", "a", "b"])
+        await store.record(s, "b")  # a repeat at the cap moves to the front, drops none
+        assert await store.context(s, 100) == ("b", ["b", "e", "d", "a"])
+
+    with_store(lambda: RedisSessionStore(redis_server.url, max_queries=6, history_size=4), body)
+    assert redis_server.cli("LRANGE", history_key(s), "0", "-1").split("\n") == ["b", "e", "d", "a"]
+
+
+def test_history_has_its_own_ttl(redis_server: RedisServer) -> None:
+    s = sid("httl")
+    key, hkey = session_key(s), history_key(s)
+
+    async def body(store: SessionStore) -> None:
+        await store.record(s, "one")
+        assert redis_server.cli("TYPE", hkey) == "list"
+        assert 290 <= int(redis_server.cli("TTL", key)) <= 300
+        assert 86390 <= int(redis_server.cli("TTL", hkey)) <= 86400
+        redis_server.cli("EXPIRE", hkey, "50")
+        await store.context(s, 10)  # a read does not refresh it
+        assert int(redis_server.cli("TTL", hkey)) <= 50
+        await store.record(s, "two")  # a write does
+        assert 86390 <= int(redis_server.cli("TTL", hkey)) <= 86400
+        # the recent list expires (30 min in production): no previous query, history stays
+        redis_server.cli("DEL", key)
+        assert await store.context(s, 10) == (None, ["two", "one"])
+        assert await store.previous(s) is None
+        redis_server.cli("DEL", hkey)
+        await store.record(s, "three")
+        assert await store.context(s, 10) == ("three", ["three"])
+
+    with_store(lambda: RedisSessionStore(redis_server.url, ttl_seconds=300,
+                                         history_ttl_seconds=86400), body)
+    assert sorted(redis_server.cli("KEYS", f"*{s}*").split("\n")) == sorted([hkey, key])
+
+
+def test_history_off(redis_server: RedisServer) -> None:
+    s = sid("hoff")
+
+    async def body(store: SessionStore) -> None:
+        await store.record(s, "one")
+        await store.record(s, "two")
+        assert await store.context(s, 50) == ("two", [])
+
+    with_store(lambda: RedisSessionStore(redis_server.url, history_size=0), body)
+    assert redis_server.cli("KEYS", f"*{s}*") == session_key(s)  # no history key written
+
+
+def test_record_and_context_are_one_round_trip_each(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = sid("rt")
+
+    async def body(store: SessionStore) -> None:
+        await store.recent(s)  # connect (the handshake is not what is measured)
+        trips = RoundTrips(monkeypatch)
+        await store.record(s, "red shoes")
+        await store.record(s, "blue hat")
+        await store.record(s, "red shoes")
+        assert trips.count == 3
+        trips.count = 0
+        assert await store.context(s, 200) == ("red shoes", ["red shoes", "blue hat"])
+        assert trips.count == 1
+        trips.count = 0
+        assert await store.context(s, 0) == ("red shoes", [])
+        assert trips.count == 1
+
+    with_store(lambda: RedisSessionStore(redis_server.url), body)
+
+
+def test_context_drops_a_duplicate_left_by_a_race(redis_server: RedisServer) -> None:
+    s = sid("dup")
+
+    async def body(store: SessionStore) -> None:
+        await store.record(s, "a")
+        # what two workers recording "b" at the same instant can leave behind
+        redis_server.cli("LPUSH", history_key(s), "b", "b")
+        assert await store.context(s, 10) == ("a", ["b", "a"])
+        await store.record(s, "b")  # LREM removes every copy
+        assert redis_server.cli("LRANGE", history_key(s), "0", "-1").split("\n") == ["b", "a"]
+
+    with_store(lambda: RedisSessionStore(redis_server.url), body)
+
+
+BAD_HISTORY_OPTIONS: list[dict[str, Any]] = [
+    {"history_size": -1}, {"history_size": 1.5}, {"history_size": True},
+    {"history_size": "200"}, {"history_ttl_seconds": 0}, {"history_ttl_seconds": -5},
+    {"history_ttl_seconds": True}, {"history_ttl_seconds": "60"},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kw", BAD_HISTORY_OPTIONS, ids=repr)
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_bad_history_options(kind: str, kw: dict[str, Any]) -> None:
+    url = None if kind == "memory" else "redis://127.0.0.1:1"
+    with pytest.raises(InputError, match=next(iter(kw))):
+        make_store(url, **kw)
+
+
+def test_redis_history_ttl_must_be_whole_seconds() -> None:
+    with pytest.raises(InputError, match="history_ttl_seconds"):
+        RedisSessionStore("redis://127.0.0.1:1", history_ttl_seconds=1.5)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- Redis down
@@ -247,6 +391,39 @@ def test_errors_counted_and_log_rate_limited(
     assert "record:" in msgs[1]
 
 
+def test_context_with_redis_down_is_empty_counted_and_backed_off(clock: FakeClock) -> None:
+    url = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+
+    async def body(store: SessionStore) -> None:
+        assert await store.context("s", 200) == (None, [])
+        st = store.stats()
+        assert st["errors"] == 1 and st["available"] is False
+        assert st["last_error"].startswith("context: ")
+        assert await store.context("s", 200) == (None, [])  # within the back-off
+        assert store.stats()["errors"] == 1 and store.stats()["skipped"] == 1
+        clock.t += 1
+        assert await store.context("s", 0) == (None, [])  # tried again, fails again
+        assert store.stats()["errors"] == 2
+
+    with_store(lambda: RedisSessionStore(url, clock=clock, backoff_seconds=0.5), body)
+
+
+def test_context_with_hung_redis_is_bounded() -> None:
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        url = f"redis://127.0.0.1:{hole.getsockname()[1]}"
+
+        async def body(store: SessionStore) -> float:
+            t0 = time.perf_counter()
+            got = await asyncio.gather(*(store.context(f"s{i}", 200) for i in range(20)))
+            assert got == [(None, [])] * 20
+            return time.perf_counter() - t0
+
+        took = with_store(lambda: RedisSessionStore(url, socket_timeout=0.05), body)
+    assert took < 0.5, f"hung Redis held context {took * 1e3:.0f} ms"
+
+
 def test_context_back_within_1s_of_redis_returning(
     redis_factory: Callable[..., RedisServer],
 ) -> None:
@@ -323,7 +500,7 @@ def test_memory_ttl_from_last_write(clock: FakeClock) -> None:
 
 
 def test_memory_expired_sessions_release_memory(clock: FakeClock) -> None:
-    store = MemorySessionStore(ttl_seconds=10, clock=clock)
+    store = MemorySessionStore(ttl_seconds=10, history_size=0, clock=clock)
     for i in range(100):
         store.record_sync(f"old{i}", "q")
     clock.t += 11
@@ -331,6 +508,83 @@ def test_memory_expired_sessions_release_memory(clock: FakeClock) -> None:
         store.record_sync(f"new{i}", "q")
     assert len(store) == 100  # each write drops up to two expired sessions
     assert store.stats()["expired"] == 100
+
+
+def test_memory_history_distinct_order_cap(clock: FakeClock) -> None:
+    store = MemorySessionStore(max_queries=3, history_size=4, clock=clock)
+    assert store.context_sync("s", 10) == (None, [])
+    for q in ["a", "b", "c", "b", " B", "a", "d"]:
+        store.record_sync("s", q)
+    assert store.recent_sync("s", 10) == ["d", "a", "b"]
+    assert store.context_sync("s", 10) == ("d", ["d", "a", "b", "c"])
+    assert store.context_sync("s", 2) == ("d", ["d", "a"])
+    assert store.context_sync("s", 0) == ("d", [])
+    store.record_sync("s", "e")
+    assert store.context_sync("s", 10) == ("e", ["e", "d", "a", "b"])
+    store.record_sync("s", "b")
+    assert store.context_sync("s", 10) == ("b", ["b", "e", "d", "a"])
+    assert asyncio.run(store.context("s", 3)) == ("b", ["b", "e", "d"])
+    assert store.context_sync("other", 10) == (None, [])
+
+
+def test_memory_history_ttl_outlives_recent(clock: FakeClock) -> None:
+    store = MemorySessionStore(ttl_seconds=100, history_ttl_seconds=1000, clock=clock)
+    store.record_sync("s", "one")
+    clock.t += 60
+    store.record_sync("s", "two")
+    clock.t += 100  # the recent list expired 100 s after the last write
+    assert store.context_sync("s", 10) == (None, ["two", "one"])
+    assert store.recent_sync("s") == [] and store.previous_sync("s") is None
+    assert len(store) == 1  # kept for its history
+    store.record_sync("s", "three")  # a fresh recent list, the history goes on
+    assert store.recent_sync("s") == ["three"]
+    assert store.context_sync("s", 10) == ("three", ["three", "two", "one"])
+    clock.t += 999
+    assert store.context_sync("s", 10) == (None, ["three", "two", "one"])  # reads do not extend
+    clock.t += 1
+    assert store.context_sync("s", 10) == (None, [])
+    assert len(store) == 0 and store.stats()["expired"] == 1
+    store.record_sync("s", "four")
+    assert store.context_sync("s", 10) == ("four", ["four"])
+
+
+def test_memory_history_expires_while_the_session_goes_on(clock: FakeClock) -> None:
+    # a history TTL shorter than the recent one (odd, but allowed): expired history is
+    # dropped on the next write instead of being extended
+    store = MemorySessionStore(ttl_seconds=100, history_ttl_seconds=10, clock=clock)
+    store.record_sync("s", "one")
+    clock.t += 10
+    assert store.context_sync("s", 10) == ("one", [])
+    store.record_sync("s", "two")
+    assert store.context_sync("s", 10) == ("two", ["two"])
+
+
+def test_memory_history_off_and_lru_bound(clock: FakeClock) -> None:
+    off = MemorySessionStore(history_size=0, clock=clock)
+    off.record_sync("s", "one")
+    off.record_sync("s", "two")
+    assert off.context_sync("s", 10) == ("two", [])
+    clock.t += 1800
+    assert off.context_sync("s", 10) == (None, []) and len(off) == 0  # no history keeps it
+    store = MemorySessionStore(max_sessions=2, clock=clock)
+    for s in "abc":
+        store.record_sync(s, f"q{s}")
+    assert len(store) == 2 and store.context_sync("a", 10) == (None, [])  # evicted
+    assert store.context_sync("c", 10) == ("qc", ["qc"])
+
+
+def test_memory_expired_history_sessions_release_memory(clock: FakeClock) -> None:
+    store = MemorySessionStore(ttl_seconds=10, history_ttl_seconds=50, clock=clock)
+    for i in range(100):
+        store.record_sync(f"old{i}", "q")
+    clock.t += 11
+    for i in range(100):
+        store.record_sync(f"mid{i}", "q")
+    assert len(store) == 200  # the old ones still hold history
+    clock.t += 40
+    for i in range(100):
+        store.record_sync(f"new{i}", "q")
+    assert len(store) == 200 and store.stats()["expired"] == 100
 
 
 def test_memory_rejects_bad_config() -> None:
@@ -396,12 +650,15 @@ def test_redis_cluster_store(redis_cluster: list[RedisServer]) -> None:
             await store.record(s, f"{s} one")
             await store.record(s, f"{s} two")
             await store.record(s, f"{s} three")
+            await store.record(s, f"{s} one")
         for s in sessions:
-            assert await store.recent(s) == [f"{s} three", f"{s} two"]
+            assert await store.recent(s) == [f"{s} one", f"{s} three"]
+            assert await store.context(s, 10) == (f"{s} one", [f"{s} one", f"{s} three"])
         assert store.stats()["errors"] == 0, store.stats()
 
     url = f"redis+cluster://127.0.0.1:{first.port}"
-    with_store(lambda: RedisSessionStore(url, max_queries=2, ttl_seconds=600), body)
+    with_store(lambda: RedisSessionStore(url, max_queries=2, ttl_seconds=600,
+                                         history_size=2, history_ttl_seconds=7200), body)
 
     holders = set()
     for s in sessions:
@@ -413,5 +670,9 @@ def test_redis_cluster_store(redis_cluster: list[RedisServer]) -> None:
         owner = owners[0]
         assert owner.cli("LLEN", key) == "2"
         assert 590 <= int(owner.cli("TTL", key)) <= 600
+        hkey = history_key(s)
+        assert first.cli("CLUSTER", "KEYSLOT", hkey) == slot  # one slot: one pipeline
+        assert owner.cli("LRANGE", hkey, "0", "-1").split("\n") == [f"{s} one", f"{s} three"]
+        assert 7190 <= int(owner.cli("TTL", hkey)) <= 7200
         holders.add(owner.port)
     assert len(holders) > 1  # the sessions really were spread over the masters

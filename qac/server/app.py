@@ -13,6 +13,12 @@ store and returns a Starlette app. Endpoints::
 
 Every error is JSON ``{"error": "..."}`` with a 4xx/5xx status.
 
+With ``session``, a completion is conditioned on that session's context, read from the
+session store in one call (one Redis round trip): its previous query (30 minutes) and,
+when the model's long tail uses it, its last ``config.history`` distinct queries
+(kept 30 days, see :mod:`qac.session`; use a stable user/device id as the session id
+for personal history). A store failure costs the context, never the completion.
+
 The completion call is synchronous C (tens of microseconds, GIL released inside)
 and runs inline on the event loop: a thread-pool hop would cost more than the call.
 Model loading (reload) runs in a worker thread and swaps one reference, so requests
@@ -79,6 +85,7 @@ class SessionStore(Protocol):
     async def record(self, session: str, query: str) -> None: ...
     async def recent(self, session: str, n: int = 5) -> list[str]: ...
     async def previous(self, session: str) -> str | None: ...
+    async def context(self, session: str, history: int) -> tuple[str | None, list[str]]: ...
     async def close(self) -> None: ...
     def stats(self) -> Any: ...
 
@@ -282,10 +289,10 @@ class _State:
         self.reload_lock = asyncio.Lock()
 
 
-def _make_store(url: str | None) -> SessionStore:
+def _make_store(config: ServerConfig) -> SessionStore:
     from qac.session import make_store
 
-    store: SessionStore = make_store(url)
+    store: SessionStore = make_store(config.redis_url, history_size=config.history)
     return store
 
 
@@ -295,21 +302,21 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
     retriever = (Retriever.load(config.retrieval_dir, verify=config.verify_model)
                  if config.retrieval_dir else None)
     state = _State(config, completer, model, retriever,
-                   store if store is not None else _make_store(config.redis_url))
+                   store if store is not None else _make_store(config))
     log.info("serving %s (%s)%s", model.path, model.version,
              f", retrieval {config.retrieval_dir}" if retriever else "")
     page = _static("index.html")
     script = _static("app.js")
     m = state.metrics
 
-    async def previous_query(session: str) -> str | None:
+    async def session_context(session: str, history: int) -> tuple[str | None, list[str]]:
         try:
-            return await state.store.previous(session)
+            return await state.store.context(session, history)
         except StoreUnavailable:
             # the store should absorb its own errors; never fail a completion on it
             m.store_failures.inc()
             log.warning("session store unavailable; completing without context")
-            return None
+            return None, []
 
     async def complete(request: Request) -> Response:
         t0 = time.perf_counter()
@@ -317,9 +324,13 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
         prefix = _text_param(params, "q", config.max_query_chars)
         k = _k_param(params, config)
         session = params.get("session")
-        previous = await previous_query(session) if session else None
         completer = state.current[0]
-        got = completer.complete(prefix, previous, k=k)
+        previous: str | None = None
+        history: list[str] = []
+        if session:
+            n = config.history if completer.uses_history else 0
+            previous, history = await session_context(session, n)
+        got = completer.complete(prefix, previous, k=k, history=history)
         took = (time.perf_counter() - t0) * 1e3
         return JSONResponse({
             "completions": [{"text": c.text, "score": c.score, "source": c.source}

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qac.errors import InputError
+from qac.session import MAX_HISTORY
 
 ENV_CONFIG = "QAC_SERVER_CONFIG"
 
@@ -32,6 +33,11 @@ class ServerConfig:
     max_k:            largest k (k is 1..max_k); default_k when absent.
     max_body_bytes:   largest request body.
     verify_model:     check every model file's SHA-256 on load (reload always does).
+    history:          past queries of the session (distinct, most recent first) fetched
+                      per completion for the long-tail "history" generator, and the
+                      size of the store's history list per session (0..1000; 0: no
+                      history is kept or fetched). Fetched only when the loaded model
+                      uses it.
     """
 
     model_dir: str
@@ -44,6 +50,7 @@ class ServerConfig:
     default_k: int = 10
     max_body_bytes: int = 4096
     verify_model: bool = True
+    history: int = 200
 
     def __post_init__(self) -> None:
         if not self.model_dir:
@@ -54,6 +61,10 @@ class ServerConfig:
         for name in ("max_query_chars", "max_k", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise InputError(f"ServerConfig.{name}: must be >= 1, got {getattr(self, name)}")
+        if (isinstance(self.history, bool) or not isinstance(self.history, int)
+                or not 0 <= self.history <= MAX_HISTORY):
+            raise InputError(f"ServerConfig.history: an int in 0..{MAX_HISTORY}, "
+                             f"got {self.history!r}")
         if not 1 <= self.default_k <= self.max_k:
             raise InputError(f"ServerConfig.default_k: must be in 1..{self.max_k}, "
                              f"got {self.default_k}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from qac.errors import InputError
 from qac.server.config import ServerConfig
+from qac.session import MAX_HISTORY
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis-url",
                         help="session store, e.g. redis://localhost:6379/0 "
                              "(default: sessions kept in each worker process)")
+    parser.add_argument("--history", type=int, default=ServerConfig.history, metavar="N",
+                        help="past queries per session kept in the session store and "
+                             "passed to each completion (long-tail 'history' generator; "
+                             f"0..{MAX_HISTORY}, default {ServerConfig.history}, 0: none)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1,
@@ -43,9 +48,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         if not token:
             raise InputError(f"--admin-token-env {args.admin_token_env}: "
                              "that environment variable is unset or empty")
+    # getattr: callers that build the namespace themselves (qac demo) may leave it out
+    history = getattr(args, "history", ServerConfig.history)
     return ServerConfig(model_dir=args.model_dir, retrieval_dir=args.retrieval_dir,
                         redis_url=args.redis_url, admin_token=token,
-                        admin_token_env=args.admin_token_env)
+                        admin_token_env=args.admin_token_env, history=history)
 
 
 def run_serve(args: argparse.Namespace) -> int:
