@@ -89,12 +89,15 @@ def cmd_complete(args: argparse.Namespace) -> int:
     from qac.complete import Completer
 
     c = Completer.load(args.model, blocklist=_blocklist(args.blocklist))
-    got = c.complete(args.prefix, args.previous, k=args.k)
+    from qac.text import normalize
+
+    history = [q for q in (normalize(h) for h in args.history) if q]
+    got = c.complete(args.prefix, args.previous, k=args.k, history=history)
     if args.json:
         print(json.dumps([g.__dict__ for g in got], indent=1))
     else:
         for g in got:
-            print(f"{g.score:9.4f}  {g.source:5}  {g.text}")
+            print(f"{g.score:9.4f}  {g.source:7}  {g.text}")
     return 0
 
 
@@ -130,7 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             for g in GENERATORS:
                 if g in c.config.longtail_generators:
                     rest = tuple(x for x in c.config.longtail_generators if x != g)
-                    systems[f"{name} -{g}"] = CompleterSystem(
+                    systems[f"{name} -gen {g}"] = CompleterSystem(
                         c.with_options(longtail_generators=rest))
     results = evaluate(systems, cases, first.labels.__contains__,
                        k=args.k, progress=not args.json, coverage=not args.no_coverage)
@@ -263,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("prefix")
     p.add_argument("--previous", help="the previous query of the session")
+    p.add_argument("--history", action="append", default=[], metavar="QUERY",
+                   help="one of the user's past queries, most recent first (repeatable; "
+                        "read by a long-tail model's history generator)")
     p.add_argument("--blocklist", help="also drop answers this blocklist file matches")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--json", action="store_true")

@@ -264,6 +264,17 @@ class Completer:
         # log(1 + popularity) per label, for the popularity term of the answer score
         self._logpop_arr = np.log1p(labels.popularity.astype(np.float64))
         self._logpop = self._logpop_arr.tolist()
+        self._shape: np.ndarray | None = None  # (spaces, characters) per label
+        if config.longtail and longtail is not None:
+            self._label_shape()  # now, not on the first keystroke
+
+    def _label_shape(self) -> np.ndarray:
+        """int32 [n_labels, 2]: each label's spaces and characters (pool features)."""
+        if self._shape is None:
+            labels = self.labels.labels
+            self._shape = np.array([(t.count(" "), len(t)) for t in labels],
+                                   dtype=np.int32).reshape(len(labels), 2)
+        return self._shape
 
     # -- training -------------------------------------------------------------
     @classmethod
@@ -453,17 +464,18 @@ class Completer:
             raise InputError("this completer has no long-tail statistics")
         texts: list[str] = []
         scores: list[float] = []
-        pop = _EMPTY
+        pop = shape = _EMPTY
         lo, hi = self.labels.range(p)
         if lo < hi:
-            n = max(k, self.config.candidates)
-            ids, scores = self.engine.search(p, prev or None, k=n, beam=self.config.beam,
-                                             lo=lo, hi=hi)
+            ids, scores = self.engine.search(p, prev or None, k=max(k, lt.config.model),
+                                             beam=self.config.beam, lo=lo, hi=hi)
             labels = self.labels.labels
             texts = [labels[i] for i in ids]
             pop = self._logpop_arr[ids]
+            shape = self._label_shape()[ids]
         mpc = self.mpc.top(p, lt.config.mpc)
-        return lt.pool(p, prev, (texts, scores, pop), mpc, self.mpc.count, self._gen_blocks,
+        return lt.pool(p, prev, (texts, scores, pop, shape), mpc, self.mpc.count,
+                       self._gen_blocks,
                        self.config.longtail_generators, history, hi - lo)
 
     def _ranked(self, p: str, prev: str, k: int, history: Sequence[str]) -> list[Completion]:

@@ -61,17 +61,21 @@ class UserHistory:
 
 def test_cases(events: Sequence[LogEvent], since: datetime | None = None,
                history: int = DEFAULT_HISTORY) -> list[Case]:
-    """Test queries (at or after ``since``) with a previous query in their session,
-    in log order, each with the user's last ``history`` distinct earlier queries
-    (events without a user id count as their session's).
+    """Test queries with a previous query in their session, in log order, each with
+    the user's last ``history`` distinct earlier queries (events without a user id
+    count as their session's). With ``since``, only sessions that start at or after
+    it are tested (as the replay simulator does); earlier rows feed the histories.
     """
     last: dict[str, str] = {}
+    tested: dict[str, bool] = {}
     hist = UserHistory(history)
     out: list[Case] = []
     for e in events:
         prev = last.get(e.session)
         user = e.user if e.user is not None else e.session
-        if prev is not None and (since is None or (e.time is not None and e.time >= since)):
+        if prev is None:
+            tested[e.session] = since is None or (e.time is not None and e.time >= since)
+        elif tested[e.session]:
             out.append(Case(prev, e.query, hist.get(user)))
         last[e.session] = e.query
         hist.add(user, e.query)

@@ -66,7 +66,6 @@ _COL = {f: i for i, f in enumerate(FEATURES)}
 _MODEL, _MPC, _SESSION, _SUFFIX, _WORD, _HISTORY = range(len(SOURCES))
 (_LOGSCORE, _LOGSCORE_L, _RANK, _LOGPOP, _LOGPOP_L, _SEEN, _GEN, _GEN_L, _OVERLAP,
  _EXTENDS, _WORDS, _CHARS, _HREC, _HREC_L) = (_COL[f] for f in FEATURES[len(SOURCES):])
-_TIMES_L = {_GEN: _GEN_L, _HREC: _HREC_L}  # a feature -> its "*L" twin
 #: the generators a completer may switch on or off (the beam and MPC always feed)
 GENERATORS = ("word", "suffix", "session", "history")
 
@@ -82,6 +81,7 @@ class LongTailConfig:
     max_suffix_words: longest ending mined from past queries (1-3 words).
     min_count:      fewest occurrences for a word or an ending to be kept.
     min_tail:       shortest tail (characters) an ending lookup starts from.
+    model:          beam answers put into the candidate pool.
     mpc:            MPC completions put into the candidate pool.
     rare:           the word and suffix generators run only for a rare prefix: one
                     that fewer than this many labels (past queries) start with
@@ -99,6 +99,7 @@ class LongTailConfig:
     max_suffix_words: int = 3
     min_count: int = 2
     min_tail: int = 2
+    model: int = 20
     mpc: int = 10
     rare: int = 10
 
@@ -184,15 +185,16 @@ class Ranker:
         return cls(res.x)
 
 
-#: fitted on the AOL dev week (2006-05-11..17, model trained on rows before 05-11)
-#: with ``sim/tune_completion.py --fit-ranker``; used when nothing else is given
+#: fitted on the AOL dev week (2006-05-11..17, model trained on rows before 05-11,
+#: each case with its user's history) with ``sim/tune_completion.py --fit-ranker``;
+#: used when nothing else is given
 DEFAULT_WEIGHTS: dict[str, float] = {
-    "is_model": 4.8903, "is_mpc": 0.5036, "is_session": 1.2481, "is_suffix": 0.4617,
-    "is_word": 0.049, "model_logscore": 0.4121, "model_logscore*L": 0.1344,
-    "model_rank": 2.3442, "logpop": 0.3793, "logpop*L": 0.546, "seen": 0.6837,
-    "gen_logcount": -0.1143, "gen_logcount*L": -0.0014, "prev_overlap": 2.667,
-    "extends_prev": 0.494, "added_words": -0.0798, "added_chars": -0.3238,
-    "is_history": 2.0, "hist_recency": 2.0, "hist_recency*L": 0.0,
+    "is_model": 1.717, "is_mpc": 0.4188, "is_session": 0.8997, "is_suffix": 1.0226,
+    "is_word": -0.6094, "is_history": 4.3556, "model_logscore": 0.1327,
+    "model_logscore*L": 0.1072, "model_rank": 1.0377, "logpop": 0.1859, "logpop*L": 0.833,
+    "seen": -0.1567, "gen_logcount": 0.0269, "gen_logcount*L": -0.1262,
+    "prev_overlap": 2.2882, "extends_prev": 0.3815, "added_words": -0.1111,
+    "added_chars": -0.2887, "hist_recency": 4.2418, "hist_recency*L": 0.6202,
 }
 
 
@@ -361,31 +363,35 @@ class LongTail:
         return out
 
     # -- the candidate pool and its features -------------------------------------------
-    def pool(self, p: str, prev: str, model: tuple[Sequence[str], Sequence[float], np.ndarray],
+    def pool(self, p: str, prev: str,
+             model: tuple[Sequence[str], Sequence[float], np.ndarray, np.ndarray],
              mpc: Sequence[tuple[str, int]], count: Any, blocks: Any = None,
              generators: Sequence[str] = GENERATORS, history: Sequence[str] = (),
              n_labels: int = 0) -> tuple[list[str], list[str], np.ndarray]:
         """(texts, sources, X [n, F]) of every distinct candidate starting with ``p``.
 
-        ``model``: (texts, engine scores, log(1 + popularity)) of the beam's answers,
-        best first; ``mpc``: (text, count); ``count(text)``: popularity of a full query
-        (the MPC table's); ``history``: the user's recent distinct queries, most
-        recent first (normalized, as the session store keeps them); ``n_labels``: how
-        many labels start with ``p`` (the word and suffix generators run only below
-        ``config.rare``).
-        The previous query itself is never a candidate: a session does not repeat its
-        last query (the log reader drops such repeats).
-        The model rows are built with numpy; only the few others cost Python work.
+        ``model``: (texts, engine scores, log(1 + popularity), int [n, 2] spaces and
+        characters of each text) of the beam's answers, best first; ``mpc``: (text,
+        count); ``count(text)``: popularity of a full query (the MPC table's);
+        ``history``: the user's recent distinct queries, most recent first
+        (normalized, as the session store keeps them); ``n_labels``: how many labels
+        start with ``p`` (the word and suffix generators run only below
+        ``config.rare``). The previous query itself is never a candidate: a session
+        does not repeat its last query (the log reader drops such repeats).
+        Features are filled a column at a time; only the generators' few rows cost
+        Python work per row.
         """
-        mtexts, mscores, mpop = model
+        mtexts, mscores, mpop, mshape = model
+        at = {t: i for i, t in enumerate(mtexts)}
+        drop = at.get(prev) if prev else None
+        if drop is not None:  # the previous query is never a candidate
+            mtexts = [t for i, t in enumerate(mtexts) if i != drop]
+            mscores = [s for i, s in enumerate(mscores) if i != drop]
+            mpop = np.delete(mpop, drop)
+            mshape = np.delete(mshape, drop, axis=0)
+            at = {t: i for i, t in enumerate(mtexts)}
         nm = len(mtexts)
         L = min(len(p), 10) / 10.0
-        lp = len(p)
-        pw = p.count(" ")
-        at = {t: i for i, t in enumerate(mtexts)}
-        rows: dict[str, list[float]] = {}
-        src: dict[str, int] = {}
-        flags: list[tuple[int, int, float]] = []  # (model row, column, value)
         extra: list[tuple[int, str, int]] = [(_MPC, t, c) for t, c in mpc]
         if "history" in generators and history:
             extra += [(_HISTORY, t, r) for t, r in self.gen_history(p, history, blocks)]
@@ -396,53 +402,24 @@ class LongTail:
             extra += [(_SUFFIX, t, c) for t, c in self.gen_suffix(p, blocks)]
         if rare and "word" in generators:
             extra += [(_WORD, t, c) for t, c in self.gen_word(p, blocks)]
-        prev_words = set(prev.split(" ")) if prev else None
-        cut = p.rfind(" ") + 1
+        # every (row, generator, number) a generator produced; texts the beam did not
+        # return get new rows, named after the first generator that made them
+        new: dict[str, int] = {}
+        first: list[tuple[int, int]] = []
+        made: list[tuple[int, int, int]] = []
         for g, t, c in extra:
             if t == prev or not t.startswith(p):
                 continue
-            # generators' counts (words, endings) are a feature; MPC's count is the
-            # popularity, history's number its recency rank
-            lc = math.log1p(c) if _SESSION <= g <= _WORD else 0.0
-            rec = 1.0 / (1.0 + c) if g == _HISTORY else 0.0
             i = at.get(t)
-            if i is not None:
-                flags.append((i, g, 1.0))
-                if lc:
-                    flags.append((i, _GEN, lc))
-                if rec:
-                    flags.append((i, _HREC, rec))
-                continue
-            row = rows.get(t)
-            if row is None:
-                pop = math.log1p(c) if g == _MPC else math.log1p(count(t))
-                row = rows[t] = [0.0] * _NF
-                row[_LOGPOP] = pop
-                row[_LOGPOP_L] = pop * L
-                row[_SEEN] = 1.0 if pop > 0 else 0.0
-                if prev_words is not None:
-                    new = t[cut:].split(" ")
-                    row[_OVERLAP] = len(prev_words.intersection(new)) / len(new)
-                    row[_EXTENDS] = 1.0 if t.startswith(prev) else 0.0
-                row[_WORDS] = t.count(" ") - pw
-                row[_CHARS] = (len(t) - lp) / 10.0
-                src[t] = g
-            row[g] = 1.0
-            if lc > row[_GEN]:
-                row[_GEN] = lc
-                row[_GEN_L] = lc * L
-            if rec > row[_HREC]:
-                row[_HREC] = rec
-                row[_HREC_L] = rec * L
-        keep = [i for i, t in enumerate(mtexts) if t != prev]
-        if len(keep) < nm:
-            mtexts = [mtexts[i] for i in keep]
-            mscores = [mscores[i] for i in keep]
-            mpop = mpop[keep]
-            remap = {old: new for new, old in enumerate(keep)}
-            flags = [(remap[i], c, v) for i, c, v in flags if i in remap]
-            nm = len(keep)
-        X = np.zeros((nm + len(rows), _NF))
+            if i is None:
+                i = new.get(t)
+                if i is None:
+                    i = new[t] = nm + len(first)
+                    first.append((g, c))
+            made.append((i, g, c))
+        ntexts = list(new)
+        X = np.zeros((nm + len(ntexts), _NF))
+        lp, pw = len(p), p.count(" ")
         if nm:
             M = X[:nm]
             ls = np.maximum(np.log(np.maximum(np.asarray(mscores, dtype=np.float64), 1e-30)),
@@ -452,20 +429,38 @@ class LongTail:
             M[:, _LOGSCORE_L] = ls * L
             M[:, _RANK] = 1.0 / np.arange(1, nm + 1)
             M[:, _LOGPOP] = mpop
-            M[:, _LOGPOP_L] = mpop * L
-            M[:, _SEEN] = mpop > 0
-            M[:, _WORDS] = [t.count(" ") - pw for t in mtexts]
-            M[:, _CHARS] = [(len(t) - lp) / 10.0 for t in mtexts]
-            for i, col, v in flags:
-                if col in _TIMES_L:
-                    M[i, col] = max(M[i, col], v)
-                    M[i, _TIMES_L[col]] = M[i, col] * L
-                else:
-                    M[i, col] = v
-        if rows:
-            X[nm:] = list(rows.values())
-        texts = [*mtexts, *rows]
-        return texts, ["model"] * nm + [SOURCES[src[t]] for t in rows], X
+            M[:, _WORDS] = mshape[:, 0]
+            M[:, _CHARS] = mshape[:, 1]
+        if ntexts:
+            N = X[nm:]
+            # MPC's number is the popularity itself; the others' is looked up
+            N[:, _LOGPOP] = [c if g == _MPC else count(t)
+                             for t, (g, c) in zip(ntexts, first, strict=True)]
+            np.log1p(N[:, _LOGPOP], out=N[:, _LOGPOP])
+            if prev:
+                prev_words = set(prev.split(" "))
+                cut = p.rfind(" ") + 1
+                tails = [t[cut:].split(" ") for t in ntexts]
+                N[:, _OVERLAP] = [len(prev_words.intersection(w)) / len(w) for w in tails]
+                N[:, _EXTENDS] = [t.startswith(prev) for t in ntexts]
+            N[:, _WORDS] = [t.count(" ") for t in ntexts]
+            N[:, _CHARS] = [len(t) for t in ntexts]
+        X[:, _LOGPOP_L] = X[:, _LOGPOP] * L
+        X[:, _SEEN] = X[:, _LOGPOP] > 0
+        X[:, _WORDS] -= pw
+        X[:, _CHARS] -= lp
+        X[:, _CHARS] /= 10.0
+        # generators' counts (words, endings) are a feature, history's number is its
+        # recency rank; a row made several times keeps the largest
+        for i, g, c in made:
+            X[i, g] = 1.0
+            if g == _HISTORY:
+                X[i, _HREC] = max(X[i, _HREC], 1.0 / (1.0 + c))
+            elif g != _MPC:
+                X[i, _GEN] = max(X[i, _GEN], math.log1p(c))
+        X[:, _GEN_L] = X[:, _GEN] * L
+        X[:, _HREC_L] = X[:, _HREC] * L
+        return [*mtexts, *ntexts], ["model"] * nm + [SOURCES[g] for g, _ in first], X
 
     def order(self, X: np.ndarray) -> tuple[list[int], list[float]]:
         """Row indices best first (ties: pool order, i.e. model rank first) and scores."""

@@ -202,7 +202,7 @@ def fit_ranker(args: argparse.Namespace) -> None:
     systems: dict[str, Any] = {"mpc": MpcSystem(fitted.mpc), "base": CompleterSystem(base),
                                "longtail": CompleterSystem(fitted)}
     for g in GENERATORS:
-        systems[f"longtail -{g}"] = CompleterSystem(fitted.with_options(
+        systems[f"longtail -gen {g}"] = CompleterSystem(fitted.with_options(
             longtail_generators=tuple(x for x in GENERATORS if x != g)))
     systems["longtail (model+mpc only)"] = CompleterSystem(
         fitted.with_options(longtail_generators=()))

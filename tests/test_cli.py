@@ -81,3 +81,22 @@ def test_demo_trains_once_and_answers(tmp_path: Path, monkeypatch: pytest.Monkey
     stamp = (tmp_path / "demo-completer" / "manifest.json").stat().st_mtime
     assert main(["demo", "--no-serve"]) == 0  # cached: not trained again
     assert (tmp_path / "demo-completer" / "manifest.json").stat().st_mtime == stamp
+
+
+def test_long_tail_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = _sessions(tmp_path / "log.tsv")
+    assert main(["train", "--log", str(log), "--out", str(tmp_path / "lt"), "--until",
+                 "2006-05-18", "--quiet", "--trie-depth", "1", "--longtail"]) == 0
+    capsys.readouterr()
+    # a query nobody issued, but this user did: the history generator offers it
+    assert main(["complete", str(tmp_path / "lt"), "pla", "--history", "Planet  Earth",
+                 "--history", "rose of jericho", "--json"]) == 0
+    got = {g["text"]: g["source"] for g in json.loads(capsys.readouterr().out)}
+    assert got.get("planet earth") == "history"
+    assert main(["eval", str(tmp_path / "lt"), "--log", str(log), "--since", "2006-05-18",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["results"]
+    # with and without the long-tail pool in one run, then one generator off at a time
+    assert set(out) == {"mpc", "lt -longtail", "lt", "lt -session", "lt -gen word",
+                        "lt -gen suffix", "lt -gen session", "lt -gen history"}
+    assert all(0.0 <= r["coverage"] <= 1.0 for r in out.values())

@@ -64,3 +64,9 @@ def test_coverage_counts_what_a_system_can_produce_at_all() -> None:
     assert plain["mpc"]["coverage"] is None and " - " in format_table(plain)
     off = evaluate({"mpc": MpcSystem(mpc)}, cases, lambda q: True, coverage=False)
     assert off["mpc"]["coverage"] is None
+
+
+def test_a_session_that_starts_before_since_is_not_tested() -> None:
+    events = [_ev("u", "1", "late night", 0), _ev("u", "1", "after midnight", 10)]
+    assert make_cases(events, since=T0 + timedelta(minutes=5)) == []
+    assert [c.target for c in make_cases(events)] == ["after midnight"]

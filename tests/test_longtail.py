@@ -244,3 +244,34 @@ def test_uses_history_says_whether_history_is_read(completer: Completer) -> None
     off = completer.with_options(longtail_generators=("word", "suffix", "session"))
     assert off.complete("paris o", None, history=["paris opera tickets"]) == off.complete(
         "paris o", None)
+
+
+def test_pool_features_row_by_row(lt: LongTail) -> None:
+    col = {f: i for i, f in enumerate(FEATURES)}
+    model = (["paris hotels", "paris", "paris flights"], [0.9, 0.5, 0.25],
+             np.log1p(np.array([3.0, 0.0, 2.0])), np.array([[1, 12], [0, 5], [1, 13]]))
+    mpc = [("paris hotels", 3), ("paris cafe", 1)]
+    texts, sources, X = lt.pool("pa", "paris", model, mpc, lambda t: {"paris jazz": 4}.get(t, 0),
+                                history=["paris jazz", "zoo", "paris hotels"])
+    # the previous query is never a candidate, also not when the beam returned it
+    assert "paris" not in texts
+    assert texts[:2] == ["paris hotels", "paris flights"] and sources[:2] == ["model"] * 2
+    row = {t: X[i] for i, t in enumerate(texts)}
+    hotels, cafe, jazz = row["paris hotels"], row["paris cafe"], row["paris jazz"]
+    assert sources[texts.index("paris cafe")] == "mpc"
+    assert sources[texts.index("paris jazz")] == "history"
+    # model rows: rank after the drop, score, popularity; flagged by MPC and history too
+    assert hotels[col["is_model"]] == 1 and hotels[col["model_rank"]] == 1.0
+    assert X[1, col["model_rank"]] == 0.5 and X[1, col["model_logscore"]] == pytest.approx(
+        np.log(0.25))
+    assert hotels[col["is_mpc"]] == 1 and hotels[col["is_history"]] == 1
+    assert hotels[col["hist_recency"]] == pytest.approx(1 / 3)
+    assert hotels[col["logpop"]] == pytest.approx(np.log1p(3))
+    # generated rows: popularity from MPC's count or the lookup, session agreement, shape
+    assert cafe[col["logpop"]] == pytest.approx(np.log1p(1)) and cafe[col["is_model"]] == 0
+    assert jazz[col["logpop"]] == pytest.approx(np.log1p(4)) and jazz[col["seen"]] == 1
+    assert jazz[col["hist_recency"]] == 1.0 and jazz[col["is_history"]] == 1
+    assert jazz[col["hist_recency*L"]] == pytest.approx(0.2)  # L = len("pa") / 10
+    assert jazz[col["extends_prev"]] == 1 and jazz[col["prev_overlap"]] == 0.5
+    assert jazz[col["added_words"]] == 1 and jazz[col["added_chars"]] == pytest.approx(0.8)
+    assert "zoo" not in texts  # does not start with the prefix
