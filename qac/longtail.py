@@ -268,9 +268,9 @@ class LongTail:
             raise ModelFormatError(f"long-tail data inconsistent ({exc})", "longtail") from exc
 
     # -- generators ------------------------------------------------------------------
-    def _ends(self, tail: str, n: int) -> list[tuple[str, int]]:
+    def _ends(self, tail: str, n: int) -> Sequence[tuple[str, int]]:
         if n <= 0 or len(tail) < self.config.min_tail:
-            return []
+            return ()
         return self.suffixes.top(tail, n)
 
     def gen_word(self, p: str, blocks: Any = None) -> list[tuple[str, int]]:

@@ -17,6 +17,7 @@ thousands of queries.
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import os
 from collections import Counter
@@ -30,6 +31,9 @@ from qac.text import normalize, normalize_prefix
 
 DEFAULT_CACHE_K = 16
 DEFAULT_HEAVY = 32
+#: answers of recent (prefix, k) lookups kept per table: users type the same short
+#: prefixes over and over, and a hit skips the trie walk and the key restores
+LOOKUP_CACHE = 4096
 _MAX_CHAR = "\U0010ffff"  # sorts after any character a normalized query holds
 
 
@@ -124,6 +128,7 @@ class MostPopular:
         self._cache_k = int(top.shape[1])
         # A small dict (one entry per heavy prefix) turns the lookup into one hash probe.
         self._row = {p: i for i, p in enumerate(prefix.tolist())}
+        self._top_cached = functools.lru_cache(maxsize=LOOKUP_CACHE)(self._lookup)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays to persist beside ``trie`` (see :meth:`from_parts`).
@@ -149,11 +154,14 @@ class MostPopular:
         """
         if k < 0:
             raise InputError(f"k must be >= 0, got {k}")
-        return self.top(normalize_prefix(prefix), k)
+        return list(self.top(normalize_prefix(prefix), k))
 
-    def top(self, p: str, k: int) -> list[tuple[str, int]]:
+    def top(self, p: str, k: int) -> tuple[tuple[str, int], ...]:
         """:meth:`complete` of an already normalized prefix (the per-keystroke callers
-        hold one), k >= 0."""
+        hold one), k >= 0, as a tuple; the last :data:`LOOKUP_CACHE` answers are kept."""
+        return self._top_cached(p, k)
+
+    def _lookup(self, p: str, k: int) -> tuple[tuple[str, int], ...]:
         row = self._row.get(p)
         restore = self.trie.restore_key
         counts = self._counts
@@ -161,15 +169,15 @@ class MostPopular:
             ids = self._top[row, :k].tolist()
             if ids and ids[-1] < 0:
                 ids = [i for i in ids if i >= 0]
-            return list(zip(map(restore, ids), counts[ids].tolist(), strict=True))
+            return tuple(zip(map(restore, ids), counts[ids].tolist(), strict=True))
         items = self.trie.items(p)
         if not items:
-            return []
+            return ()
         neg = (-counts[[i for _, i in items]]).tolist()
         cand = zip(neg, [key for key, _ in items], strict=True)
         # a light prefix has at most `heavy` matches: sorting them all is cheapest
         best = sorted(cand)[:k] if row is None else heapq.nsmallest(k, cand)
-        return [(key, -c) for c, key in best]
+        return tuple((key, -c) for c, key in best)
 
 
 def _heavy_prefixes(keys: list[str], heavy: int) -> set[str]:

@@ -89,3 +89,15 @@ def test_from_parts_rejects_bad_arrays() -> None:
         MostPopular.from_parts(m.trie, {**arrays, "counts": arrays["counts"][:1]})
     with pytest.raises(ModelFormatError, match="out of range"):
         MostPopular.from_parts(m.trie, {**arrays, "heavy_top": arrays["heavy_top"] + 5})
+
+
+def test_top_is_complete_of_a_normalized_prefix_and_cached() -> None:
+    from qac.mpc import MostPopular
+
+    m = MostPopular({f"q{i:03d}": i for i in range(200)})
+    assert list(m.top("q1", 5)) == m.complete("Q1", 5)
+    assert isinstance(m.top("q1", 5), tuple)  # shared by the cache: immutable
+    before = m._top_cached.cache_info().hits
+    m.top("q1", 5)
+    assert m._top_cached.cache_info().hits == before + 1
+    assert m.top("zz", 3) == ()
