@@ -61,7 +61,6 @@ log = logging.getLogger(__name__)
 KIND = "completer"
 INDEXES = ("hybrid", "trie", "tree")
 _MAX_CHAR = "\U0010ffff"
-_EMPTY = np.zeros(0)
 
 
 def _check_history(history: Sequence[str]) -> Sequence[str]:
@@ -264,17 +263,13 @@ class Completer:
         # log(1 + popularity) per label, for the popularity term of the answer score
         self._logpop_arr = np.log1p(labels.popularity.astype(np.float64))
         self._logpop = self._logpop_arr.tolist()
-        self._shape: np.ndarray | None = None  # (spaces, characters) per label
+        # each label's spaces and characters (long-tail features), at load, not on the
+        # first keystroke
+        self._spaces: list[int] = []
+        self._chars: list[int] = []
         if config.longtail and longtail is not None:
-            self._label_shape()  # now, not on the first keystroke
-
-    def _label_shape(self) -> np.ndarray:
-        """int32 [n_labels, 2]: each label's spaces and characters (pool features)."""
-        if self._shape is None:
-            labels = self.labels.labels
-            self._shape = np.array([(t.count(" "), len(t)) for t in labels],
-                                   dtype=np.int32).reshape(len(labels), 2)
-        return self._shape
+            self._spaces = [t.count(" ") for t in labels.labels]
+            self._chars = [len(t) for t in labels.labels]
 
     # -- training -------------------------------------------------------------
     @classmethod
@@ -457,31 +452,40 @@ class Completer:
         """The long-tail candidate pool of a normalized prefix: (texts, sources, X).
 
         X holds the ranker's feature rows (:data:`qac.longtail.FEATURES`); the tuner
-        fits the ranker on these.
+        fits the ranker on these. ``complete`` scores the same pool without them.
         """
         lt = self.longtail
         if lt is None:
             raise InputError("this completer has no long-tail statistics")
+        return lt.pool(*self._pool_args(lt, p, prev, k, history))
+
+    def _pool_args(self, lt: LongTail, p: str, prev: str, k: int, history: Sequence[str]
+                   ) -> tuple[Any, ...]:
+        """The arguments of ``LongTail.pool`` / ``LongTail.rank`` for one keystroke."""
         texts: list[str] = []
         scores: list[float] = []
-        pop = shape = _EMPTY
+        pop: list[float] = []
+        spaces: list[int] = []
+        chars: list[int] = []
         lo, hi = self.labels.range(p)
         if lo < hi:
             ids, scores = self.engine.search(p, prev or None, k=max(k, lt.config.model),
                                              beam=self.config.beam, lo=lo, hi=hi)
-            labels = self.labels.labels
+            labels, logpop, sp, ch = self.labels.labels, self._logpop, self._spaces, self._chars
             texts = [labels[i] for i in ids]
-            pop = self._logpop_arr[ids]
-            shape = self._label_shape()[ids]
-        mpc = self.mpc.top(p, lt.config.mpc)
-        return lt.pool(p, prev, (texts, scores, pop, shape), mpc, self.mpc.count,
-                       self._gen_blocks,
-                       self.config.longtail_generators, history, hi - lo)
+            pop = [logpop[i] for i in ids]
+            spaces = [sp[i] for i in ids]
+            chars = [ch[i] for i in ids]
+        return (p, prev, (texts, scores, pop, spaces, chars), self.mpc.top(p, lt.config.mpc),
+                self.mpc.count, self._gen_blocks, self.config.longtail_generators, history,
+                hi - lo)
 
     def _ranked(self, p: str, prev: str, k: int, history: Sequence[str]) -> list[Completion]:
-        assert self.longtail is not None
-        texts, sources, X = self.candidates(p, prev, k, history)
-        order, scores = self.longtail.order(X)
+        lt = self.longtail
+        assert lt is not None
+        texts, sources, scores = lt.rank(*self._pool_args(lt, p, prev, k, history))
+        # best first; ties keep pool order (the beam's rank first)
+        order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
         block = self.blocklist
         out = []
         for i in order:

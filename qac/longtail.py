@@ -66,6 +66,18 @@ _COL = {f: i for i, f in enumerate(FEATURES)}
 _MODEL, _MPC, _SESSION, _SUFFIX, _WORD, _HISTORY = range(len(SOURCES))
 (_LOGSCORE, _LOGSCORE_L, _RANK, _LOGPOP, _LOGPOP_L, _SEEN, _GEN, _GEN_L, _OVERLAP,
  _EXTENDS, _WORDS, _CHARS, _HREC, _HREC_L) = (_COL[f] for f in FEATURES[len(SOURCES):])
+#: the beam's answers in a pool: texts, engine scores, log(1 + popularity), spaces and
+#: characters of each text (lists, best first)
+_Model = tuple[Sequence[str], Sequence[float], Sequence[float], Sequence[int], Sequence[int]]
+
+
+def _overlap(prev: str, p: str, t: str) -> float:
+    """Share of the words ``t`` adds after the prefix's last space that are words of
+    the previous query."""
+    new = t[p.rfind(" ") + 1:].split(" ")
+    return len(set(prev.split(" ")).intersection(new)) / len(new)
+
+
 #: the generators a completer may switch on or off (the beam and MPC always feed)
 GENERATORS = ("word", "suffix", "session", "history")
 
@@ -211,6 +223,7 @@ class LongTail:
         self.suffixes = suffixes
         self.config = config or LongTailConfig()
         self.ranker = ranker or Ranker.from_dict(DEFAULT_WEIGHTS)
+        self._w = tuple(self.ranker.weights.tolist())  # plain floats for rank()
 
     # -- building ------------------------------------------------------------------
     @classmethod
@@ -362,36 +375,32 @@ class LongTail:
             i = blob.find(needle, j)
         return out
 
-    # -- the candidate pool and its features -------------------------------------------
-    def pool(self, p: str, prev: str,
-             model: tuple[Sequence[str], Sequence[float], np.ndarray, np.ndarray],
-             mpc: Sequence[tuple[str, int]], count: Any, blocks: Any = None,
-             generators: Sequence[str] = GENERATORS, history: Sequence[str] = (),
-             n_labels: int = 0) -> tuple[list[str], list[str], np.ndarray]:
-        """(texts, sources, X [n, F]) of every distinct candidate starting with ``p``.
+    # -- the candidate pool, its features and its scores --------------------------------
+    #
+    # ``model`` is (texts, engine scores, log(1 + popularity), spaces, characters) of
+    # the beam's answers, best first, as lists; ``mpc`` (text, count); ``count(text)``
+    # the popularity of a full query (the MPC table's); ``history`` the user's recent
+    # distinct queries, most recent first (normalized, as the session store keeps
+    # them); ``n_labels`` how many labels start with ``p`` (the word and suffix
+    # generators run only below ``config.rare``). The previous query itself is never
+    # a candidate: a session does not repeat its last query (the log reader drops
+    # such repeats). :meth:`pool` returns the feature rows (what the ranker is fitted
+    # on); :meth:`rank` the same candidates' scores without building them (the
+    # per-keystroke path; a test holds the two equal).
 
-        ``model``: (texts, engine scores, log(1 + popularity), int [n, 2] spaces and
-        characters of each text) of the beam's answers, best first; ``mpc``: (text,
-        count); ``count(text)``: popularity of a full query (the MPC table's);
-        ``history``: the user's recent distinct queries, most recent first
-        (normalized, as the session store keeps them); ``n_labels``: how many labels
-        start with ``p`` (the word and suffix generators run only below
-        ``config.rare``). The previous query itself is never a candidate: a session
-        does not repeat its last query (the log reader drops such repeats).
-        Features are filled a column at a time; only the generators' few rows cost
-        Python work per row.
-        """
-        mtexts, mscores, mpop, mshape = model
+    def _gather(self, p: str, prev: str, mtexts: Sequence[str],
+                mpc: Sequence[tuple[str, int]], blocks: Any, generators: Sequence[str],
+                history: Sequence[str], n_labels: int
+                ) -> tuple[int | None, list[str], list[tuple[int, int]],
+                           list[tuple[int, int, int]]]:
+        """(index of ``prev`` among the beam's texts or None, texts of the new rows,
+        (generator, number) that first made each new row, every (row, generator,
+        number) made). Rows count the beam's texts first, without ``prev``."""
         at = {t: i for i, t in enumerate(mtexts)}
-        drop = at.get(prev) if prev else None
-        if drop is not None:  # the previous query is never a candidate
-            mtexts = [t for i, t in enumerate(mtexts) if i != drop]
-            mscores = [s for i, s in enumerate(mscores) if i != drop]
-            mpop = np.delete(mpop, drop)
-            mshape = np.delete(mshape, drop, axis=0)
-            at = {t: i for i, t in enumerate(mtexts)}
-        nm = len(mtexts)
-        L = min(len(p), 10) / 10.0
+        drop = at.pop(prev, None) if prev else None
+        if drop is not None:
+            at = {t: i - (i > drop) for t, i in at.items()}
+        nm = len(at)
         extra: list[tuple[int, str, int]] = [(_MPC, t, c) for t, c in mpc]
         if "history" in generators and history:
             extra += [(_HISTORY, t, r) for t, r in self.gen_history(p, history, blocks)]
@@ -402,8 +411,8 @@ class LongTail:
             extra += [(_SUFFIX, t, c) for t, c in self.gen_suffix(p, blocks)]
         if rare and "word" in generators:
             extra += [(_WORD, t, c) for t, c in self.gen_word(p, blocks)]
-        # every (row, generator, number) a generator produced; texts the beam did not
-        # return get new rows, named after the first generator that made them
+        # texts the beam did not return get new rows, named after the first
+        # generator that made them
         new: dict[str, int] = {}
         first: list[tuple[int, int]] = []
         made: list[tuple[int, int, int]] = []
@@ -417,7 +426,26 @@ class LongTail:
                     i = new[t] = nm + len(first)
                     first.append((g, c))
             made.append((i, g, c))
-        ntexts = list(new)
+        return drop, list(new), first, made
+
+    def pool(self, p: str, prev: str, model: _Model, mpc: Sequence[tuple[str, int]],
+             count: Any, blocks: Any = None, generators: Sequence[str] = GENERATORS,
+             history: Sequence[str] = (), n_labels: int = 0
+             ) -> tuple[list[str], list[str], np.ndarray]:
+        """(texts, sources, X [n, len(FEATURES)]) of every distinct candidate starting
+        with ``p`` (see the comment above for the arguments)."""
+        mtexts, mscores, mpop, mspaces, mchars = model
+        drop, ntexts, first, made = self._gather(p, prev, mtexts, mpc, blocks, generators,
+                                                 history, n_labels)
+        if drop is not None:
+            keep = [i for i in range(len(mtexts)) if i != drop]
+            mtexts = [mtexts[i] for i in keep]
+            mscores = [mscores[i] for i in keep]
+            mpop = [mpop[i] for i in keep]
+            mspaces = [mspaces[i] for i in keep]
+            mchars = [mchars[i] for i in keep]
+        nm = len(mtexts)
+        L = min(len(p), 10) / 10.0
         X = np.zeros((nm + len(ntexts), _NF))
         lp, pw = len(p), p.count(" ")
         if nm:
@@ -429,8 +457,8 @@ class LongTail:
             M[:, _LOGSCORE_L] = ls * L
             M[:, _RANK] = 1.0 / np.arange(1, nm + 1)
             M[:, _LOGPOP] = mpop
-            M[:, _WORDS] = mshape[:, 0]
-            M[:, _CHARS] = mshape[:, 1]
+            M[:, _WORDS] = mspaces
+            M[:, _CHARS] = mchars
         if ntexts:
             N = X[nm:]
             # MPC's number is the popularity itself; the others' is looked up
@@ -438,10 +466,7 @@ class LongTail:
                              for t, (g, c) in zip(ntexts, first, strict=True)]
             np.log1p(N[:, _LOGPOP], out=N[:, _LOGPOP])
             if prev:
-                prev_words = set(prev.split(" "))
-                cut = p.rfind(" ") + 1
-                tails = [t[cut:].split(" ") for t in ntexts]
-                N[:, _OVERLAP] = [len(prev_words.intersection(w)) / len(w) for w in tails]
+                N[:, _OVERLAP] = [_overlap(prev, p, t) for t in ntexts]
                 N[:, _EXTENDS] = [t.startswith(prev) for t in ntexts]
             N[:, _WORDS] = [t.count(" ") for t in ntexts]
             N[:, _CHARS] = [len(t) for t in ntexts]
@@ -462,9 +487,60 @@ class LongTail:
         X[:, _HREC_L] = X[:, _HREC] * L
         return [*mtexts, *ntexts], ["model"] * nm + [SOURCES[g] for g, _ in first], X
 
-    def order(self, X: np.ndarray) -> tuple[list[int], list[float]]:
-        """Row indices best first (ties: pool order, i.e. model rank first) and scores."""
-        if not len(X):
-            return [], []
-        s = self.ranker.score(X)
-        return np.argsort(-s, kind="stable").tolist(), s.tolist()
+    def rank(self, p: str, prev: str, model: _Model, mpc: Sequence[tuple[str, int]],
+             count: Any, blocks: Any = None, generators: Sequence[str] = GENERATORS,
+             history: Sequence[str] = (), n_labels: int = 0
+             ) -> tuple[list[str], list[str], list[float]]:
+        """(texts, sources, ranker scores) of :meth:`pool`'s candidates, in pool order:
+        each score is ``pool``'s feature row times the weights, summed over the few
+        features that are not zero, in plain Python (no matrix to build)."""
+        mtexts, mscores, mpop, mspaces, mchars = model
+        drop, ntexts, first, made = self._gather(p, prev, mtexts, mpc, blocks, generators,
+                                                 history, n_labels)
+        w = self._w
+        L = min(len(p), 10) / 10.0
+        shape = -w[_WORDS] * p.count(" ") - w[_CHARS] * len(p) / 10.0
+        w_ls, w_pop = w[_LOGSCORE] + w[_LOGSCORE_L] * L, w[_LOGPOP] + w[_LOGPOP_L] * L
+        w_rank, w_seen, w_words, w_chars = w[_RANK], w[_SEEN], w[_WORDS], w[_CHARS] / 10.0
+        log, log1p = math.log, math.log1p
+        scores: list[float] = []
+        texts: list[str] = []
+        base = w[_MODEL] + shape
+        r = 0
+        for i, sc in enumerate(mscores):
+            if i == drop:
+                continue
+            r += 1
+            lpop = mpop[i]
+            scores.append(base + w_ls * max(log(max(sc, 1e-30)), -10.0) + w_rank / r
+                          + w_pop * lpop + (w_seen if lpop > 0 else 0.0)
+                          + w_words * mspaces[i] + w_chars * mchars[i])
+            texts.append(mtexts[i])
+        nm = len(texts)
+        w_over, w_ext = w[_OVERLAP], w[_EXTENDS]
+        for t, (g, c) in zip(ntexts, first, strict=True):
+            lpop = log1p(c if g == _MPC else count(t))
+            s = (shape + w_pop * lpop + (w_seen if lpop > 0 else 0.0)
+                 + w_words * t.count(" ") + w_chars * len(t))
+            if prev:
+                s += w_over * _overlap(prev, p, t) + (w_ext if t.startswith(prev) else 0.0)
+            scores.append(s)
+        # generator flags once per (row, generator); the largest count / recency
+        flagged: set[tuple[int, int]] = set()
+        best_gen: dict[int, float] = {}
+        best_rec: dict[int, float] = {}
+        for i, g, c in made:
+            if (i, g) not in flagged:
+                flagged.add((i, g))
+                scores[i] += w[g]
+            if g == _HISTORY:
+                if 1.0 / (1.0 + c) > best_rec.get(i, 0.0):
+                    best_rec[i] = 1.0 / (1.0 + c)
+            elif g != _MPC and log1p(c) > best_gen.get(i, 0.0):
+                best_gen[i] = log1p(c)
+        w_gen, w_rec = w[_GEN] + w[_GEN_L] * L, w[_HREC] + w[_HREC_L] * L
+        for i, v in best_gen.items():
+            scores[i] += w_gen * v
+        for i, v in best_rec.items():
+            scores[i] += w_rec * v
+        return texts + ntexts, ["model"] * nm + [SOURCES[g] for g, _ in first], scores

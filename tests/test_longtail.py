@@ -249,7 +249,7 @@ def test_uses_history_says_whether_history_is_read(completer: Completer) -> None
 def test_pool_features_row_by_row(lt: LongTail) -> None:
     col = {f: i for i, f in enumerate(FEATURES)}
     model = (["paris hotels", "paris", "paris flights"], [0.9, 0.5, 0.25],
-             np.log1p(np.array([3.0, 0.0, 2.0])), np.array([[1, 12], [0, 5], [1, 13]]))
+             np.log1p([3.0, 0.0, 2.0]).tolist(), [1, 0, 1], [12, 5, 13])
     mpc = [("paris hotels", 3), ("paris cafe", 1)]
     texts, sources, X = lt.pool("pa", "paris", model, mpc, lambda t: {"paris jazz": 4}.get(t, 0),
                                 history=["paris jazz", "zoo", "paris hotels"])
@@ -275,3 +275,41 @@ def test_pool_features_row_by_row(lt: LongTail) -> None:
     assert jazz[col["extends_prev"]] == 1 and jazz[col["prev_overlap"]] == 0.5
     assert jazz[col["added_words"]] == 1 and jazz[col["added_chars"]] == pytest.approx(0.8)
     assert "zoo" not in texts  # does not start with the prefix
+
+
+@settings(max_examples=150, deadline=None)
+@given(prefix=st.text(alphabet="cheapflistorybn ", min_size=1, max_size=10),
+       prev=st.sampled_from(["", "cheap flights", "paris", "bank of america",
+                             "cheap flights to paris"]),
+       history=st.lists(st.sampled_from(["cheap hotels", "paris opera", "bank",
+                                         "cheap flights to rome", "pictures of paris"]),
+                        max_size=4, unique=True))
+def test_rank_scores_are_the_pools_features_times_the_weights(
+        completer: Completer, prefix: str, prev: str, history: list[str]) -> None:
+    from qac.text import normalize_prefix
+
+    p = normalize_prefix(prefix)
+    if not p:
+        return
+    lt = completer.longtail
+    assert lt is not None
+    args = completer._pool_args(lt, p, prev, 10, history)
+    texts, sources, X = lt.pool(*args)
+    rtexts, rsources, scores = lt.rank(*args)
+    assert (rtexts, rsources) == (texts, sources)
+    np.testing.assert_allclose(scores, lt.ranker.score(X), rtol=1e-9, atol=1e-9)
+
+
+def test_rank_equals_pool_on_full_pools(completer: Completer) -> None:
+    lt = completer.longtail
+    assert lt is not None
+    kinds: set[str] = set()
+    for p, prev in [("cheap flights to paris h", "cheap flights to paris"), ("pa", "paris"),
+                    ("b", "bank of america"), ("cheap f", ""), ("pictures of p", "paris")]:
+        args = completer._pool_args(lt, p, prev, 10, ["paris opera", "pictures of rome"])
+        texts, sources, X = lt.pool(*args)
+        _, _, scores = lt.rank(*args)
+        assert texts
+        kinds.update(sources)
+        np.testing.assert_allclose(scores, lt.ranker.score(X), rtol=1e-9, atol=1e-9)
+    assert {"model", "history", "session"} <= kinds
