@@ -30,6 +30,7 @@ session as context (empty for the first query of a session) -> label q.
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import math
 import os
@@ -257,7 +258,9 @@ class Completer:
         self.blocklist = blocklist
         self.longtail = longtail
         # generated queries pass the training blocklist too (labels and MPC already do)
-        self._gen_blocks = Blocklist.default().blocks_normalized if config.blocklist else None
+        # (cached: the same generated texts come back keystroke after keystroke)
+        self._gen_blocks = (functools.lru_cache(maxsize=65536)(
+            Blocklist.default().blocks_normalized) if config.blocklist else None)
         if labels.popularity is None:  # computed once, then saved with the model
             labels.popularity = np.array([mpc.count(q) for q in labels.labels], dtype=np.int64)
         # log(1 + popularity) per label, for the popularity term of the answer score

@@ -60,6 +60,7 @@ FEATURES = (
     "hist_recency", "hist_recency*L",
 )
 _NF = len(FEATURES)
+_EXP_M10 = math.exp(-10.0)
 #: features added after the first release of the ranker (weight 0 when absent)
 _NEWER = ("is_history", "hist_recency", "hist_recency*L")
 _COL = {f: i for i, f in enumerate(FEATURES)}
@@ -71,11 +72,11 @@ _MODEL, _MPC, _SESSION, _SUFFIX, _WORD, _HISTORY = range(len(SOURCES))
 _Model = tuple[Sequence[str], Sequence[float], Sequence[float], Sequence[int], Sequence[int]]
 
 
-def _overlap(prev: str, p: str, t: str) -> float:
-    """Share of the words ``t`` adds after the prefix's last space that are words of
-    the previous query."""
-    new = t[p.rfind(" ") + 1:].split(" ")
-    return len(set(prev.split(" ")).intersection(new)) / len(new)
+def _overlap(prev_words: set[str], cut: int, t: str) -> float:
+    """Share of the words of ``t[cut:]`` (from the prefix's last word on) that are
+    words of the previous query (``prev_words``)."""
+    new = t[cut:].split(" ")
+    return len(prev_words.intersection(new)) / len(new)
 
 
 #: the generators a completer may switch on or off (the beam and MPC always feed)
@@ -111,7 +112,7 @@ class LongTailConfig:
     max_suffix_words: int = 3
     min_count: int = 2
     min_tail: int = 2
-    model: int = 20
+    model: int = 10
     mpc: int = 10
     rare: int = 10
 
@@ -466,7 +467,8 @@ class LongTail:
                              for t, (g, c) in zip(ntexts, first, strict=True)]
             np.log1p(N[:, _LOGPOP], out=N[:, _LOGPOP])
             if prev:
-                N[:, _OVERLAP] = [_overlap(prev, p, t) for t in ntexts]
+                prev_words, cut = set(prev.split(" ")), p.rfind(" ") + 1
+                N[:, _OVERLAP] = [_overlap(prev_words, cut, t) for t in ntexts]
                 N[:, _EXTENDS] = [t.startswith(prev) for t in ntexts]
             N[:, _WORDS] = [t.count(" ") for t in ntexts]
             N[:, _CHARS] = [len(t) for t in ntexts]
@@ -512,18 +514,21 @@ class LongTail:
                 continue
             r += 1
             lpop = mpop[i]
-            scores.append(base + w_ls * max(log(max(sc, 1e-30)), -10.0) + w_rank / r
+            # log(score) clipped at -10, as pool's max(log(max(s, 1e-30)), -10)
+            scores.append(base + w_ls * (log(sc) if sc > _EXP_M10 else -10.0) + w_rank / r
                           + w_pop * lpop + (w_seen if lpop > 0 else 0.0)
                           + w_words * mspaces[i] + w_chars * mchars[i])
             texts.append(mtexts[i])
         nm = len(texts)
         w_over, w_ext = w[_OVERLAP], w[_EXTENDS]
+        prev_words, cut = set(prev.split(" ")), p.rfind(" ") + 1
         for t, (g, c) in zip(ntexts, first, strict=True):
             lpop = log1p(c if g == _MPC else count(t))
             s = (shape + w_pop * lpop + (w_seen if lpop > 0 else 0.0)
                  + w_words * t.count(" ") + w_chars * len(t))
             if prev:
-                s += w_over * _overlap(prev, p, t) + (w_ext if t.startswith(prev) else 0.0)
+                s += (w_over * _overlap(prev_words, cut, t)
+                      + (w_ext if t.startswith(prev) else 0.0))
             scores.append(s)
         # generator flags once per (row, generator); the largest count / recency
         flagged: set[tuple[int, int]] = set()
