@@ -8,7 +8,8 @@ them: the log is replayed in order, so rows before the test window count too).
 :class:`qac.metrics.CompletionMetrics` (the single definition of MRR shared with
 the replay simulator) scores them, grouped by whether the target is in the model's
 label set ("seen") or not ("unseen"). Per-call latency is measured in-process
-around each call; coverage (what a system can produce at all) in a pass of its own.
+around each call, the systems taking turns on each keystroke; coverage (what a
+system can produce at all) in a pass of its own.
 """
 
 from __future__ import annotations
@@ -127,28 +128,34 @@ def evaluate(
 ) -> dict[str, dict[str, Any]]:
     """Score every system on every (case, prefix length); returns name -> figures.
 
+    The systems take turns on each keystroke, so a shared machine's drifting speed
+    weighs on all of them alike and their latencies compare within one run.
     ``coverage``: for systems with a ``can_produce(prefix, previous, history, target)``
     method, the share of test targets (asked at one or more lengths) that the system
     has among its candidates at one or more of those lengths, whatever their rank.
     """
     from tqdm import tqdm
 
-    out: dict[str, dict[str, Any]] = {}
-    for name, system in systems.items():
-        metrics = CompletionMetrics(k=k)
-        times: list[float] = []
-        for case in tqdm(cases, desc=name, disable=not progress, leave=False):
-            group = "seen" if seen(case.target) else "unseen"
-            for n in lengths:
-                if n >= len(case.target):
-                    break
-                prefix = case.target[:n]
-                t0 = time.perf_counter()
+    names = list(systems)
+    calls = list(systems.values())
+    metrics = [CompletionMetrics(k=k) for _ in names]
+    times: list[list[float]] = [[] for _ in names]
+    clock = time.perf_counter
+    for case in tqdm(cases, desc="eval", disable=not progress, leave=False):
+        group = "seen" if seen(case.target) else "unseen"
+        for n in lengths:
+            if n >= len(case.target):
+                break
+            prefix = case.target[:n]
+            for system, m, t in zip(calls, metrics, times, strict=True):
+                t0 = clock()
                 got = system(prefix, case.previous, k, case.history)
-                times.append((time.perf_counter() - t0) * 1e3)
-                metrics.add(n, group, got, case.target)
+                t.append((clock() - t0) * 1e3)
+                m.add(n, group, got, case.target)
+    out: dict[str, dict[str, Any]] = {}
+    for name, system, m, t in zip(names, calls, metrics, times, strict=True):
         reach = getattr(system, "can_produce", None) if coverage else None
-        out[name] = {"metrics": metrics.summary(), "latency_ms": percentiles(times),
+        out[name] = {"metrics": m.summary(), "latency_ms": percentiles(t),
                      "coverage": None if reach is None else _coverage(reach, cases, lengths)}
     return out
 

@@ -12,14 +12,18 @@ Beside the beam search, cheap generators build new queries from the typed prefix
   queries, with counts -- and the matching ending replaces them.
 * ``session``: the previous query, when the prefix agrees with it, extended by its
   popular endings; and the previous query's words that complete the partial word.
-* ``history``: the user's own recent queries (the session store keeps the last few
-  hundred distinct ones, most recent first) that start with the prefix. Heavy users
+* ``history``: the user's own recent queries (the session store keeps the last 200
+  distinct ones by default, most recent first) that start with the prefix. Heavy users
   repeat themselves: in the AOL evaluation week a third of next queries are one of
   the user's earlier queries, a fifth one of the last ten distinct ones.
 
 Every candidate (these, the XMR beam and the MPC list) gets a short feature row
 (:data:`FEATURES`) and one linear :class:`Ranker` orders them; its weights are
 fitted on a dev split with a listwise softmax loss (``sim/tune_completion.py``).
+:meth:`LongTail.pool` builds the rows (for the fit); :meth:`LongTail.rank`, on the
+per-keystroke path, computes the same scores from the few non-zero features
+without building them. The word and suffix generators run only after a rare prefix
+(:attr:`LongTailConfig.rare`).
 
 Statistics: both tables are :class:`qac.mpc.MostPopular` instances (a marisa-trie
 plus precomputed top lists of heavy prefixes), so every lookup is one trie prefix
