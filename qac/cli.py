@@ -120,7 +120,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     mpc = MostPopular(dict(zip(first.labels.labels, first.labels.counts.tolist(), strict=True)))
     systems: dict[str, Any] = {"mpc": MpcSystem(mpc)}
     if len(first.mpc) != len(mpc):
-        systems["mpc+bg"] = MpcSystem(first.mpc)
+        # its own instance (same arrays): its lookup cache must not warm the model's
+        systems["mpc+bg"] = MpcSystem(MostPopular.from_parts(first.mpc.trie,
+                                                             first.mpc.arrays()))
     for name, c in models.items():
         longtail = c.longtail is not None and c.config.longtail
         if longtail:  # the same engine without the long-tail pool, in the same run
