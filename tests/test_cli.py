@@ -97,6 +97,7 @@ def test_long_tail_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)["results"]
     # with and without the long-tail pool in one run, then one generator off at a time
+    assert list(out)[:3] == ["mpc", "lt", "lt -longtail"]
     assert set(out) == {"mpc", "lt -longtail", "lt", "lt -session", "lt -gen word",
                         "lt -gen suffix", "lt -gen session", "lt -gen history"}
     assert all(0.0 <= r["coverage"] <= 1.0 for r in out.values())
