@@ -273,6 +273,8 @@ class Completer:
         if config.longtail and longtail is not None:
             self._spaces = [t.count(" ") for t in labels.labels]
             self._chars = [len(t) for t in labels.labels]
+        # popularity of generated texts, which recur keystroke after keystroke
+        self._count = functools.lru_cache(maxsize=65536)(mpc.count)
 
     # -- training -------------------------------------------------------------
     @classmethod
@@ -480,7 +482,7 @@ class Completer:
             spaces = [sp[i] for i in ids]
             chars = [ch[i] for i in ids]
         return (p, prev, (texts, scores, pop, spaces, chars), self.mpc.top(p, lt.config.mpc),
-                self.mpc.count, self._gen_blocks, self.config.longtail_generators, history,
+                self._count, self._gen_blocks, self.config.longtail_generators, history,
                 hi - lo)
 
     def _ranked(self, p: str, prev: str, k: int, history: Sequence[str]) -> list[Completion]:
