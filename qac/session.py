@@ -253,11 +253,8 @@ class MemorySessionStore(SessionStore):
             if history is not None:
                 if entry.history_until <= now:
                     history.clear()
-                else:
-                    try:
-                        history.remove(q)  # distinct: a repeat moves to the front
-                    except ValueError:
-                        pass
+                elif q in history:
+                    history.remove(q)  # distinct: a repeat moves to the front
                 history.insert(0, q)
                 del history[self.history_size:]  # the cap drops the oldest
                 entry.history_until = now + self.history_ttl_seconds
