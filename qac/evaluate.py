@@ -46,6 +46,11 @@ class UserHistory:
         self.size = size
         self._seen: dict[str, dict[str, None]] = {}
 
+    @staticmethod
+    def user_of(e: LogEvent) -> str:
+        """Whose history an event belongs to: its user, else its session."""
+        return e.user if e.user is not None else e.session
+
     def get(self, user: str) -> tuple[str, ...]:
         d = self._seen.get(user)
         return tuple(reversed(d)) if d else ()
@@ -73,7 +78,7 @@ def test_cases(events: Sequence[LogEvent], since: datetime | None = None,
     out: list[Case] = []
     for e in events:
         prev = last.get(e.session)
-        user = e.user if e.user is not None else e.session
+        user = hist.user_of(e)
         if prev is None:
             tested[e.session] = since is None or (e.time is not None and e.time >= since)
         elif tested[e.session]:

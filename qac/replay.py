@@ -194,7 +194,7 @@ def sessions_of(events: Sequence[LogEvent], since: datetime | None = None,
     order: dict[str, tuple[int, datetime | None, list[str], tuple[str, ...]]] = {}
     hist = UserHistory(history)
     for i, e in enumerate(events):
-        user = e.user if e.user is not None else e.session
+        user = hist.user_of(e)
         got = order.get(e.session)
         if got is not None:
             got[2].append(e.query)
