@@ -37,5 +37,6 @@ const char *qac_strerror(int code);
 #include "qac_train.h"
 #include "qac_kmeans.h"
 #include "qac_pipeline.h"
+#include "qac_longtail.h"
 
 #endif /* QAC_H */

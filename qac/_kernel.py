@@ -546,3 +546,87 @@ class TextSearch:
         )
         n = b.n[0]
         return ffi.unpack(b.ids, n), ffi.unpack(b.scores, n)
+
+
+# --- long-tail pool ---
+
+#: features per pool row and sources (qac.longtail.FEATURES, SOURCES) in the kernel
+LT_NF = int(lib.QAC_LT_NF)
+LT_NSRC = int(lib.QAC_LT_NSRC)
+LT_MPC = int(lib.QAC_LT_MPC)
+LT_HISTORY = int(lib.QAC_LT_HISTORY)
+
+
+class PoolRanker:
+    """The long-tail ranker over a completer's labels (``qac_ranker_t``).
+
+    ``labels``: the labels' UTF-8 texts joined by "\\n" (uint8 array or bytes),
+    ``logpop``: float64 [n_labels] log(1 + popularity), ``weights``: float64
+    [QAC_LT_NF]. The arrays are kept alive here; C keeps pointers into them.
+    """
+
+    def __init__(self, labels: Any, n_labels: int, logpop: np.ndarray,
+                 weights: np.ndarray) -> None:
+        import threading
+
+        self._labels = np.frombuffer(labels, dtype=np.uint8) if isinstance(
+            labels, bytes) else as_c(labels, np.uint8, "labels")
+        self._logpop = as_c(logpop, np.float64, "logpop")
+        self._weights = as_c(weights, np.float64, "weights")
+        out = ffi.new("qac_ranker_t **")
+        check(lib.qac_ranker_new(ffi.from_buffer(self._labels), len(self._labels), n_labels,
+                                 ptr(self._logpop, "double *"), len(self._logpop),
+                                 ptr(self._weights, "double *"), len(self._weights), out),
+              "qac_ranker_new")
+        self.handle = ffi.gc(out[0], lib.qac_ranker_free)
+        self._local = threading.local()
+
+    def buffers(self, cap: int) -> Any:
+        """This thread's pool scratch and input/output buffers for pools of up to
+        ``cap`` rows (reallocated, doubling, when a pool needs more)."""
+        local = self._local
+        if getattr(local, "cap", 0) < cap:
+            cap = max(64, 1 << (cap - 1).bit_length())
+            out = ffi.new("qac_pool_scratch_t **")
+            check(lib.qac_pool_scratch_new(cap, out), "qac_pool_scratch_new")
+            local.scratch = ffi.gc(out[0], lib.qac_pool_scratch_free)
+            local.cap = cap
+            local.gen = ffi.new("int32_t[]", cap)
+            local.num = ffi.new("int64_t[]", cap)
+            local.pop = ffi.new("int64_t[]", cap)
+            local.ref = ffi.new("int32_t[]", cap)
+            local.src = ffi.new("int32_t[]", cap)
+            local.score = ffi.new("double[]", cap)
+            local.n = ffi.new("size_t *")
+        return local
+
+
+def complete_pool(search: TextSearch, ranker: PoolRanker, prefix: str, prev: str, beam: int,
+                  topk: int, lo: int, hi: int, texts: list[str], gens: list[int],
+                  nums: list[int], pops: list[int]) -> tuple[list[int], list[int], list[float]]:
+    """One long-tail keystroke in one C call: the beam's ``topk`` answers in [lo, hi)
+    for (prefix, prev), merged with the generated ``texts`` (generator, number and
+    popularity of each) and ranked. Returns (ref, source, score) per row, best first:
+    ref is a label id, or -1 - j for ``texts[j]``."""
+    n_extra = len(texts)
+    if not len(gens) == len(nums) == len(pops) == n_extra:
+        raise InputError("complete_pool: texts, gens, nums and pops differ in length")
+    b = search._buffers(topk)
+    pb = ranker.buffers(topk + n_extra)
+    pb.gen[0:n_extra] = gens
+    pb.num[0:n_extra] = nums
+    pb.pop[0:n_extra] = pops
+    p = prefix.encode("utf-8", "surrogatepass")
+    q = prev.encode("utf-8", "surrogatepass")
+    x = "\n".join(texts).encode("utf-8", "surrogatepass")
+    check(
+        lib.qac_complete_pool(
+            search._featurizer, search._model.handle, search._model.scratch_for_thread(beam, topk),
+            ranker.handle, pb.scratch, p, len(p), q, len(q), beam, topk, lo, hi,
+            b.feat_idx, b.feat_val, search._feat_cap, b.ids, b.scores,
+            x, len(x), pb.gen, pb.num, pb.pop, n_extra, pb.ref, pb.src, pb.score, pb.cap, pb.n,
+        ),
+        "qac_complete_pool",
+    )
+    n = pb.n[0]
+    return ffi.unpack(pb.ref, n), ffi.unpack(pb.src, n), ffi.unpack(pb.score, n)

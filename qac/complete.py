@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from qac import _kernel
 from qac.blocklist import Blocklist
 from qac.engine import Engine, EngineConfig
 from qac.errors import InputError, ModelFormatError
@@ -51,7 +52,7 @@ from qac.index.kmeans import build_kmeans_tree, pifa
 from qac.index.tree import LabelTree
 from qac.index.trie import build_hybrid_tree, build_trie_tree
 from qac.logs import LogEvent
-from qac.longtail import GENERATORS, LongTail
+from qac.longtail import GENERATORS, SOURCES, LongTail
 from qac.mpc import MostPopular
 from qac.session import MAX_HISTORY
 from qac.storage import open_model_dir, save_model_dir
@@ -193,6 +194,7 @@ class LabelSet:
         self.counts = counts
         self.popularity = popularity
         self._index: dict[str, int] | None = None
+        self._blob: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -210,18 +212,27 @@ class LabelSet:
             self._index = {s: i for i, s in enumerate(self.labels)}
         return self._index.get(text)
 
+    def blob(self) -> np.ndarray:
+        """The labels' UTF-8 joined by "\\n" (uint8): how they are saved, and what the
+        C kernel reads them from."""
+        if self._blob is None:
+            self._blob = np.frombuffer("\n".join(self.labels).encode("utf-8"), dtype=np.uint8)
+        return self._blob
+
     def arrays(self) -> dict[str, np.ndarray]:
-        blob = "\n".join(self.labels).encode("utf-8")
-        out = {"text": np.frombuffer(blob, dtype=np.uint8), "counts": self.counts}
+        out = {"text": self.blob(), "counts": self.counts}
         if self.popularity is not None:
             out["popularity"] = self.popularity
         return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LabelSet:
-        text = bytes(arrays["text"]).decode("utf-8")
+        blob = np.asarray(arrays["text"], dtype=np.uint8)
+        text = bytes(blob).decode("utf-8")
         labels = text.split("\n") if text else []
-        return cls(labels, np.asarray(arrays["counts"]), arrays.get("popularity"))
+        out = cls(labels, np.asarray(arrays["counts"]), arrays.get("popularity"))
+        out._blob = blob
+        return out
 
 
 def _build_index(config: CompleterConfig, labels: list[str]) -> Any:
@@ -266,15 +277,14 @@ class Completer:
         # log(1 + popularity) per label, for the popularity term of the answer score
         self._logpop_arr = np.log1p(labels.popularity.astype(np.float64))
         self._logpop = self._logpop_arr.tolist()
-        # each label's spaces and characters (long-tail features), at load, not on the
-        # first keystroke
-        self._spaces: list[int] = []
-        self._chars: list[int] = []
-        if config.longtail and longtail is not None:
-            self._spaces = [t.count(" ") for t in labels.labels]
-            self._chars = [len(t) for t in labels.labels]
         # popularity of generated texts, which recur keystroke after keystroke
         self._count = functools.lru_cache(maxsize=65536)(mpc.count)
+        # the C side of the long-tail pool (labels, popularity, weights), at load, not
+        # on the first keystroke
+        self._pool_ranker = (
+            _kernel.PoolRanker(labels.blob(), len(labels), self._logpop_arr,
+                               longtail.ranker.weights)
+            if config.longtail and longtail is not None else None)
 
     # -- training -------------------------------------------------------------
     @classmethod
@@ -466,7 +476,7 @@ class Completer:
 
     def _pool_args(self, lt: LongTail, p: str, prev: str, k: int, history: Sequence[str]
                    ) -> tuple[Any, ...]:
-        """The arguments of ``LongTail.pool`` / ``LongTail.rank`` for one keystroke."""
+        """The arguments of ``LongTail.pool`` for one keystroke (the fitting path)."""
         texts: list[str] = []
         scores: list[float] = []
         pop: list[float] = []
@@ -476,27 +486,44 @@ class Completer:
         if lo < hi:
             ids, scores = self.engine.search(p, prev or None, k=max(k, lt.config.model),
                                              beam=self.config.beam, lo=lo, hi=hi)
-            labels, logpop, sp, ch = self.labels.labels, self._logpop, self._spaces, self._chars
+            labels, logpop = self.labels.labels, self._logpop
             texts = [labels[i] for i in ids]
             pop = [logpop[i] for i in ids]
-            spaces = [sp[i] for i in ids]
-            chars = [ch[i] for i in ids]
+            spaces = [t.count(" ") for t in texts]
+            chars = [len(t) for t in texts]
         return (p, prev, (texts, scores, pop, spaces, chars), self.mpc.top(p, lt.config.mpc),
                 self._count, self._gen_blocks, self.config.longtail_generators, history,
                 hi - lo)
 
+    def scored(self, p: str, prev: str, k: int = 10, history: Sequence[str] = ()
+               ) -> tuple[list[str], list[str], list[float]]:
+        """The long-tail pool of a normalized prefix, best first: (texts, sources,
+        ranker scores). The generators run here; the beam search, the merge, the
+        features and the scores are one C call (``qac_complete_pool``)."""
+        lt, ranker = self.longtail, self._pool_ranker
+        if lt is None or ranker is None:
+            raise InputError("this completer does not answer from the long-tail pool")
+        cfg = lt.config
+        lo, hi = self.labels.range(p)
+        texts, gens, nums = lt.extras(p, prev, self.mpc.top(p, cfg.mpc), self._gen_blocks,
+                                      self.config.longtail_generators, history, hi - lo)
+        # popularity of each text: MPC's come with theirs (they lead the list)
+        n_mpc = gens.count(SOURCES.index("mpc"))
+        count = self._count
+        pops = nums[:n_mpc] + [count(t) for t in texts[n_mpc:]]
+        refs, srcs, scores = self.engine.search_pool(
+            ranker, p, prev, max(k, cfg.model), self.config.beam, lo, hi, texts, gens, nums, pops)
+        labels = self.labels.labels
+        return ([labels[r] if r >= 0 else texts[-1 - r] for r in refs],
+                [SOURCES[s] for s in srcs], scores)
+
     def _ranked(self, p: str, prev: str, k: int, history: Sequence[str]) -> list[Completion]:
-        lt = self.longtail
-        assert lt is not None
-        texts, sources, scores = lt.rank(*self._pool_args(lt, p, prev, k, history))
-        # best first; ties keep pool order (the beam's rank first)
-        order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
+        texts, sources, scores = self.scored(p, prev, k, history)
         block = self.blocklist
         out = []
-        for i in order:
-            text = texts[i]
+        for text, source, score in zip(texts, sources, scores, strict=True):
             if block is None or not block.blocks_normalized(text):
-                out.append(Completion(text, scores[i], sources[i]))
+                out.append(Completion(text, score, source))
                 if len(out) == k:
                     break
         return out

@@ -20,10 +20,12 @@ Beside the beam search, cheap generators build new queries from the typed prefix
 Every candidate (these, the XMR beam and the MPC list) gets a short feature row
 (:data:`FEATURES`) and one linear :class:`Ranker` orders them; its weights are
 fitted on a dev split with a listwise softmax loss (``sim/tune_completion.py``).
-:meth:`LongTail.pool` builds the rows (for the fit); :meth:`LongTail.rank`, on the
-per-keystroke path, computes the same scores from the few non-zero features
-without building them. The word and suffix generators run only after a rare prefix
-(:attr:`LongTailConfig.rare`).
+:meth:`LongTail.pool` builds the rows (for the fit). On the per-keystroke path the
+generators run here (:meth:`LongTail.extras`) and the C kernel merges their texts
+with the beam's answers, computes the same features and scores and orders the pool,
+in the same call as the beam search (``native/longtail.c``; the tests hold its scores
+equal to ``pool``'s rows times the weights). The word and suffix generators run only
+after a rare prefix (:attr:`LongTailConfig.rare`).
 
 Statistics: both tables are :class:`qac.mpc.MostPopular` instances (a marisa-trie
 plus precomputed top lists of heavy prefixes), so every lookup is one trie prefix
@@ -44,8 +46,9 @@ from typing import Any
 import marisa_trie
 import numpy as np
 
+from qac import _kernel
 from qac.blocklist import Blocklist
-from qac.errors import InputError, ModelFormatError
+from qac.errors import InputError, ModelFormatError, QacError
 from qac.mpc import MostPopular
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,9 @@ _EXP_M10 = math.exp(-10.0)
 _NEWER = ("is_history", "hist_recency", "hist_recency*L")
 _COL = {f: i for i, f in enumerate(FEATURES)}
 _MODEL, _MPC, _SESSION, _SUFFIX, _WORD, _HISTORY = range(len(SOURCES))
+if (_kernel.LT_NF, _kernel.LT_NSRC, _kernel.LT_MPC, _kernel.LT_HISTORY) != (
+        _NF, len(SOURCES), _MPC, _HISTORY):  # pragma: no cover - stale build
+    raise QacError("qac._native ranks other long-tail features: rebuild it")
 (_LOGSCORE, _LOGSCORE_L, _RANK, _LOGPOP, _LOGPOP_L, _SEEN, _GEN, _GEN_L, _OVERLAP,
  _EXTENDS, _WORDS, _CHARS, _HREC, _HREC_L) = (_COL[f] for f in FEATURES[len(SOURCES):])
 #: the beam's answers in a pool: texts, engine scores, log(1 + popularity), spaces and
@@ -362,7 +368,9 @@ class LongTail:
             raise InputError("history must hold str queries") from None
         out: list[tuple[str, int]]
         if blob.count("\n") != len(history):
-            out = [(t, r) for r, t in enumerate(history) if t.startswith(p)]
+            # an entry with a newline is no normalized query (and could not pass
+            # through the pool's newline-joined texts): it is never a candidate
+            out = [(t, r) for r, t in enumerate(history) if t.startswith(p) and "\n" not in t]
             return [(t, r) for t, r in out if not (blocks is not None and blocks(t))]
         out = []
         needle = "\n" + p
@@ -390,8 +398,35 @@ class LongTail:
     # generators run only below ``config.rare``). The previous query itself is never
     # a candidate: a session does not repeat its last query (the log reader drops
     # such repeats). :meth:`pool` returns the feature rows (what the ranker is fitted
-    # on); :meth:`rank` the same candidates' scores without building them (the
-    # per-keystroke path; a test holds the two equal).
+    # on); ``qac_rank_pool`` in the C kernel computes the same rows' scores on the
+    # per-keystroke path (a test holds the two equal).
+
+    def extras(self, p: str, prev: str, mpc: Sequence[tuple[str, int]], blocks: Any,
+               generators: Sequence[str], history: Sequence[str], n_labels: int
+               ) -> tuple[list[str], list[int], list[int]]:
+        """The generated candidates of one keystroke, MPC's first: (texts, generator
+        of each (an index into SOURCES), its number: a count, for history the
+        recency rank). Texts may repeat and may equal ``prev``; the pool merges
+        them."""
+        texts = [t for t, _ in mpc]
+        nums = [c for _, c in mpc]
+        gens = [_MPC] * len(texts)
+
+        def add(g: int, made: list[tuple[str, int]]) -> None:
+            texts.extend([t for t, _ in made])
+            nums.extend([c for _, c in made])
+            gens.extend([g] * len(made))
+
+        if "history" in generators and history:
+            add(_HISTORY, self.gen_history(p, history, blocks))
+        if "session" in generators:
+            add(_SESSION, self.gen_session(p, prev, blocks))
+        rare = n_labels < self.config.rare
+        if rare and "suffix" in generators:
+            add(_SUFFIX, self.gen_suffix(p, blocks))
+        if rare and "word" in generators:
+            add(_WORD, self.gen_word(p, blocks))
+        return texts, gens, nums
 
     def _gather(self, p: str, prev: str, mtexts: Sequence[str],
                 mpc: Sequence[tuple[str, int]], blocks: Any, generators: Sequence[str],
@@ -406,22 +441,13 @@ class LongTail:
         if drop is not None:
             at = {t: i - (i > drop) for t, i in at.items()}
         nm = len(at)
-        extra: list[tuple[int, str, int]] = [(_MPC, t, c) for t, c in mpc]
-        if "history" in generators and history:
-            extra += [(_HISTORY, t, r) for t, r in self.gen_history(p, history, blocks)]
-        if "session" in generators:
-            extra += [(_SESSION, t, c) for t, c in self.gen_session(p, prev, blocks)]
-        rare = n_labels < self.config.rare
-        if rare and "suffix" in generators:
-            extra += [(_SUFFIX, t, c) for t, c in self.gen_suffix(p, blocks)]
-        if rare and "word" in generators:
-            extra += [(_WORD, t, c) for t, c in self.gen_word(p, blocks)]
+        texts, gens, nums = self.extras(p, prev, mpc, blocks, generators, history, n_labels)
         # texts the beam did not return get new rows, named after the first
         # generator that made them
         new: dict[str, int] = {}
         first: list[tuple[int, int]] = []
         made: list[tuple[int, int, int]] = []
-        for g, t, c in extra:
+        for g, t, c in zip(gens, texts, nums, strict=True):
             if t == prev or not t.startswith(p):
                 continue
             i = at.get(t)
@@ -492,64 +518,3 @@ class LongTail:
         X[:, _GEN_L] = X[:, _GEN] * L
         X[:, _HREC_L] = X[:, _HREC] * L
         return [*mtexts, *ntexts], ["model"] * nm + [SOURCES[g] for g, _ in first], X
-
-    def rank(self, p: str, prev: str, model: _Model, mpc: Sequence[tuple[str, int]],
-             count: Any, blocks: Any = None, generators: Sequence[str] = GENERATORS,
-             history: Sequence[str] = (), n_labels: int = 0
-             ) -> tuple[list[str], list[str], list[float]]:
-        """(texts, sources, ranker scores) of :meth:`pool`'s candidates, in pool order:
-        each score is ``pool``'s feature row times the weights, summed over the few
-        features that are not zero, in plain Python (no matrix to build)."""
-        mtexts, mscores, mpop, mspaces, mchars = model
-        drop, ntexts, first, made = self._gather(p, prev, mtexts, mpc, blocks, generators,
-                                                 history, n_labels)
-        w = self._w
-        L = min(len(p), 10) / 10.0
-        shape = -w[_WORDS] * p.count(" ") - w[_CHARS] * len(p) / 10.0
-        w_ls, w_pop = w[_LOGSCORE] + w[_LOGSCORE_L] * L, w[_LOGPOP] + w[_LOGPOP_L] * L
-        w_rank, w_seen, w_words, w_chars = w[_RANK], w[_SEEN], w[_WORDS], w[_CHARS] / 10.0
-        log, log1p = math.log, math.log1p
-        scores: list[float] = []
-        texts: list[str] = []
-        base = w[_MODEL] + shape
-        r = 0
-        for i, sc in enumerate(mscores):
-            if i == drop:
-                continue
-            r += 1
-            lpop = mpop[i]
-            # log(score) clipped at -10, as pool's max(log(max(s, 1e-30)), -10)
-            scores.append(base + w_ls * (log(sc) if sc > _EXP_M10 else -10.0) + w_rank / r
-                          + w_pop * lpop + (w_seen if lpop > 0 else 0.0)
-                          + w_words * mspaces[i] + w_chars * mchars[i])
-            texts.append(mtexts[i])
-        nm = len(texts)
-        w_over, w_ext = w[_OVERLAP], w[_EXTENDS]
-        prev_words, cut = set(prev.split(" ")), p.rfind(" ") + 1
-        for t, (g, c) in zip(ntexts, first, strict=True):
-            lpop = log1p(c if g == _MPC else count(t))
-            s = (shape + w_pop * lpop + (w_seen if lpop > 0 else 0.0)
-                 + w_words * t.count(" ") + w_chars * len(t))
-            if prev:
-                s += (w_over * _overlap(prev_words, cut, t)
-                      + (w_ext if t.startswith(prev) else 0.0))
-            scores.append(s)
-        # generator flags once per (row, generator); the largest count / recency
-        flagged: set[tuple[int, int]] = set()
-        best_gen: dict[int, float] = {}
-        best_rec: dict[int, float] = {}
-        for i, g, c in made:
-            if (i, g) not in flagged:
-                flagged.add((i, g))
-                scores[i] += w[g]
-            if g == _HISTORY:
-                if 1.0 / (1.0 + c) > best_rec.get(i, 0.0):
-                    best_rec[i] = 1.0 / (1.0 + c)
-            elif g != _MPC and log1p(c) > best_gen.get(i, 0.0):
-                best_gen[i] = log1p(c)
-        w_gen, w_rec = w[_GEN] + w[_GEN_L] * L, w[_HREC] + w[_HREC_L] * L
-        for i, v in best_gen.items():
-            scores[i] += w_gen * v
-        for i, v in best_rec.items():
-            scores[i] += w_rec * v
-        return texts + ntexts, ["model"] * nm + [SOURCES[g] for g, _ in first], scores

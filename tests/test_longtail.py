@@ -195,7 +195,8 @@ def test_corrupt_longtail_data_is_a_format_error(completer: Completer, tmp_path:
        prefix=st.text(alphabet="ab ", max_size=3))
 def test_history_generator_matches_the_plain_scan(lt: LongTail, history: list[str],
                                                   prefix: str) -> None:
-    want = [(t, r) for r, t in enumerate(history) if t.startswith(prefix)]
+    # entries with a newline are no normalized queries: never candidates
+    want = [(t, r) for r, t in enumerate(history) if t.startswith(prefix) and "\n" not in t]
     assert lt.gen_history(prefix, history) == want
 
 
@@ -277,39 +278,55 @@ def test_pool_features_row_by_row(lt: LongTail) -> None:
     assert "zoo" not in texts  # does not start with the prefix
 
 
+def _pool_scores(completer: Completer, p: str, prev: str, history: list[str]
+                 ) -> tuple[list[str], list[str], np.ndarray]:
+    """The reference: LongTail.pool's rows times the weights, best first (stable)."""
+    lt = completer.longtail
+    assert lt is not None
+    texts, sources, X = lt.pool(*completer._pool_args(lt, p, prev, 10, history))
+    scores = lt.ranker.score(X)
+    order = sorted(range(len(texts)), key=lambda i: -scores[i])
+    return [texts[i] for i in order], [sources[i] for i in order], scores[order]
+
+
 @settings(max_examples=150, deadline=None)
 @given(prefix=st.text(alphabet="cheapflistorybn ", min_size=1, max_size=10),
        prev=st.sampled_from(["", "cheap flights", "paris", "bank of america",
                              "cheap flights to paris"]),
        history=st.lists(st.sampled_from(["cheap hotels", "paris opera", "bank",
-                                         "cheap flights to rome", "pictures of paris"]),
-                        max_size=4, unique=True))
-def test_rank_scores_are_the_pools_features_times_the_weights(
+                                         "cheap flights to rome", "pictures of paris",
+                                         "cheap flights"]),
+                        max_size=5, unique=True))
+def test_kernel_ranks_the_pool_as_its_features_times_the_weights(
         completer: Completer, prefix: str, prev: str, history: list[str]) -> None:
     from qac.text import normalize_prefix
 
     p = normalize_prefix(prefix)
     if not p:
         return
-    lt = completer.longtail
-    assert lt is not None
-    args = completer._pool_args(lt, p, prev, 10, history)
-    texts, sources, X = lt.pool(*args)
-    rtexts, rsources, scores = lt.rank(*args)
-    assert (rtexts, rsources) == (texts, sources)
-    np.testing.assert_allclose(scores, lt.ranker.score(X), rtol=1e-9, atol=1e-9)
+    texts, sources, scores = completer.scored(p, prev, 10, history)
+    rtexts, rsources, rscores = _pool_scores(completer, p, prev, history)
+    assert (texts, sources) == (rtexts, rsources)
+    np.testing.assert_allclose(scores, rscores, rtol=1e-9, atol=1e-9)
 
 
-def test_rank_equals_pool_on_full_pools(completer: Completer) -> None:
-    lt = completer.longtail
-    assert lt is not None
+def test_kernel_equals_pool_on_full_pools(completer: Completer) -> None:
     kinds: set[str] = set()
     for p, prev in [("cheap flights to paris h", "cheap flights to paris"), ("pa", "paris"),
-                    ("b", "bank of america"), ("cheap f", ""), ("pictures of p", "paris")]:
-        args = completer._pool_args(lt, p, prev, 10, ["paris opera", "pictures of rome"])
-        texts, sources, X = lt.pool(*args)
-        _, _, scores = lt.rank(*args)
-        assert texts
+                    ("b", "bank of america"), ("cheap f", ""), ("pictures of p", "paris"),
+                    ("bank of a", "bank of america")]:
+        history = ["paris opera", "pictures of rome", "bank of america online"]
+        texts, sources, scores = completer.scored(p, prev, 10, history)
+        rtexts, rsources, rscores = _pool_scores(completer, p, prev, history)
+        assert texts and (texts, sources) == (rtexts, rsources)
+        assert prev not in texts
+        np.testing.assert_allclose(scores, rscores, rtol=1e-9, atol=1e-9)
         kinds.update(sources)
-        np.testing.assert_allclose(scores, lt.ranker.score(X), rtol=1e-9, atol=1e-9)
     assert {"model", "history", "session"} <= kinds
+
+
+def test_history_with_a_newline_is_never_a_candidate(completer: Completer) -> None:
+    got = completer.complete("pa", None, history=["paris\nopera", "paris opera"])
+    assert [c.text for c in got if c.source == "history"] == ["paris opera"]
+    with pytest.raises(InputError, match="str"):
+        completer.complete("pa", None, history=["paris opera", b"paris"])  # type: ignore[list-item]
