@@ -1,5 +1,6 @@
 /* The long-tail pool's merge and ranker (see qac_longtail.h). */
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,12 @@ typedef struct {
     int32_t row;
 } ranked_t;
 
+typedef struct {
+    uint64_t h;
+    const char *p;
+    size_t n;
+} piece_t;
+
 struct qac_pool_scratch {
     size_t cap;   /* rows */
     size_t hmask; /* hash slots - 1 (a power of two >= 2 cap) */
@@ -38,6 +45,10 @@ struct qac_pool_scratch {
     int32_t *row_ref, *row_src;
     double *x;           /* cap * QAC_LT_NF */
     ranked_t *order;     /* cap */
+    size_t prev_cap;     /* longest previous query (bytes) */
+    piece_t *pieces;     /* prev_cap + 1: the previous query's words, by hash */
+    uint32_t *stamp;     /* prev_cap + 1: the row that last matched each word */
+    uint32_t tick;
 };
 
 int qac_ranker_new(const char *labels, size_t labels_len, size_t n_labels,
@@ -93,13 +104,15 @@ void qac_pool_scratch_free(qac_pool_scratch_t *s) {
     free(s->row_src);
     free(s->x);
     free(s->order);
+    free(s->pieces);
+    free(s->stamp);
     free(s);
 }
 
-int qac_pool_scratch_new(size_t cap, qac_pool_scratch_t **out) {
+int qac_pool_scratch_new(size_t cap, size_t prev_cap, qac_pool_scratch_t **out) {
     if (!out) return QAC_E_INPUT;
     *out = NULL;
-    if (cap == 0 || cap > MAX_ROWS) return QAC_E_INPUT;
+    if (cap == 0 || cap > MAX_ROWS || prev_cap > MAX_ROWS) return QAC_E_INPUT;
     qac_pool_scratch_t *s = calloc(1, sizeof *s);
     if (!s) return QAC_E_NOMEM;
     size_t slots = 16;
@@ -115,7 +128,10 @@ int qac_pool_scratch_new(size_t cap, qac_pool_scratch_t **out) {
     s->row_src = malloc(cap * sizeof *s->row_src);
     s->x = malloc(cap * QAC_LT_NF * sizeof *s->x);
     s->order = malloc(cap * sizeof *s->order);
-    if (!s->slot || !s->row_hash || !s->row_slot || !s->row_text || !s->row_len || !s->row_ref ||
+    s->prev_cap = prev_cap;
+    s->pieces = malloc((prev_cap + 1) * sizeof *s->pieces);
+    s->stamp = calloc(prev_cap + 1, sizeof *s->stamp);
+    if (!s->pieces || !s->stamp || !s->slot || !s->row_hash || !s->row_slot || !s->row_text || !s->row_len || !s->row_ref ||
         !s->row_src || !s->x || !s->order) {
         qac_pool_scratch_free(s);
         return QAC_E_NOMEM;
@@ -149,28 +165,57 @@ static int same(const char *a, size_t na, const char *b, size_t nb) {
     return na == nb && (na == 0 || memcmp(a, b, na) == 0);
 }
 
-/* Is the word w one of the ' '-separated pieces of s? */
-static int has_piece(const char *s, size_t ns, const char *w, size_t nw) {
-    size_t i = 0;
-    for (;;) {
-        const char *sp = memchr(s + i, ' ', ns - i);
-        size_t j = sp ? (size_t)(sp - s) : ns;
-        if (same(s + i, j - i, w, nw)) return 1;
-        if (!sp) return 0;
-        i = j + 1;
-    }
+static int by_hash(const void *a, const void *b) {
+    const piece_t *x = a, *y = b;
+    return (x->h > y->h) - (x->h < y->h);
 }
 
-/* Share of the pieces of t (split at ' ') that are pieces of prev, each distinct
- * piece counted once: Python's len(set(prev.split(" ")) & set(new)) / len(new). */
-static double overlap(const char *t, size_t nt, const char *prev, size_t nprev) {
+/* Split prev at ' ' into s->pieces, sorted by hash; returns how many. */
+static size_t split_prev(qac_pool_scratch_t *s, const char *prev, size_t n) {
+    size_t k = 0, i = 0;
+    for (;;) {
+        const char *sp = memchr(prev + i, ' ', n - i);
+        size_t j = sp ? (size_t)(sp - prev) : n;
+        s->pieces[k++] = (piece_t){fnv1a(prev + i, j - i), prev + i, j - i};
+        if (!sp) break;
+        i = j + 1;
+    }
+    qsort(s->pieces, k, sizeof *s->pieces, by_hash);
+    return k;
+}
+
+/* The first of the sorted pieces equal to w (the same one for every copy of a
+ * word), or -1. */
+static ptrdiff_t find_piece(const piece_t *pc, size_t np, const char *w, size_t nw) {
+    uint64_t h = fnv1a(w, nw);
+    size_t lo = 0, hi = np;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (pc[mid].h < h) lo = mid + 1; else hi = mid;
+    }
+    for (; lo < np && pc[lo].h == h; lo++)
+        if (same(pc[lo].p, pc[lo].n, w, nw)) return (ptrdiff_t)lo;
+    return -1;
+}
+
+/* Share of the pieces of t (split at ' ') that are words of the previous query,
+ * each distinct word counted once: Python's len(set(prev.split(" ")) & set(new))
+ * / len(new). O(len(t) + pieces * log(words of prev)). */
+static double overlap(qac_pool_scratch_t *s, size_t np, const char *t, size_t nt) {
+    if (++s->tick == 0) { /* wrapped: forget every stamp */
+        memset(s->stamp, 0, (s->prev_cap + 1) * sizeof *s->stamp);
+        s->tick = 1;
+    }
     size_t pieces = 0, hits = 0, i = 0;
     for (;;) {
         const char *sp = memchr(t + i, ' ', nt - i);
         size_t j = sp ? (size_t)(sp - t) : nt;
         pieces++;
-        if (has_piece(prev, nprev, t + i, j - i) && !(i && has_piece(t, i - 1, t + i, j - i)))
+        ptrdiff_t k = find_piece(s->pieces, np, t + i, j - i);
+        if (k >= 0 && s->stamp[k] != s->tick) {
+            s->stamp[k] = s->tick;
             hits++;
+        }
         if (!sp) break;
         i = j + 1;
     }
@@ -237,6 +282,8 @@ static int fill_pool(const qac_ranker_t *rk, pool_t *pool, const char *prefix,
     size_t cut = prefix_len; /* bytes up to the prefix's last space, included */
     while (cut && prefix[cut - 1] != ' ') cut--;
     const double exp_m10 = exp(-10.0);
+    if (prev_len > s->prev_cap) return QAC_E_CAPACITY;
+    const size_t n_pieces = prev_len ? split_prev(s, prev, prev_len) : 0;
 
     /* the beam's rows: flagged, scored, ranked after the previous query is dropped */
     for (size_t i = 0; i < n_model; i++) {
@@ -282,7 +329,7 @@ static int fill_pool(const qac_ranker_t *rk, pool_t *pool, const char *prefix,
             x = s->x + (size_t)r * QAC_LT_NF;
             x[F_LOGPOP] = log1p((double)extra_pop[j]);
             if (prev_len) {
-                x[F_OVERLAP] = overlap(t + cut, n - cut, prev, prev_len);
+                x[F_OVERLAP] = overlap(s, n_pieces, t + cut, n - cut);
                 x[F_EXTENDS] = n >= prev_len && memcmp(t, prev, prev_len) == 0;
             }
             x[F_WORDS] = (double)count_spaces(t, n) - pw;

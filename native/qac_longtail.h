@@ -35,8 +35,8 @@ int qac_ranker_new(const char *labels, size_t labels_len, size_t n_labels,
 void qac_ranker_free(qac_ranker_t *ranker);
 
 /* Per-thread working memory for pools of up to cap rows (beam answers plus
- * generated candidates). */
-int qac_pool_scratch_new(size_t cap, qac_pool_scratch_t **out);
+ * generated candidates) and previous queries of up to prev_cap bytes. */
+int qac_pool_scratch_new(size_t cap, size_t prev_cap, qac_pool_scratch_t **out);
 void qac_pool_scratch_free(qac_pool_scratch_t *scratch);
 
 /* Merge and rank one keystroke's pool.
@@ -53,8 +53,9 @@ void qac_pool_scratch_free(qac_pool_scratch_t *scratch);
  * first source that made it (the beam's first). Writes *out_n rows, best first
  * (ties: pool order, the beam's rows first): out_ref (label id, or -1 - j for
  * extra text j), out_src (source) and out_score, all of out_cap entries
- * (QAC_E_CAPACITY if the pool has more rows, or more than the scratch's cap).
- * No allocation. */
+ * (QAC_E_CAPACITY if the pool has more rows, or more than the scratch's cap, or
+ * prev is longer than its prev_cap). No allocation; time linear in the bytes of
+ * the texts (times log of the previous query's words). */
 int qac_rank_pool(const qac_ranker_t *ranker, qac_pool_scratch_t *scratch,
                   const char *prefix, size_t prefix_len, const char *prev, size_t prev_len,
                   const int32_t *model_ids, const float *model_scores, size_t n_model,

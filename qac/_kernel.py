@@ -581,16 +581,18 @@ class PoolRanker:
         self.handle = ffi.gc(out[0], lib.qac_ranker_free)
         self._local = threading.local()
 
-    def buffers(self, cap: int) -> Any:
+    def buffers(self, cap: int, prev_cap: int) -> Any:
         """This thread's pool scratch and input/output buffers for pools of up to
-        ``cap`` rows (reallocated, doubling, when a pool needs more)."""
+        ``cap`` rows and previous queries of up to ``prev_cap`` bytes (reallocated,
+        doubling, when a keystroke needs more)."""
         local = self._local
-        if getattr(local, "cap", 0) < cap:
-            cap = max(64, 1 << (cap - 1).bit_length())
+        if getattr(local, "cap", 0) < cap or local.prev_cap < prev_cap:
+            cap = max(64, 1 << (cap - 1).bit_length(), getattr(local, "cap", 0))
+            prev_cap = max(256, 1 << (prev_cap - 1).bit_length(), getattr(local, "prev_cap", 0))
             out = ffi.new("qac_pool_scratch_t **")
-            check(lib.qac_pool_scratch_new(cap, out), "qac_pool_scratch_new")
+            check(lib.qac_pool_scratch_new(cap, prev_cap, out), "qac_pool_scratch_new")
             local.scratch = ffi.gc(out[0], lib.qac_pool_scratch_free)
-            local.cap = cap
+            local.cap, local.prev_cap = cap, prev_cap
             local.gen = ffi.new("int32_t[]", cap)
             local.num = ffi.new("int64_t[]", cap)
             local.pop = ffi.new("int64_t[]", cap)
@@ -611,13 +613,13 @@ def complete_pool(search: TextSearch, ranker: PoolRanker, prefix: str, prev: str
     n_extra = len(texts)
     if not len(gens) == len(nums) == len(pops) == n_extra:
         raise InputError("complete_pool: texts, gens, nums and pops differ in length")
+    p = prefix.encode("utf-8", "surrogatepass")
+    q = prev.encode("utf-8", "surrogatepass")
     b = search._buffers(topk)
-    pb = ranker.buffers(topk + n_extra)
+    pb = ranker.buffers(topk + n_extra, len(q))
     pb.gen[0:n_extra] = gens
     pb.num[0:n_extra] = nums
     pb.pop[0:n_extra] = pops
-    p = prefix.encode("utf-8", "surrogatepass")
-    q = prev.encode("utf-8", "surrogatepass")
     x = "\n".join(texts).encode("utf-8", "surrogatepass")
     check(
         lib.qac_complete_pool(

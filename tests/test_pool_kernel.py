@@ -29,11 +29,11 @@ def _ranker(weights: Any = None, labels: list[str] = LABELS,
 
 def _rank(ranker: _kernel.PoolRanker, prefix: str, prev: str, ids: list[int],
           scores: list[float], extra: list[tuple[str, str, int, int]], cap: int = 64,
-          out_cap: int | None = None, raw_extra: bytes | None = None
+          out_cap: int | None = None, raw_extra: bytes | None = None, prev_cap: int = 256
           ) -> tuple[int, list[tuple[str, str, float]]]:
     """(status, rows best first as (text, source, score)); extra: (text, source, num, pop)."""
     s = ffi.new("qac_pool_scratch_t **")
-    _kernel.check(lib.qac_pool_scratch_new(cap, s), "scratch")
+    _kernel.check(lib.qac_pool_scratch_new(cap, prev_cap, s), "scratch")
     scratch = ffi.gc(s[0], lib.qac_pool_scratch_free)
     texts = [t for t, _, _, _ in extra]
     blob = raw_extra if raw_extra is not None else "\n".join(texts).encode()
@@ -54,7 +54,7 @@ def _feature(name: str, prefix: str, prev: str, ids: list[int], scores: list[flo
              extra: list[tuple[str, str, int, int]]) -> dict[str, float]:
     w = np.zeros(len(FEATURES))
     w[FEATURES.index(name)] = 1.0
-    rc, rows = _rank(_ranker(w), prefix, prev, ids, scores, extra)
+    rc, rows = _rank(_ranker(w), prefix, prev, ids, scores, extra, cap=1024, prev_cap=4096)
     assert rc == 0
     return {t: s for t, _, s in rows}
 
@@ -117,6 +117,22 @@ def test_overlap_counts_distinct_words_of_the_previous_query() -> None:
     assert _feature("prev_overlap", "new ", "", [], [], extra)["new jersey"] == 0
 
 
+def test_overlap_on_long_texts_is_the_set_formula() -> None:
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(40)] + ["", "é"]
+    prev = " ".join(rng.choice(words, size=300))
+    extra = [(" ".join(["w"] + list(rng.choice(words, size=int(rng.integers(1, 200))))),
+              "history", i, 0) for i in range(300)]
+    got = _feature("prev_overlap", "w ", prev, [], [], extra)
+    prev_words = set(prev.split(" "))
+    for text, _, _, _ in extra:
+        new = text[2:].split(" ")
+        assert got[text] == pytest.approx(len(prev_words.intersection(new)) / len(new))
+    # a previous query longer than the scratch holds is refused, not read past
+    rc, rows = _rank(_ranker(), "w ", prev, [], [], extra, cap=512, prev_cap=64)
+    assert rc == lib.QAC_E_CAPACITY and rows == []
+
+
 def test_order_is_by_score_then_pool_order() -> None:
     w = np.zeros(len(FEATURES))
     w[FEATURES.index("is_history")] = 1.0
@@ -136,7 +152,7 @@ def test_many_rows_and_reuse_after_errors() -> None:
     assert rc == 0 and len(rows) == 3002 and len({t for t, _, _ in rows}) == 3002
     # a failing call leaves the scratch clean for the next one
     s = ffi.new("qac_pool_scratch_t **")
-    _kernel.check(lib.qac_pool_scratch_new(8, s), "scratch")
+    _kernel.check(lib.qac_pool_scratch_new(8, 16, s), "scratch")
     scratch = ffi.gc(s[0], lib.qac_pool_scratch_free)
     out = [ffi.new("int32_t[]", 8), ffi.new("int32_t[]", 8), ffi.new("double[]", 8)]
     n = ffi.new("size_t *")
@@ -221,6 +237,6 @@ def test_null_pointers_are_refused() -> None:
                              ffi.NULL, 0, ffi.NULL, ffi.NULL, ffi.NULL, 0, ffi.NULL, ffi.NULL,
                              ffi.NULL, 0, n) == lib.QAC_E_INPUT
     s = ffi.new("qac_pool_scratch_t **")
-    assert lib.qac_pool_scratch_new(0, s) == lib.QAC_E_INPUT
+    assert lib.qac_pool_scratch_new(0, 16, s) == lib.QAC_E_INPUT
     r = ffi.new("qac_ranker_t **")
     assert lib.qac_ranker_new(ffi.NULL, 5, 1, ffi.NULL, 1, ffi.NULL, 0, r) == lib.QAC_E_INPUT
