@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 KIND = "completer"
 INDEXES = ("hybrid", "trie", "tree")
 _MAX_CHAR = "\U0010ffff"
+_MPC = SOURCES.index("mpc")
 
 
 def _check_history(history: Sequence[str]) -> Sequence[str]:
@@ -508,7 +509,7 @@ class Completer:
         texts, gens, nums = lt.extras(p, prev, self.mpc.top(p, cfg.mpc), self._gen_blocks,
                                       self.config.longtail_generators, history, hi - lo)
         # popularity of each text: MPC's come with theirs (they lead the list)
-        n_mpc = gens.count(SOURCES.index("mpc"))
+        n_mpc = gens.count(_MPC)
         count = self._count
         pops = nums[:n_mpc] + [count(t) for t in texts[n_mpc:]]
         refs, srcs, scores = self.engine.search_pool(

@@ -67,7 +67,6 @@ FEATURES = (
     "hist_recency", "hist_recency*L",
 )
 _NF = len(FEATURES)
-_EXP_M10 = math.exp(-10.0)
 #: features added after the first release of the ranker (weight 0 when absent)
 _NEWER = ("is_history", "hist_recency", "hist_recency*L")
 _COL = {f: i for i, f in enumerate(FEATURES)}
