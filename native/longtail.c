@@ -77,7 +77,7 @@ int qac_ranker_new(const char *labels, size_t labels_len, size_t n_labels,
         if (i != n_labels) { qac_ranker_free(r); return QAC_E_RANGE; }
     }
     r->start[n_labels] = (int64_t)labels_len + 1;
-    r->text = labels;
+    r->text = labels ? labels : "";
     r->n_labels = n_labels;
     r->logpop = logpop;
     for (size_t f = 0; f < n_labels; f++)
@@ -373,13 +373,14 @@ int qac_rank_pool(const qac_ranker_t *ranker, qac_pool_scratch_t *scratch,
     if (!out_n) return QAC_E_INPUT;
     *out_n = 0;
     if (!ranker || !scratch || (prefix_len && !prefix) || (prev_len && !prev) ||
-        (n_model && (!model_ids || !model_scores)) || (extra_len && !extra) ||
+        (n_model && (!model_ids || !model_scores)) || ((extra_len || n_extra) && !extra) ||
         (n_extra && (!extra_gen || !extra_num || !extra_pop)) ||
-        (out_cap && (!out_ref || !out_src || !out_score)))
+        (out_cap && (!out_ref || !out_src || !out_score)) || n_extra > INT32_MAX ||
+        n_model > INT32_MAX)
         return QAC_E_INPUT;
     pool_t pool = {scratch, 0};
-    int rc = fill_pool(ranker, &pool, prefix, prefix_len, prev ? prev : "", prev_len,
-                       model_ids, model_scores, n_model, extra, extra_len, extra_gen,
+    int rc = fill_pool(ranker, &pool, prefix ? prefix : "", prefix_len, prev ? prev : "",
+                       prev_len, model_ids, model_scores, n_model, extra, extra_len, extra_gen,
                        extra_num, extra_pop, n_extra);
     size_t n = pool.n;
     if (rc == QAC_OK && n > out_cap) rc = QAC_E_CAPACITY;

@@ -238,5 +238,12 @@ def test_null_pointers_are_refused() -> None:
                              ffi.NULL, 0, n) == lib.QAC_E_INPUT
     s = ffi.new("qac_pool_scratch_t **")
     assert lib.qac_pool_scratch_new(0, 16, s) == lib.QAC_E_INPUT
+    _kernel.check(lib.qac_pool_scratch_new(8, 16, s), "scratch")
+    scratch = ffi.gc(s[0], lib.qac_pool_scratch_free)
+    out = [ffi.new("int32_t[]", 8), ffi.new("int32_t[]", 8), ffi.new("double[]", 8)]
+    # one generated text said, but no texts given
+    assert lib.qac_rank_pool(_ranker().handle, scratch, b"pa", 2, ffi.NULL, 0, ffi.NULL,
+                             ffi.NULL, 0, ffi.NULL, 0, [1], [0], [0], 1, *out, 8,
+                             n) == lib.QAC_E_INPUT
     r = ffi.new("qac_ranker_t **")
     assert lib.qac_ranker_new(ffi.NULL, 5, 1, ffi.NULL, 1, ffi.NULL, 0, r) == lib.QAC_E_INPUT
