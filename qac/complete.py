@@ -280,12 +280,15 @@ class Completer:
         self._logpop = self._logpop_arr.tolist()
         # popularity of generated texts, which recur keystroke after keystroke
         self._count = functools.lru_cache(maxsize=65536)(mpc.count)
-        # the C side of the long-tail pool (labels, popularity, weights), at load, not
-        # on the first keystroke
-        self._pool_ranker = (
-            _kernel.PoolRanker(labels.blob(), len(labels), self._logpop_arr,
-                               longtail.ranker.weights)
-            if config.longtail and longtail is not None else None)
+        # the C side of the long-tail pool (labels, popularity, weights), with and
+        # without history, at load, not on the first keystroke
+        self._pool_rankers: tuple[_kernel.PoolRanker, _kernel.PoolRanker] | None = None
+        if config.longtail and longtail is not None:
+            self._pool_rankers = (
+                _kernel.PoolRanker(labels.blob(), len(labels), self._logpop_arr,
+                                   longtail.ranker_no_history.weights),
+                _kernel.PoolRanker(labels.blob(), len(labels), self._logpop_arr,
+                                   longtail.ranker.weights))
 
     # -- training -------------------------------------------------------------
     @classmethod
@@ -496,14 +499,21 @@ class Completer:
                 self._count, self._gen_blocks, self.config.longtail_generators, history,
                 hi - lo)
 
+    def with_history(self, history: Sequence[str]) -> bool:
+        """Whether a keystroke with this history is ranked by the long-tail ranker
+        with history (:meth:`qac.longtail.LongTail.ranker_for`): the history
+        generator is on and the history is not empty."""
+        return bool(history) and "history" in self.config.longtail_generators
+
     def scored(self, p: str, prev: str, k: int = 10, history: Sequence[str] = ()
                ) -> tuple[list[str], list[str], list[float]]:
         """The long-tail pool of a normalized prefix, best first: (texts, sources,
         ranker scores). The generators run here; the beam search, the merge, the
         features and the scores are one C call (``qac_complete_pool``)."""
-        lt, ranker = self.longtail, self._pool_ranker
-        if lt is None or ranker is None:
+        lt, rankers = self.longtail, self._pool_rankers
+        if lt is None or rankers is None:
             raise InputError("this completer does not answer from the long-tail pool")
+        ranker = rankers[1 if self.with_history(history) else 0]
         cfg = lt.config
         lo, hi = self.labels.range(p)
         texts, gens, nums = lt.extras(p, prev, self.mpc.top(p, cfg.mpc), self._gen_blocks,

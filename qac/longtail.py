@@ -19,7 +19,9 @@ Beside the beam search, cheap generators build new queries from the typed prefix
 
 Every candidate (these, the XMR beam and the MPC list) gets a short feature row
 (:data:`FEATURES`) and one linear :class:`Ranker` orders them; its weights are
-fitted on a dev split with a listwise softmax loss (``sim/tune_completion.py``).
+fitted on a dev split with a listwise softmax loss (``sim/tune_completion.py``),
+once with the users' history and once without (a keystroke that comes without
+history is ranked by the second).
 :meth:`LongTail.pool` builds the rows (for the fit). On the per-keystroke path the
 generators run here (:meth:`LongTail.extras`) and the C kernel merges their texts
 with the beam's answers, computes the same features and scores and orders the pool,
@@ -218,27 +220,49 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "prev_overlap": 2.2882, "extends_prev": 0.3815, "added_words": -0.1111,
     "added_chars": -0.2887, "hist_recency": 4.2418, "hist_recency*L": 0.6202,
 }
+#: the same fit with no history in any case (``--history 0``): the weights used when
+#: a keystroke comes with no history (a new user, a store without the history list,
+#: or the history generator off). The history weights above, applied without history,
+#: rank below the engine without long tail (evaluation week 0.2132 against 0.2141);
+#: these reach 0.2217.
+DEFAULT_WEIGHTS_NO_HISTORY: dict[str, float] = {
+    "is_model": 4.7694, "is_mpc": 0.3904, "is_session": 1.0178, "is_suffix": 1.0242,
+    "is_word": -0.4227, "is_history": 0.0, "model_logscore": 0.3889,
+    "model_logscore*L": 0.152, "model_rank": 2.118, "logpop": 0.1527, "logpop*L": 0.8592,
+    "seen": 0.821, "gen_logcount": -0.0706, "gen_logcount*L": 0.0131,
+    "prev_overlap": 2.6082, "extends_prev": 0.5432, "added_words": -0.0239,
+    "added_chars": -0.3082, "hist_recency": 0.0, "hist_recency*L": 0.0,
+}
 
 
 class LongTail:
-    """Word and ending tables, the generators over them, and the ranker.
+    """Word and ending tables, the generators over them, and the rankers.
 
     ``words`` maps words to counts, ``suffixes`` maps query endings (last 1..3
     words of past queries) to counts; both are :class:`MostPopular` tables.
+    ``ranker`` orders the pool of a keystroke that comes with the user's history,
+    ``ranker_no_history`` one that comes without (each fitted on such cases).
     """
 
     def __init__(self, words: MostPopular, suffixes: MostPopular,
-                 config: LongTailConfig | None = None, ranker: Ranker | None = None) -> None:
+                 config: LongTailConfig | None = None, ranker: Ranker | None = None,
+                 ranker_no_history: Ranker | None = None) -> None:
         self.words = words
         self.suffixes = suffixes
         self.config = config or LongTailConfig()
         self.ranker = ranker or Ranker.from_dict(DEFAULT_WEIGHTS)
-        self._w = tuple(self.ranker.weights.tolist())  # plain floats for rank()
+        self.ranker_no_history = ranker_no_history or Ranker.from_dict(
+            DEFAULT_WEIGHTS_NO_HISTORY)
+
+    def ranker_for(self, history: bool) -> Ranker:
+        """The ranker of a keystroke with (True) or without the user's history."""
+        return self.ranker if history else self.ranker_no_history
 
     # -- building ------------------------------------------------------------------
     @classmethod
     def build(cls, counts: Mapping[str, int], blocklist: Blocklist | None = None,
-              config: LongTailConfig | None = None, ranker: Ranker | None = None) -> LongTail:
+              config: LongTailConfig | None = None, ranker: Ranker | None = None,
+              ranker_no_history: Ranker | None = None) -> LongTail:
         """Mine word and ending counts from query -> count (normalized queries)."""
         config = config or LongTailConfig()
         blocks = (blocklist or Blocklist.empty()).blocks
@@ -257,12 +281,15 @@ class LongTail:
             kept = {k: c for k, c in counter.items() if c >= keep and k and not blocks(k)}
             return MostPopular(kept if kept else {"": 0})
 
-        lt = cls(table(words), table(ends), config, ranker)
+        lt = cls(table(words), table(ends), config, ranker, ranker_no_history)
         log.info("long tail: %d words, %d endings", len(lt.words), len(lt.suffixes))
         return lt
 
-    def with_ranker(self, ranker: Ranker) -> LongTail:
-        return LongTail(self.words, self.suffixes, self.config, ranker)
+    def with_ranker(self, ranker: Ranker | None = None,
+                    ranker_no_history: Ranker | None = None) -> LongTail:
+        """The same tables with other rankers (None: keep this one's)."""
+        return LongTail(self.words, self.suffixes, self.config, ranker or self.ranker,
+                        ranker_no_history or self.ranker_no_history)
 
     # -- persistence (through qac.storage, as part of a completer directory) ---------
     def arrays(self) -> dict[str, np.ndarray]:
@@ -274,7 +301,8 @@ class LongTail:
         return {"words": self.words.trie, "suffixes": self.suffixes.trie}
 
     def manifest(self) -> dict[str, Any]:
-        return {"config": asdict(self.config), "ranker": self.ranker.to_dict()}
+        return {"config": asdict(self.config), "ranker": self.ranker.to_dict(),
+                "ranker_no_history": self.ranker_no_history.to_dict()}
 
     @classmethod
     def from_parts(cls, manifest: Mapping[str, Any], tries: Mapping[str, marisa_trie.Trie],
@@ -285,8 +313,11 @@ class LongTail:
             ends = MostPopular.from_parts(
                 tries["suffixes"],
                 {k[9:]: v for k, v in arrays.items() if k.startswith("suffixes.")})
+            # models saved before the no-history ranker get the default one
+            nohist = manifest.get("ranker_no_history")
             return cls(words, ends, LongTailConfig(**manifest["config"]),
-                       Ranker.from_dict(manifest["ranker"]))
+                       Ranker.from_dict(manifest["ranker"]),
+                       Ranker.from_dict(nohist) if nohist is not None else None)
         except (KeyError, TypeError, InputError) as exc:
             raise ModelFormatError(f"long-tail data inconsistent ({exc})", "longtail") from exc
 

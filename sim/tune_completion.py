@@ -11,14 +11,19 @@ Long tail (:mod:`qac.longtail`): ``--fit-ranker W.json`` builds the word and end
 tables from the rows before ``--dev-from`` (plus ``--background``), pools the
 candidates of every dev (prefix, previous query), fits the ranker on the pools that
 hold the target, prints dev figures with and without each generator, and writes
-the weights. ``--attach SRC --attach-out DST --weights W.json`` then builds the
-tables from the rows before ``--until`` (the whole training log) and saves the
-completer at SRC with them and the fitted ranker to DST:
+the weights. With ``--history 0`` the cases carry no history, and the weights are
+those of keystrokes that come without it. ``--attach SRC --attach-out DST --weights
+W.json [--weights-no-history W0.json]`` then builds the tables from the rows before
+``--until`` (the whole training log) and saves the completer at SRC with them and
+the fitted rankers to DST:
 
     python sim/tune_completion.py --log $LOG --background $BG --model $DEV_MODEL \
         --fit-ranker bench-out/ranker.json
+    python sim/tune_completion.py --log $LOG --background $BG --model $DEV_MODEL \
+        --history 0 --fit-ranker bench-out/ranker-nohist.json
     python sim/tune_completion.py --log $LOG --background $BG \
-        --weights bench-out/ranker.json --attach models/hybrid --attach-out models/hybrid-lt
+        --weights bench-out/ranker.json --weights-no-history bench-out/ranker-nohist.json \
+        --attach models/hybrid --attach-out models/hybrid-lt
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ def main() -> None:
     ap.add_argument("--fit-ranker", metavar="JSON",
                     help="fit the long-tail ranker on the dev split, write its weights")
     ap.add_argument("--weights", metavar="JSON", help="ranker weights for --attach")
+    ap.add_argument("--weights-no-history", metavar="JSON",
+                    help="weights of keystrokes without history for --attach (a fit with "
+                         "--history 0; default: qac.longtail.DEFAULT_WEIGHTS_NO_HISTORY)")
     ap.add_argument("--attach", metavar="DIR", help="completer to give long-tail statistics")
     ap.add_argument("--attach-out", metavar="DIR")
     ap.add_argument("--l2", type=float, default=1e-3)
@@ -142,9 +150,12 @@ def attach(args: argparse.Namespace) -> None:
         raise SystemExit("--attach needs --attach-out and --weights")
     train = read_log(args.log, until=datetime.fromisoformat(args.until))
     ranker = Ranker.from_dict(json.loads(Path(args.weights).read_text())["weights"])
+    nohist = (Ranker.from_dict(json.loads(Path(args.weights_no_history).read_text())["weights"])
+              if args.weights_no_history else None)
     t0 = time.perf_counter()
     lt = LongTail.build(_counts(train, args.background), Blocklist.default(),
-                        LongTailConfig(**json.loads(args.lt_config)), ranker=ranker)
+                        LongTailConfig(**json.loads(args.lt_config)), ranker=ranker,
+                        ranker_no_history=nohist)
     print(f"long tail: {len(lt.words)} words, {len(lt.suffixes)} endings in "
           f"{time.perf_counter() - t0:.1f}s")
     c = Completer.load(args.attach).with_longtail(lt)
@@ -197,8 +208,12 @@ def fit_ranker(args: argparse.Namespace) -> None:
     Path(args.fit_ranker).parent.mkdir(parents=True, exist_ok=True)
     Path(args.fit_ranker).write_text(json.dumps(
         {"weights": weights, "dev_from": args.dev_from, "until": args.until,
-         "coverage": len(groups) / n_events, "l2": args.l2}, indent=1))
-    fitted = base.with_longtail(lt.with_ranker(ranker))
+         "history": args.history, "coverage": len(groups) / n_events, "l2": args.l2},
+        indent=1))
+    # fitted with history: the ranker of keystrokes with history; with --history 0
+    # the one of keystrokes without (the cases then carry none)
+    fitted = base.with_longtail(lt.with_ranker(ranker) if args.history
+                                else lt.with_ranker(ranker_no_history=ranker))
     systems: dict[str, Any] = {"mpc": MpcSystem(fitted.mpc), "base": CompleterSystem(base),
                                "longtail": CompleterSystem(fitted)}
     for g in GENERATORS:

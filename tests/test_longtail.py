@@ -14,7 +14,14 @@ from qac.blocklist import Blocklist
 from qac.complete import Completer, CompleterConfig
 from qac.errors import InputError, ModelFormatError
 from qac.logs import LogEvent
-from qac.longtail import FEATURES, SOURCES, LongTail, LongTailConfig, Ranker
+from qac.longtail import (
+    DEFAULT_WEIGHTS_NO_HISTORY,
+    FEATURES,
+    SOURCES,
+    LongTail,
+    LongTailConfig,
+    Ranker,
+)
 
 COUNTS = Counter({
     "bank of america": 5, "bank of america online": 3, "cheap flights to paris": 4,
@@ -153,6 +160,8 @@ def test_save_load_round_trip(completer: Completer, tmp_path: Path) -> None:
     assert isinstance(counts.base, np.memmap) and not counts.flags.owndata  # not a copy
     assert completer.longtail is not None
     assert loaded.longtail.ranker.weights.tolist() == completer.longtail.ranker.weights.tolist()
+    assert (loaded.longtail.ranker_no_history.weights.tolist()
+            == completer.longtail.ranker_no_history.weights.tolist())
     for prefix, prev in [("cheap flights to paris h", "cheap flights to paris"),
                          ("b", None), ("pa", "paris"), ("", "paris")]:
         assert loaded.complete(prefix, prev) == completer.complete(prefix, prev)
@@ -284,7 +293,7 @@ def _pool_scores(completer: Completer, p: str, prev: str, history: list[str]
     lt = completer.longtail
     assert lt is not None
     texts, sources, X = lt.pool(*completer._pool_args(lt, p, prev, 10, history))
-    scores = lt.ranker.score(X)
+    scores = lt.ranker_for(completer.with_history(history)).score(X)
     order = sorted(range(len(texts)), key=lambda i: -scores[i])
     return [texts[i] for i in order], [sources[i] for i in order], scores[order]
 
@@ -323,6 +332,45 @@ def test_kernel_equals_pool_on_full_pools(completer: Completer) -> None:
         np.testing.assert_allclose(scores, rscores, rtol=1e-9, atol=1e-9)
         kinds.update(sources)
     assert {"model", "history", "session"} <= kinds
+
+
+def test_a_keystroke_without_history_is_ranked_by_the_no_history_ranker(
+        completer: Completer) -> None:
+    lt = completer.longtail
+    assert lt is not None
+    assert completer.with_history(["paris opera"]) and not completer.with_history([])
+    assert not completer.with_options(
+        longtail_generators=("word", "suffix", "session")).with_history(["paris opera"])
+    p, prev = "pa", "bank of america"
+    texts, sources, X = lt.pool(*completer._pool_args(lt, p, prev, 10, []))
+    for history, ranker in (([], lt.ranker_no_history), (["zoo"], lt.ranker)):
+        got = dict(zip(*completer.scored(p, prev, 10, history)[::2], strict=True))
+        want = dict(zip(texts, ranker.score(X), strict=True))
+        assert got.keys() == want.keys()
+        np.testing.assert_allclose([got[t] for t in texts], [want[t] for t in texts],
+                                   rtol=1e-9, atol=1e-9)
+    # the two rankers differ, so the choice shows in the scores
+    assert not np.allclose(lt.ranker.score(X), lt.ranker_no_history.score(X))
+
+
+def test_no_history_ranker_is_kept_saved_and_defaulted(completer: Completer,
+                                                       tmp_path: Path) -> None:
+    lt = completer.longtail
+    assert lt is not None
+    other = Ranker(np.arange(len(FEATURES), dtype=np.float64))
+    swapped = lt.with_ranker(ranker_no_history=other)
+    assert swapped.ranker is lt.ranker and swapped.ranker_no_history is other
+    assert lt.with_ranker(other).ranker_no_history is lt.ranker_no_history
+    # a model saved before the no-history ranker existed loads with the default one
+    completer.save(tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert "ranker_no_history" in manifest["config"]["longtail"]
+    del manifest["config"]["longtail"]["ranker_no_history"]
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+    loaded = Completer.load(tmp_path / "m")
+    assert loaded.longtail is not None
+    assert loaded.longtail.ranker_no_history.to_dict() == Ranker.from_dict(
+        DEFAULT_WEIGHTS_NO_HISTORY).to_dict()
 
 
 def test_history_with_a_newline_is_never_a_candidate(completer: Completer) -> None:
