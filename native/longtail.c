@@ -275,10 +275,10 @@ static int fill_pool(const qac_ranker_t *rk, pool_t *pool, const char *prefix,
                      const char *extra, size_t extra_len, const int32_t *extra_gen,
                      const int64_t *extra_num, const int64_t *extra_pop, size_t n_extra) {
     qac_pool_scratch_t *s = pool->s;
-    const double L = (double)(count_chars(prefix, prefix_len) < 10
-                              ? count_chars(prefix, prefix_len) : 10) / 10.0;
+    const size_t chars = count_chars(prefix, prefix_len);
+    const double L = (double)(chars < 10 ? chars : 10) / 10.0; /* min(len(p), 10) / 10 */
     const double pw = (double)count_spaces(prefix, prefix_len);
-    const double lp = (double)count_chars(prefix, prefix_len);
+    const double lp = (double)chars;
     size_t cut = prefix_len; /* bytes up to the prefix's last space, included */
     while (cut && prefix[cut - 1] != ' ') cut--;
     const double exp_m10 = exp(-10.0);
