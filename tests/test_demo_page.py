@@ -63,7 +63,9 @@ def test_type_pick_submit_and_see_the_session_effect(server: str) -> None:
         box = page.locator("#q")
         options = page.locator("#suggestions li")
 
-        box.press_sequentially("pl", delay=20)
+        # the answer to "pl" itself, not one to "p" that came first
+        with page.expect_response(lambda r: "/v1/complete?q=pl&" in r.url):
+            box.press_sequentially("pl", delay=20)
         expect(options.first).to_contain_text("playstation")
         expect(options.first.locator(".source")).to_have_text("model")
 
@@ -120,6 +122,34 @@ def test_stale_answers_are_ignored(server: str) -> None:
         page.wait_for_timeout(600)  # the answer for "g" has arrived by now
         texts = page.locator("#suggestions li").all_inner_texts()
         assert texts and all(t.startswith("p") for t in texts), texts
+    finally:
+        browser.close()
+        pw.stop()
+
+
+def test_a_highlighted_suggestion_survives_a_late_answer(server: str) -> None:
+    """An answer landing between ArrowDown and Enter keeps the highlighted text if it
+    is still in the list (and the highlight moves with it); otherwise it goes."""
+    pw, browser, page = _browser_page(server)
+    try:
+        box = page.locator("#q")
+        options = page.locator("#suggestions li")
+        with page.expect_response(lambda r: "/v1/complete?q=pl&" in r.url):
+            box.press_sequentially("pl", delay=20)
+        expect(options.first).to_contain_text("playstation")
+        box.press("ArrowDown")
+        expect(options.first).to_have_attribute("aria-selected", "true")
+        # a late answer for the same text (as if a request had been in flight)
+        with page.expect_response(lambda r: "/v1/complete?q=pl&" in r.url):
+            box.dispatch_event("input")
+        expect(options.first).to_contain_text("playstation")
+        expect(options.first).to_have_attribute("aria-selected", "true")
+        # an answer whose list lacks the highlighted text drops the highlight
+        with page.expect_response(lambda r: "/v1/complete?q=plan&" in r.url):
+            box.press_sequentially("an", delay=20)
+        expect(options.first).to_contain_text("plant care tips")
+        assert "playstation" not in " ".join(options.all_inner_texts())
+        assert page.locator('#suggestions li[aria-selected="true"]').count() == 0
     finally:
         browser.close()
         pw.stop()

@@ -59,8 +59,11 @@
       const body = await res.json();
       if (id !== latest) return;  // a newer keystroke already asked
       if (!res.ok) { status.textContent = body.error || res.statusText; return; }
+      // a highlighted suggestion stays highlighted if the new list still has it
+      // (an answer can land between ArrowDown and Enter)
+      const kept = selected >= 0 ? items[selected].text : null;
       items = body.completions;
-      selected = -1;
+      selected = kept === null ? -1 : items.findIndex((c) => c.text === kept);
       render(prefix);
       status.textContent = items.length ? body.took_ms.toFixed(2) + " ms in the server" : "";
     } catch (err) {
