@@ -164,7 +164,7 @@ def test_concurrent_workers_give_the_same_figures(completer: Completer) -> None:
 def test_http_replay_uses_the_service_sessions(completer: Completer, tmp_path: Path) -> None:
     """Over HTTP (an ASGI transport, no sockets) the figures equal the in-process ones:
     the previous query reaches the completer through the service's session store."""
-    from qac.replay import _httpx
+    from qac.replay.http import _httpx
     from qac.server import ServerConfig, create_app
 
     completer.save(tmp_path / "m")
