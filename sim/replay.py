@@ -1,7 +1,7 @@
 """Session replay simulation: simulated users type a log's queries keystroke by keystroke.
 
-The same program as ``qac replay`` (the library part and the definitions of every
-figure are in :mod:`qac.replay`).
+The same program as ``qac replay`` (the library part is the package :mod:`qac.replay`;
+its docstring defines every figure).
 
 Usage::
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import tomllib
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -164,7 +166,7 @@ def test_concurrent_workers_give_the_same_figures(completer: Completer) -> None:
 def test_http_replay_uses_the_service_sessions(completer: Completer, tmp_path: Path) -> None:
     """Over HTTP (an ASGI transport, no sockets) the figures equal the in-process ones:
     the previous query reaches the completer through the service's session store."""
-    from qac.replay import _httpx
+    from qac.replay.http import _httpx
     from qac.server import ServerConfig, create_app
 
     completer.save(tmp_path / "m")
@@ -272,3 +274,17 @@ def test_session_history_at_each_query() -> None:
     assert set(got) == {"u2", "v1"}
     assert got["u2"].history == ("old",) and got["v1"].history == ()
     assert sessions_of(events, since=t, history=0)[0].history == ()
+
+
+def test_plain_install_ships_the_replay_and_its_plots() -> None:
+    """`pip install .` (no extras) installs every qac package, this one included, and
+    matplotlib, so `qac replay` writes its PNGs after the README's install."""
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    listed = set(project["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(root).parts)
+               for p in (root / "qac").rglob("__init__.py")}
+    assert "qac.replay" in on_disk and on_disk <= listed, on_disk - listed
+    required = {re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0].lower()
+                for d in project["project"]["dependencies"]}
+    assert "matplotlib" in required
