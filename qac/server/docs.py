@@ -324,8 +324,29 @@ def _type(schema: dict[str, Any]) -> str:
     return kind + (f" ({', '.join(notes)})" if notes else "")
 
 
+def _compact(value: Any, indent: str = "") -> str:
+    """JSON with a line per member, but lists and objects of scalars on one line."""
+    inner = indent + "  "
+    if isinstance(value, dict) and value:
+        if all(not isinstance(v, dict | list) for v in value.values()):
+            return json.dumps(value)
+        members = [f"{inner}{json.dumps(k)}: {_compact(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(members) + f"\n{indent}}}"
+    if isinstance(value, list) and value:
+        if all(not isinstance(v, dict) for v in value) and len(json.dumps(value)) <= 60:
+            return json.dumps(value)
+        return "[\n" + ",\n".join(inner + _compact(v, inner) for v in value) + f"\n{indent}]"
+    return json.dumps(value)
+
+
 def _example(value: Any) -> str:
-    return f"<pre>{html.escape(json.dumps(value, indent=1))}</pre>"
+    return f"<pre>{html.escape(_compact(value))}</pre>"
+
+
+def _prose(text: str) -> str:
+    """Escaped text with `code` spans."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def render_docs(schema: dict[str, Any]) -> str:
@@ -341,8 +362,10 @@ def render_docs(schema: dict[str, Any]) -> str:
         "pre{background:#f3f4f7;padding:8px;overflow-x:auto;border-radius:6px}"
         "table{border-collapse:collapse;width:100%;margin:6px 0}"
         "td,th{border-bottom:1px solid #e2e5ec;padding:4px 6px;text-align:left;"
-        "vertical-align:top}h2{margin-top:32px;border-top:1px solid #d9dde6;padding-top:12px}"
-        ".method{font-weight:700;color:#2f6fdf}</style>",
+        "vertical-align:top;overflow-wrap:break-word}"
+        "h2{margin-top:32px;border-top:1px solid #d9dde6;padding-top:12px;"
+        "overflow-wrap:break-word}h2 code{font-size:inherit}"
+        ".method{font-weight:700;color:#2f6fdf}.wide{overflow-x:auto}</style>",
         "</head>", "<body>",
         f"<h1>{html.escape(info['title'])} API <small>{html.escape(info['version'])}"
         "</small></h1>",
@@ -365,38 +388,39 @@ def render_docs(schema: dict[str, Any]) -> str:
                    f"</span> <code>{html.escape(path)}</code></h2>")
         out.append(f"<p><strong>{html.escape(op.get('summary', ''))}</strong></p>")
         if op.get("description"):
-            out.append(f"<p>{html.escape(op['description'])}</p>")
+            out.append(f"<p>{_prose(op['description'])}</p>")
         if op.get("security"):
             out.append("<p>Needs <code>Authorization: Bearer &lt;token&gt;</code>.</p>")
         if op.get("parameters"):
-            out.append("<table><tr><th>parameter</th><th>in</th><th>type</th>"
-                       "<th>description</th></tr>")
+            out.append('<div class="wide"><table><tr><th>parameter</th><th>in</th>'
+                       "<th>type</th><th>description</th></tr>")
             for p in op["parameters"]:
                 req = " (required)" if p.get("required") else ""
                 out.append(f"<tr><td><code>{html.escape(p['name'])}</code>{req}</td>"
                            f"<td>{html.escape(p['in'])}</td><td>{_type(p['schema'])}</td>"
                            f"<td>{html.escape(p.get('description', ''))}</td></tr>")
-            out.append("</table>")
+            out.append("</table></div>")
         body = op.get("requestBody", {}).get("content", {}).get("application/json")
         if body:
             out.append(f"<p>Body: JSON {_type(body['schema'])}</p>")
             if "example" in body:
                 out.append(_example(body["example"]))
-        out.append("<table><tr><th>status</th><th>body</th><th>when</th></tr>")
+        out.append('<div class="wide"><table><tr><th>status</th><th>body</th><th>when</th></tr>')
         for status, resp in op.get("responses", {}).items():
             content = resp.get("content", {})
             media = next(iter(content.values()), None)
             kind = _type(media["schema"]) if media else ""
             out.append(f"<tr><td>{html.escape(status)}</td><td>{kind}</td>"
                        f"<td>{html.escape(resp.get('description', ''))}</td></tr>")
-        out.append("</table>")
+        out.append("</table></div>")
         ok = op.get("responses", {}).get("200", {}).get("content", {})
         example = ok.get("application/json", {}).get("example")
         if example is not None:
             out.append("<p>Example answer:</p>" + _example(example))
     out.append("<h2>Schemas</h2>")
     for name, s in schema["components"]["schemas"].items():
-        out.append(f'<h3 id="schema-{html.escape(name)}">{html.escape(name)}</h3><table>'
+        out.append(f'<h3 id="schema-{html.escape(name)}">{html.escape(name)}</h3>'
+                   '<div class="wide"><table>'
                    "<tr><th>field</th><th>type</th><th>description</th></tr>")
         required = set(s.get("required", []))
         for field, fs in s.get("properties", {}).items():
@@ -404,7 +428,7 @@ def render_docs(schema: dict[str, Any]) -> str:
             out.append(f"<tr><td><code>{html.escape(field)}</code>{opt}</td>"
                        f"<td>{_type(fs)}</td>"
                        f"<td>{html.escape(fs.get('description', ''))}</td></tr>")
-        out.append("</table>")
+        out.append("</table></div>")
     out += ["</body>", "</html>"]
     return "\n".join(out)
 

@@ -101,7 +101,7 @@
       text.className = "text";
       text.append(highlighted(c.text, c.highlight));
       li.append(text);
-      if (debug.open) li.append(meta(c.source + " " + Number(c.score).toFixed(3)));
+      if (debug.open) li.append(meta(c.source + " " + Number(c.score).toPrecision(3)));
       // mousedown would blur the input (and close the list) before the click lands
       li.addEventListener("mousedown", (ev) => ev.preventDefault());
       li.addEventListener("click", () => submit(c.text));
@@ -245,7 +245,7 @@
       }
       label.textContent = id;
       li.append(label);
-      if (debug.open) li.append(meta(" " + Number(hit.score).toFixed(3)));
+      if (debug.open) li.append(meta(" " + Number(hit.score).toPrecision(3)));
       return li;
     }));
     let note = "";
