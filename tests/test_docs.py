@@ -258,6 +258,11 @@ def test_bad_cors_origins_are_refused(origin: str) -> None:
         ServerConfig(model_dir="m", cors_origins=(origin,))
 
 
+def test_cors_origins_is_a_tuple_not_a_string() -> None:
+    with pytest.raises(InputError, match="a tuple of origins"):
+        ServerConfig(model_dir="m", cors_origins="https://shop.example")  # type: ignore[arg-type]
+
+
 def test_cors_origin_option_reaches_the_config_and_the_workers() -> None:
     p = argparse.ArgumentParser()
     add_serve_arguments(p)

@@ -71,6 +71,9 @@ class ServerConfig:
                 or not 0 <= self.history <= MAX_HISTORY):
             raise InputError(f"ServerConfig.history: an int in 0..{MAX_HISTORY}, "
                              f"got {self.history!r}")
+        if isinstance(self.cors_origins, str):
+            raise InputError("ServerConfig.cors_origins: a tuple of origins, got the string "
+                             f"{self.cors_origins!r}")
         # from_env hands back a JSON list; keep the frozen config hashable
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
         for origin in self.cors_origins:

@@ -166,7 +166,7 @@
     }
     if (id !== latest) return;  // a newer keystroke already asked
     controller = null;
-    if (!res.ok) {
+    if (!res.ok || !body || typeof body !== "object") {
       items = [];
       close();
       setError((body && body.error) || ("Server error " + res.status));
@@ -182,7 +182,8 @@
     selectFirst = false;
     render();
     announce(expanded ? describe(items.length) : "");
-    $("debug-timing").textContent = Number(body.took_ms).toFixed(3) + " ms in the server, "
+    const took = Number(body.took_ms).toFixed(3);
+    $("debug-timing").textContent = took + " ms in the server, "
       + (performance.now() - t0).toFixed(1) + " ms round trip, " + items.length
       + " for " + JSON.stringify(prefix);
   }
@@ -207,7 +208,7 @@
       });
       if (res.ok) return { ok: true };
       const body = await res.json().catch(() => ({}));
-      return { ok: false, error: body.error || ("server error " + res.status) };
+      return { ok: false, error: (body && body.error) || ("server error " + res.status) };
     } catch (_) {
       return { ok: false, offline: true };
     }
@@ -219,8 +220,8 @@
                               { headers: { Accept: "application/json" } });
       const body = await res.json().catch(() => ({}));
       if (res.status === 404) return { off: true };
-      if (!res.ok) return { error: body.error || ("server error " + res.status) };
-      return { items: Array.isArray(body.items) ? body.items : [] };
+      if (!res.ok) return { error: (body && body.error) || ("server error " + res.status) };
+      return { items: body && Array.isArray(body.items) ? body.items : [] };
     } catch (_) {
       return { offline: true };
     }
