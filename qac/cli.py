@@ -6,14 +6,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from qac.errors import QacError
+import qac
+from qac.errors import InputError, QacError
 
 log = logging.getLogger("qac")
 
@@ -42,9 +46,38 @@ def _engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinity (a mean over nothing, say) made None."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and hasattr(obj, "dtype"):  # numpy scalars
+        return _finite(obj.item())
+    return obj
+
+
+def _print_json(obj: Any) -> None:
+    """Strict JSON on stdout (RFC 8259: no NaN or Infinity; they become null)."""
+    print(json.dumps(_finite(obj), indent=1, allow_nan=False))
+
+
+@contextmanager
+def _naming(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Input errors raised inside name ``path`` (unless they already do)."""
+    try:
+        yield
+    except InputError as exc:
+        if str(path) in str(exc):
+            raise
+        raise InputError(f"{path}: {exc}") from exc
+
+
 def _print(obj: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(obj, indent=1))
+        _print_json(obj)
     else:
         for k, v in obj.items():
             print(f"{k:>26}: {v:.4f}" if isinstance(v, float) else f"{k:>26}: {v}")
@@ -77,15 +110,18 @@ def cmd_train(args: argparse.Namespace) -> int:
                            longtail=args.longtail)
     engine = EngineConfig(blocks=base.engine_config().blocks, **_engine_overrides(args))
     t0 = time.perf_counter()
-    c = train_completer(args.log, args.out, replace(base, engine=engine), until=args.until,
-                        background=args.background, progress=not args.quiet,
-                        blocklist=_blocklist(args.blocklist))
+    with _naming(args.log):
+        c = train_completer(args.log, args.out, replace(base, engine=engine), until=args.until,
+                            background=args.background, progress=not args.quiet,
+                            blocklist=_blocklist(args.blocklist))
     print(f"trained a {args.index} completer: {len(c.labels)} labels in "
           f"{time.perf_counter() - t0:.1f}s -> {args.out}")
     return 0
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from qac.complete import Completer
 
     c = Completer.load(args.model, blocklist=_blocklist(args.blocklist))
@@ -94,7 +130,11 @@ def cmd_complete(args: argparse.Namespace) -> int:
     history = [q for q in (normalize(h) for h in args.history) if q]
     got = c.complete(args.prefix, args.previous, k=args.k, history=history)
     if args.json:
-        print(json.dumps([g.__dict__ for g in got], indent=1))
+        _print_json([asdict(g) for g in got])
+    elif not got:
+        after = f" after {args.previous!r}" if args.previous else ""
+        print(f"qac: no completions for {args.prefix!r}{after} in {args.model}",
+              file=sys.stderr)
     else:
         for g in got:
             print(f"{g.score:9.4f}  {g.source:7}  {g.text}")
@@ -109,8 +149,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from qac.mpc import MostPopular
 
     # the whole log up to --until: rows before --since feed the users' histories
-    cases = test_cases(read_log(args.log, until=args.until), since=args.since,
-                       history=args.history)
+    with _naming(args.log):
+        events = read_log(args.log, until=args.until)
+    if not events:
+        until = f" before {args.until:%Y-%m-%d}" if args.until else ""
+        raise InputError(f"{args.log}: no queries{until}: the log is empty")
+    cases = test_cases(events, since=args.since, history=args.history)
+    if not cases:
+        since = f" from {args.since:%Y-%m-%d} on" if args.since else ""
+        raise InputError(f"{args.log}: no test queries{since}: a test query is one that "
+                         "follows another query in its session")
     if args.limit:
         cases = cases[: args.limit]
     models = {Path(m).name: Completer.load(m) for m in args.models}
@@ -143,7 +191,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = evaluate(systems, cases, first.labels.__contains__,
                        k=args.k, progress=not args.json, coverage=not args.no_coverage)
     if args.json:
-        print(json.dumps({"cases": len(cases), "results": results}, indent=1))
+        _print_json({"cases": len(cases), "results": results})
     else:
         print(f"{len(cases)} test queries with a previous query in their session\n")
         print(format_table(results, baseline="mpc"))
@@ -154,10 +202,16 @@ def cmd_retrieve_train(args: argparse.Namespace) -> int:
     from qac.retrieve import Retriever, default_config, read_tsv
 
     t0 = time.perf_counter()
-    pairs = read_tsv(args.pairs)
-    items = read_tsv(args.items) if args.items else None
-    r = Retriever.train(pairs, items, default_config(**_engine_overrides(args)),
-                        progress=not args.quiet)
+    with _naming(args.pairs):
+        pairs = read_tsv(args.pairs)
+    if args.items:
+        with _naming(args.items):
+            items = read_tsv(args.items)
+    else:
+        items = None
+    with _naming(args.pairs):
+        r = Retriever.train(pairs, items, default_config(**_engine_overrides(args)),
+                            progress=not args.quiet)
     out = r.save(args.out)
     print(f"trained on {len(pairs)} pairs, {len(r.items)} items in "
           f"{time.perf_counter() - t0:.1f}s -> {out}")
@@ -170,7 +224,9 @@ def cmd_retrieve_query(args: argparse.Namespace) -> int:
     r = Retriever.load(args.model)
     hits = r.search(args.text, k=args.k)
     if args.json:
-        print(json.dumps([{"item": i, "score": s} for i, s in hits], indent=1))
+        _print_json([{"item": i, "score": s} for i, s in hits])
+    elif not hits:
+        print(f"qac: no items for {args.text!r} in {args.model}", file=sys.stderr)
     else:
         for item, score in hits:
             print(f"{score:.4f}\t{item}")
@@ -181,7 +237,8 @@ def cmd_retrieve_eval(args: argparse.Namespace) -> int:
     from qac.retrieve import Retriever, read_tsv
 
     r = Retriever.load(args.model)
-    report = r.evaluate(read_tsv(args.pairs), latency_sample=args.latency_sample)
+    with _naming(args.pairs):
+        report = r.evaluate(read_tsv(args.pairs), latency_sample=args.latency_sample)
     _print(report.as_dict(), args.json)
     return 0
 
@@ -216,11 +273,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         c, r = Completer.load(completer_dir), Retriever.load(retriever_dir)
         for text in args.queries or ["we", "goo"]:
             print(f"\ncompletions of {text!r}:")
-            for x in c.complete(text, k=args.k):
+            got = c.complete(text, k=args.k)
+            for x in got:
                 print(f"  {x.score:8.4f}  {x.source:5}  {x.text}")
+            if not got:
+                print("  (none: no query in the sample starts with it)")
             print(f"items for {text!r}:")
-            for item, score in r.search(text, k=args.k):
+            hits = r.search(text, k=args.k)
+            for item, score in hits:
                 print(f"  {score:8.4f}  {item}")
+            if not hits:
+                print("  (none)")
         return 0
     from qac.server.serve import run_serve
 
@@ -231,133 +294,204 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_serve(serve)
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it is empty or already said."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (default in (None, False, "", [], argparse.SUPPRESS) or "default" in text
+                or (not action.option_strings and action.nargs not in ("?", "*"))):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _command(sub: Any, name: str, summary: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary,
+                                                     formatter_class=_Help)
+    return parser
+
+
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--branching", type=int, default=16, help="tree branching factor B")
-    p.add_argument("--max-leaf-size", type=int, default=100, help="labels per leaf cluster")
-    p.add_argument("--beam", type=int, default=10, help="beam width at query time")
-    p.add_argument("--threads", type=int, default=2, help="worker threads for training")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--branching", type=_positive, default=16, help="tree branching factor B")
+    p.add_argument("--max-leaf-size", type=_positive, default=100,
+                   help="labels per leaf cluster")
+    p.add_argument("--beam", type=_positive, default=10, help="beam width at query time")
+    p.add_argument("--threads", type=_positive, default=2, help="worker threads for training")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the k-means trees and the solver")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print strict JSON (missing or undefined figures as null)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from qac.evaluate import DEFAULT_HISTORY
-    ap = argparse.ArgumentParser(prog="qac", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = argparse.ArgumentParser(prog="qac", description=__doc__, formatter_class=_Help)
+    ap.add_argument("--version", action="version", version=f"qac {qac.__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a session-aware completer from a query log")
+    p = _command(sub, "train", "train a session-aware completer from a query log")
     p.add_argument("--log", required=True,
-                   help="sessions TSV (user, session, query, time) or one query per line")
+                   help="sessions TSV (user, session, query, time) or one query per line; "
+                        "may be gzipped")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--index", choices=["hybrid", "trie", "tree"], default="hybrid")
-    p.add_argument("--trie-depth", type=int, default=None,
+    p.add_argument("--index", choices=["hybrid", "trie", "tree"], default="hybrid",
+                   help="label tree: trie levels then k-means (hybrid), trie levels only, "
+                        "or k-means on PIFA embeddings")
+    p.add_argument("--trie-depth", type=_positive, default=None,
                    help="trie levels (default 2 for hybrid, 4 for trie)")
-    p.add_argument("--until", type=_date, help="train on rows before this date")
-    p.add_argument("--background", help="query-only log adding popularity counts")
-    p.add_argument("--min-count", type=int, default=1, help="fewest occurrences of a label")
+    p.add_argument("--until", type=_date, metavar="YYYY-MM-DD",
+                   help="train on rows before this date (default: every row)")
+    p.add_argument("--background", metavar="QUERIES",
+                   help="query-only log adding popularity counts (default: none)")
+    p.add_argument("--min-count", type=_positive, default=1,
+                   help="fewest occurrences of a label")
     p.add_argument("--popularity", type=float, default=0.5,
                    help="answer score = ranker score * (1 + count) ** beta, "
                         "beta = popularity + popularity-per-char * min(len(prefix), 10)")
-    p.add_argument("--popularity-per-char", type=float, default=0.3)
-    p.add_argument("--blocklist", help="blocklist file replacing the default "
-                   "(format of qac/data/blocklist.txt)")
+    p.add_argument("--popularity-per-char", type=float, default=0.3,
+                   help="see --popularity")
+    p.add_argument("--blocklist", metavar="FILE",
+                   help="blocklist file replacing the default qac/data/blocklist.txt "
+                        "(same format)")
     p.add_argument("--longtail", action="store_true",
                    help="also build word/ending tables and answer from the long-tail "
                         "candidate pool (see qac.longtail)")
     _add_engine_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("complete", help="complete one prefix")
-    p.add_argument("model")
-    p.add_argument("prefix")
-    p.add_argument("--previous", help="the previous query of the session")
+    p = _command(sub, "complete", "complete one prefix")
+    p.add_argument("model", help="completer model directory")
+    p.add_argument("prefix", help="the text typed so far")
+    p.add_argument("--previous", help="the previous query of the session (default: none)")
     p.add_argument("--history", action="append", default=[], metavar="QUERY",
                    help="one of the user's past queries, most recent first (repeatable; "
                         "read by a long-tail model's history generator)")
-    p.add_argument("--blocklist", help="also drop answers this blocklist file matches")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--blocklist", metavar="FILE",
+                   help="also drop answers this blocklist file matches")
+    p.add_argument("-k", type=_positive, default=10, help="how many completions")
+    _add_json(p)
     p.set_defaults(func=cmd_complete)
 
-    p = sub.add_parser("eval", help="MRR/success/BLEU/latency against MPC on a test log")
-    p.add_argument("models", nargs="+", help="one or more completer model directories")
-    p.add_argument("--log", required=True)
-    p.add_argument("--since", type=_date, help="evaluate rows from this date on")
-    p.add_argument("--until", type=_date, help="evaluate rows before this date")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N cases")
+    p = _command(sub, "eval", "MRR/success/BLEU/latency against MPC on a test log")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="one or more completer model directories")
+    p.add_argument("--log", required=True,
+                   help="test log, in any format `qac train --log` reads")
+    p.add_argument("--since", type=_date, metavar="YYYY-MM-DD",
+                   help="test the sessions that start on or after this date; earlier rows "
+                        "only feed the users' histories (default: every session)")
+    p.add_argument("--until", type=_date, metavar="YYYY-MM-DD",
+                   help="ignore rows from this date on (default: none ignored)")
+    p.add_argument("-k", type=_positive, default=10, help="completions asked per keystroke")
+    p.add_argument("--limit", type=_count, default=0,
+                   help="evaluate only the first N test queries (0: all)")
     p.add_argument("--no-ablation", action="store_true",
                    help="skip the without-previous-query and without-one-generator runs")
-    p.add_argument("--history", type=int, default=DEFAULT_HISTORY, metavar="N",
+    p.add_argument("--history", type=_count, default=DEFAULT_HISTORY, metavar="N",
                    help="distinct past queries of the user each test case carries "
                         f"(default {DEFAULT_HISTORY}, as the session store keeps; 0: none)")
     p.add_argument("--no-coverage", action="store_true",
                    help="skip the coverage column (it re-builds each candidate pool)")
-    p.add_argument("--json", action="store_true")
+    _add_json(p)
     p.set_defaults(func=cmd_eval)
 
-    ret = sub.add_parser("retrieve", help="query -> item retrieval").add_subparsers(
-        dest="action", required=True)
-    p = ret.add_parser("train", help="train a retrieval model")
+    ret = _command(sub, "retrieve", "query -> item retrieval").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    p = _command(ret, "train", "train a retrieval model")
     p.add_argument("--pairs", required=True, help="TSV of item_id<TAB>query text")
-    p.add_argument("--items", help="TSV of item_id<TAB>title (titles become training rows)")
+    p.add_argument("--items",
+                   help="TSV of item_id<TAB>title; titles become training rows, so every "
+                        "item can be retrieved (default: none)")
     p.add_argument("--out", required=True, help="model directory to write")
     _add_engine_args(p)
     p.set_defaults(func=cmd_retrieve_train)
 
-    p = ret.add_parser("query", help="top-k items for one query")
-    p.add_argument("model")
-    p.add_argument("text")
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument("--json", action="store_true")
+    p = _command(ret, "query", "top-k items for one query")
+    p.add_argument("model", help="retrieval model directory")
+    p.add_argument("text", help="the query")
+    p.add_argument("-k", type=_positive, default=10, help="how many items")
+    _add_json(p)
     p.set_defaults(func=cmd_retrieve_query)
 
-    p = ret.add_parser("eval", help="precision/recall and latency on held-out pairs")
-    p.add_argument("model")
+    p = _command(ret, "eval", "precision/recall and latency on held-out pairs")
+    p.add_argument("model", help="retrieval model directory")
     p.add_argument("--pairs", required=True, help="TSV of item_id<TAB>query text")
-    p.add_argument("--latency-sample", type=int, default=5000,
+    p.add_argument("--latency-sample", type=_positive, default=5000,
                    help="queries timed one call each")
-    p.add_argument("--json", action="store_true")
+    _add_json(p)
     p.set_defaults(func=cmd_retrieve_eval)
 
-    p = sub.add_parser("serve", help="serve the HTTP API and the demo page")
+    p = _command(sub, "serve", "serve the HTTP API, its docs (/docs) and the demo page")
     from qac.server.serve import add_serve_arguments, run_serve
 
     add_serve_arguments(p)
     p.set_defaults(func=run_serve)
 
-    p = sub.add_parser("replay", help="replay a log keystroke by keystroke against models or "
-                       "a service (see sim/replay.py)")
+    p = _command(sub, "replay", "replay a log keystroke by keystroke against models or "
+                 "a service (see sim/replay.py)")
     from qac.replay import add_replay_arguments, run_replay
 
     add_replay_arguments(p)
     p.set_defaults(func=run_replay)
 
-    p = sub.add_parser("demo", help="train on the bundled sample (once) and serve the demo page")
+    p = _command(sub, "demo", "train on the bundled sample (once) and serve the demo page")
     p.add_argument("queries", nargs="*",
                    help="answer these in the terminal instead of serving")
-    p.add_argument("--no-serve", action="store_true", help="answer example queries and exit")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--no-serve", action="store_true",
+                   help="answer example queries in the terminal and exit")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    p.add_argument("-k", type=_positive, default=5, help="answers per query in the terminal")
     p.add_argument("--rebuild", action="store_true", help="retrain the cached demo models")
     p.set_defaults(func=cmd_demo)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     args = build_parser().parse_args(argv)
     quiet = getattr(args, "quiet", False)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return int(args.func(args))
+        # log lines go through tqdm.write, above any progress bar, not through it
+        with logging_redirect_tqdm():
+            return int(args.func(args))
     except QacError as exc:
         print(f"qac: error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         print(f"qac: error: {exc.filename}: no such file", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("qac: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

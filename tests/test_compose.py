@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,17 +95,72 @@ def test_compose_services() -> None:
     assert set(services) == {"redis", "qac"}
     redis = services["redis"]
     assert redis["image"].startswith("redis:7")
-    cmd = redis["command"]
-    # no persistence: sessions are a cache
-    assert cmd[0] == "redis-server"
-    assert cmd[cmd.index("--save") + 1] == ""
-    assert cmd[cmd.index("--appendonly") + 1] == "no"
     qac = services["qac"]
     assert "8000:8000" in [str(p) for p in qac["ports"]]
     assert qac["depends_on"]["redis"]["condition"] == "service_healthy"
     for svc in services.values():
         test = svc["healthcheck"]["test"]
         assert test[0] == "CMD" and len(test) > 1
+
+
+def test_redis_keeps_the_history_lists_across_restarts() -> None:
+    """The history lists live 30 days: Redis writes an append-only file, in a named
+    volume mounted where the redis image keeps its data."""
+    data = compose()
+    redis = data["services"]["redis"]
+    cmd = redis["command"]
+    assert cmd[0] == "redis-server"
+    assert cmd[cmd.index("--appendonly") + 1] == "yes"
+    assert cmd[cmd.index("--appendfsync") + 1] in ("everysec", "always")
+    volume, _, target = redis["volumes"][0].partition(":")
+    assert target == "/data"
+    assert volume in data["volumes"]
+
+
+def test_redis_command_runs_and_persists(tmp_path: Path) -> None:
+    """The compose file's redis-server command line, run here against a local
+    redis-server in a temporary directory: a history list written before a restart
+    is there after it."""
+    import redis as redis_py
+
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is needed (see the README's prerequisites)"
+    cmd = compose()["services"]["redis"]["command"]
+
+    def start() -> tuple[subprocess.Popen[bytes], int]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([exe, *cmd[1:], "--port", str(port), "--bind", "127.0.0.1",
+                                 "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+        client = redis_py.Redis(port=port)
+        for _ in range(200):
+            try:
+                client.ping()
+                return proc, port
+            except redis_py.ConnectionError:
+                time.sleep(0.02)
+        proc.kill()
+        raise AssertionError("redis-server did not start")
+
+    proc, port = start()
+    try:
+        client = redis_py.Redis(port=port)
+        client.lpush("qac:{u1}:history", "rose of jericho", "plant care tips")
+        client.expire("qac:{u1}:history", 30 * 86400)
+    finally:
+        proc.terminate()  # SIGTERM: the append-only file is flushed on the way out
+        proc.wait(10)
+    assert list(tmp_path.rglob("*.aof")), "no append-only file written"
+    proc, port = start()
+    try:
+        client = redis_py.Redis(port=port)
+        assert client.lrange("qac:{u1}:history", 0, -1) == [b"plant care tips",
+                                                            b"rose of jericho"]
+        assert client.ttl("qac:{u1}:history") > 29 * 86400
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_compose_build_paths() -> None:
@@ -122,6 +178,7 @@ def test_compose_command_parses_as_qac_serve() -> None:
     assert (args.host, args.port) == ("0.0.0.0", 8000)
     assert args.redis_url == "redis://redis:6379/0"
     assert args.model_dir == model_dir_of_train()
+    assert args.retrieval_dir == retriever_dir_of_train()
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -213,12 +270,25 @@ def model_dir_of_train() -> str:
     return argv[argv.index("--out") + 1]
 
 
-def test_cmd_serves_the_trained_model(qac_bin: dict[str, str]) -> None:
+def retriever_line() -> str:
+    _, dockerfile = qac_build()
+    lines = [a for i, a in instructions(dockerfile) if i == "RUN" and "qac retrieve train" in a]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def retriever_dir_of_train() -> str:
+    argv = shlex.split(retriever_line())
+    return argv[argv.index("--out") + 1]
+
+
+def test_cmd_serves_the_trained_models(qac_bin: dict[str, str]) -> None:
     _, dockerfile = qac_build()
     cmd = exec_form([a for i, a in instructions(dockerfile) if i == "CMD"][-1])
     assert cmd[:2] == ["qac", "serve"]
     args = serve_parser().parse_args(cmd[2:])
     assert args.model_dir == model_dir_of_train()
+    assert args.retrieval_dir == retriever_dir_of_train()
     assert (args.host, args.port) == ("0.0.0.0", 8000)
     got = subprocess.run(["qac", "serve", "--help"], env=qac_bin, capture_output=True,
                          text=True, timeout=30)
@@ -241,6 +311,20 @@ def test_model_building_run_line_works(tmp_path: Path, qac_bin: dict[str, str]) 
 
     completer = Completer.load(model)
     assert completer.complete("am", k=3)
+
+
+def test_retriever_building_run_line_works(tmp_path: Path, qac_bin: dict[str, str]) -> None:
+    """The Dockerfile's `qac retrieve train` line, run through sh, writes a retriever
+    that answers from the bundled catalogue."""
+    model = tmp_path / "retriever"
+    line = retriever_line().replace(retriever_dir_of_train(), str(model))
+    got = subprocess.run(["sh", "-c", line], cwd=tmp_path, env=qac_bin, capture_output=True,
+                         text=True, timeout=120)
+    assert got.returncode == 0, got.stderr
+    from qac.retrieve import Retriever
+
+    hits = Retriever.load(model).search("google", k=3)
+    assert hits and "google" in hits[0][0]
 
 
 def _can_build_wheels_offline() -> bool:
@@ -281,3 +365,15 @@ def test_wheel_builds_from_the_copied_files(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert any(n.startswith("qac/_native") and n.endswith(".so") for n in names)
     assert "qac/data/sample_sessions.tsv.gz" in names
+
+
+def test_readme_explains_running_the_compose_file() -> None:
+    """The README's compose section names the command, the volume that holds the
+    history, and how to drop it."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Docker Compose"):]
+    section = section[:section.index("\n## ")]
+    assert "docker compose up --build" in section
+    volume = compose()["services"]["redis"]["volumes"][0].partition(":")[0]
+    assert f"`{volume}`" in section
+    assert "down -v" in section

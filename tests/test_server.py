@@ -73,7 +73,7 @@ def test_complete_answers_with_texts_scores_sources_and_time(client: TestClient)
     assert body["took_ms"] >= 0
     assert len(body["completions"]) == 3
     for c in body["completions"]:
-        assert set(c) == {"text", "score", "source"}
+        assert set(c) == {"text", "score", "source", "highlight"}
         assert c["text"].startswith("pl") and c["source"] in {"model", "mpc"}
     assert body["completions"][0]["text"] == "playstation"
 

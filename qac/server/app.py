@@ -68,7 +68,10 @@ from qac.complete import Completer
 from qac.errors import InputError, KernelError, ModelFormatError, QacError, StoreUnavailable
 from qac.retrieve import Retriever
 from qac.server.config import ServerConfig
+from qac.server.docs import install as install_docs
+from qac.server.highlight import highlight
 from qac.storage import MANIFEST
+from qac.text import normalize_prefix
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +336,8 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
         got = completer.complete(prefix, previous, k=k, history=history)
         took = (time.perf_counter() - t0) * 1e3
         return JSONResponse({
-            "completions": [{"text": c.text, "score": c.score, "source": c.source}
+            "completions": [{"text": c.text, "score": c.score, "source": c.source,
+                             "highlight": highlight(normalize_prefix(prefix), c.text)}
                             for c in got],
             "took_ms": round(took, 4),
         })
@@ -446,6 +450,7 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
         Exception: _server_error,
     })
     app.add_middleware(MetricsMiddleware, metrics=m)
+    install_docs(app, config)
     app.state.qac = state
     return app
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ from qac.errors import InputError
 from qac.session import MAX_HISTORY
 
 ENV_CONFIG = "QAC_SERVER_CONFIG"
+# what a browser sends in its Origin header: scheme://host[:port], nothing after
+_ORIGIN = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class ServerConfig:
                       size of the store's history list per session (0..1000; 0: no
                       history is kept or fetched). Fetched only when the loaded model
                       uses it.
+    cors_origins:     origins (``scheme://host[:port]``, or ``*`` for any) whose pages
+                      may call the API from a browser (CORS); empty: same origin only.
     """
 
     model_dir: str
@@ -51,6 +56,7 @@ class ServerConfig:
     max_body_bytes: int = 4096
     verify_model: bool = True
     history: int = 200
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.model_dir:
@@ -65,6 +71,15 @@ class ServerConfig:
                 or not 0 <= self.history <= MAX_HISTORY):
             raise InputError(f"ServerConfig.history: an int in 0..{MAX_HISTORY}, "
                              f"got {self.history!r}")
+        if isinstance(self.cors_origins, str):
+            raise InputError("ServerConfig.cors_origins: a tuple of origins, got the string "
+                             f"{self.cors_origins!r}")
+        # from_env hands back a JSON list; keep the frozen config hashable
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        for origin in self.cors_origins:
+            if not isinstance(origin, str) or not (origin == "*" or _ORIGIN.fullmatch(origin)):
+                raise InputError(f"ServerConfig.cors_origins: {origin!r} is not an origin "
+                                 "(scheme://host[:port], no path or trailing slash, or *)")
         if not 1 <= self.default_k <= self.max_k:
             raise InputError(f"ServerConfig.default_k: must be in 1..{self.max_k}, "
                              f"got {self.default_k}")

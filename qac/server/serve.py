@@ -30,15 +30,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="past queries per session kept in the session store and "
                              "passed to each completion (long-tail 'history' generator; "
                              f"0..{MAX_HISTORY}, default {ServerConfig.history}, 0: none)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes; each maps the same model files")
     parser.add_argument("--admin-token-env", metavar="VAR",
                         help="environment variable holding the bearer token of "
                              "POST /v1/admin/reload (unset: reload is off)")
     parser.add_argument("--log-level", default="info",
-                        choices=["critical", "error", "warning", "info", "debug"])
+                        choices=["critical", "error", "warning", "info", "debug"],
+                        help="uvicorn's log level")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        dest="cors_origin",
+                        help="let pages from this origin (scheme://host[:port], or * for "
+                             "any) call the API from a browser (repeatable; default: none, "
+                             "same origin only)")
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -52,7 +59,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     history = getattr(args, "history", ServerConfig.history)
     return ServerConfig(model_dir=args.model_dir, retrieval_dir=args.retrieval_dir,
                         redis_url=args.redis_url, admin_token=token,
-                        admin_token_env=args.admin_token_env, history=history)
+                        admin_token_env=args.admin_token_env, history=history,
+                        cors_origins=tuple(getattr(args, "cors_origin", None) or ()))
 
 
 def run_serve(args: argparse.Namespace) -> int:
