@@ -37,6 +37,6 @@ const char *qac_strerror(int code);
 #include "qac_train.h"
 #include "qac_kmeans.h"
 #include "qac_pipeline.h"
-#include "qac_longtail.h"
+#include "qac_answer.h"
 
 #endif /* QAC_H */

@@ -548,87 +548,206 @@ class TextSearch:
         return ffi.unpack(b.ids, n), ffi.unpack(b.scores, n)
 
 
-# --- long-tail pool ---
+# --- answerer (native/qac_answer.h) ---
 
-#: features per pool row and sources (qac.longtail.FEATURES, SOURCES) in the kernel
-LT_NF = int(lib.QAC_LT_NF)
-LT_NSRC = int(lib.QAC_LT_NSRC)
-LT_MPC = int(lib.QAC_LT_MPC)
-LT_HISTORY = int(lib.QAC_LT_HISTORY)
+#: the pool ranker's features and the candidate sources, as the kernel declares them
+FEATURES: tuple[str, ...] = tuple(
+    ffi.string(lib.qac_feature_name(i)).decode() for i in range(int(lib.QAC_NF)))
+SOURCES: tuple[str, ...] = tuple(
+    ffi.string(lib.qac_source_name(i)).decode() for i in range(int(lib.QAC_NSRC)))
 
 
-class PoolRanker:
-    """The long-tail ranker over a completer's labels (``qac_ranker_t``).
+def _grown(n: int, at_least: int) -> int:
+    """A capacity >= n: the next power of two, at least ``at_least``."""
+    return max(at_least, 1 << max(n - 1, 0).bit_length())
 
-    ``labels``: the labels' UTF-8 texts joined by "\\n" (uint8 array or bytes),
-    ``logpop``: float64 [n_labels] log(1 + popularity), ``weights``: float64
-    [QAC_LT_NF]. The arrays are kept alive here; C keeps pointers into them.
+
+class Texts:
+    """Queries packed once for many C calls: UTF-8 joined by "\\n", with a count
+    (int32) and a time (float64 Unix seconds, <= 0 unknown) each.
+
+    ``texts`` must hold no "\\n" (normalized queries never do); the caller checks.
     """
 
-    def __init__(self, labels: Any, n_labels: int, logpop: np.ndarray,
-                 weights: np.ndarray) -> None:
+    __slots__ = ("_blob", "blob", "counts", "n", "nbytes", "texts", "times")
+
+    def __init__(self, texts: list[str], counts: list[int] | None = None,
+                 times: list[float] | None = None) -> None:
+        n = len(texts)
+        if (counts is not None and len(counts) != n) or (times is not None and len(times) != n):
+            raise InputError("Texts: texts, counts and times differ in length")
+        self.texts = texts
+        self.n = n
+        self._blob = "\n".join(texts).encode("utf-8", "surrogatepass")
+        self.nbytes = len(self._blob)
+        self.blob = ffi.from_buffer(self._blob)
+        self.counts = ffi.new("int32_t[]", counts if counts is not None else [1] * n)
+        self.times = ffi.new("double[]", times if times is not None else [0.0] * n)
+
+
+class _Buffers:
+    """One thread's scratch and input/output arrays for an :class:`Answerer`."""
+
+    __slots__ = ("cap", "ctx", "ex", "ex_count", "ex_pop", "ex_src", "features", "max_beam",
+                 "max_model", "max_prev", "n_in", "out", "ref", "score", "scratch", "source",
+                 "sources")
+    cap: int
+    max_beam: int
+    max_model: int
+    max_prev: int
+    n_in: int
+    features: np.ndarray | None
+    ctx: Any
+    ex: Any
+    ex_count: Any
+    ex_pop: Any
+    ex_src: Any
+    out: Any
+    ref: Any
+    score: Any
+    scratch: Any
+    source: Any
+    sources: Any
+
+
+class Answerer:
+    """The completion answerer (``qac_answerer_t``): one keystroke, one C call.
+
+    ``featurizer``/``model``: the engine's handles (``qac_featurizer_t *``,
+    ``qac_model_t *``; both None for no beam search). ``labels``: uint8 UTF-8 of
+    the sorted labels joined by "\\n"; ``offsets`` int64 [n+1]; ``popularity``
+    int64 [n]; ``popcum`` int64 [n+1] its running sum. ``forest``: the arrays of
+    :class:`qac.rank.Forest` (feature int32, threshold float64, left/right int32,
+    leaf float64, roots int32) and its ``base``. The arrays may be read-only
+    memory maps; they are kept alive here and C reads them in place.
+    """
+
+    def __init__(self, featurizer: Any, model: Any, labels: np.ndarray, offsets: np.ndarray,
+                 popularity: np.ndarray, popcum: np.ndarray, forest: dict[str, np.ndarray],
+                 base: float, keep: Any = None) -> None:
         import threading
 
-        self._labels = np.frombuffer(labels, dtype=np.uint8) if isinstance(
-            labels, bytes) else as_c(labels, np.uint8, "labels")
-        self._logpop = as_c(logpop, np.float64, "logpop")
-        self._weights = as_c(weights, np.float64, "weights")
-        out = ffi.new("qac_ranker_t **")
-        check(lib.qac_ranker_new(ffi.from_buffer(self._labels), len(self._labels), n_labels,
-                                 ptr(self._logpop, "double *"), len(self._logpop),
-                                 ptr(self._weights, "double *"), len(self._weights), out),
-              "qac_ranker_new")
-        self.handle = ffi.gc(out[0], lib.qac_ranker_free)
+        a = self._arrays = {
+            "labels": as_c(labels, np.uint8, "labels"),
+            "offsets": as_c(offsets, np.int64, "offsets"),
+            "popularity": as_c(popularity, np.int64, "popularity"),
+            "popcum": as_c(popcum, np.int64, "popcum"),
+            "feature": as_c(forest["feature"], np.int32, "forest feature"),
+            "threshold": as_c(forest["threshold"], np.float64, "forest threshold"),
+            "left": as_c(forest["left"], np.int32, "forest left"),
+            "right": as_c(forest["right"], np.int32, "forest right"),
+            "leaf": as_c(forest["leaf"], np.float64, "forest leaf"),
+            "roots": as_c(forest["roots"], np.int32, "forest roots"),
+        }
+        if not a["threshold"].size == a["left"].size == a["right"].size == a["feature"].size:
+            raise InputError("forest: feature, threshold, left and right differ in length")
+        lab = ffi.new("qac_labels_view *")
+        lab.text = ffi.from_buffer("char[]", a["labels"]) if a["labels"].size else ffi.NULL
+        lab.text_len = a["labels"].size
+        lab.offsets, lab.n_offsets = ptr(a["offsets"], "int64_t *"), a["offsets"].size
+        lab.popularity = ptr(a["popularity"], "int64_t *")
+        lab.n_popularity = a["popularity"].size
+        lab.popcum, lab.n_popcum = ptr(a["popcum"], "int64_t *"), a["popcum"].size
+        f = ffi.new("qac_forest_view *")
+        f.feature, f.threshold = ptr(a["feature"], "int32_t *"), ptr(a["threshold"], "double *")
+        f.left, f.right = ptr(a["left"], "int32_t *"), ptr(a["right"], "int32_t *")
+        f.n_nodes = a["feature"].size
+        f.leaf, f.n_leaves = ptr(a["leaf"], "double *"), a["leaf"].size
+        f.roots, f.n_trees = ptr(a["roots"], "int32_t *"), a["roots"].size
+        f.base = float(base)
+        out = ffi.new("qac_answerer_t **")
+        check(lib.qac_answerer_new(ffi.NULL if featurizer is None else featurizer,
+                                   ffi.NULL if model is None else model, lab, f, out),
+              "qac_answerer_new")
+        self.handle = ffi.gc(out[0], lib.qac_answerer_free)
+        self._keep = (featurizer, model, keep)
         self._local = threading.local()
 
-    def buffers(self, cap: int, prev_cap: int) -> Any:
-        """This thread's pool scratch and input/output buffers for pools of up to
-        ``cap`` rows and previous queries of up to ``prev_cap`` bytes (reallocated,
-        doubling, when a keystroke needs more)."""
-        local = self._local
-        if getattr(local, "cap", 0) < cap or local.prev_cap < prev_cap:
-            cap = max(64, 1 << (cap - 1).bit_length(), getattr(local, "cap", 0))
-            prev_cap = max(256, 1 << (prev_cap - 1).bit_length(), getattr(local, "prev_cap", 0))
-            out = ffi.new("qac_pool_scratch_t **")
-            check(lib.qac_pool_scratch_new(cap, prev_cap, out), "qac_pool_scratch_new")
-            local.scratch = ffi.gc(out[0], lib.qac_pool_scratch_free)
-            local.cap, local.prev_cap = cap, prev_cap
-            local.gen = ffi.new("int32_t[]", cap)
-            local.num = ffi.new("int64_t[]", cap)
-            local.pop = ffi.new("int64_t[]", cap)
-            local.ref = ffi.new("int32_t[]", cap)
-            local.src = ffi.new("int32_t[]", cap)
-            local.score = ffi.new("double[]", cap)
-            local.n = ffi.new("size_t *")
-        return local
+    def label_range(self, prefix: bytes) -> tuple[int, int]:
+        """Label ids [lo, hi) of the labels that start with ``prefix`` (UTF-8)."""
+        lo, hi = ffi.new("int64_t *"), ffi.new("int64_t *")
+        check(lib.qac_label_range(self.handle, prefix, len(prefix), lo, hi), "qac_label_range")
+        return int(lo[0]), int(hi[0])
 
 
-def complete_pool(search: TextSearch, ranker: PoolRanker, prefix: str, prev: str, beam: int,
-                  topk: int, lo: int, hi: int, texts: list[str], gens: list[int],
-                  nums: list[int], pops: list[int]) -> tuple[list[int], list[int], list[float]]:
-    """One long-tail keystroke in one C call: the beam's ``topk`` answers in [lo, hi)
-    for (prefix, prev), merged with the generated ``texts`` (generator, number and
-    popularity of each) and ranked. Returns (ref, source, score) per row, best first:
-    ref is a label id, or -1 - j for ``texts[j]``."""
-    n_extra = len(texts)
-    if not len(gens) == len(nums) == len(pops) == n_extra:
-        raise InputError("complete_pool: texts, gens, nums and pops differ in length")
-    p = prefix.encode("utf-8", "surrogatepass")
-    q = prev.encode("utf-8", "surrogatepass")
-    b = search._buffers(topk)
-    pb = ranker.buffers(topk + n_extra, len(q))
-    pb.gen[0:n_extra] = gens
-    pb.num[0:n_extra] = nums
-    pb.pop[0:n_extra] = pops
-    x = "\n".join(texts).encode("utf-8", "surrogatepass")
-    check(
-        lib.qac_complete_pool(
-            search._featurizer, search._model.handle, search._model.scratch_for_thread(beam, topk),
-            ranker.handle, pb.scratch, p, len(p), q, len(q), beam, topk, lo, hi,
-            b.feat_idx, b.feat_val, search._feat_cap, b.ids, b.scores,
-            x, len(x), pb.gen, pb.num, pb.pop, n_extra, pb.ref, pb.src, pb.score, pb.cap, pb.n,
-        ),
-        "qac_complete_pool",
-    )
-    n = pb.n[0]
-    return ffi.unpack(pb.ref, n), ffi.unpack(pb.src, n), ffi.unpack(pb.score, n)
+    def _buffers(self, rows: int, beam: int, n_model: int, prev: int, n_in: int,
+                 features: bool) -> _Buffers:
+        """This thread's buffers, big enough for the call (grown, doubling, before use:
+        a size is recorded only once it is allocated)."""
+        b: _Buffers | None = getattr(self._local, "b", None)
+        if (b is None or b.cap < rows or b.max_beam < beam or b.max_model < n_model
+                or b.max_prev < prev or b.n_in < n_in):
+            nb = _Buffers()
+            cap = _grown(max(rows, n_model), 64 if b is None else b.cap)
+            max_beam = _grown(beam, 16 if b is None else b.max_beam)
+            max_model = min(cap, _grown(n_model, 16 if b is None else b.max_model))
+            max_prev = _grown(prev, 256 if b is None else b.max_prev)
+            n_in = _grown(n_in, 64 if b is None else b.n_in)
+            out = ffi.new("qac_answer_scratch_t **")
+            check(lib.qac_answer_scratch_new(self.handle, cap, max_beam, max_model, max_prev,
+                                             out), "qac_answer_scratch_new")
+            nb.scratch = ffi.gc(out[0], lib.qac_answer_scratch_free)
+            nb.ref = ffi.new("int32_t[]", cap)
+            nb.source = ffi.new("int32_t[]", cap)
+            nb.sources = ffi.new("uint32_t[]", cap)
+            nb.score = ffi.new("double[]", cap)
+            nb.features = None
+            nb.ex_src = ffi.new("int32_t[]", n_in)
+            nb.ex_count = ffi.new("int64_t[]", n_in)
+            nb.ex_pop = ffi.new("int64_t[]", n_in)
+            nb.ctx = ffi.new("qac_context_view *")
+            nb.ex = ffi.new("qac_extra_view *")
+            nb.out = ffi.new("qac_answer_out *")
+            nb.out.ref, nb.out.source, nb.out.sources = nb.ref, nb.source, nb.sources
+            nb.out.score = nb.score
+            nb.ex.source, nb.ex.count, nb.ex.popularity = nb.ex_src, nb.ex_count, nb.ex_pop
+            nb.cap, nb.max_beam, nb.max_model, nb.max_prev, nb.n_in = (
+                cap, max_beam, max_model, max_prev, n_in)
+            self._local.b = b = nb
+        if features:
+            if b.features is None:
+                b.features = np.empty((b.cap, len(FEATURES)), dtype=np.float64)
+            b.out.features = ptr(b.features.reshape(-1), "double *")
+            b.out.features_cap = b.features.size
+        else:
+            b.out.features, b.out.features_cap = ffi.NULL, 0
+        return b
+
+    def answer(self, prefix: bytes, prev: bytes, session: Texts, history: Texts,
+               extra: list[str], extra_source: list[int], extra_count: list[int],
+               extra_pop: list[int], now: float, beam: int, n_model: int, k: int,
+               features: bool = False
+               ) -> tuple[list[int], list[int], list[float], np.ndarray | None]:
+        """One keystroke (see native/qac_answer.h): (ref, source, score) of the k best
+        rows, best first; with ``features``, every row in pool order and the feature
+        rows (float64 [n, len(FEATURES)]). ``ref`` >= 0 is a label id, else -1 - j
+        indexes ``extra + history.texts + session.texts``."""
+        n_x = len(extra)
+        if not len(extra_source) == len(extra_count) == len(extra_pop) == n_x:
+            raise InputError("answer: extra texts and their numbers differ in length")
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}")
+        rows = n_model + history.n + session.n + n_x
+        b = self._buffers(rows if features else max(rows, k), beam, n_model, len(prev), n_x,
+                          features)
+        ext = "\n".join(extra).encode("utf-8", "surrogatepass")
+        ctx, ex, out = b.ctx, b.ex, b.out
+        keep = (ffi.from_buffer(prev), ffi.from_buffer(ext))
+        ctx.prev, ctx.prev_len = keep[0], len(prev)
+        ctx.history, ctx.history_len, ctx.n_history = history.blob, history.nbytes, history.n
+        ctx.history_count, ctx.history_time = history.counts, history.times
+        ctx.session, ctx.session_len, ctx.n_session = session.blob, session.nbytes, session.n
+        ctx.session_time = session.times
+        ctx.now = now
+        ex.text, ex.text_len, ex.n = keep[1], len(ext), n_x
+        if n_x:
+            b.ex_src[0:n_x] = extra_source
+            b.ex_count[0:n_x] = extra_count
+            b.ex_pop[0:n_x] = extra_pop
+        out.cap = b.cap if features else k
+        check(lib.qac_answer(self.handle, b.scratch, prefix, len(prefix), ctx, ex, beam,
+                             n_model, out), "qac_answer")
+        del keep
+        n = out.n
+        X = b.features[:n].copy() if features and b.features is not None else None
+        return ffi.unpack(b.ref, n), ffi.unpack(b.source, n), ffi.unpack(b.score, n), X

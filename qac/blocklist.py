@@ -23,6 +23,17 @@ _CHAR = r"[^\W_]"
 _WORD = re.compile(_CHAR + "+")
 
 
+def _entry(text: object, where: str, shown: object) -> str:
+    """One entry, normalized: a single word of letters and digits."""
+    if not isinstance(text, str):
+        raise InputError(f"{where}: blocklist entry {shown!r} is not a string")
+    entry = normalize(text)
+    if not _WORD.fullmatch(entry):
+        raise InputError(f"{where}: blocklist entry {shown!r} is not one word "
+                         "(letters and digits, optionally ending in *)")
+    return entry
+
+
 class Blocklist:
     """A set of blocked words and word stems; :meth:`blocks` tests one text."""
 
@@ -52,12 +63,17 @@ class Blocklist:
             if not line or line.startswith("#"):
                 continue
             stem = line.endswith("*")
-            entry = normalize(line[:-1] if stem else line)
-            if not _WORD.fullmatch(entry):
-                raise InputError(f"{source}:{lineno}: blocklist entry {line!r} is not one word "
-                                 "(letters and digits, optionally ending in *)")
-            (stems if stem else words).add(entry)
+            (stems if stem else words).add(_entry(line[:-1] if stem else line,
+                                                  f"{source}:{lineno}", line))
         return cls(words, stems)
+
+    @classmethod
+    def from_entries(cls, words: Iterable[str], stems: Iterable[str]) -> Blocklist:
+        """Words and stems as saved in a model (each checked as one normalized word)."""
+        if isinstance(words, str) or isinstance(stems, str):
+            raise InputError("blocklist: words and stems must be lists of words")
+        return cls((_entry(w, "blocklist word", w) for w in words),
+                   (_entry(w, "blocklist stem", w) for w in stems))
 
     @classmethod
     def from_file(cls, path: str | Path) -> Blocklist:

@@ -105,16 +105,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from qac.engine import EngineConfig
 
     base = CompleterConfig(index=args.index, trie_depth=args.trie_depth,
-                           min_count=args.min_count, popularity=args.popularity,
-                           popularity_per_char=args.popularity_per_char,
-                           longtail=args.longtail)
+                           min_count=args.min_count, fit_days=args.fit_days,
+                           generators=tuple(g for g in args.generators.split(",") if g))
     engine = EngineConfig(blocks=base.engine_config().blocks, **_engine_overrides(args))
     t0 = time.perf_counter()
     with _naming(args.log):
         c = train_completer(args.log, args.out, replace(base, engine=engine), until=args.until,
                             background=args.background, progress=not args.quiet,
                             blocklist=_blocklist(args.blocklist))
-    print(f"trained a {args.index} completer: {len(c.labels)} labels in "
+    fit = c.fit
+    how = (f"ranker fitted on {fit['keystrokes']} keystrokes from {fit['from']}"
+           if fit.get("ranker") == "fitted" else f"the shipped ranker ({fit.get('why')})")
+    print(f"trained a {args.index} completer: {len(c.labels)} labels, {how}, in "
           f"{time.perf_counter() - t0:.1f}s -> {args.out}")
     return 0
 
@@ -128,7 +130,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
     from qac.text import normalize
 
     history = [q for q in (normalize(h) for h in args.history) if q]
-    got = c.complete(args.prefix, args.previous, k=args.k, history=history)
+    got = c.complete(args.prefix, args.previous, k=args.k, history=history,
+                     session=[args.previous] if args.previous else ())
     if args.json:
         _print_json([asdict(g) for g in got])
     elif not got:
@@ -143,12 +146,18 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from qac.complete import Completer
-    from qac.evaluate import CompleterSystem, MpcSystem, evaluate, format_table, test_cases
+    from qac.evaluate import (
+        CompleterSystem,
+        HistoryThenMpc,
+        MpcSystem,
+        evaluate,
+        format_table,
+        test_cases,
+    )
     from qac.logs import read_log
-    from qac.longtail import GENERATORS
     from qac.mpc import MostPopular
 
-    # the whole log up to --until: rows before --since feed the users' histories
+    # the whole log up to --until: rows before --since feed the users' contexts
     with _naming(args.log):
         events = read_log(args.log, until=args.until)
     if not events:
@@ -163,38 +172,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cases = cases[: args.limit]
     models = {Path(m).name: Completer.load(m) for m in args.models}
     first = next(iter(models.values()))
-    # The baseline: most popular completion over the training log's queries (the
-    # first model's labels and counts); "mpc+bg" when its fill also has a background log.
-    mpc = MostPopular(dict(zip(first.labels.labels, first.labels.counts.tolist(), strict=True)))
-    systems: dict[str, Any] = {"mpc": MpcSystem(mpc)}
-    if len(first.mpc) != len(mpc):
-        # its own instance (same arrays): its lookup cache must not warm the model's
-        systems["mpc+bg"] = MpcSystem(MostPopular.from_parts(first.mpc.trie,
-                                                             first.mpc.arrays()))
+    # The baselines: most popular completion over the training log's queries (the
+    # first model's labels and counts), and the user's own past queries then that.
+    mpc = MostPopular(dict(zip(first.labels.texts(), first.labels.counts.tolist(),
+                               strict=True)))
+    systems: dict[str, Any] = {"mpc": MpcSystem(mpc), "hist+mpc": HistoryThenMpc(mpc)}
     for name, c in models.items():
         # Systems take turns on each keystroke (qac.evaluate): the model itself goes
-        # first, so its latency carries the cold caches; the rows after it share
-        # its engine and tables, and run warmer.
+        # first, so its latency carries the cold caches.
         systems[name] = CompleterSystem(c)
-        longtail = c.longtail is not None and c.config.longtail
-        if longtail:  # the same engine without the long-tail pool, in the same run
-            systems[f"{name} -longtail"] = CompleterSystem(c.with_options(longtail=False))
+        systems[f"{name} -context"] = CompleterSystem(c, session=False, history=False)
         if args.no_ablation:
             continue
         systems[f"{name} -session"] = CompleterSystem(c, session=False)
-        if longtail:
-            for g in GENERATORS:
-                if g in c.config.longtail_generators:
-                    rest = tuple(x for x in c.config.longtail_generators if x != g)
-                    systems[f"{name} -gen {g}"] = CompleterSystem(
-                        c.with_options(longtail_generators=rest))
-    results = evaluate(systems, cases, first.labels.__contains__,
+        for g in c.config.generators:
+            rest = tuple(x for x in c.config.generators if x != g)
+            systems[f"{name} -{g}"] = CompleterSystem(c.with_options(generators=rest))
+    results = evaluate(systems, cases, first.__contains__,
                        k=args.k, progress=not args.json, coverage=not args.no_coverage)
     if args.json:
         _print_json({"cases": len(cases), "results": results})
     else:
-        print(f"{len(cases)} test queries with a previous query in their session\n")
-        print(format_table(results, baseline="mpc"))
+        print(f"{len(cases)} test queries with a previous query in their session; "
+              "NAME -context: asked with no previous query and no history\n")
+        print(format_table(results, baselines=("mpc", "hist+mpc")))
     return 0
 
 
@@ -244,19 +245,29 @@ def cmd_retrieve_eval(args: argparse.Namespace) -> int:
 
 
 def _demo_models(rebuild: bool) -> tuple[Path, Path]:
-    """The demo's completer and retriever, trained once on the bundled samples."""
-    from qac.complete import Completer
+    """The demo's completer and retriever, trained once on the bundled samples (again
+    when the cached ones were written by another model format)."""
+    from qac.complete import Completer, CompleterConfig
+    from qac.errors import ModelFormatError
     from qac.logs import read_log
     from qac.retrieve import Retriever, read_tsv
-    from qac.storage import MANIFEST
+    from qac.storage import open_model_dir
+
+    def stale(path: Path) -> bool:
+        try:
+            open_model_dir(path, verify=False)
+        except ModelFormatError:
+            return True
+        return False
 
     cache = _cache_dir()
     completer, retriever = cache / "demo-completer", cache / "demo-retriever"
-    if rebuild or not (completer / MANIFEST).exists():
+    if rebuild or stale(completer):
         print(f"training a completer on the bundled sample -> {completer}", file=sys.stderr)
+        # the ranker shipped with qac was fitted on the AOL sessions the sample is cut from
         Completer.train(read_log(_sample_file("sample_sessions.tsv.gz")),
-                        progress=True).save(completer)
-    if rebuild or not (retriever / MANIFEST).exists():
+                        CompleterConfig(fit_days=0), progress=True).save(completer)
+    if rebuild or stale(retriever):
         print(f"training a retriever on the bundled sample -> {retriever}", file=sys.stderr)
         Retriever.train(read_tsv(_sample_file("sample_pairs.tsv")),
                         read_tsv(_sample_file("sample_items.tsv")),
@@ -350,6 +361,8 @@ def _add_json(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from qac.evaluate import DEFAULT_HISTORY
+    from qac.sources import GENERATORS
+
     ap = argparse.ArgumentParser(prog="qac", description=__doc__, formatter_class=_Help)
     ap.add_argument("--version", action="version", version=f"qac {qac.__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -370,17 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query-only log adding popularity counts (default: none)")
     p.add_argument("--min-count", type=_positive, default=1,
                    help="fewest occurrences of a label")
-    p.add_argument("--popularity", type=float, default=0.5,
-                   help="answer score = ranker score * (1 + count) ** beta, "
-                        "beta = popularity + popularity-per-char * min(len(prefix), 10)")
-    p.add_argument("--popularity-per-char", type=float, default=0.3,
-                   help="see --popularity")
+    p.add_argument("--fit-days", type=float, default=7.0,
+                   help="fit the ranker on the last this many days of the log (with a "
+                        "model trained on the rows before them)")
+    p.add_argument("--generators", default=",".join(GENERATORS), metavar="LIST",
+                   help="candidate sources beside the beam and MPC, comma-separated "
+                        f"(any of {','.join(GENERATORS)}; empty: none)")
     p.add_argument("--blocklist", metavar="FILE",
                    help="blocklist file replacing the default qac/data/blocklist.txt "
                         "(same format)")
-    p.add_argument("--longtail", action="store_true",
-                   help="also build word/ending tables and answer from the long-tail "
-                        "candidate pool (see qac.longtail)")
     _add_engine_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -389,15 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prefix", help="the text typed so far")
     p.add_argument("--previous", help="the previous query of the session (default: none)")
     p.add_argument("--history", action="append", default=[], metavar="QUERY",
-                   help="one of the user's past queries, most recent first (repeatable; "
-                        "read by a long-tail model's history generator)")
+                   help="one of the user's past queries, most recent first (repeatable)")
     p.add_argument("--blocklist", metavar="FILE",
                    help="also drop answers this blocklist file matches")
     p.add_argument("-k", type=_positive, default=10, help="how many completions")
     _add_json(p)
     p.set_defaults(func=cmd_complete)
 
-    p = _command(sub, "eval", "MRR/success/BLEU/latency against MPC on a test log")
+    p = _command(sub, "eval", "MRR/success/BLEU/latency beside MPC and history+MPC on a "
+                 "test log")
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="one or more completer model directories")
     p.add_argument("--log", required=True,
@@ -411,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_count, default=0,
                    help="evaluate only the first N test queries (0: all)")
     p.add_argument("--no-ablation", action="store_true",
-                   help="skip the without-previous-query and without-one-generator runs")
+                   help="skip the without-previous-query and without-one-source runs")
     p.add_argument("--history", type=_count, default=DEFAULT_HISTORY, metavar="N",
                    help="distinct past queries of the user each test case carries "
                         f"(default {DEFAULT_HISTORY}, as the session store keeps; 0: none)")

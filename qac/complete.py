@@ -1,42 +1,43 @@
-"""Session-aware query completion on the shared XMR engine.
+"""Session-aware query completion: one candidate pool and one ranker per keystroke.
 
-Input: the prefix typed so far and the previous query of the session; output: the
-top-k full queries. Labels are the distinct normalized past queries, **sorted**, so a
-label id is its rank in string order and "labels starting with the prefix" is one
-id range [lo, hi) found by bisection. The C beam search takes that range and never
-scores a tree node with no eligible label below it (prefix-constrained beam search:
-exact on the trie levels of the trie and hybrid indexes), so every model answer
-already starts with the prefix.
+Input: the prefix typed so far and what the session store knows of the user (the
+previous query, this session's queries, the user's past queries with how often and
+when). Output: the top-k full queries, each with the source that made it.
 
-With ``longtail`` on (and long-tail statistics in the model, see
-:mod:`qac.longtail`), every non-empty prefix instead gets one candidate pool -- the
-XMR beam, the MPC list, and the word / ending / session generators, which can build
-queries never seen before -- ordered by one fitted linear ranker; every answer still
-starts with the prefix, passes the blocklist and appears once, and its ``source``
-names the generator that made it.
+Every keystroke, the empty prefix included, takes one path (the C answerer,
+``native/qac_answer.h``):
 
-Policy without long tail, in order: model answers (ranker score, optionally times popularity);
-then, when fewer than k remain, most-popular completions (MPC) of the prefix;
-no duplicates; blocked queries never become labels or MPC entries (the blocklist in
-force at training), and a blocklist given at load time filters answers too.
-Empty prefix with a previous query: next-query suggestions over all labels; empty
-prefix and no previous query: the most popular queries.
+1. Python normalizes the prefix and gathers the candidates made outside C: the most
+   popular completions of the prefix and the generated queries of :mod:`qac.sources`.
+2. One C call: the labels that start with the prefix (one id range of the sorted
+   labels), featurize + prefix-constrained beam search over the XMR tree, the user's
+   past queries that start with the prefix, one pool of distinct texts, one feature
+   row each, one score each from the ranker's trees (:mod:`qac.rank`), the k best.
+3. Python turns the ids into texts.
 
-Training instances: for every query q of the training log, prefixes of q of the
-lengths in ``prefix_lengths`` (shorter than q) with the previous query of its
-session as context (empty for the first query of a session) -> label q.
+Training (:meth:`Completer.train`): labels are the distinct normalized past queries,
+sorted, so a label id is its rank in string order. Training instances are, for every
+query of the log, its prefixes of ``prefix_lengths`` with the session's previous query
+(:func:`qac.logs.previous_queries`, the one definition) -> the query. The ranker is
+fitted on the last ``fit_days`` of the log, with a model trained on the rows before
+them (so its engine scores are as out-of-sample as at serving time); then the final
+model is trained on the whole log.
+
+The blocklist is part of the model: no label, popular completion, table entry,
+generated query or past query of the user that it matches is ever a candidate.
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
 import logging
 import math
 import os
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,14 @@ from qac.blocklist import Blocklist
 from qac.engine import Engine, EngineConfig
 from qac.errors import InputError, ModelFormatError
 from qac.features import BlockConfig, Vectorizer
+from qac.history import Past, UserLog
 from qac.index.kmeans import build_kmeans_tree, pifa
 from qac.index.tree import LabelTree
 from qac.index.trie import build_hybrid_tree, build_trie_tree
-from qac.logs import LogEvent
-from qac.longtail import GENERATORS, SOURCES, LongTail
+from qac.logs import LogEvent, previous_queries
 from qac.mpc import MostPopular
-from qac.session import MAX_HISTORY
+from qac.rank import FEATURES, SOURCES, Forest
+from qac.sources import GENERATORS, MPC, SourcesConfig, Tables, check_generators
 from qac.storage import open_model_dir, save_model_dir
 from qac.text import normalize, normalize_prefix
 
@@ -62,51 +64,55 @@ log = logging.getLogger(__name__)
 
 KIND = "completer"
 INDEXES = ("hybrid", "trie", "tree")
-_MAX_CHAR = "\U0010ffff"
-_MPC = SOURCES.index("mpc")
-
-
-def _check_history(history: Sequence[str]) -> Sequence[str]:
-    if isinstance(history, str | bytes):
-        raise InputError("history must be a sequence of queries, not one string")
-    # entries are checked where they are read (LongTail.gen_history), not per call
-    return history[:MAX_HISTORY]
+#: most answers one keystroke may ask for
+MAX_K = 1000
+#: the longest previous query (characters) a keystroke conditions on
+MAX_PREVIOUS = 1024
 
 
 @dataclass(frozen=True)
 class Completion:
-    """One suggestion: ``source`` is "model" (the XMR ranker), "mpc" (popularity), or
-    with long tail on "word", "suffix", "session" or "history" (:data:`qac.longtail.SOURCES`)."""
+    """One suggestion. ``score`` is the ranker's (the same scale for every source);
+    ``source`` the source it is shown with: "history" (a past query of the user),
+    "model" (the XMR beam), "mpc" (most popular), "session", "suffix" or "word"
+    (generated)."""
 
     text: str
     score: float
     source: str
 
 
+def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (
+            hi is not None and value > hi):
+        bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise InputError(f"CompleterConfig.{name}: an int {bound}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class CompleterConfig:
     """How a completer is trained and how it answers.
 
-    index:            "hybrid" (trie levels, then k-means), "trie" or "tree" (k-means).
-    trie_depth:       trie levels (hybrid default 2; trie default 4).
-    min_count:        fewest occurrences for a query to become a label.
-    prefix_lengths:   training prefix lengths (those shorter than the query are used;
-                      0, the empty prefix, only where there is a previous query: it
-                      teaches next-query suggestion).
-    prefix_weight:    weight of the prefix block (prefix-weighted char 1-3-grams).
-    previous_weight:  weight of each previous-query block (word 1-2, char 3-grams).
-    popularity:       answer score = ranker score * (1 + count) ** beta, with
-                      beta = popularity + popularity_per_char * min(len(prefix), 10):
-                      the longer the prefix, the fewer and more specific the
-                      candidates, and the more their popularity says (tuned on a dev
-                      split with sim/tune_completion.py).
-    candidates:       labels fetched from the beam search before the policy.
-    beam:             beam width of the search (the engine's default when None).
-    longtail:         answer non-empty prefixes from the long-tail candidate pool and
-                      its ranker (:mod:`qac.longtail`); training builds the word and
-                      ending tables only when this is on.
-    longtail_generators: which generators feed the pool ("word", "suffix",
-                      "session", "history"); the XMR beam and the MPC list always do.
+    index:           "hybrid" (trie levels, then k-means), "trie" or "tree" (k-means).
+    trie_depth:      trie levels (hybrid default 2; trie default 4).
+    min_count:       fewest occurrences for a query to become a label.
+    prefix_lengths:  training prefix lengths (those shorter than the query are used;
+                     0, the empty prefix, only where there is a previous query: it
+                     teaches next-query suggestion).
+    prefix_weight:   weight of the prefix block (prefix-weighted char 1-3-grams).
+    previous_weight: weight of each previous-query block (word 1-2, char 3-grams).
+    beam:            beam width of the search (the engine's default when None).
+    generators:      the sources that may be switched off ("history", "session",
+                     "suffix", "word"; the beam and MPC always feed the pool).
+    sources:         how many candidates each source gives (:class:`SourcesConfig`).
+    fit_days:        the ranker is fitted on the last this many days of the log (0:
+                     use the forest shipped with qac, fitted on the AOL sessions).
+    fit_lengths:     prefix lengths of the keystrokes it is fitted on.
+    fit_no_context:  share of those keystrokes asked once more with no context at
+                     all (no previous query, no history): how the ranker learns the
+                     keystrokes of a visitor without a session.
+    min_fit:         fewer fitting keystrokes than this (with the submitted query in
+                     their pool): the forest shipped with qac is used instead.
     """
 
     index: str = "hybrid"
@@ -115,31 +121,39 @@ class CompleterConfig:
     prefix_lengths: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10, 13)
     prefix_weight: float = 1.0
     previous_weight: float = 0.5
-    popularity: float = 0.5
-    popularity_per_char: float = 0.3
-    candidates: int = 50
     beam: int | None = None
     engine: EngineConfig | None = None
-    blocklist: bool = True
-    longtail: bool = False
-    longtail_generators: tuple[str, ...] = GENERATORS
+    generators: tuple[str, ...] = GENERATORS
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    fit_days: float = 7.0
+    fit_lengths: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10)
+    fit_no_context: float = 0.5
+    min_fit: int = 2000
 
     def __post_init__(self) -> None:
         if self.index not in INDEXES:
             raise InputError(f"CompleterConfig.index: one of {INDEXES}, got {self.index!r}")
-        if self.trie_depth is not None and self.trie_depth < 0:
-            raise InputError(f"CompleterConfig.trie_depth: must be >= 0, got {self.trie_depth}")
-        if self.min_count < 1:
-            raise InputError(f"CompleterConfig.min_count: must be >= 1, got {self.min_count}")
-        if not self.prefix_lengths or min(self.prefix_lengths) < 0:
-            raise InputError("CompleterConfig.prefix_lengths: lengths >= 0 needed")
-        if self.candidates < 1:
-            raise InputError(f"CompleterConfig.candidates: must be >= 1, got {self.candidates}")
-        if self.beam is not None and self.beam < 1:
-            raise InputError(f"CompleterConfig.beam: must be >= 1, got {self.beam}")
-        bad = set(self.longtail_generators) - set(GENERATORS)
-        if bad:
-            raise InputError(f"CompleterConfig.longtail_generators: unknown {sorted(bad)}")
+        if self.trie_depth is not None:
+            _check_int("trie_depth", self.trie_depth, 0, 16)
+        _check_int("min_count", self.min_count, 1)
+        if not isinstance(self.prefix_lengths, tuple) or not self.prefix_lengths:
+            raise InputError("CompleterConfig.prefix_lengths: a non-empty tuple needed")
+        for n in (*self.prefix_lengths, *self.fit_lengths):
+            _check_int("prefix_lengths/fit_lengths", n, 0, 1024)
+        for name in ("prefix_weight", "previous_weight", "fit_days", "fit_no_context"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+                    or v < 0:
+                raise InputError(f"CompleterConfig.{name}: a finite number >= 0, got {v!r}")
+        if self.fit_no_context > 1:
+            raise InputError("CompleterConfig.fit_no_context: a share in 0..1, got "
+                             f"{self.fit_no_context}")
+        if self.beam is not None:
+            _check_int("beam", self.beam, 1, 1000)
+        _check_int("min_fit", self.min_fit, 0)
+        if not isinstance(self.sources, SourcesConfig):
+            raise InputError("CompleterConfig.sources: a SourcesConfig needed")
+        check_generators(self.generators)
 
     @property
     def depth(self) -> int:
@@ -161,79 +175,109 @@ class CompleterConfig:
         return EngineConfig(blocks=blocks)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "engine"}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["prefix_lengths"] = list(self.prefix_lengths)
-        d["longtail_generators"] = list(self.longtail_generators)
+        d["fit_lengths"] = list(self.fit_lengths)
+        d["generators"] = list(self.generators)
+        d["sources"] = asdict(self.sources)
         d["engine"] = self.engine_config().to_dict()
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CompleterConfig:
-        d = dict(d)
-        d["prefix_lengths"] = tuple(d["prefix_lengths"])
-        if "longtail_generators" in d:
-            d["longtail_generators"] = tuple(d["longtail_generators"])
-        d["engine"] = EngineConfig.from_dict(d["engine"])
-        return cls(**d)
+    def from_dict(cls, d: Mapping[str, Any]) -> CompleterConfig:
+        """The inverse of :meth:`to_dict`; unknown or missing keys and bad values
+        raise :class:`InputError` naming them."""
+        if not isinstance(d, Mapping):
+            raise InputError(f"completer config: a mapping needed, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"completer config: unknown keys {unknown}")
+        out = dict(d)
+        try:
+            for key in ("prefix_lengths", "fit_lengths", "generators"):
+                if key in out:
+                    if not isinstance(out[key], list | tuple):
+                        raise InputError(f"completer config: {key} must be a list")
+                    out[key] = tuple(out[key])
+            if "sources" in out:
+                if not isinstance(out["sources"], Mapping):
+                    raise InputError("completer config: sources must be a mapping")
+                out["sources"] = SourcesConfig(**out["sources"])
+            if "engine" in out:
+                out["engine"] = EngineConfig.from_dict(out["engine"])
+            return cls(**out)
+        except TypeError as exc:
+            raise InputError(f"completer config: {exc}") from None
 
 
 class LabelSet:
-    """The sorted label strings; id = rank in string order.
+    """The sorted labels as the kernel reads them (arrays may be memory maps).
 
-    counts:     int64 [L], occurrences in the training log.
-    popularity: int64 [L], counts in the MPC table (training log plus any background
-                log): the popularity term of the answer score.
+    text:       uint8, the labels' UTF-8 joined by "\\n".
+    offsets:    int64 [n+1]: label i is text[offsets[i] : offsets[i+1] - 1].
+    counts:     int64 [n], occurrences in the training log.
+    popularity: int64 [n], counts in the MPC table (training log plus any
+                background log).
+    popcum:     int64 [n+1], the running sum of popularity (the popularity of a
+                prefix's labels is one subtraction).
     """
 
-    def __init__(self, labels: list[str], counts: np.ndarray,
-                 popularity: np.ndarray | None = None) -> None:
-        if len(labels) != len(counts):
-            raise InputError(f"{len(labels)} labels but {len(counts)} counts")
-        if popularity is not None and len(popularity) != len(labels):
-            raise InputError(f"{len(labels)} labels but {len(popularity)} popularity counts")
-        self.labels = labels
+    ARRAYS = ("text", "offsets", "counts", "popularity", "popcum")
+
+    def __init__(self, text: np.ndarray, offsets: np.ndarray, counts: np.ndarray,
+                 popularity: np.ndarray, popcum: np.ndarray) -> None:
+        n = len(offsets) - 1
+        for name, arr, size, kind in (("text", text, None, "u"), ("offsets", offsets, None, "i"),
+                                      ("counts", counts, n, "i"),
+                                      ("popularity", popularity, n, "i"),
+                                      ("popcum", popcum, n + 1, "i")):
+            if arr.ndim != 1 or arr.dtype.kind != kind or (size is not None and len(arr) != size):
+                raise ModelFormatError(f"labels.{name}: a 1-d array{f' of {size}' if size else ''}"
+                                       f" ({'uint8' if kind == 'u' else 'int64'}) needed, got "
+                                       f"{arr.dtype} {arr.shape}", f"labels.{name}")
+        self.text = text
+        self.offsets = offsets
         self.counts = counts
         self.popularity = popularity
-        self._index: dict[str, int] | None = None
-        self._blob: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def range(self, prefix: str) -> tuple[int, int]:
-        """Ids [lo, hi) of the labels starting with ``prefix``."""
-        lo = bisect.bisect_left(self.labels, prefix)
-        return lo, bisect.bisect_left(self.labels, prefix + _MAX_CHAR, lo)
-
-    def __contains__(self, text: object) -> bool:
-        return isinstance(text, str) and self.id_of(text) is not None
-
-    def id_of(self, text: str) -> int | None:
-        if self._index is None:
-            self._index = {s: i for i, s in enumerate(self.labels)}
-        return self._index.get(text)
-
-    def blob(self) -> np.ndarray:
-        """The labels' UTF-8 joined by "\\n" (uint8): how they are saved, and what the
-        C kernel reads them from."""
-        if self._blob is None:
-            self._blob = np.frombuffer("\n".join(self.labels).encode("utf-8"), dtype=np.uint8)
-        return self._blob
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        out = {"text": self.blob(), "counts": self.counts}
-        if self.popularity is not None:
-            out["popularity"] = self.popularity
-        return out
+        self.popcum = popcum
+        self._off = offsets.view(np.ndarray)
+        self._text = text.view(np.ndarray)
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LabelSet:
-        blob = np.asarray(arrays["text"], dtype=np.uint8)
-        text = bytes(blob).decode("utf-8")
-        labels = text.split("\n") if text else []
-        out = cls(labels, np.asarray(arrays["counts"]), arrays.get("popularity"))
-        out._blob = blob
-        return out
+    def build(cls, labels: Sequence[str], counts: Sequence[int],
+              popularity: Sequence[int]) -> LabelSet:
+        """From sorted, distinct labels that hold no newline."""
+        enc = [t.encode("utf-8") for t in labels]
+        sizes = np.fromiter((len(b) + 1 for b in enc), dtype=np.int64, count=len(enc))
+        offsets = np.zeros(len(enc) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        text = np.frombuffer(b"\n".join(enc), dtype=np.uint8)
+        pop = np.asarray(popularity, dtype=np.int64)
+        popcum = np.zeros(len(pop) + 1, dtype=np.int64)
+        np.cumsum(pop, out=popcum[1:])
+        return cls(text, offsets, np.asarray(counts, dtype=np.int64), pop, popcum)
+
+    def __len__(self) -> int:
+        return len(self._off) - 1
+
+    def text_of(self, i: int) -> str:
+        return bytes(self._text[self._off[i]:self._off[i + 1] - 1]).decode("utf-8")
+
+    def texts(self) -> list[str]:
+        """Every label (a list of n strings: for training and tools, not per keystroke)."""
+        raw = bytes(self._text).decode("utf-8")
+        return raw.split("\n") if raw else []
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in self.ARRAYS}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> LabelSet:
+        missing = [n for n in cls.ARRAYS if n not in arrays]
+        if missing:
+            raise ModelFormatError(f"labels: arrays {missing} missing", "labels")
+        return cls(*(arrays[n] for n in cls.ARRAYS))
 
 
 def _build_index(config: CompleterConfig, labels: list[str]) -> Any:
@@ -255,40 +299,40 @@ def _build_index(config: CompleterConfig, labels: list[str]) -> Any:
     return index
 
 
+def _clean(text: Any) -> str | None:
+    """A stored query as a candidate: a non-empty str without a newline, else None."""
+    return text if isinstance(text, str) and text and "\n" not in text else None
+
+
 class Completer:
-    """``Completer.load(dir).complete(prefix, previous=None, k=10) -> list[Completion]``."""
+    """``Completer.load(dir).complete(prefix, previous=None, k=10, ...) -> [Completion]``."""
 
     def __init__(self, config: CompleterConfig, engine: Engine, labels: LabelSet,
-                 mpc: MostPopular, blocklist: Blocklist | None = None,
-                 longtail: LongTail | None = None) -> None:
+                 mpc: MostPopular, tables: Tables, forest: Forest,
+                 blocklist: Blocklist | None = None, extra_blocklist: Blocklist | None = None,
+                 fit: Mapping[str, Any] | None = None) -> None:
         if engine.n_labels != len(labels):
             raise InputError(f"engine has {engine.n_labels} labels, label set {len(labels)}")
         self.config = config
         self.engine = engine
         self.labels = labels
         self.mpc = mpc
-        self.blocklist = blocklist
-        self.longtail = longtail
-        # generated queries pass the training blocklist too (labels and MPC already do)
-        # (cached: the same generated texts come back keystroke after keystroke)
-        self._gen_blocks = (functools.lru_cache(maxsize=65536)(
-            Blocklist.default().blocks_normalized) if config.blocklist else None)
-        if labels.popularity is None:  # computed once, then saved with the model
-            labels.popularity = np.array([mpc.count(q) for q in labels.labels], dtype=np.int64)
-        # log(1 + popularity) per label, for the popularity term of the answer score
-        self._logpop_arr = np.log1p(labels.popularity.astype(np.float64))
-        self._logpop = self._logpop_arr.tolist()
-        # popularity of generated texts, which recur keystroke after keystroke
+        self.tables = tables
+        self.forest = forest
+        self.blocklist = blocklist or Blocklist.empty()
+        self.extra_blocklist = extra_blocklist
+        self.fit = dict(fit or {})
+        self.answerer = _kernel.Answerer(
+            engine.vectorizer.handle, engine.model.handle, labels.text, labels.offsets,
+            labels.popularity, labels.popcum, forest.arrays(), forest.base,
+            keep=(engine, labels, forest))
+        self._beam = config.beam or engine.config.beam
+        both = [b for b in (self.blocklist, extra_blocklist) if b is not None and len(b)]
+        # verdicts on the texts of past queries and generated ones, which recur
+        self._blocks = (functools.lru_cache(maxsize=65536)(
+            lambda t: any(b.blocks_normalized(t) for b in both)) if both else None)
         self._count = functools.lru_cache(maxsize=65536)(mpc.count)
-        # the C side of the long-tail pool (labels, popularity, weights), with and
-        # without history, at load, not on the first keystroke
-        self._pool_rankers: tuple[_kernel.PoolRanker, _kernel.PoolRanker] | None = None
-        if config.longtail and longtail is not None:
-            self._pool_rankers = (
-                _kernel.PoolRanker(labels.blob(), len(labels), self._logpop_arr,
-                                   longtail.ranker_no_history.weights),
-                _kernel.PoolRanker(labels.blob(), len(labels), self._logpop_arr,
-                                   longtail.ranker.weights))
+        self._extras_of = functools.lru_cache(maxsize=4096)(self._extras)
 
     # -- training -------------------------------------------------------------
     @classmethod
@@ -302,35 +346,43 @@ class Completer:
     ) -> Completer:
         """Train on a session log (events in log order, queries normalized).
 
+        The ranker is fitted on the events of the last ``config.fit_days`` (with a
+        model trained on the events before them); the final model then learns from
+        all events. A log without times, or too small to fit on, gets the forest
+        shipped with qac (``fit`` in the manifest says which).
         ``background`` adds query counts (e.g. from a larger query-only log) to the
-        popularity used by the MPC fill and the popularity term, not to the labels.
-        ``blocklist`` replaces the default list (``config.blocklist=False``: none);
-        blocked queries never become labels, MPC entries or long-tail entries.
+        popularity of the answers, not to the labels. ``blocklist`` replaces the
+        default list (:meth:`Blocklist.default`).
         """
         config = config or CompleterConfig()
-        if blocklist is None:
-            blocklist = Blocklist.default() if config.blocklist else Blocklist.empty()
+        blocklist = Blocklist.default() if blocklist is None else blocklist
+        events = list(events)
+        if not events:
+            raise InputError("no queries to learn from: the log is empty")
+        forest, fit = cls._fit_forest(events, config, background, progress, blocklist)
+        log.info("completer: the final model, on all %d events", len(events))
+        return cls._build(events, config, background, progress, blocklist, forest, fit)
+
+    @classmethod
+    def _build(cls, events: Sequence[LogEvent], config: CompleterConfig,
+               background: Counter[str] | None, progress: bool, blocklist: Blocklist,
+               forest: Forest, fit: Mapping[str, Any]) -> Completer:
         counts: Counter[str] = Counter(e.query for e in events)
         labels = sorted(q for q, c in counts.items()
-                        if c >= config.min_count and not blocklist.blocks(q))
+                        if c >= config.min_count and not blocklist.blocks_normalized(q))
         if not labels:
             raise InputError("no queries to learn from (after min_count and the blocklist)")
-        label_set = LabelSet(labels, np.array([counts[q] for q in labels], dtype=np.int64))
         ids = {q: i for i, q in enumerate(labels)}
         texts: list[str] = []
         contexts: list[str | None] = []
         rows: list[int] = []
-        prev_session: str | None = None
-        prev_query: str | None = None
-        for e in events:
-            previous = prev_query if e.session == prev_session else None
-            prev_session, prev_query = e.session, e.query
+        for e, previous in zip(events, previous_queries(events), strict=True):
             label = ids.get(e.query)
             if label is None:
                 continue
             for n in config.prefix_lengths:
                 if n >= len(e.query):
-                    break
+                    continue
                 if n == 0 and previous is None:
                     continue
                 texts.append(e.query[:n])
@@ -357,198 +409,299 @@ class Completer:
         engine = Engine.fit(texts, Y, config.engine_config(), contexts=contexts,
                             index=_build_index(config, labels), layer_rows=layer_rows,
                             progress=progress)
-        pop = Counter({q: c for q, c in counts.items() if not blocklist.blocks(q)})
+        pop: Counter[str] = Counter({q: c for q, c in counts.items()
+                                     if not blocklist.blocks_normalized(q)})
         if background:
             pop.update({q: c for q, c in background.items() if not blocklist.blocks(q)})
-        longtail = LongTail.build(pop, blocklist) if config.longtail else None
-        return cls(config, engine, label_set, MostPopular(pop), longtail=longtail)
+        mpc = MostPopular(pop)
+        label_set = LabelSet.build(labels, [counts[q] for q in labels],
+                                   [mpc.count(q) for q in labels])
+        tables = Tables.build(pop, blocklist, config.sources)
+        return cls(config, engine, label_set, mpc, tables, forest, blocklist, fit=fit)
 
-    def with_longtail(self, longtail: LongTail) -> Completer:
-        """This completer with long-tail statistics attached and switched on."""
-        return Completer(replace(self.config, longtail=True), self.engine, self.labels,
-                         self.mpc, self.blocklist, longtail)
+    @classmethod
+    def _fit_forest(cls, events: Sequence[LogEvent], config: CompleterConfig,
+                    background: Counter[str] | None, progress: bool, blocklist: Blocklist
+                    ) -> tuple[Forest, dict[str, Any]]:
+        """The ranker: fitted on the last ``fit_days`` of ``events`` when they allow it,
+        else the shipped forest; and what the manifest says of the fit."""
+        if config.fit_days == 0:
+            return Forest.default(), {"ranker": "shipped", "why": "fit_days is 0"}
+        times = [e.time for e in events if e.time is not None]
+        if len(times) != len(events) or not times:
+            log.info("ranker: the log has no times; using the shipped ranker")
+            return Forest.default(), {"ranker": "shipped", "why": "the log has no times"}
+        end = max(times)
+        start = end - timedelta(days=config.fit_days)
+        before = [e for e in events if e.time is not None and e.time < start]
+        n_fit = len(events) - len(before)
+        if not before or n_fit == 0:
+            log.info("ranker: the log spans less than %s days; using the shipped ranker",
+                     config.fit_days)
+            return Forest.default(), {"ranker": "shipped",
+                                      "why": f"the log spans less than {config.fit_days} days"}
+        log.info("ranker: a model on the %d events before %s, to fit on the %d after",
+                 len(before), start.isoformat(sep=" "), n_fit)
+        try:
+            stage = cls._build(before, config, background, progress, blocklist,
+                               Forest.empty(), {})
+        except InputError as exc:
+            log.info("ranker: no model before %s (%s); using the shipped ranker", start, exc)
+            return Forest.default(), {"ranker": "shipped", "why": str(exc)}
+        X, y, sizes = stage.fit_groups(events, start, progress=progress)
+        if len(sizes) < max(config.min_fit, 10):
+            log.info("ranker: %d fitting keystrokes (< %d); using the shipped ranker",
+                     len(sizes), config.min_fit)
+            return Forest.default(), {"ranker": "shipped",
+                                      "why": f"{len(sizes)} fitting keystrokes"}
+        forest = Forest.fit(X, y, sizes, threads=config.engine_config().threads)
+        return forest, {"ranker": "fitted", "from": start.isoformat(sep=" "),
+                        "until": end.isoformat(sep=" "), "keystrokes": len(sizes),
+                        "rows": len(X), "trees": forest.n_trees}
+
+    def fit_groups(self, events: Sequence[LogEvent], since: Any, progress: bool = False,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """The ranker's fitting data: replay ``events`` (in log order) and, for every
+        event at or after ``since``, its prefixes of ``fit_lengths`` with the context a
+        store would hold then; a share ``fit_no_context`` of them once more without
+        any. Returns (X [rows, FEATURES], y (1: the submitted query), group sizes),
+        keeping only keystrokes whose pool holds the submitted query."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        rng = np.random.default_rng(seed)
+        users = UserLog(cfg.sources.history)
+        Xs: list[np.ndarray] = []
+        ys: list[np.ndarray] = []
+        sizes: list[int] = []
+        todo = [e for e in events if e.time is not None and e.time >= since]
+        bar = tqdm(total=len(todo), desc="ranker data", disable=not progress, leave=False)
+        for e in events:
+            t = e.time.timestamp() if e.time is not None else 0.0
+            if e.time is not None and e.time >= since:
+                bar.update()
+                ctx = users.context(e.session, e.user)
+                full = (ctx.previous, self.pack_history(ctx.history),
+                        self.pack_session(ctx.session))
+                variants = [full]
+                if rng.random() < cfg.fit_no_context:
+                    variants.append((None, self.pack_history(()), self.pack_session(())))
+                for prev, hist, sess in variants:
+                    for n in cfg.fit_lengths:
+                        if n >= len(e.query) or (n == 0 and prev is None and not hist.n):
+                            continue
+                        texts, _, X = self.pool(e.query[:n], prev, hist, sess, now=t)
+                        y = np.fromiter((x == e.query for x in texts), dtype=np.int32,
+                                        count=len(texts))
+                        if y.any():
+                            Xs.append(X)
+                            ys.append(y)
+                            sizes.append(len(texts))
+            users.add(e.session, e.user, e.query, t)
+        bar.close()
+        if not sizes:
+            return np.zeros((0, len(FEATURES))), np.zeros(0, dtype=np.int32), []
+        return np.vstack(Xs), np.concatenate(ys), sizes
 
     # -- persistence -------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:
         arrays = self.engine.arrays()
         arrays.update({f"labels.{k}": v for k, v in self.labels.arrays().items()})
         arrays.update({f"mpc.{k}": v for k, v in self.mpc.arrays().items()})
-        config = {"completer": self.config.to_dict(), **self.engine.manifest_config()}
+        arrays.update({f"tables.{k}": v for k, v in self.tables.arrays().items()})
+        arrays.update({f"ranker.{k}": v for k, v in self.forest.arrays().items()})
+        config = {"completer": self.config.to_dict(), **self.engine.manifest_config(),
+                  "ranker": self.forest.manifest(), "fit": self.fit,
+                  "blocklist": {"words": sorted(self.blocklist.words),
+                                "stems": sorted(self.blocklist.stems)}}
         tries = {"mpc": self.mpc.trie}
-        if self.longtail is not None:
-            arrays.update({f"longtail.{k}": v for k, v in self.longtail.arrays().items()})
-            tries.update({f"longtail.{k}": v for k, v in self.longtail.tries().items()})
-            config["longtail"] = self.longtail.manifest()
+        tries.update({f"tables.{k}": v for k, v in self.tables.tries().items()})
         return save_model_dir(path, KIND, config, arrays, tries)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], blocklist: Blocklist | None = None,
              verify: bool = True) -> Completer:
         """Load a model directory (arrays memory-mapped). ``blocklist``, if given,
-        also filters answers at query time (the training blocklist always applies)."""
+        filters answers too, beside the model's own."""
         md = open_model_dir(path, kind=KIND, verify=verify)
+        where = str(md.path)
         try:
             config = CompleterConfig.from_dict(md.config["completer"])
+            bl = md.config["blocklist"]
+            if not isinstance(bl, Mapping):
+                raise InputError("blocklist: a mapping needed")
+            model_blocklist = Blocklist.from_entries(bl.get("words", []), bl.get("stems", []))
             labels = LabelSet.from_arrays(md.arrays("labels."))
             mpc = MostPopular.from_parts(md.trie("mpc"), md.arrays("mpc."))
-            longtail = None
-            if "longtail" in md.config:
-                longtail = LongTail.from_parts(
-                    md.config["longtail"],
-                    {n: md.trie(f"longtail.{n}") for n in ("words", "suffixes")},
-                    md.arrays("longtail."))
-        except ModelFormatError:
-            raise
-        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
-            raise ModelFormatError(f"{md.path}: completer data inconsistent ({exc})",
-                                   str(md.path)) from exc
-        return cls(config, Engine.from_model_dir(md), labels, mpc, blocklist, longtail)
+            tables = Tables.from_parts(config.sources,
+                                       {n: md.trie(f"tables.{n}") for n in ("words", "suffixes")},
+                                       md.arrays("tables."))
+            forest = Forest.from_parts(md.config["ranker"], md.arrays("ranker."))
+            fit = md.config.get("fit", {})
+            engine = Engine.from_model_dir(md)
+            return cls(config, engine, labels, mpc, tables, forest, model_blocklist, blocklist,
+                       fit if isinstance(fit, dict) else {})
+        except ModelFormatError as exc:
+            if where in str(exc):
+                raise
+            raise ModelFormatError(f"{where}: {exc}", exc.path if hasattr(exc, "path")
+                                   else where) from exc
+        except (KeyError, TypeError, ValueError, InputError, UnicodeDecodeError) as exc:
+            raise ModelFormatError(f"{where}: completer data inconsistent ({exc})",
+                                   where) from exc
 
     @property
     def uses_history(self) -> bool:
-        """Whether :meth:`complete` looks at ``history`` (only the long-tail pool's
-        "history" generator does), so a caller can skip fetching it."""
-        cfg = self.config
-        return bool(cfg.longtail and self.longtail is not None
-                    and "history" in cfg.longtail_generators)
+        """Whether :meth:`complete` looks at ``history`` (the "history" source is on),
+        so a caller can skip fetching it."""
+        return "history" in self.config.generators
 
     def with_options(self, **changes: Any) -> Completer:
-        """A view with other answer-time options (popularity, candidates, longtail)."""
-        return Completer(replace(self.config, **changes), self.engine, self.labels,
-                         self.mpc, self.blocklist, self.longtail)
+        """A view with other answer-time options (beam, generators, sources)."""
+        allowed = {"beam", "generators", "sources"}
+        bad = sorted(set(changes) - allowed)
+        if bad:
+            raise InputError(f"with_options: only {sorted(allowed)} change at answer time, "
+                             f"not {bad}")
+        return Completer(replace(self.config, **changes), self.engine, self.labels, self.mpc,
+                         self.tables, self.forest, self.blocklist, self.extra_blocklist,
+                         self.fit)
+
+    def with_forest(self, forest: Forest) -> Completer:
+        """The same model ranked by another forest."""
+        return Completer(self.config, self.engine, self.labels, self.mpc, self.tables,
+                         forest, self.blocklist, self.extra_blocklist, self.fit)
+
+    def __contains__(self, text: object) -> bool:
+        """Whether ``text`` (normalized) is a label."""
+        if not isinstance(text, str) or not text:
+            return False
+        lo, hi = self.answerer.label_range(text.encode("utf-8", "surrogatepass"))
+        return lo < hi and self.labels.text_of(lo) == text
+
+    # -- the user's context, packed for the kernel -------------------------------
+    def pack_history(self, history: Iterable[Past | str]) -> _kernel.Texts:
+        """The user's past queries as the kernel reads them: ``Past`` entries (or plain
+        queries, most recent first, count 1, time unknown); blocked, empty and
+        malformed entries dropped; at most ``sources.history`` (most recent first)."""
+        if isinstance(history, _kernel.Texts):
+            return history
+        if isinstance(history, str | bytes):
+            raise InputError("history must be a sequence of past queries, not one string")
+        blocks = self._blocks
+        texts: list[str] = []
+        counts: list[int] = []
+        times: list[float] = []
+        for h in history:
+            if isinstance(h, Past):
+                q, c, t = _clean(h.query), h.count, h.last
+            else:
+                q, c, t = _clean(h), 1, 0.0
+            if q is None or (blocks is not None and blocks(q)):
+                continue
+            texts.append(q)
+            counts.append(max(1, min(int(c), 1 << 30)) if isinstance(c, int) else 1)
+            times.append(float(t) if isinstance(t, int | float) and math.isfinite(t) else 0.0)
+        cap = self.config.sources.history
+        if len(texts) > cap:
+            order = sorted(range(len(texts)), key=lambda i: -times[i])[:cap]
+            order.sort()
+            texts = [texts[i] for i in order]
+            counts = [counts[i] for i in order]
+            times = [times[i] for i in order]
+        return _kernel.Texts(texts, counts, times)
+
+    def pack_session(self, session: Iterable[tuple[str, float] | str]) -> _kernel.Texts:
+        """This session's queries, most recent first: (query, Unix time) or plain
+        queries (time unknown)."""
+        if isinstance(session, _kernel.Texts):
+            return session
+        if isinstance(session, str | bytes):
+            raise InputError("session must be a sequence of queries, not one string")
+        blocks = self._blocks
+        texts: list[str] = []
+        times: list[float] = []
+        for s in session:
+            raw, t = (s, 0.0) if isinstance(s, str) else (s[0], s[1])
+            q = _clean(raw)
+            if q is None or (blocks is not None and blocks(q)):
+                continue
+            texts.append(q)
+            times.append(float(t) if isinstance(t, int | float) and math.isfinite(t) else 0.0)
+        return _kernel.Texts(texts, None, times)
 
     # -- answering (the per-keystroke path) ---------------------------------------
-    def complete(self, prefix: str | bytes, previous: str | bytes | None = None,
-                 k: int = 10, history: Sequence[str] = ()) -> list[Completion]:
-        """Top-k completions of ``prefix`` given the session's previous query.
-
-        ``history``: the user's recent distinct queries, most recent first, normalized
-        (as :mod:`qac.session` keeps them; at most
-        :data:`qac.session.MAX_HISTORY` are looked at).
-        Only the long-tail pool uses it (its ``history`` generator).
-        """
-        if k < 1:
-            raise InputError(f"k must be >= 1, got {k}")
-        p = normalize_prefix(prefix.decode("utf-8", "replace")
-                             if isinstance(prefix, bytes) else prefix)
-        prev = normalize(previous) if previous is not None else ""
-        out: list[Completion] = []
-        if p and self.config.longtail and self.longtail is not None:
-            return self._ranked(p, prev, k, _check_history(history))
-        if p or prev:
-            lo, hi = self.labels.range(p)
-            if lo < hi:
-                out = self._model(p, prev, k, lo, hi)
-        if len(out) < k:
-            self._fill(out, p, k)
-        return out
-
-    def _model(self, p: str, prev: str, k: int, lo: int, hi: int) -> list[Completion]:
-        n = max(k, self.config.candidates)
-        ids, scores = self.engine.search(p, prev or None, k=n, beam=self.config.beam,
-                                         lo=lo, hi=hi)
-        beta = self.config.popularity + self.config.popularity_per_char * min(len(p), 10)
-        if beta and ids:
-            # score * (1 + count) ** beta, compared in log space
-            logpop = self._logpop
-            pairs = zip(ids, scores, strict=True)
-            ranked = sorted(((math.log(max(s, 1e-30)) + beta * logpop[i], i) for i, s in pairs),
-                            key=lambda t: -t[0])
-            ids = [i for _, i in ranked]
-            scores = [math.exp(c) for c, _ in ranked]
-        labels, block = self.labels.labels, self.blocklist
-        out = []
-        for i, s in zip(ids, scores, strict=True):
-            text = labels[i]
-            if block is None or not block.blocks_normalized(text):
-                out.append(Completion(text, s, "model"))
-                if len(out) == k:
-                    break
-        return out
-
-    def candidates(self, p: str, prev: str, k: int = 10, history: Sequence[str] = ()
-                   ) -> tuple[list[str], list[str], np.ndarray]:
-        """The long-tail candidate pool of a normalized prefix: (texts, sources, X).
-
-        X holds the ranker's feature rows (:data:`qac.longtail.FEATURES`); the tuner
-        fits the ranker on these. ``complete`` scores the same pool without them.
-        """
-        lt = self.longtail
-        if lt is None:
-            raise InputError("this completer has no long-tail statistics")
-        return lt.pool(*self._pool_args(lt, p, prev, k, history))
-
-    def _pool_args(self, lt: LongTail, p: str, prev: str, k: int, history: Sequence[str]
-                   ) -> tuple[Any, ...]:
-        """The arguments of ``LongTail.pool`` for one keystroke (the fitting path)."""
-        texts: list[str] = []
-        scores: list[float] = []
-        pop: list[float] = []
-        spaces: list[int] = []
-        chars: list[int] = []
-        lo, hi = self.labels.range(p)
-        if lo < hi:
-            ids, scores = self.engine.search(p, prev or None, k=max(k, lt.config.model),
-                                             beam=self.config.beam, lo=lo, hi=hi)
-            labels, logpop = self.labels.labels, self._logpop
-            texts = [labels[i] for i in ids]
-            pop = [logpop[i] for i in ids]
-            spaces = [t.count(" ") for t in texts]
-            chars = [len(t) for t in texts]
-        return (p, prev, (texts, scores, pop, spaces, chars), self.mpc.top(p, lt.config.mpc),
-                self._count, self._gen_blocks, self.config.longtail_generators, history,
-                hi - lo)
-
-    def with_history(self, history: Sequence[str]) -> bool:
-        """Whether a keystroke with this history is ranked by the long-tail ranker
-        with history (:meth:`qac.longtail.LongTail.ranker_for`): the history
-        generator is on and the history is not empty."""
-        return bool(history) and "history" in self.config.longtail_generators
-
-    def scored(self, p: str, prev: str, k: int = 10, history: Sequence[str] = ()
-               ) -> tuple[list[str], list[str], list[float]]:
-        """The long-tail pool of a normalized prefix, best first: (texts, sources,
-        ranker scores). The generators run here; the beam search, the merge, the
-        features and the scores are one C call (``qac_complete_pool``)."""
-        lt, rankers = self.longtail, self._pool_rankers
-        if lt is None or rankers is None:
-            raise InputError("this completer does not answer from the long-tail pool")
-        ranker = rankers[1 if self.with_history(history) else 0]
-        cfg = lt.config
-        lo, hi = self.labels.range(p)
-        texts, gens, nums = lt.extras(p, prev, self.mpc.top(p, cfg.mpc), self._gen_blocks,
-                                      self.config.longtail_generators, history, hi - lo)
-        # popularity of each text: MPC's come with theirs (they lead the list)
-        n_mpc = gens.count(_MPC)
+    def _extras(self, p: str, prev: str, generators: tuple[str, ...]
+                ) -> tuple[list[str], list[int], list[int], list[int]]:
+        """The candidates made in Python for (prefix, previous query): MPC's first,
+        then the generated ones; (texts, sources, counts, popularity)."""
+        cfg = self.config.sources
+        top = self.mpc.top(p, max(cfg.mpc, cfg.rare))
+        rare = len(top) < cfg.rare
+        top = top[:cfg.mpc]
+        texts = [t for t, _ in top]
+        counts = [c for _, c in top]
+        srcs = [MPC] * len(texts)
+        gt, gs, gc = self.tables.generated(p, prev, generators, rare, self._blocks)
         count = self._count
-        pops = nums[:n_mpc] + [count(t) for t in texts[n_mpc:]]
-        refs, srcs, scores = self.engine.search_pool(
-            ranker, p, prev, max(k, cfg.model), self.config.beam, lo, hi, texts, gens, nums, pops)
-        labels = self.labels.labels
-        return ([labels[r] if r >= 0 else texts[-1 - r] for r in refs],
-                [SOURCES[s] for s in srcs], scores)
+        pops = counts + [count(t) for t in gt]
+        return texts + gt, srcs + gs, counts + gc, pops
 
-    def _ranked(self, p: str, prev: str, k: int, history: Sequence[str]) -> list[Completion]:
-        texts, sources, scores = self.scored(p, prev, k, history)
-        block = self.blocklist
-        out = []
-        for text, source, score in zip(texts, sources, scores, strict=True):
-            if block is None or not block.blocks_normalized(text):
-                out.append(Completion(text, score, source))
-                if len(out) == k:
-                    break
+    def _answer(self, prefix: str | bytes, previous: str | bytes | None, k: int,
+                history: Any, session: Any, now: float | None, features: bool
+                ) -> tuple[list[str], list[int], list[float], np.ndarray | None]:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise InputError(f"k must be an int in 1..{MAX_K}, got {k!r}")
+        if isinstance(prefix, bytes):
+            prefix = prefix.decode("utf-8", "replace")
+        p = normalize_prefix(prefix)
+        prev = normalize(previous, max_chars=4 * MAX_PREVIOUS) if previous else ""
+        if len(prev) > MAX_PREVIOUS:
+            prev = prev[:MAX_PREVIOUS]
+        gens = self.config.generators
+        hist = self.pack_history(history if "history" in gens else ())
+        sess = self.pack_session(session)
+        texts, srcs, counts, pops = self._extras_of(p, prev, gens)
+        at = time.time() if now is None else float(now)
+        cfg = self.config.sources
+        want = k if self.extra_blocklist is None else 2 * k + 10
+        refs, got, scores, X = self.answerer.answer(
+            p.encode("utf-8", "surrogatepass"), prev.encode("utf-8", "surrogatepass"),
+            sess, hist, texts, srcs, counts, pops, at, self._beam, cfg.model, want, features)
+        n_x, n_h = len(texts), hist.n
+        text_of = self.labels.text_of
+        out = [text_of(r) if r >= 0 else
+               texts[-1 - r] if -1 - r < n_x else
+               hist.texts[-1 - r - n_x] if -1 - r < n_x + n_h else
+               sess.texts[-1 - r - n_x - n_h] for r in refs]
+        return out, got, scores, X
+
+    def complete(self, prefix: str | bytes, previous: str | bytes | None = None, k: int = 10,
+                 history: Iterable[Past | str] = (), session: Iterable[tuple[str, float] | str]
+                 = (), now: float | None = None) -> list[Completion]:
+        """Top-k completions of ``prefix`` (the empty prefix too) for the user's context.
+
+        previous: the session's last query. history: the user's past queries
+        (:class:`qac.history.Past` with count and last time, or plain queries most
+        recent first); a store that holds many hands over those that start with the
+        prefix. session: this session's queries, most recent first, as (query, Unix
+        time) or plain queries. now: the Unix time of the keystroke (default: now).
+        """
+        texts, srcs, scores, _ = self._answer(prefix, previous, k, history, session, now,
+                                              False)
+        out = [Completion(t, s, SOURCES[g]) for t, g, s in zip(texts, srcs, scores, strict=True)]
+        if self.extra_blocklist is not None:
+            out = [c for c in out if not self.extra_blocklist.blocks_normalized(c.text)][:k]
         return out
 
-    def _fill(self, out: list[Completion], p: str, k: int) -> None:
-        seen = {c.text for c in out}
-        block = self.blocklist
-        for text, count in self.mpc.top(p, k + len(out)):
-            if text not in seen and (block is None or not block.blocks_normalized(text)):
-                # below any model score: model scores are > 0, these are <= 0
-                out.append(Completion(text, -1.0 / (1.0 + math.log1p(count)), "mpc"))
-                seen.add(text)
-                if len(out) == k:
-                    return
+    def pool(self, prefix: str, previous: str | None = None, history: Iterable[Past | str] = (),
+             session: Iterable[tuple[str, float] | str] = (), now: float | None = None
+             ) -> tuple[list[str], list[str], np.ndarray]:
+        """Every candidate of a keystroke's pool, in pool order, with its source and its
+        feature row (X float64 [n, len(FEATURES)]): what the ranker is fitted on."""
+        texts, srcs, _, X = self._answer(prefix, previous, 1, history, session, now, True)
+        assert X is not None
+        return texts, [SOURCES[g] for g in srcs], X
 
     def complete_batch(self, prefixes: Iterable[str], previous: Iterable[str | None] | None
                        = None, k: int = 10) -> list[list[Completion]]:

@@ -203,16 +203,6 @@ class Engine:
         return self._search(text, context, k, beam or self.config.beam, lo,
                             self.n_labels if hi is None else hi)
 
-    def search_pool(self, ranker: Any, text: str, context: str, k: int, beam: int | None,
-                    lo: int, hi: int, texts: list[str], gens: list[int], nums: list[int],
-                    pops: list[int]) -> tuple[list[int], list[int], list[float]]:
-        """:meth:`search` and the long-tail pool's merge and ranking in one C call
-        (``ranker``: a :class:`qac._kernel.PoolRanker`; see
-        :func:`qac._kernel.complete_pool` for the rest)."""
-        return _kernel.complete_pool(self._search, ranker, text, context,
-                                     beam or self.config.beam, k, lo, hi, texts, gens, nums,
-                                     pops)
-
     def search_batch(
         self,
         texts: Sequence[str],

@@ -2,14 +2,18 @@
 
 For every test query that has a previous query in its session, at each prefix
 length in ``lengths`` shorter than the query, each system is asked for k
-completions of the prefix, given the previous query and the user's history (their
-last ``history`` distinct queries before this one, as the session store would hold
-them: the log is replayed in order, so rows before the test window count too).
-:class:`qac.metrics.CompletionMetrics` (the single definition of MRR shared with
-the replay simulator) scores them, grouped by whether the target is in the model's
-label set ("seen") or not ("unseen"). Per-call latency is measured in-process
-around each call, the systems taking turns on each keystroke; coverage (what a
-system can produce at all) in a pass of its own.
+completions of the prefix given the context a session store would hold then
+(:class:`qac.history.UserLog` replays the whole log in order, so rows before the
+test window count too): the previous query, this session's queries, and the user's
+past queries with how often and when. :class:`qac.metrics.CompletionMetrics` (the
+single definition of MRR, shared with the replay simulator) scores them, grouped by
+whether the target is in the model's label set ("seen") or not ("unseen").
+
+Every figure stands beside two baselines of the same run: most popular completion
+(``mpc``) and the user's own past queries that start with the prefix, most recent
+first, then MPC (``hist+mpc``). Per-call latency is measured in-process around each
+call, the systems taking turns on each keystroke; coverage (what a system can
+produce at all) in a pass of its own.
 """
 
 from __future__ import annotations
@@ -20,93 +24,78 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from qac.history import HISTORY_SIZE, Past, UserLog
 from qac.logs import LogEvent
 from qac.metrics import CompletionMetrics, percentiles
 
 DEFAULT_LENGTHS = (1, 2, 3, 5, 8)
 #: distinct past queries per user a test case carries (the session store's default)
-DEFAULT_HISTORY = 200
-
-#: (prefix, previous query or None, k, user's history most recent first) -> texts
-System = Callable[[str, str | None, int, Sequence[str]], list[str]]
+DEFAULT_HISTORY = HISTORY_SIZE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Case:
-    previous: str
+    """One test query and the context it was typed in (see :mod:`qac.history`)."""
+
     target: str
-    history: tuple[str, ...] = ()
+    previous: str | None
+    history: tuple[Past, ...] = ()
+    session: tuple[tuple[str, float], ...] = ()
+    time: float = 0.0
 
 
-class UserHistory:
-    """Each user's last ``size`` distinct queries, most recent first (what
-    :mod:`qac.session` keeps): ``get(user)`` then ``add(user, query)`` per event."""
-
-    def __init__(self, size: int = DEFAULT_HISTORY) -> None:
-        self.size = size
-        self._seen: dict[str, dict[str, None]] = {}
-
-    @staticmethod
-    def user_of(e: LogEvent) -> str:
-        """Whose history an event belongs to: its user, else its session."""
-        return e.user if e.user is not None else e.session
-
-    def get(self, user: str) -> tuple[str, ...]:
-        d = self._seen.get(user)
-        return tuple(reversed(d)) if d else ()
-
-    def add(self, user: str, query: str) -> None:
-        if self.size <= 0:
-            return
-        d = self._seen.setdefault(user, {})
-        d.pop(query, None)
-        d[query] = None
-        if len(d) > self.size:
-            del d[next(iter(d))]
+#: (prefix, case, k) -> texts; a system reads the case's context, never its target
+System = Callable[[str, Case, int], list[str]]
 
 
 def test_cases(events: Sequence[LogEvent], since: datetime | None = None,
                history: int = DEFAULT_HISTORY) -> list[Case]:
     """Test queries with a previous query in their session, in log order, each with
-    the user's last ``history`` distinct earlier queries (events without a user id
-    count as their session's). With ``since``, only sessions that start at or after
-    it are tested (as the replay simulator does); earlier rows feed the histories.
-    """
-    last: dict[str, str] = {}
+    the context of its user then. With ``since``, only sessions that start at or after
+    it are tested (as the replay simulator does); earlier rows feed the contexts."""
+    users = UserLog(history)
     tested: dict[str, bool] = {}
-    hist = UserHistory(history)
     out: list[Case] = []
     for e in events:
-        prev = last.get(e.session)
-        user = hist.user_of(e)
+        t = e.time.timestamp() if e.time is not None else 0.0
+        prev = users.previous(e.session)
         if prev is None:
             tested[e.session] = since is None or (e.time is not None and e.time >= since)
         elif tested[e.session]:
-            out.append(Case(prev, e.query, hist.get(user)))
-        last[e.session] = e.query
-        hist.add(user, e.query)
+            ctx = users.context(e.session, e.user)
+            out.append(Case(e.query, ctx.previous, ctx.history, ctx.session, t))
+        users.add(e.session, e.user, e.query, t)
     return out
 
 
 class CompleterSystem:
-    """A :class:`qac.complete.Completer` as a System, optionally blind to the
-    previous query or to the history; ``can_produce`` says whether the target is
-    anywhere among what it ranks (the long-tail pool, or the labels and MPC table)."""
+    """A :class:`qac.complete.Completer` as a System: with the whole context, or
+    blind to the session (``session=False``: no previous query, no session list) or
+    to the history. ``can_produce`` says whether the target is in the pool at all."""
 
     def __init__(self, c: Any, session: bool = True, history: bool = True) -> None:
         self.c, self.session, self.history = c, session, history
+        self._case: Case | None = None
+        self._packed: tuple[Any, Any] = ((), ())
 
-    def __call__(self, p: str, prev: str | None, k: int, hist: Sequence[str]) -> list[str]:
-        return [x.text for x in self.c.complete(p, prev if self.session else None, k,
-                                                hist if self.history else ())]
+    def _context(self, case: Case) -> tuple[Any, Any]:
+        # pack the case's context once for all its prefix lengths
+        if case is not self._case:
+            self._case = case
+            self._packed = (self.c.pack_history(case.history if self.history else ()),
+                            self.c.pack_session(case.session if self.session else ()))
+        return self._packed
 
-    def can_produce(self, p: str, prev: str | None, hist: Sequence[str], target: str) -> bool:
-        c = self.c
-        if c.config.longtail and c.longtail is not None:
-            texts, _, _ = c.candidates(p, (prev or "") if self.session else "",
-                                       history=hist if self.history else ())
-            return target in texts
-        return target in c.labels or c.mpc.count(target) > 0
+    def __call__(self, p: str, case: Case, k: int) -> list[str]:
+        hist, sess = self._context(case)
+        prev = case.previous if self.session else None
+        return [x.text for x in self.c.complete(p, prev, k, hist, sess, case.time)]
+
+    def can_produce(self, p: str, case: Case) -> bool:
+        hist, sess = self._context(case)
+        prev = case.previous if self.session else None
+        texts, _, _ = self.c.pool(p, prev, hist, sess, case.time)
+        return case.target in texts
 
 
 class MpcSystem:
@@ -115,11 +104,32 @@ class MpcSystem:
     def __init__(self, mpc: Any) -> None:
         self.mpc = mpc
 
-    def __call__(self, p: str, prev: str | None, k: int, hist: Sequence[str]) -> list[str]:
-        return [t for t, _ in self.mpc.complete(p, k)]
+    def __call__(self, p: str, case: Case, k: int) -> list[str]:
+        return [t for t, _ in self.mpc.top(p, k)]
 
-    def can_produce(self, p: str, prev: str | None, hist: Sequence[str], target: str) -> bool:
-        return bool(self.mpc.count(target) > 0)
+    def can_produce(self, p: str, case: Case) -> bool:
+        return bool(self.mpc.count(case.target) > 0)
+
+
+class HistoryThenMpc:
+    """The personal baseline: the user's past queries that start with the prefix,
+    most recently issued first, then the most popular completions."""
+
+    def __init__(self, mpc: Any) -> None:
+        self.mpc = mpc
+
+    def __call__(self, p: str, case: Case, k: int) -> list[str]:
+        mine = sorted((h for h in case.history if h.query.startswith(p)),
+                      key=lambda h: -h.last)
+        out = list(dict.fromkeys(h.query for h in mine))[:k]
+        if len(out) < k:
+            seen = set(out)
+            out += [t for t, _ in self.mpc.top(p, 2 * k) if t not in seen][:k - len(out)]
+        return out
+
+    def can_produce(self, p: str, case: Case) -> bool:
+        return bool(self.mpc.count(case.target) > 0) or any(
+            h.query == case.target for h in case.history)
 
 
 def evaluate(
@@ -135,9 +145,9 @@ def evaluate(
 
     The systems take turns on each keystroke, so a shared machine's drifting speed
     weighs on all of them alike and their latencies compare within one run.
-    ``coverage``: for systems with a ``can_produce(prefix, previous, history, target)``
-    method, the share of test targets (asked at one or more lengths) that the system
-    has among its candidates at one or more of those lengths, whatever their rank.
+    ``coverage``: for systems with a ``can_produce(prefix, case)`` method, the share
+    of test targets (asked at one or more lengths) that the system has among its
+    candidates at one or more of those lengths, whatever their rank.
     """
     from tqdm import tqdm
 
@@ -154,7 +164,7 @@ def evaluate(
             prefix = case.target[:n]
             for system, m, t in zip(calls, metrics, times, strict=True):
                 t0 = clock()
-                got = system(prefix, case.previous, k, case.history)
+                got = system(prefix, case, k)
                 t.append((clock() - t0) * 1e3)
                 m.add(n, group, got, case.target)
     out: dict[str, dict[str, Any]] = {}
@@ -165,8 +175,8 @@ def evaluate(
     return out
 
 
-def _coverage(reach: Callable[[str, str | None, Sequence[str], str], bool],
-              cases: Sequence[Case], lengths: Sequence[int]) -> float | None:
+def _coverage(reach: Callable[[str, Case], bool], cases: Sequence[Case],
+              lengths: Sequence[int]) -> float | None:
     """Share of the cases asked at one or more lengths whose target ``reach`` finds
     at one or more of them (a pass of its own, so it does not disturb the timing)."""
     asked = covered = 0
@@ -174,24 +184,23 @@ def _coverage(reach: Callable[[str, str | None, Sequence[str], str], bool],
         ns = [n for n in lengths if n < len(case.target)]
         if ns:
             asked += 1
-            covered += any(reach(case.target[:n], case.previous, case.history, case.target)
-                           for n in ns)
+            covered += any(reach(case.target[:n], case) for n in ns)
     return covered / asked if asked else None
 
 
-def format_table(results: dict[str, dict[str, Any]], baseline: str | None = None) -> str:
+def format_table(results: dict[str, dict[str, Any]], baselines: Sequence[str] = ()) -> str:
     """A plain-text table: MRR@k by prefix length, seen/unseen, success, BLEU,
-    coverage ("-" for a system that cannot say), latency."""
+    coverage ("-" for a system that cannot say), latency, and the ratio of MRR@k to
+    each baseline."""
     names = list(results)
     first = results[names[0]]["metrics"]
     k = first["k"]
     lengths = list(first["by_length"])
     head = ["system", *[f"mrr@{k} n={n}" for n in lengths], f"mrr@{k}", "seen", "unseen",
             "s@1", f"s@{k}", "bleu@1", "cover", "p50 ms", "p99 ms"]
-    if baseline:
-        head.append(f"x {baseline}")
+    head += [f"x {b}" for b in baselines]
     rows = [head]
-    base = results[baseline]["metrics"]["overall"][f"mrr@{k}"] if baseline else None
+    base = [results[b]["metrics"]["overall"][f"mrr@{k}"] for b in baselines]
     for name in names:
         m, lat = results[name]["metrics"], results[name]["latency_ms"]
         ov = m["overall"]
@@ -205,8 +214,7 @@ def format_table(results: dict[str, dict[str, Any]], baseline: str | None = None
                 "-" if results[name].get("coverage") is None
                 else f"{results[name]['coverage']:.4f}",
                 f"{lat['p50']:.3f}", f"{lat['p99']:.3f}"]
-        if base:
-            row.append(f"{ov[f'mrr@{k}'] / base:.2f}")
+        row += [f"{ov[f'mrr@{k}'] / b:.3f}" if b else "-" for b in base]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))

@@ -51,20 +51,21 @@ HISTORY_SIZE = 200
 class UserLog:
     """A log replayed in order, holding what a session store would hold at each event.
 
-    Per session: its queries with their times (the head is the *previous query*, the
-    one definition of it that training, evaluation, replay and tuning share; see
-    :func:`qac.logs.previous_queries`). Per user (events without a user id count as
-    their session's): their last ``size`` distinct queries, each with its count and
-    last time; the least recently issued is evicted first, as the stores do.
+    Per session: its recent queries with their times (the head is the *previous
+    query*, the same one :func:`qac.logs.previous_queries` gives). Per user (events
+    without a user id count as their session's): their last ``size`` distinct
+    queries, each with its count and last time; the least recently issued is evicted
+    first, as the stores do.
 
-    ``context(e)`` then ``add(e)`` per event, in log order.
+    ``context(session, user)`` then ``add(session, user, query, time)`` per event, in
+    log order.
     """
 
     def __init__(self, size: int = HISTORY_SIZE, session_size: int = 10) -> None:
         self.size = size
         self.session_size = session_size
-        # user -> query -> [count, last]; dict order = least recently issued first
-        self._users: dict[str, dict[str, list[float]]] = {}
+        # user -> query -> Past; dict order = least recently issued first
+        self._users: dict[str, dict[str, Past]] = {}
         self._sessions: dict[str, list[tuple[str, float]]] = {}
 
     @staticmethod
@@ -78,12 +79,12 @@ class UserLog:
 
     def context(self, session: str, user: str | None) -> SessionContext:
         """What the stores would answer before the next event of ``session``: the
-        previous query, the session's recent queries and the user's whole history
-        (most recently issued first)."""
+        previous query, the session's recent queries (most recent first) and the
+        user's whole history (most recently issued first)."""
         s = self._sessions.get(session, ())
         recent = tuple(reversed(s[-self.session_size:]))
         h = self._users.get(self.user_of(session, user))
-        hist = tuple(Past(q, int(v[0]), v[1]) for q, v in reversed(h.items())) if h else ()
+        hist = tuple(reversed(h.values())) if h else ()
         return SessionContext(recent[0][0] if recent else None, recent, hist)
 
     def add(self, session: str, user: str | None, query: str, time: float) -> None:
@@ -94,7 +95,7 @@ class UserLog:
         if self.size <= 0:
             return
         h = self._users.setdefault(self.user_of(session, user), {})
-        v = h.pop(query, None)
-        h[query] = [1.0, time] if v is None else [v[0] + 1, time]
+        old = h.pop(query, None)
+        h[query] = Past(query, 1 if old is None else old.count + 1, time)
         if len(h) > self.size:
             del h[next(iter(h))]

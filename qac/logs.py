@@ -259,14 +259,24 @@ def _read_tsv(path: Path, roles: dict[str, int], ncols: int, lines: Iterable[str
     return events, bad
 
 
-def pairs(events: Iterable[LogEvent]) -> list[tuple[str | None, str]]:
-    """(previous query in the same session or None, query) for every event, in log order."""
+def previous_queries(events: Iterable[LogEvent]) -> list[str | None]:
+    """The previous query of each event: the query of the last earlier event of the
+    same session, or None. The one definition of "the previous query" that training,
+    evaluation, replay and tuning share; it needs each session's events in time order,
+    not the sessions apart, so a log sorted by time (users interleaved, as a live
+    service writes it) gives the same answers as one sorted by user."""
     last: dict[str, str] = {}
-    out: list[tuple[str | None, str]] = []
+    out: list[str | None] = []
     for e in events:
-        out.append((last.get(e.session), e.query))
+        out.append(last.get(e.session))
         last[e.session] = e.query
     return out
+
+
+def pairs(events: Iterable[LogEvent]) -> list[tuple[str | None, str]]:
+    """(previous query in the same session or None, query) for every event, in log order."""
+    events = list(events)
+    return list(zip(previous_queries(events), (e.query for e in events), strict=True))
 
 
 def query_counts(events: Iterable[LogEvent]) -> Counter[str]:

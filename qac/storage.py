@@ -32,7 +32,9 @@ import numpy as np
 from qac.errors import ModelFormatError
 
 FORMAT = "qac-model"
-FORMAT_VERSION = 1
+#: 2: one answer path (labels with offsets and popularity sums, the pool ranker's
+#: forest, the blocklist in the manifest), packed weights
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
 
@@ -168,10 +170,13 @@ def open_model_dir(
         raise ModelFormatError(f"{mpath}: unreadable ({exc})", str(mpath)) from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelFormatError(f"{mpath}: not a qac model manifest", str(mpath))
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        older = isinstance(version, int) and version < FORMAT_VERSION
         raise ModelFormatError(
-            f"{mpath}: format version {manifest.get('format_version')!r}, this qac reads "
-            f"{FORMAT_VERSION}",
+            f"{mpath}: format version {version!r}, this qac reads {FORMAT_VERSION}"
+            + ("; the model was built by an older qac: retrain it with this one (qac train)"
+               if older else ""),
             str(mpath),
         )
     if kind is not None and manifest.get("kind") != kind:

@@ -38,16 +38,16 @@ def main() -> None:
     by_source: Counter[str] = Counter()
     queries = 0
     for s in sessions:
-        previous = None
         for i, q in enumerate(s.queries):
             queries += 1
-            history = s.history_at(i)
+            case = s.case(i)
+            hist, sess = c.pack_history(case.history), c.pack_session(case.session)
             for n in range(1, len(q)):
-                hit = [g for g in c.complete(q[:n], previous, args.k, history) if g.text == q]
+                hit = [g for g in c.complete(q[:n], case.previous, args.k, hist, sess, case.time)
+                       if g.text == q]
                 if hit:
                     by_source[hit[0].source] += 1
                     break
-            previous = q
     print(f"{len(sessions)} sessions, {queries} queries; accepted "
           f"{sum(by_source.values()) / queries:.1%}, by source (share of all queries):")
     for source, n in by_source.most_common():

@@ -158,3 +158,162 @@ def beam_search(
             near_pos=near_pos,
         )
     raise AssertionError("unreachable")
+
+
+# --- the answerer's pool (native/answer.c), row by row in plain Python ---------------
+
+def _words_overlap(prev: str, t: str) -> float:
+    """Share of t's space-separated pieces that are words of prev, each distinct word
+    of prev matched once."""
+    words = set(prev.split(" "))
+    pieces = t.split(" ")
+    hit: set[str] = set()
+    n = 0
+    for w in pieces:
+        if w in words and w not in hit:
+            hit.add(w)
+            n += 1
+    return n / len(pieces)
+
+
+def _grams(b: bytes) -> list[bytes]:
+    padded = b" " + b + b" "
+    return [padded[i:i + 3] for i in range(len(b))]
+
+
+def _char3(prev: str, t: str) -> float:
+    pg = set(_grams(prev.encode()))
+    tg = _grams(t.encode())
+    if not tg or not pg:
+        return 0.0
+    return sum(g in pg for g in tg) / len(tg)
+
+
+def answer_pool(labels: Sequence[str], popularity: Sequence[int], prefix: str, prev: str,
+                beam: Sequence[tuple[int, float]], history: Sequence[tuple[str, int, float]],
+                session: Sequence[tuple[str, float]], extra: Sequence[tuple[str, int, int, int]],
+                now: float) -> list[dict]:
+    """The rows ``qac_answer`` builds, in pool order: each a dict with text, ref,
+    sources (bitmask) and x (the feature vector, by qac.rank.FEATURES). ``beam`` is
+    (label id, engine score) best first; history (text, count, time); session (text,
+    time) most recent first; extra (text, source, count, popularity)."""
+    import math
+
+    from qac.rank import FEATURES, SOURCES
+
+    S = {s: i for i, s in enumerate(SOURCES)}
+    rows: list[dict] = []
+    by_text: dict[str, dict] = {}
+    n_x, n_h = len(extra), len(history)
+
+    def row(t: str, ref: int) -> dict:
+        r = by_text.get(t)
+        if r is None:
+            r = {"text": t, "ref": ref, "label": -1, "sources": 0, "pop": 0,
+                 "model_logscore": -12.0, "model_rank": 0.0, "mpc_rank": 0.0, "gen": 0.0,
+                 "hist_count": 0.0, "hist_age": 20.0, "order": -1, "from_session": False,
+                 "sess_count": 0.0, "sess_rank": 0.0}
+            by_text[t] = r
+            rows.append(r)
+        return r
+
+    def ok(t: str) -> bool:
+        return bool(t) and t.startswith(prefix) and t != prev
+
+    def age(t: float) -> float:
+        return -1.0 if t <= 0 else max(now - t, 0.0)
+
+    kept = 0
+    for lid, sc in beam:
+        t = labels[lid]
+        if prev and t == prev:
+            continue
+        r = row(t, lid)
+        r["label"] = lid
+        r["sources"] |= 1 << S["model"]
+        r["model_logscore"] = math.log(sc) if sc > math.exp(-10.0) else -10.0
+        kept += 1
+        r["model_rank"] = 1.0 / kept
+    hm = []
+    for j, (t, c, tm) in enumerate(history):
+        if not ok(t):
+            continue
+        r = row(t, -1 - (n_x + j))
+        if r["sources"] & (1 << S["history"]):
+            continue
+        r["sources"] |= 1 << S["history"]
+        r["hist_count"] = math.log1p(c)
+        a = age(tm)
+        r["hist_age"] = math.log1p(a) if a >= 0 else 20.0
+        hm.append((a, j, r))
+    for j, (t, tm) in enumerate(session):
+        if not ok(t):
+            continue
+        r = row(t, -1 - (n_x + n_h + j))
+        r["sess_count"] += 1
+        if r["sess_rank"] == 0:
+            r["sess_rank"] = 1.0 / (j + 1)
+        if not r["sources"] & (1 << S["history"]):
+            r["sources"] |= 1 << S["history"]
+            r["from_session"] = True
+            a = age(tm)
+            r["hist_age"] = math.log1p(a) if a >= 0 else 20.0
+            hm.append((a, n_h + j, r))
+        if r["from_session"]:
+            r["hist_count"] = math.log1p(r["sess_count"])
+    hm.sort(key=lambda h: (h[0] < 0, h[0] if h[0] >= 0 else 0.0, h[1]))
+    for i, (_, _, r) in enumerate(hm):
+        r["order"] = i
+    n_mpc = 0
+    for j, (t, g, c, p) in enumerate(extra):
+        if g == S["mpc"]:
+            n_mpc += 1
+        if not ok(t):
+            continue
+        r = row(t, -1 - j)
+        r["sources"] |= 1 << g
+        r["pop"] = max(r["pop"], p)
+        if g == S["mpc"]:
+            if r["mpc_rank"] == 0:
+                r["mpc_rank"] = 1.0 / n_mpc
+        else:
+            r["gen"] = max(r["gen"], math.log1p(c))
+    in_range = [i for i, t in enumerate(labels) if t.startswith(prefix)]
+    range_pop = float(sum(popularity[i] for i in in_range))
+    index = {labels[i]: i for i in in_range}
+    pchars = len(prefix)
+    cut = prefix.rfind(" ") + 1
+    F = {f: i for i, f in enumerate(FEATURES)}
+    for r in rows:
+        t = r["text"]
+        if r["label"] < 0 and t in index:
+            r["label"] = r["ref"] = index[t]
+        pop = float(popularity[r["label"]]) if r["label"] >= 0 else float(r["pop"])
+        x = [0.0] * len(FEATURES)
+        for s, i in S.items():
+            x[F[f"is_{s}"]] = float(bool(r["sources"] & (1 << i)))
+        x[F["model_logscore"]] = r["model_logscore"]
+        x[F["model_rank"]] = r["model_rank"]
+        x[F["logpop"]] = math.log1p(pop)
+        x[F["pop_share"]] = math.log((1 + pop) / (1 + max(range_pop, pop)))
+        x[F["mpc_rank"]] = r["mpc_rank"]
+        x[F["is_label"]] = float(r["label"] >= 0)
+        x[F["gen_logcount"]] = r["gen"]
+        x[F["prefix_chars"]] = float(pchars)
+        x[F["added_chars"]] = float(len(t) - pchars)
+        x[F["added_words"]] = float(t.count(" ") - prefix.count(" "))
+        x[F["has_prev"]] = float(bool(prev))
+        if prev:
+            x[F["prev_overlap"]] = _words_overlap(prev, t[cut:]) if len(t.encode()) > len(
+                prefix[:cut].encode()) else 0.0
+            x[F["prev_char3"]] = _char3(prev, t)
+            x[F["extends_prev"]] = float(t.startswith(prev))
+        x[F["has_history"]] = float(bool(hm))
+        x[F["hist_matches"]] = math.log1p(len(hm))
+        x[F["hist_count"]] = r["hist_count"]
+        x[F["hist_age"]] = r["hist_age"]
+        x[F["hist_rank"]] = 1.0 / (1 + r["order"]) if r["order"] >= 0 else 0.0
+        x[F["sess_count"]] = r["sess_count"]
+        x[F["sess_rank"]] = r["sess_rank"]
+        r["x"] = x
+    return rows

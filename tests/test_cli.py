@@ -86,23 +86,24 @@ def test_demo_trains_once_and_answers(tmp_path: Path, monkeypatch: pytest.Monkey
     assert (tmp_path / "demo-completer" / "manifest.json").stat().st_mtime == stamp
 
 
-def test_long_tail_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_complete_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
     log = _sessions(tmp_path / "log.tsv")
-    assert main(["train", "--log", str(log), "--out", str(tmp_path / "lt"), "--until",
-                 "2006-05-18", "--quiet", "--trie-depth", "1", "--longtail"]) == 0
+    assert main(["train", "--log", str(log), "--out", str(tmp_path / "m"), "--until",
+                 "2006-05-18", "--quiet", "--trie-depth", "1"]) == 0
     capsys.readouterr()
-    # a query nobody issued, but this user did: the history generator offers it
-    assert main(["complete", str(tmp_path / "lt"), "pla", "--history", "Planet  Earth",
+    # a query nobody issued, but this user did: the history source offers it
+    assert main(["complete", str(tmp_path / "m"), "pla", "--history", "Planet  Earth",
                  "--history", "rose of jericho", "--json"]) == 0
     got = {g["text"]: g["source"] for g in json.loads(capsys.readouterr().out)}
     assert got.get("planet earth") == "history"
-    assert main(["eval", str(tmp_path / "lt"), "--log", str(log), "--since", "2006-05-18",
+    assert main(["eval", str(tmp_path / "m"), "--log", str(log), "--since", "2006-05-18",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)["results"]
-    # with and without the long-tail pool in one run, then one generator off at a time
-    assert list(out)[:3] == ["mpc", "lt", "lt -longtail"]
-    assert set(out) == {"mpc", "lt -longtail", "lt", "lt -session", "lt -gen word",
-                        "lt -gen suffix", "lt -gen session", "lt -gen history"}
+    # both baselines first, then the model, without any context, and one source off at a time
+    assert list(out)[:4] == ["mpc", "hist+mpc", "m", "m -context"]
+    assert set(out) == {"mpc", "hist+mpc", "m", "m -context", "m -session", "m -history",
+                        "m -session", "m -suffix", "m -word"}
     assert all(0.0 <= r["coverage"] <= 1.0 for r in out.values())
 
 

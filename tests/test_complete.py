@@ -1,5 +1,8 @@
-"""Session-aware completion: policy, session effect, indexers, persistence, bad input."""
+"""Session-aware completion: one pool and one ranker, the session effect, the user's
+history, the blocklist in the model, persistence, bad input."""
 
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -7,9 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sessionlog import pl_log
 
+from qac.blocklist import Blocklist
 from qac.complete import Completer, CompleterConfig
 from qac.errors import InputError, ModelFormatError
-from qac.logs import LogEvent
+from qac.history import Past
+from qac.logs import LogEvent, previous_queries
+
+NOW = time.time()
 
 
 def _log() -> list[LogEvent]:
@@ -25,48 +32,83 @@ def completer(request: pytest.FixtureRequest) -> Completer:
     return Completer.train(_log(), cfg)
 
 
+def _texts(got: list) -> list[str]:
+    return [c.text for c in got]
+
+
 def test_previous_query_changes_the_completion(completer: Completer) -> None:
-    with_session = completer.complete("pl", previous="rose of jericho", k=3)
-    assert with_session[0].text == "plant care tips"
-    assert with_session[0].source == "model"
-    without = completer.complete("pl", k=3)
-    assert without[0].text == "playstation"
+    after = _texts(completer.complete("pl", previous="rose of jericho", k=5))
+    assert after.index("plant care tips") < after.index("playstation")
+    plain = _texts(completer.complete("pl", k=5))
+    assert plain.index("playstation") < plain.index("plant care tips")
 
 
-def test_answers_start_with_the_prefix_and_are_distinct(completer: Completer) -> None:
-    for prefix in ["p", "pl", "pla", "new", "new ", "ro", "g"]:
+def test_answers_start_with_the_prefix_are_distinct_and_best_first(completer: Completer
+                                                                    ) -> None:
+    for prefix in ["", "p", "pl", "pla", "new", "new ", "ro", "g"]:
         for prev in [None, "rose of jericho", "game console", "unknown words"]:
-            got = completer.complete(prefix, prev, k=10)
-            texts = [c.text for c in got]
+            got = completer.complete(prefix, prev, k=10, history=["planet earth", "paris"])
+            texts = _texts(got)
             assert all(t.startswith(prefix) for t in texts), (prefix, prev, texts)
-            assert len(set(texts)) == len(texts)
+            assert len(set(texts)) == len(texts) and prev not in texts
             assert [c.score for c in got] == sorted((c.score for c in got), reverse=True)
+            assert {c.source for c in got} <= {"model", "mpc", "history", "session",
+                                               "suffix", "word"}
 
 
 def test_trailing_space_ends_the_word(completer: Completer) -> None:
-    texts = [c.text for c in completer.complete("new ", k=10)]
+    texts = _texts(completer.complete("new ", k=10))
     assert "newton" not in texts and "newark airport" not in texts
-    assert set(texts) == {"new york times", "new york weather"}
+    assert {"new york times", "new york weather"} <= set(texts)
 
 
-def test_fill_from_most_popular(completer: Completer) -> None:
-    got = completer.complete("p", k=10)
-    assert {c.text for c in got} == {"playstation", "playstation 5", "plant care tips",
-                                     "pleasure island"}
-    assert {c.source for c in got} <= {"model", "mpc"}
+def test_empty_prefix_is_answered_by_the_same_pool(completer: Completer) -> None:
+    top = completer.complete("", k=3)
+    assert "playstation" in _texts(top)
+    nxt = _texts(completer.complete("", previous="game console", k=3))
+    assert "playstation 5" in nxt
+    mine = completer.complete("", k=10, history=[Past("my own query", 5, NOW - 60)], now=NOW)
+    assert ("my own query", "history") in [(c.text, c.source) for c in mine]
 
 
-def test_empty_prefix(completer: Completer) -> None:
-    top = completer.complete("", k=2)
-    assert top[0].text == "playstation"
-    assert all(c.source == "mpc" for c in top)
-    nxt = completer.complete("", previous="game console", k=1)
-    assert nxt[0].text == "playstation 5"
+def test_the_users_past_queries_are_candidates(completer: Completer) -> None:
+    got = completer.complete("pla", k=10, history=[Past("planet earth", 3, NOW - 600)],
+                             session=[("rose of jericho", NOW - 30)], now=NOW)
+    assert ("planet earth", "history") in [(c.text, c.source) for c in got]
+    # the history source switched off: no past query of the user
+    off = completer.with_options(generators=("session", "suffix", "word"))
+    assert "planet earth" not in _texts(off.complete("pla", k=10, history=["planet earth"]))
+    assert not off.uses_history and completer.uses_history
 
 
-def test_blocklist_removes_suggestions(completer: Completer) -> None:
+def test_default_blocklist_covers_every_source(completer: Completer) -> None:
     assert all("sexy" not in c.text for c in completer.complete("se", k=10))
-    assert completer.complete("sexy", k=10) == []
+    got = completer.complete("se", "sexy pictures", k=10, history=["sexy movies", "seattle"],
+                             session=["sexy times"])
+    assert all("sexy" not in c.text for c in got) and "seattle" in _texts(got)
+
+
+def test_custom_blocklist_is_stored_in_the_model_and_covers_every_source(tmp_path: Path
+                                                                         ) -> None:
+    log = pl_log()
+    log.repeat(6, "h", "hotel rooms", "hotel deals paris")
+    log.repeat(4, "m", "motel 6", "hollywood")
+    custom = Blocklist.from_lines(["hotel*", "motel"])
+    c = Completer.train(log.events, CompleterConfig(trie_depth=1), blocklist=custom)
+    c.save(tmp_path / "m")
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["config"]["blocklist"] == {"words": ["motel"], "stems": ["hotel"]}
+    for model in (c, Completer.load(tmp_path / "m")):
+        answers = []
+        for prefix in ["", "h", "ho", "hot", "hotel ", "m", "mo", "mot", "motel "]:
+            answers += _texts(model.complete(
+                prefix, "hotel rooms", k=10,
+                history=["hotels near me", "motel 8", "hotel deals rome", "hollywood bowl"],
+                session=["motel 6", "hotel cheap"]))
+        assert answers and not [t for t in answers if "hotel" in t or "motel" in t.split()]
+        assert "hollywood bowl" in answers
+        # the default list is not in force: "sexy" is not on the custom list
+        assert model.blocklist.blocks_normalized("sexy pictures") is False
 
 
 def test_unknown_prefix_gives_nothing(completer: Completer) -> None:
@@ -77,23 +119,62 @@ def test_save_load_round_trip(completer: Completer, tmp_path: Path) -> None:
     completer.save(tmp_path / "m")
     loaded = Completer.load(tmp_path / "m")
     for prefix, prev in [("pl", "rose of jericho"), ("n", None), ("", "game console")]:
-        assert loaded.complete(prefix, prev) == completer.complete(prefix, prev)
+        assert loaded.complete(prefix, prev, now=NOW) == completer.complete(prefix, prev, now=NOW)
 
 
 def test_bad_input(completer: Completer) -> None:
     assert isinstance(completer.complete(b"pl\xff", previous=b"rose\xfe of jericho"), list)
     assert isinstance(completer.complete("p\x00l\x1b"), list)
+    # malformed history and session entries are skipped, not fatal
+    odd = [Past("pla\nnet", 1, 0.0), Past("", 1, 0.0), Past("plan", 10**12, float("nan")),
+           "pl\udc00"]
+    assert isinstance(completer.complete("pl", history=odd, session=[("pl\n", 1.0)]), list)
     with pytest.raises(InputError):
         completer.complete("p" * 5000)
     with pytest.raises(InputError):
-        completer.complete("pl", previous="x" * 5000)
-    with pytest.raises(InputError):
         completer.complete("pl", k=0)
+    with pytest.raises(InputError):
+        completer.complete("pl", k=10**6)
+    with pytest.raises(InputError):
+        completer.complete("pl", history="planet earth")
+    # a very long previous query is cut, not refused: the keystroke still gets answers
+    assert completer.complete("pl", previous="x" * 3000) != []
 
 
-def test_missing_model(tmp_path: Path) -> None:
+def test_missing_and_older_models(tmp_path: Path, completer: Completer) -> None:
     with pytest.raises(ModelFormatError):
         Completer.load(tmp_path / "none")
+    completer.save(tmp_path / "m")
+    path = tmp_path / "m" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelFormatError, match="older qac: retrain"):
+        Completer.load(tmp_path / "m")
+
+
+def test_one_definition_of_the_previous_query() -> None:
+    """A time-sorted log (users interleaved, as a live service writes it) gives every
+    event the same previous query, so it trains the same model."""
+    events = _log()
+    by_time = sorted(events, key=lambda e: (e.time, e.session))
+    assert by_time != events
+    want = dict(zip(map(id, events), previous_queries(events), strict=True))
+    got = dict(zip(map(id, by_time), previous_queries(by_time), strict=True))
+    assert got == want
+    cfg = CompleterConfig(trie_depth=1)
+    a, b = Completer.train(events, cfg), Completer.train(by_time, cfg)
+    for prefix, prev in [("pl", "rose of jericho"), ("pl", None), ("", "game console")]:
+        assert _texts(a.complete(prefix, prev, now=NOW)) == _texts(
+            b.complete(prefix, prev, now=NOW))
+
+
+def test_ranker_fit_or_shipped() -> None:
+    tiny = Completer.train(_log(), CompleterConfig(trie_depth=1))
+    assert tiny.fit["ranker"] == "shipped" and "keystrokes" in tiny.fit["why"]
+    plain = [LogEvent(e.session, e.query, None, e.user) for e in _log()]
+    assert Completer.train(plain, CompleterConfig(trie_depth=1)).fit == {
+        "ranker": "shipped", "why": "the log has no times"}
 
 
 @pytest.fixture(scope="module")
@@ -105,26 +186,18 @@ def hybrid() -> Completer:
 @given(prefix=st.text(alphabet="planetsyork w", max_size=6),
        prev=st.sampled_from([None, "", "rose of jericho", "game console", "newton"]))
 def test_prefix_property(hybrid: Completer, prefix: str, prev: str | None) -> None:
-    got = hybrid.complete(prefix, prev, k=5)
+    got = hybrid.complete(prefix, prev, k=5, history=["planet x", "new york"])
     p = " ".join(prefix.split()) + (" " if prefix[-1:].isspace() and prefix.strip() else "")
     assert len(got) <= 5
     assert all(c.text.startswith(p) for c in got)
 
 
-def test_blocklist_is_replaceable(tmp_path: Path) -> None:
-    from qac.blocklist import Blocklist
-
-    custom = Blocklist.from_lines(["playstation*"])
-    c = Completer.train(_log(), CompleterConfig(trie_depth=1), blocklist=custom)
-    texts = [x.text for x in c.complete("p", k=10)]
-    assert not any(t.startswith("playstation") for t in texts)
-    assert "pleasure island" in texts
-    # the default list is not in force here
-    assert [x.text for x in c.complete("se", k=3)] == ["sexy pictures"]
+def test_a_blocklist_given_at_load_filters_too(tmp_path: Path) -> None:
+    c = Completer.train(_log(), CompleterConfig(trie_depth=1))
     c.save(tmp_path / "m")
-    # a list given at load time filters answers too
     strict = Completer.load(tmp_path / "m", blocklist=Blocklist.from_lines(["plant"]))
-    assert "plant care tips" not in [x.text for x in strict.complete("pl", "rose of jericho")]
+    assert "plant care tips" not in _texts(strict.complete("pl", "rose of jericho"))
+    assert len(strict.complete("p", k=2)) == 2
 
 
 def test_top_level_api(tmp_path: Path) -> None:
@@ -135,6 +208,7 @@ def test_top_level_api(tmp_path: Path) -> None:
     log.write_text("rose of jericho\nplant care tips\n\nplaystation\n")
     c = qac.train_completer(log, out=tmp_path / "m", config=CompleterConfig(trie_depth=1))
     assert isinstance(c.complete("pl")[0], qac.Completion)
-    assert qac.Completer.load(tmp_path / "m").complete("pl") == c.complete("pl")
+    assert qac.Completer.load(tmp_path / "m").complete("pl", now=NOW) == c.complete(
+        "pl", now=NOW)
     with pytest.raises(AttributeError):
         qac.NoSuchThing  # noqa: B018

@@ -1,4 +1,5 @@
-"""Offline evaluation: test cases with the users' histories, coverage, the table."""
+"""Offline evaluation: test cases with the users' contexts, the baselines, coverage, the
+table."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from qac.evaluate import MpcSystem, UserHistory, evaluate, format_table
+from qac.evaluate import HistoryThenMpc, MpcSystem, evaluate, format_table
 from qac.evaluate import test_cases as make_cases
+from qac.history import Past, UserLog
 from qac.logs import LogEvent
 from qac.mpc import MostPopular
 
@@ -28,27 +30,52 @@ def _log() -> list[LogEvent]:
     ]
 
 
-def test_cases_carry_the_users_earlier_distinct_queries() -> None:
+def _q(h: tuple[Past, ...]) -> tuple[str, ...]:
+    return tuple(p.query for p in h)
+
+
+def test_cases_carry_the_users_context() -> None:
     since = T0 + timedelta(days=5)
     cases = make_cases(_log(), since=since)
     # only queries at or after `since` with a previous query in their session
     assert [(c.previous, c.target) for c in cases] == [("weather", "maps"),
                                                        ("maps", "weather radar")]
     # rows before `since` feed the history; distinct, most recent first; no other user
-    assert cases[0].history == ("weather", "news")
-    assert cases[1].history == ("maps", "weather", "news")
-    assert make_cases(_log(), since=since, history=2)[1].history == ("maps", "weather")
+    assert _q(cases[0].history) == ("weather", "news")
+    assert _q(cases[1].history) == ("maps", "weather", "news")
+    # with how often and when: "weather" twice, last at the start of session 2
+    w = cases[1].history[1]
+    assert (w.count, w.last) == (2, (T0 + timedelta(days=10)).timestamp())
+    # this session's queries with their times, most recent first
+    assert [q for q, _ in cases[1].session] == ["maps", "weather"]
+    assert cases[1].time == (T0 + timedelta(days=10, minutes=2)).timestamp()
+    assert _q(make_cases(_log(), since=since, history=2)[1].history) == ("maps", "weather")
     assert all(c.history == () for c in make_cases(_log(), since=since, history=0))
     # without `since`, every query with a previous one is a case
     assert len(make_cases(_log())) == 4
 
 
-def test_user_history_is_bounded() -> None:
-    h = UserHistory(3)
-    for q in ["a", "b", "c", "a", "d"]:
-        h.add("u", q)
-    assert h.get("u") == ("d", "a", "c")
-    assert h.get("nobody") == ()
+def test_user_log_is_bounded_and_counts() -> None:
+    users = UserLog(3)
+    for i, q in enumerate(["a", "b", "c", "a", "d"]):
+        users.add("s", "u", q, float(i))
+    ctx = users.context("s", "u")
+    assert [(p.query, p.count, p.last) for p in ctx.history] == [
+        ("d", 1, 4.0), ("a", 2, 3.0), ("c", 1, 2.0)]
+    assert ctx.previous == "d" and ctx.session[0] == ("d", 4.0)
+    assert users.context("other", None).history == ()
+
+
+def test_history_then_mpc_baseline() -> None:
+    mpc = MostPopular({"weather": 9, "web md": 5, "wells fargo": 1})
+    case = make_cases(_log())[0]
+    hist = (Past("wells fargo", 1, 10.0), Past("west elm", 4, 5.0), Past("news", 1, 20.0))
+    from dataclasses import replace
+    case = replace(case, history=hist)
+    # the user's matches, most recently issued first, then MPC without repeats
+    assert HistoryThenMpc(mpc)("we", case, 4) == ["wells fargo", "west elm", "weather",
+                                                   "web md"]
+    assert HistoryThenMpc(mpc)("we", case, 1) == ["wells fargo"]
 
 
 def test_coverage_counts_what_a_system_can_produce_at_all() -> None:
@@ -59,7 +86,7 @@ def test_coverage_counts_what_a_system_can_produce_at_all() -> None:
     assert res["mpc"]["coverage"] == pytest.approx(1 / 4)
     assert res["mpc"]["metrics"]["overall"]["count"] > 0
     assert "0.2500" in format_table(res)
-    plain = evaluate({"mpc": lambda p, prev, k, h: [t for t, _ in mpc.complete(p, k)]},
+    plain = evaluate({"mpc": lambda p, case, k: [t for t, _ in mpc.complete(p, k)]},
                      cases, lambda q: True)
     assert plain["mpc"]["coverage"] is None and " - " in format_table(plain)
     off = evaluate({"mpc": MpcSystem(mpc)}, cases, lambda q: True, coverage=False)

@@ -54,11 +54,11 @@ def _test_events() -> list[LogEvent]:
 def test_fixed_mode_computes_exactly_what_qac_eval_computes(completer: Completer) -> None:
     events = _test_events()
     systems = inprocess_systems({"m": completer})
-    assert list(systems) == ["mpc", "m", "m -session"]
+    assert list(systems) == ["mpc", "hist+mpc", "m", "m -session"]
     want = evaluate({n: s for n, (s, _) in systems.items()}, eval_cases(events),
-                    completer.labels.__contains__)
+                    completer.__contains__)
     cfg = ReplayConfig(mode="fixed")
-    runs = replay(sessions_of(events), systems, cfg, seen=completer.labels.__contains__)
+    runs = replay(sessions_of(events), systems, cfg, seen=completer.__contains__)
     for run in runs:
         got = run.summary()["metrics"]
         assert got == want[run.name]["metrics"], run.name
@@ -244,35 +244,45 @@ def test_sessions_in_time_order_and_sampling() -> None:
     assert sample_sessions(got, 2, seed=1) == picked
 
 
-def test_fixed_mode_equals_qac_eval_with_history_and_long_tail() -> None:
-    train = [e for e in _log() if e.time is not None and e.time < SPLIT]
-    lt = Completer.train(train, CompleterConfig(index="hybrid", trie_depth=1, longtail=True))
-    systems = inprocess_systems({"lt": lt})
-    assert list(systems) == ["mpc", "lt -longtail", "lt", "lt -session"]
+def test_fixed_mode_equals_qac_eval_with_the_users_context(completer: Completer) -> None:
+    systems = inprocess_systems({"m": completer},
+                                ["mpc", "hist+mpc", "m", "m-nosession", "m-nocontext"])
+    assert list(systems) == ["mpc", "hist+mpc", "m", "m -session", "m -context"]
     # rows before SPLIT feed each user's history, in both
     cases = eval_cases(_log(), since=SPLIT)
     assert any(c.history for c in cases)
-    want = evaluate({n: s for n, (s, _) in systems.items()}, cases, lt.labels.__contains__)
+    want = evaluate({n: s for n, (s, _) in systems.items()}, cases, completer.__contains__)
     sessions = sessions_of(_log(), SPLIT)
     assert sessions[0].history and sessions[0].start is not None and sessions[0].start >= SPLIT
-    runs = replay(sessions, systems, ReplayConfig(mode="fixed"), seen=lt.labels.__contains__)
+    runs = replay(sessions, systems, ReplayConfig(mode="fixed"), seen=completer.__contains__)
     for run in runs:
         assert run.summary()["metrics"] == want[run.name]["metrics"], run.name
 
 
-def test_session_history_at_each_query() -> None:
-    s = Session("s", ("a", "b", "a", "c"), None, ("z", "b", "y"))
-    assert s.history_at(0) == ("z", "b", "y")
-    assert s.history_at(1) == ("a", "z", "b", "y")
-    assert s.history_at(3) == ("a", "b", "z", "y")  # distinct, most recent first
-    assert s.history_at(3, size=2) == ("a", "b")
+def test_session_context_at_each_query() -> None:
+    from qac.history import Past
+
+    hist = (Past("z", 1, 30.0), Past("b", 2, 20.0), Past("y", 1, 10.0))
+    s = Session("s", ("a", "b", "a", "c"), None, hist, (100.0, 101.0, 102.0, 103.0))
+
+    def q(i: int, size: int = 200) -> list[tuple[str, int, float]]:
+        return [(p.query, p.count, p.last) for p in s.case(i, size).history]
+
+    assert q(0) == [("z", 1, 30.0), ("b", 2, 20.0), ("y", 1, 10.0)]
+    assert q(1) == [("a", 1, 100.0), ("z", 1, 30.0), ("b", 2, 20.0), ("y", 1, 10.0)]
+    # distinct, most recently issued first, counts added up
+    assert q(3) == [("a", 2, 102.0), ("b", 3, 101.0), ("z", 1, 30.0), ("y", 1, 10.0)]
+    assert q(3, size=2) == [("a", 2, 102.0), ("b", 3, 101.0)]
+    c = s.case(3)
+    assert c.previous == "a" and c.target == "c" and c.time == 103.0
+    assert c.session == (("a", 102.0), ("b", 101.0), ("a", 100.0))
     t = datetime(2006, 5, 18)
     events = [LogEvent("u1", "old", t - timedelta(days=1), "u"),
               LogEvent("u2", "new", t, "u"), LogEvent("u2", "newer", t, "u"),
               LogEvent("v1", "other", t, "v")]
     got = {x.id: x for x in sessions_of(events, since=t)}
     assert set(got) == {"u2", "v1"}
-    assert got["u2"].history == ("old",) and got["v1"].history == ()
+    assert [p.query for p in got["u2"].history] == ["old"] and got["v1"].history == ()
     assert sessions_of(events, since=t, history=0)[0].history == ()
 
 

@@ -2,14 +2,12 @@
 
 Each session of a query log is one simulated user. For each of its queries, in
 order, the user types the query one character at a time; after every keystroke
-it asks for k completions of the prefix typed so far, with the session's
-previous query taken from the session store (the in-process
-:class:`~qac.session.MemorySessionStore`, or the service's store, e.g. Redis,
-over HTTP). In-process, each query is also asked with its user's history: the
-user's last ``history`` distinct queries, from the log rows before the session
-(rows before ``--since`` included) and the session's own earlier queries, as a
-per-user session store would hold them. Over HTTP the history is what the
-service's store has recorded during the replay. When the target query is among
+it asks for k completions of the prefix typed so far, with the context a session
+store would hold: in-process, the session's previous query and earlier queries and
+the user's past queries with their counts and times (from the log rows before the
+session, rows before ``--since`` included, and the session's own earlier queries;
+:meth:`Session.case`); over HTTP, what the service's store (e.g. Redis) has recorded
+during the replay. When the target query is among
 the shown completions the user accepts it, and the query is submitted to the
 session.
 
@@ -60,13 +58,13 @@ from qac.replay.http import check_url, replay_http
 from qac.replay.inprocess import inprocess_systems, replay
 from qac.replay.plots import plot
 from qac.replay.report import build_report, markdown, session_effect, write_outputs
-from qac.replay.runs import NO_LONGTAIL, NO_SESSION, SAVED_BINS, SystemRun
+from qac.replay.runs import NO_CONTEXT, NO_SESSION, SAVED_BINS, SystemRun
 from qac.replay.sessions import ACCEPT, MODES, ReplayConfig, Session, sample_sessions, sessions_of
 
 __all__ = [
     "ACCEPT",
     "MODES",
-    "NO_LONGTAIL",
+    "NO_CONTEXT",
     "NO_SESSION",
     "SAVED_BINS",
     "ReplayConfig",

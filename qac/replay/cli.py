@@ -39,9 +39,9 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
                        "http://127.0.0.1:8000")
     parser.add_argument("--client", choices=("auto", "aiohttp", "httpx"), default="auto",
                         help="HTTP client of --url (auto: aiohttp when installed)")
-    parser.add_argument("--systems", help="comma-separated configurations: mpc, mpc+bg, "
-                        "NAME, NAME-nosession, NAME-nolongtail (in-process; default mpc and "
-                        "every model without long tail, with and without session); service, "
+    parser.add_argument("--systems", help="comma-separated configurations: mpc, hist+mpc, "
+                        "NAME, NAME-nosession, NAME-nocontext (in-process; default mpc, "
+                        "hist+mpc and every model with and without session); service, "
                         "service-nosession (HTTP; default both)")
     parser.add_argument("--sessions", type=int, default=0,
                         help="replay this many sessions, sampled with --seed (0 = all)")

@@ -12,10 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from qac.errors import InputError
-from qac.evaluate import CompleterSystem, MpcSystem, System
-from qac.replay.runs import NO_LONGTAIL, NO_SESSION, SystemRun, _canonical, _Tally
+from qac.evaluate import CompleterSystem, HistoryThenMpc, MpcSystem, System
+from qac.replay.runs import NO_CONTEXT, NO_SESSION, SystemRun, _canonical, _Tally
 from qac.replay.sessions import ReplayConfig, Session, _jitter
-from qac.session import MemorySessionStore
 
 log = logging.getLogger(__name__)
 
@@ -25,31 +24,27 @@ def inprocess_systems(models: dict[str, Any], select: Sequence[str] | None = Non
     """name -> (system, uses the session) for in-process completers.
 
     Offered: ``mpc`` (most popular over the first model's training queries, as
-    ``qac eval``), ``mpc+bg`` (the first model's own MPC table, when it has a
-    background log), and for each model NAME: ``NAME`` (with the session's previous
-    query) and ``NAME -session`` (without; ``NAME-nosession`` is accepted too), and
-    for a model with long tail on ``NAME -longtail`` (``NAME-nolongtail``): the same
-    engine without the long-tail pool.
-    ``select`` picks and orders them; default: mpc, then each model without long
-    tail (if it has it), with, and without the session.
+    ``qac eval``), ``hist+mpc`` (the user's past queries with the prefix, most recent
+    first, then MPC), and for each model NAME: ``NAME`` (with the whole context),
+    ``NAME -session`` (without the previous query and the session's queries;
+    ``NAME-nosession`` is accepted too) and ``NAME -context`` (with no context at
+    all; ``NAME-nocontext``). ``select`` picks and orders them; default: mpc,
+    hist+mpc, then each model with and without the session.
     """
     from qac.mpc import MostPopular
 
     if not models:
         raise InputError("at least one model directory is needed")
     first = next(iter(models.values()))
-    mpc = MostPopular(dict(zip(first.labels.labels, first.labels.counts.tolist(), strict=True)))
-    offered: dict[str, tuple[System, bool]] = {"mpc": (MpcSystem(mpc), False)}
-    if len(first.mpc) != len(mpc):
-        offered["mpc+bg"] = (MpcSystem(first.mpc), False)
-    names = ["mpc"]
+    mpc = MostPopular(dict(zip(first.labels.texts(), first.labels.counts.tolist(),
+                               strict=True)))
+    offered: dict[str, tuple[System, bool]] = {"mpc": (MpcSystem(mpc), False),
+                                               "hist+mpc": (HistoryThenMpc(mpc), False)}
+    names = ["mpc", "hist+mpc"]
     for name, c in models.items():
-        if c.longtail is not None and c.config.longtail:
-            offered[name + NO_LONGTAIL] = (CompleterSystem(c.with_options(longtail=False)),
-                                           True)
-            names.append(name + NO_LONGTAIL)
         offered[name] = (CompleterSystem(c), True)
         offered[name + NO_SESSION] = (CompleterSystem(c, session=False), False)
+        offered[name + NO_CONTEXT] = (CompleterSystem(c, session=False, history=False), False)
         names += [name, name + NO_SESSION]
     if select is not None:
         names = [_canonical(s) for s in select]
@@ -59,12 +54,9 @@ def inprocess_systems(models: dict[str, Any], select: Sequence[str] | None = Non
     return {n: offered[n] for n in names}
 
 
-def _replay_inprocess(sessions: Sequence[Session], system: System, use_session: bool,
-                      cfg: ReplayConfig, seen: Callable[[str], bool] | None,
-                      progress: Any) -> _Tally:
-    store = MemorySessionStore(max_sessions=max(len(sessions), 1) + 1,
-                               max_queries=2, ttl_seconds=86400 * 365, history_size=0)
-    feed: Iterator[tuple[int, Session]] = iter(enumerate(sessions))
+def _replay_inprocess(sessions: Sequence[Session], system: System, cfg: ReplayConfig,
+                      seen: Callable[[str], bool] | None, progress: Any) -> _Tally:
+    feed: Iterator[Session] = iter(sessions)
     lock = threading.Lock()
 
     def worker(wid: int) -> _Tally:
@@ -72,11 +64,10 @@ def _replay_inprocess(sessions: Sequence[Session], system: System, use_session: 
         rng = random.Random(cfg.seed * 1_000_003 + wid)
         while True:
             with lock:
-                got = next(feed, None)
-            if got is None:
+                sess = next(feed, None)
+            if sess is None:
                 return tally
-            i, sess = got
-            _user(f"s{i}", sess, system, use_session, store, cfg, seen, tally, rng)
+            _user(sess, system, cfg, seen, tally, rng)
             if progress is not None:
                 with lock:
                     progress.update(1)
@@ -90,26 +81,25 @@ def _replay_inprocess(sessions: Sequence[Session], system: System, use_session: 
     return total
 
 
-def _user(sid: str, sess: Session, system: System, use_session: bool,
-          store: MemorySessionStore, cfg: ReplayConfig, seen: Callable[[str], bool] | None,
+def _user(sess: Session, system: System, cfg: ReplayConfig, seen: Callable[[str], bool] | None,
           tally: _Tally, rng: random.Random) -> None:
-    """One simulated user typing its session's queries (the per-keystroke loop)."""
+    """One simulated user typing its session's queries (the per-keystroke loop). The
+    context of each query is the session's own earlier queries and the user's
+    history, as the session store holds them (:meth:`Session.case`)."""
     k, window, typed = cfg.k, cfg.window, cfg.mode == "typed"
     interval = cfg.interval_ms / 1e3
-    previous_sync = store.previous_sync
     add, add_prev = tally.metrics.add, tally.with_previous.add
     lat = tally.latency_s.append
     clock = time.perf_counter
     for qi, target in enumerate(sess.queries):
         has_prev = qi > 0
-        history = sess.history_at(qi, cfg.history)
+        case = sess.case(qi, cfg.history)
         group = ("seen" if seen(target) else "unseen") if seen is not None else None
         at = -1
         for n in cfg.plan(target, has_prev):
             prefix = target[:n]
             t0 = clock()
-            prev = previous_sync(sid) if use_session else None
-            got = system(prefix, prev, k, history)
+            got = system(prefix, case, k)
             lat(clock() - t0)
             add(n, group, got, target)
             if has_prev:
@@ -122,10 +112,6 @@ def _user(sid: str, sess: Session, system: System, use_session: bool,
         tally.q_len.append(len(target))
         tally.q_at.append(at)
         tally.q_prev.append(has_prev)
-        try:
-            store.record_sync(sid, target)
-        except InputError:  # longer than the store keeps: the service would refuse it too
-            tally.unrecorded += 1
 
 
 def replay(sessions: Sequence[Session], systems: dict[str, tuple[System, bool]],
@@ -138,11 +124,11 @@ def replay(sessions: Sequence[Session], systems: dict[str, tuple[System, bool]],
 
     cfg = config or ReplayConfig()
     runs = []
-    for name, (system, use_session) in systems.items():
+    for name, (system, _) in systems.items():
         bar = tqdm(total=len(sessions), desc=name, unit="session", leave=False,
                    disable=not progress) if progress else None
         t0 = time.perf_counter()
-        tally = _replay_inprocess(sessions, system, use_session, cfg, seen, bar)
+        tally = _replay_inprocess(sessions, system, cfg, seen, bar)
         wall = time.perf_counter() - t0
         if bar is not None:
             bar.close()

@@ -12,14 +12,14 @@ import numpy as np
 from qac.metrics import CompletionMetrics, percentiles
 
 NO_SESSION = " -session"
-NO_LONGTAIL = " -longtail"
+NO_CONTEXT = " -context"
 #: bins (percent) of the keystrokes-saved histogram in the JSON and the plot
 SAVED_BINS = tuple(range(0, 101, 5))
 
 
 def _canonical(name: str) -> str:
     name = name.strip()
-    for short, long in (("-nosession", NO_SESSION), ("-nolongtail", NO_LONGTAIL)):
+    for short, long in (("-nosession", NO_SESSION), ("-nocontext", NO_CONTEXT)):
         if name.endswith(short):
             return name[: -len(short)] + long
     return name

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from qac.errors import InputError
-from qac.evaluate import DEFAULT_HISTORY, DEFAULT_LENGTHS, UserHistory
+from qac.evaluate import DEFAULT_HISTORY, DEFAULT_LENGTHS, Case
+from qac.history import Past, UserLog
 from qac.logs import LogEvent
 
 MODES = ("typed", "fixed")
@@ -89,22 +90,30 @@ class ReplayConfig:
 
 @dataclass(frozen=True)
 class Session:
-    """One simulated user: its queries in order (normalized), when it started, and
-    its user's distinct earlier queries (most recent first) when it started."""
+    """One simulated user: its queries in order (normalized) with their Unix times
+    (0.0: unknown), when it started, and its user's past queries when it started
+    (most recently issued first)."""
 
     id: str
     queries: tuple[str, ...]
     start: datetime | None
-    history: tuple[str, ...] = ()
+    history: tuple[Past, ...] = ()
+    times: tuple[float, ...] = ()
 
-    def history_at(self, i: int, size: int = DEFAULT_HISTORY) -> tuple[str, ...]:
-        """The user's history when typing query ``i``: this session's earlier
-        queries, most recent first, then the history it started with; distinct."""
-        if i == 0:
-            return self.history[:size]
-        got = dict.fromkeys(self.queries[i - 1::-1])
-        got.update(dict.fromkeys(self.history))
-        return tuple(got)[:size]
+    def case(self, i: int, size: int = DEFAULT_HISTORY) -> Case:
+        """Query ``i`` and its context: the previous query, this session's earlier
+        queries (most recent first), and the user's history with them folded in (as
+        the store holds it then: at most ``size`` distinct queries)."""
+        times = self.times or (0.0,) * len(self.queries)
+        earlier = list(zip(self.queries[:i], times[:i], strict=True))
+        hist: dict[str, Past] = {h.query: h for h in reversed(self.history[:size])}
+        for q, t in earlier:
+            old = hist.pop(q, None)
+            hist[q] = Past(q, 1 if old is None else old.count + 1, t)
+        while len(hist) > size:
+            del hist[next(iter(hist))]
+        return Case(self.queries[i], self.queries[i - 1] if i else None,
+                    tuple(reversed(hist.values())), tuple(reversed(earlier))[:10], times[i])
 
 
 def sessions_of(events: Sequence[LogEvent], since: datetime | None = None,
@@ -114,19 +123,21 @@ def sessions_of(events: Sequence[LogEvent], since: datetime | None = None,
     at or after ``since`` are kept; earlier events (in log order, as a user's are
     in time order) feed each user's ``history`` of up to that many distinct queries
     (events without a user id count as their session's)."""
-    order: dict[str, tuple[int, datetime | None, list[str], tuple[str, ...]]] = {}
-    hist = UserHistory(history)
+    order: dict[str, tuple[int, datetime | None, list[str], list[float], tuple[Past, ...]]] = {}
+    users = UserLog(history)
     for i, e in enumerate(events):
-        user = hist.user_of(e)
+        t = e.time.timestamp() if e.time is not None else 0.0
         got = order.get(e.session)
         if got is not None:
             got[2].append(e.query)
+            got[3].append(t)
         elif since is None or (e.time is not None and e.time >= since):
-            order[e.session] = (i, e.time, [e.query], hist.get(user))
-        hist.add(user, e.query)
+            order[e.session] = (i, e.time, [e.query], [t],
+                                users.context(e.session, e.user).history)
+        users.add(e.session, e.user, e.query, t)
     rows = sorted(order.items(), key=lambda kv: (kv[1][1] is None, kv[1][1] or datetime.min,
                                                  kv[1][0]))
-    return [Session(sid, tuple(qs), t, h) for sid, (_, t, qs, h) in rows]
+    return [Session(sid, tuple(qs), t, h, tuple(ts)) for sid, (_, t, qs, ts, h) in rows]
 
 
 def sample_sessions(sessions: Sequence[Session], n: int, seed: int) -> list[Session]:

@@ -1,0 +1,766 @@
+/* The answerer: one keystroke of completion in one call (see qac_answer.h). */
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qac.h"
+
+enum {
+#define QAC_ENUM(e, n, d) F_##e,
+    QAC_FEATURES(QAC_ENUM)
+#undef QAC_ENUM
+    F_END
+};
+_Static_assert(F_END == QAC_NF, "QAC_NF is out of step with QAC_FEATURES");
+
+static const char *const feature_names[QAC_NF] = {
+#define QAC_NAME(e, n, d) n,
+    QAC_FEATURES(QAC_NAME)
+#undef QAC_NAME
+};
+
+static const char *const source_names[QAC_NSRC] = {"model", "mpc", "history",
+                                                    "session", "suffix", "word"};
+/* the source an answer is shown with: the first of these that made it */
+static const int shown_first[QAC_NSRC] = {QAC_SRC_HISTORY, QAC_SRC_MODEL, QAC_SRC_MPC,
+                                          QAC_SRC_SESSION, QAC_SRC_SUFFIX, QAC_SRC_WORD};
+
+#define MAX_ROWS ((size_t)1 << 24)
+#define NOT_IN_BEAM (-12.0)
+#define LOG_FLOOR (-10.0)
+
+const char *qac_feature_name(int i) { return i >= 0 && i < QAC_NF ? feature_names[i] : NULL; }
+const char *qac_source_name(int s) { return s >= 0 && s < QAC_NSRC ? source_names[s] : NULL; }
+
+struct qac_answerer {
+    const qac_featurizer_t *featurizer;
+    const qac_model_t *model;
+    size_t feat_cap;
+    qac_labels_view lab;
+    size_t n_labels;
+    qac_forest_view forest;
+};
+
+typedef struct {
+    const char *text;
+    size_t len;
+    uint64_t hash;
+    int32_t ref;      /* label id, or -1 - j for extra j / history j / session j (see out) */
+    int32_t label;    /* label id or -1 */
+    uint32_t sources; /* bitmask */
+    size_t slot;
+    int64_t pop;      /* popularity of a text that is not a label (from the extras) */
+    double model_logscore, model_rank, mpc_rank, gen_logcount;
+    double hist_count, hist_age;
+    int32_t hist_order; /* index among the matching history entries, by recency; -1 none */
+    int from_session;   /* a past query known only from this session's list */
+    double sess_count, sess_rank;
+} row_t;
+
+typedef struct {
+    uint64_t h;
+    const char *p;
+    size_t n;
+} piece_t;
+
+typedef struct {
+    double score;
+    int32_t row;
+} ranked_t;
+
+typedef struct {
+    double age; /* < 0 unknown: sorts after known ages, then by index */
+    int32_t idx;
+    int32_t row;
+} hmatch_t;
+
+struct qac_answer_scratch {
+    qac_scratch_t *beam;
+    size_t max_beam, max_model, max_rows, max_prev, feat_cap;
+    int32_t *feat_idx;
+    float *feat_val;
+    int32_t *ids;
+    float *scores;
+    row_t *rows;
+    int32_t *slot; /* hash table: row + 1, 0 free */
+    size_t hmask;
+    double *x;     /* max_rows * QAC_NF */
+    ranked_t *order;
+    hmatch_t *hm;  /* max_rows */
+    piece_t *pieces; /* max_prev + 1 */
+    uint32_t *stamp; /* max_prev + 1 */
+    uint32_t tick;
+    uint64_t *grams; /* max_prev + 3: the previous query's 3-gram hashes, sorted */
+};
+
+/* ---- validation ------------------------------------------------------------- */
+
+static int check_labels(const qac_labels_view *l, size_t *n_out) {
+    if (!l->offsets || l->n_offsets < 1 || (l->text_len && !l->text)) return QAC_E_INPUT;
+    size_t n = l->n_offsets - 1;
+    if (l->n_popularity != n || l->n_popcum != n + 1 || (n && (!l->popularity || !l->popcum)))
+        return QAC_E_INPUT;
+    if (n > (size_t)INT32_MAX - 1) return QAC_E_RANGE;
+    if (l->offsets[0] != 0) return QAC_E_RANGE;
+    if (n == 0) {
+        if (l->text_len != 0 || (l->popcum && l->popcum[0] != 0)) return QAC_E_RANGE;
+        *n_out = 0;
+        return QAC_OK;
+    }
+    if (l->offsets[n] != (int64_t)l->text_len + 1 || l->popcum[0] != 0) return QAC_E_RANGE;
+    const unsigned char *t = (const unsigned char *)l->text;
+    for (size_t i = 0; i < n; i++) {
+        int64_t a = l->offsets[i], b = l->offsets[i + 1];
+        if (b <= a || b > (int64_t)l->text_len + 1) return QAC_E_RANGE;
+        if (i + 1 < n && t[b - 1] != '\n') return QAC_E_RANGE;
+        if (memchr(t + a, '\n', (size_t)(b - 1 - a))) return QAC_E_RANGE;
+        if (l->popularity[i] < 0 || l->popcum[i + 1] - l->popcum[i] != l->popularity[i] ||
+            l->popcum[i + 1] < l->popcum[i])
+            return QAC_E_RANGE;
+        if (i) { /* strictly increasing, bytewise */
+            int64_t pa = l->offsets[i - 1];
+            size_t na = (size_t)(a - 1 - pa), nb = (size_t)(b - 1 - a);
+            int c = memcmp(t + pa, t + a, na < nb ? na : nb);
+            if (c > 0 || (c == 0 && na >= nb)) return QAC_E_RANGE;
+        }
+    }
+    *n_out = n;
+    return QAC_OK;
+}
+
+static int check_forest(const qac_forest_view *f) {
+    if ((f->n_nodes && (!f->feature || !f->threshold || !f->left || !f->right)) ||
+        (f->n_leaves && !f->leaf) || (f->n_trees && !f->roots) || !isfinite(f->base))
+        return QAC_E_INPUT;
+    if (f->n_nodes > (size_t)INT32_MAX || f->n_leaves > (size_t)INT32_MAX) return QAC_E_RANGE;
+    for (size_t j = 0; j < f->n_leaves; j++)
+        if (!isfinite(f->leaf[j])) return QAC_E_RANGE;
+    for (size_t j = 0; j < f->n_nodes; j++) {
+        if (f->feature[j] < 0 || f->feature[j] >= QAC_NF || isnan(f->threshold[j]))
+            return QAC_E_RANGE;
+        int32_t c[2] = {f->left[j], f->right[j]};
+        for (int s = 0; s < 2; s++) {
+            /* children come after their parent: no cycle, every walk ends */
+            if (c[s] >= 0 ? ((size_t)c[s] <= j || (size_t)c[s] >= f->n_nodes)
+                          : (size_t)~c[s] >= f->n_leaves)
+                return QAC_E_RANGE;
+        }
+    }
+    for (size_t t = 0; t < f->n_trees; t++) {
+        int32_t r = f->roots[t];
+        if (r >= 0 ? (size_t)r >= f->n_nodes : (size_t)~r >= f->n_leaves) return QAC_E_RANGE;
+    }
+    return QAC_OK;
+}
+
+int qac_answerer_new(const qac_featurizer_t *featurizer, const qac_model_t *model,
+                     const qac_labels_view *labels, const qac_forest_view *forest,
+                     qac_answerer_t **out) {
+    if (!out) return QAC_E_INPUT;
+    *out = NULL;
+    if (!labels || !forest || (!featurizer) != (!model)) return QAC_E_INPUT;
+    size_t n = 0, feat_cap = 0;
+    int rc = check_labels(labels, &n);
+    if (rc) return rc;
+    rc = check_forest(forest);
+    if (rc) return rc;
+    if (model) {
+        size_t depth = 0, n_blocks = 0, n_feat = 0;
+        int64_t n_model_labels = 0, model_features = 0;
+        rc = qac_model_info(model, &depth, &n_model_labels, &model_features);
+        if (rc) return rc;
+        if (n_model_labels != (int64_t)n) return QAC_E_RANGE;
+        rc = qac_featurizer_info(featurizer, &n_blocks, &n_feat);
+        if (rc) return rc;
+        if ((int64_t)n_feat > model_features) return QAC_E_RANGE;
+        rc = qac_featurize_max_capacity(featurizer, &feat_cap);
+        if (rc) return rc;
+    }
+    qac_answerer_t *a = calloc(1, sizeof *a);
+    if (!a) return QAC_E_NOMEM;
+    a->featurizer = featurizer;
+    a->model = model;
+    a->feat_cap = feat_cap;
+    a->lab = *labels;
+    if (!a->lab.text) a->lab.text = "";
+    a->n_labels = n;
+    a->forest = *forest;
+    *out = a;
+    return QAC_OK;
+}
+
+void qac_answerer_free(qac_answerer_t *answerer) { free(answerer); }
+
+void qac_answer_scratch_free(qac_answer_scratch_t *s) {
+    if (!s) return;
+    qac_scratch_free(s->beam);
+    free(s->feat_idx);
+    free(s->feat_val);
+    free(s->ids);
+    free(s->scores);
+    free(s->rows);
+    free(s->slot);
+    free(s->x);
+    free(s->order);
+    free(s->hm);
+    free(s->pieces);
+    free(s->stamp);
+    free(s->grams);
+    free(s);
+}
+
+int qac_answer_scratch_new(const qac_answerer_t *a, size_t max_rows, size_t max_beam,
+                           size_t max_model, size_t max_prev, qac_answer_scratch_t **out) {
+    if (!out) return QAC_E_INPUT;
+    *out = NULL;
+    if (!a || max_rows == 0 || max_rows > MAX_ROWS || max_prev > MAX_ROWS ||
+        max_model > max_rows || max_beam > MAX_ROWS)
+        return QAC_E_INPUT;
+    qac_answer_scratch_t *s = calloc(1, sizeof *s);
+    if (!s) return QAC_E_NOMEM;
+    s->max_beam = max_beam;
+    s->max_model = max_model;
+    s->max_rows = max_rows;
+    s->max_prev = max_prev;
+    s->feat_cap = a->feat_cap;
+    if (a->model && max_model) {
+        int rc = qac_scratch_new(a->model, max_beam ? max_beam : 1, max_model, &s->beam);
+        if (rc) { qac_answer_scratch_free(s); return rc; }
+    }
+    size_t slots = 16;
+    while (slots < 2 * max_rows) slots *= 2;
+    s->hmask = slots - 1;
+    s->feat_idx = malloc((s->feat_cap + 1) * sizeof *s->feat_idx);
+    s->feat_val = malloc((s->feat_cap + 1) * sizeof *s->feat_val);
+    s->ids = malloc((max_model + 1) * sizeof *s->ids);
+    s->scores = malloc((max_model + 1) * sizeof *s->scores);
+    s->rows = malloc(max_rows * sizeof *s->rows);
+    s->slot = calloc(slots, sizeof *s->slot);
+    s->x = malloc(max_rows * QAC_NF * sizeof *s->x);
+    s->order = malloc(max_rows * sizeof *s->order);
+    s->hm = malloc(max_rows * sizeof *s->hm);
+    s->pieces = malloc((max_prev + 1) * sizeof *s->pieces);
+    s->stamp = calloc(max_prev + 1, sizeof *s->stamp);
+    s->grams = malloc((max_prev + 3) * sizeof *s->grams);
+    if (!s->feat_idx || !s->feat_val || !s->ids || !s->scores || !s->rows || !s->slot ||
+        !s->x || !s->order || !s->hm || !s->pieces || !s->stamp || !s->grams) {
+        qac_answer_scratch_free(s);
+        return QAC_E_NOMEM;
+    }
+    *out = s;
+    return QAC_OK;
+}
+
+/* ---- labels ------------------------------------------------------------------ */
+
+static inline const char *label_text(const qac_answerer_t *a, size_t i, size_t *n) {
+    int64_t s = a->lab.offsets[i];
+    *n = (size_t)(a->lab.offsets[i + 1] - 1 - s);
+    return a->lab.text + s;
+}
+
+/* memcmp of a label's first min(n, len) bytes with t, then by length */
+static int cmp_label(const qac_answerer_t *a, size_t i, const char *t, size_t n, int prefix) {
+    size_t m;
+    const char *l = label_text(a, i, &m);
+    size_t k = m < n ? m : n;
+    int c = k ? memcmp(l, t, k) : 0;
+    if (c || prefix) return c ? c : (m < n ? -1 : 0);
+    return (m > n) - (m < n);
+}
+
+/* first label >= t (prefix: first label whose first len(t) bytes are >= t) */
+static size_t lower_bound(const qac_answerer_t *a, const char *t, size_t n, int prefix) {
+    size_t lo = 0, hi = a->n_labels;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (cmp_label(a, mid, t, n, prefix) < 0) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+/* first label whose first n bytes are > t (labels starting with t end here) */
+static size_t upper_prefix(const qac_answerer_t *a, const char *t, size_t n) {
+    size_t lo = 0, hi = a->n_labels;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (cmp_label(a, mid, t, n, 1) <= 0) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+int qac_label_range(const qac_answerer_t *a, const char *prefix, size_t prefix_len,
+                    int64_t *lo, int64_t *hi) {
+    if (!a || !lo || !hi || (prefix_len && !prefix)) return QAC_E_INPUT;
+    *lo = (int64_t)lower_bound(a, prefix ? prefix : "", prefix_len, 1);
+    *hi = (int64_t)upper_prefix(a, prefix ? prefix : "", prefix_len);
+    return QAC_OK;
+}
+
+static int32_t find_label(const qac_answerer_t *a, const char *t, size_t n, size_t lo,
+                          size_t hi) {
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = cmp_label(a, mid, t, n, 0);
+        if (c == 0) return (int32_t)mid;
+        if (c < 0) lo = mid + 1; else hi = mid;
+    }
+    return -1;
+}
+
+/* ---- text helpers (UTF-8 bytes) --------------------------------------------- */
+
+static inline uint64_t fnv1a(const char *t, size_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)t[i]) * 1099511628211ULL;
+    return h;
+}
+
+static inline int same(const char *a, size_t na, const char *b, size_t nb) {
+    return na == nb && (na == 0 || memcmp(a, b, na) == 0);
+}
+
+static inline int starts_with(const char *t, size_t n, const char *p, size_t np) {
+    return n >= np && (np == 0 || memcmp(t, p, np) == 0);
+}
+
+static size_t count_spaces(const char *t, size_t n) {
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++) c += t[i] == ' ';
+    return c;
+}
+
+/* code points: the bytes that do not continue a sequence (Python's len of the str) */
+static size_t count_chars(const char *t, size_t n) {
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++) c += ((unsigned char)t[i] & 0xC0) != 0x80;
+    return c;
+}
+
+static int by_hash(const void *a, const void *b) {
+    const piece_t *x = a, *y = b;
+    return (x->h > y->h) - (x->h < y->h);
+}
+
+static int by_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* the words of prev, sorted by hash */
+static size_t split_prev(qac_answer_scratch_t *s, const char *prev, size_t n) {
+    size_t k = 0, i = 0;
+    for (;;) {
+        const char *sp = memchr(prev + i, ' ', n - i);
+        size_t j = sp ? (size_t)(sp - prev) : n;
+        s->pieces[k++] = (piece_t){fnv1a(prev + i, j - i), prev + i, j - i};
+        if (!sp) break;
+        i = j + 1;
+    }
+    qsort(s->pieces, k, sizeof *s->pieces, by_hash);
+    return k;
+}
+
+static ptrdiff_t find_piece(const piece_t *pc, size_t np, const char *w, size_t nw) {
+    uint64_t h = fnv1a(w, nw);
+    size_t lo = 0, hi = np;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (pc[mid].h < h) lo = mid + 1; else hi = mid;
+    }
+    for (; lo < np && pc[lo].h == h; lo++)
+        if (same(pc[lo].p, pc[lo].n, w, nw)) return (ptrdiff_t)lo;
+    return -1;
+}
+
+/* Share of the words of t (split at ' ') that are words of the previous query,
+ * each distinct word of prev counted once. */
+static double overlap(qac_answer_scratch_t *s, size_t np, const char *t, size_t nt) {
+    if (++s->tick == 0) {
+        memset(s->stamp, 0, (s->max_prev + 1) * sizeof *s->stamp);
+        s->tick = 1;
+    }
+    size_t pieces = 0, hits = 0, i = 0;
+    for (;;) {
+        const char *sp = memchr(t + i, ' ', nt - i);
+        size_t j = sp ? (size_t)(sp - t) : nt;
+        pieces++;
+        ptrdiff_t k = find_piece(s->pieces, np, t + i, j - i);
+        if (k >= 0 && s->stamp[k] != s->tick) {
+            s->stamp[k] = s->tick;
+            hits++;
+        }
+        if (!sp) break;
+        i = j + 1;
+    }
+    return (double)hits / (double)pieces;
+}
+
+/* the byte 3-gram of " " t " " starting at i (0 <= i < n) */
+static inline uint64_t gram3(const char *t, size_t n, size_t i) {
+    unsigned char c[3];
+    for (int k = 0; k < 3; k++) {
+        size_t at = i + (size_t)k; /* position in " " t " " */
+        c[k] = at == 0 || at == n + 1 ? ' ' : (unsigned char)t[at - 1];
+    }
+    return ((uint64_t)c[0] << 16 | (uint64_t)c[1] << 8 | c[2]) * 0x9E3779B97F4A7C15ULL;
+}
+
+/* the previous query's 3-grams (of " " prev " "), sorted */
+static size_t prev_grams(qac_answer_scratch_t *s, const char *prev, size_t n) {
+    size_t m = n; /* n + 2 padded bytes hold n 3-grams */
+    for (size_t i = 0; i < m; i++) s->grams[i] = gram3(prev, n, i);
+    qsort(s->grams, m, sizeof *s->grams, by_u64);
+    return m;
+}
+
+/* share of the 3-grams of " " t " " (with repeats) that are 3-grams of prev */
+static double char3(const qac_answer_scratch_t *s, size_t m, const char *t, size_t n) {
+    if (n == 0 || m == 0) return 0.0;
+    size_t hits = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t g = gram3(t, n, i);
+        size_t lo = 0, hi = m;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (s->grams[mid] < g) lo = mid + 1; else hi = mid;
+        }
+        hits += lo < m && s->grams[lo] == g;
+    }
+    return (double)hits / (double)n;
+}
+
+/* ---- the pool ---------------------------------------------------------------- */
+
+typedef struct {
+    qac_answer_scratch_t *s;
+    size_t n;
+} pool_t;
+
+static int32_t find_row(const pool_t *p, const char *t, size_t n, uint64_t h) {
+    const qac_answer_scratch_t *s = p->s;
+    for (size_t k = h & s->hmask;; k = (k + 1) & s->hmask) {
+        int32_t r = s->slot[k] - 1;
+        if (r < 0) return -1;
+        if (s->rows[r].hash == h && same(s->rows[r].text, s->rows[r].len, t, n)) return r;
+    }
+}
+
+/* the row of text t, made if new (-1 if the pool is full) */
+static int32_t row_of(pool_t *p, const char *t, size_t n, int32_t ref) {
+    uint64_t h = fnv1a(t, n);
+    int32_t r = find_row(p, t, n, h);
+    if (r >= 0) return r;
+    qac_answer_scratch_t *s = p->s;
+    if (p->n == s->max_rows) return -1;
+    r = (int32_t)p->n++;
+    size_t k = h & s->hmask;
+    while (s->slot[k]) k = (k + 1) & s->hmask;
+    s->slot[k] = r + 1;
+    row_t *w = &s->rows[r];
+    memset(w, 0, sizeof *w);
+    w->text = t;
+    w->len = n;
+    w->hash = h;
+    w->ref = ref;
+    w->label = -1;
+    w->slot = k;
+    w->model_logscore = NOT_IN_BEAM;
+    w->hist_age = QAC_MISSING_AGE;
+    w->hist_order = -1;
+    return r;
+}
+
+static void clear_rows(pool_t *p) {
+    for (size_t r = 0; r < p->n; r++) p->s->slot[p->s->rows[r].slot] = 0;
+    p->n = 0;
+}
+
+static int by_score(const void *a, const void *b) {
+    const ranked_t *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    return (x->row > y->row) - (x->row < y->row);
+}
+
+static int by_recency(const void *a, const void *b) {
+    const hmatch_t *x = a, *y = b;
+    int ux = x->age < 0, uy = y->age < 0;
+    if (ux != uy) return ux - uy;
+    if (!ux && x->age != y->age) return x->age < y->age ? -1 : 1;
+    return (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+static double forest_score(const qac_forest_view *f, const double *x) {
+    double sc = f->base;
+    for (size_t t = 0; t < f->n_trees; t++) {
+        int32_t j = f->roots[t];
+        while (j >= 0) j = x[f->feature[j]] <= f->threshold[j] ? f->left[j] : f->right[j];
+        sc += f->leaf[~j];
+    }
+    return sc;
+}
+
+/* seconds since a time (>= 0), -1 when the time is unknown (<= 0), NaN for NaN */
+static inline double age_of(const qac_context_view *ctx, double t) {
+    if (isnan(t)) return t;
+    if (t <= 0) return -1.0;
+    return ctx->now > t ? ctx->now - t : 0.0;
+}
+
+/* next '\n'-separated text of a blob; QAC_E_INPUT when the count is off */
+static int next_text(const char *blob, size_t len, size_t *at, size_t j, size_t n,
+                     const char **t, size_t *tn) {
+    const char *p = blob + *at;
+    const char *nl = memchr(p, '\n', len - *at);
+    size_t m = nl ? (size_t)(nl - p) : len - *at;
+    if ((nl == NULL) != (j + 1 == n)) return QAC_E_INPUT;
+    *t = p;
+    *tn = m;
+    *at += m + 1;
+    return QAC_OK;
+}
+
+static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_t plen,
+                const qac_context_view *ctx, const qac_extra_view *ex, size_t beam,
+                size_t n_model, int64_t lo, int64_t hi, size_t *n_hist) {
+    qac_answer_scratch_t *s = pool->s;
+    const char *prev = ctx->prev ? ctx->prev : "";
+    const size_t prev_len = ctx->prev_len;
+    *n_hist = 0;
+
+    /* the beam's answers */
+    if (n_model && lo < hi && a->model) {
+        size_t got = 0;
+        int rc = qac_predict_text(a->featurizer, a->model, s->beam, prefix, plen, prev,
+                                  prev_len, beam, n_model, lo, hi, s->feat_idx, s->feat_val,
+                                  s->feat_cap, s->ids, s->scores, &got);
+        if (rc) return rc;
+        size_t kept = 0;
+        for (size_t i = 0; i < got; i++) {
+            int32_t id = s->ids[i];
+            if (id < lo || id >= hi) return QAC_E_RANGE;
+            size_t n;
+            const char *t = label_text(a, (size_t)id, &n);
+            if (prev_len && same(t, n, prev, prev_len)) continue;
+            size_t before = pool->n;
+            int32_t r = row_of(pool, t, n, id);
+            if (r < 0) return QAC_E_CAPACITY;
+            if ((size_t)r < before) return QAC_E_RANGE; /* the beam repeats a label */
+            row_t *w = &s->rows[r];
+            w->label = id;
+            w->sources |= 1u << QAC_SRC_MODEL;
+            double sc = (double)s->scores[i];
+            w->model_logscore = sc > exp(LOG_FLOOR) ? log(sc) : LOG_FLOOR;
+            w->model_rank = 1.0 / (double)(++kept);
+        }
+    }
+
+    /* the user's past queries that start with the prefix */
+    size_t n_hm = 0;
+    size_t at = 0;
+    for (size_t j = 0; j < ctx->n_history; j++) {
+        const char *t;
+        size_t n;
+        if (next_text(ctx->history, ctx->history_len, &at, j, ctx->n_history, &t, &n))
+            return QAC_E_INPUT;
+        int32_t c = ctx->history_count[j];
+        double age = age_of(ctx, ctx->history_time[j]);
+        if (c < 1 || isnan(age)) return QAC_E_INPUT;
+        if (!starts_with(t, n, prefix, plen) || n == 0 || (prev_len && same(t, n, prev, prev_len)))
+            continue;
+        int32_t r = row_of(pool, t, n, -1 - (int32_t)(ex->n + j));
+        if (r < 0) return QAC_E_CAPACITY;
+        row_t *w = &s->rows[r];
+        if (w->sources & (1u << QAC_SRC_HISTORY)) continue; /* a repeated entry: the first */
+        w->sources |= 1u << QAC_SRC_HISTORY;
+        w->hist_count = log1p((double)c);
+        w->hist_age = age >= 0 ? log1p(age) : QAC_MISSING_AGE;
+        s->hm[n_hm++] = (hmatch_t){age, (int32_t)j, r};
+    }
+    if (at != ctx->history_len + (ctx->n_history ? 1 : 0)) return QAC_E_INPUT;
+    /* this session's queries, most recent first: the session features of the rows
+     * they match; those outside the history list are the user's past queries too
+     * (history off, or not yet recorded there) */
+    at = 0;
+    for (size_t j = 0; j < ctx->n_session; j++) {
+        const char *t;
+        size_t n;
+        if (next_text(ctx->session, ctx->session_len, &at, j, ctx->n_session, &t, &n))
+            return QAC_E_INPUT;
+        double age = age_of(ctx, ctx->session_time[j]);
+        if (isnan(age)) return QAC_E_INPUT;
+        if (!starts_with(t, n, prefix, plen) || n == 0 || (prev_len && same(t, n, prev, prev_len)))
+            continue;
+        int32_t r = row_of(pool, t, n, -1 - (int32_t)(ex->n + ctx->n_history + j));
+        if (r < 0) return QAC_E_CAPACITY;
+        row_t *w = &s->rows[r];
+        w->sess_count += 1.0;
+        if (w->sess_rank == 0.0) w->sess_rank = 1.0 / (double)(j + 1);
+        if (!(w->sources & (1u << QAC_SRC_HISTORY))) {
+            w->sources |= 1u << QAC_SRC_HISTORY;
+            w->from_session = 1;
+            w->hist_age = age >= 0 ? log1p(age) : QAC_MISSING_AGE;
+            s->hm[n_hm++] = (hmatch_t){age, (int32_t)(ctx->n_history + j), r};
+        }
+        if (w->from_session) w->hist_count = log1p(w->sess_count);
+    }
+    if (at != ctx->session_len + (ctx->n_session ? 1 : 0)) return QAC_E_INPUT;
+    qsort(s->hm, n_hm, sizeof *s->hm, by_recency);
+    for (size_t i = 0; i < n_hm; i++) s->rows[s->hm[i].row].hist_order = (int32_t)i;
+
+    /* the generated candidates */
+    at = 0;
+    size_t n_mpc = 0;
+    for (size_t j = 0; j < ex->n; j++) {
+        const char *t;
+        size_t n;
+        if (next_text(ex->text, ex->text_len, &at, j, ex->n, &t, &n)) return QAC_E_INPUT;
+        int32_t g = ex->source[j];
+        if (g <= QAC_SRC_MODEL || g >= QAC_NSRC || g == QAC_SRC_HISTORY || ex->count[j] < 0 ||
+            ex->popularity[j] < 0)
+            return QAC_E_INPUT;
+        size_t mpc_at = g == QAC_SRC_MPC ? ++n_mpc : 0;
+        if (!starts_with(t, n, prefix, plen) || n == 0 || (prev_len && same(t, n, prev, prev_len)))
+            continue;
+        int32_t r = row_of(pool, t, n, -1 - (int32_t)j);
+        if (r < 0) return QAC_E_CAPACITY;
+        row_t *w = &s->rows[r];
+        w->sources |= 1u << g;
+        if (ex->popularity[j] > w->pop) w->pop = ex->popularity[j];
+        if (g == QAC_SRC_MPC) {
+            if (w->mpc_rank == 0.0) w->mpc_rank = 1.0 / (double)mpc_at;
+        } else {
+            double c = log1p((double)ex->count[j]);
+            if (c > w->gen_logcount) w->gen_logcount = c;
+        }
+    }
+    if (at != ex->text_len + (ex->n ? 1 : 0)) return QAC_E_INPUT;
+
+    *n_hist = n_hm;
+    return QAC_OK;
+}
+
+/* every row's feature vector, then its score */
+static void featurize_rows(const qac_answerer_t *a, pool_t *pool, const char *prefix,
+                           size_t plen, const qac_context_view *ctx, size_t n_hm,
+                           int64_t lo, int64_t hi) {
+    qac_answer_scratch_t *s = pool->s;
+    const char *prev = ctx->prev ? ctx->prev : "";
+    const size_t prev_len = ctx->prev_len;
+    const double pchars = (double)count_chars(prefix, plen);
+    const double pwords = (double)count_spaces(prefix, plen);
+    size_t cut = plen; /* bytes up to the prefix's last space, included */
+    while (cut && prefix[cut - 1] != ' ') cut--;
+    const size_t n_pieces = prev_len ? split_prev(s, prev, prev_len) : 0;
+    const size_t n_grams = prev_len ? prev_grams(s, prev, prev_len) : 0;
+    const double range_pop =
+        a->n_labels ? (double)(a->lab.popcum[hi] - a->lab.popcum[lo]) : 0.0;
+    const double hist_matches = log1p((double)n_hm);
+    for (size_t r = 0; r < pool->n; r++) {
+        row_t *w = &s->rows[r];
+        double *x = s->x + r * QAC_NF;
+        if (w->label < 0 && lo < hi) {
+            w->label = find_label(a, w->text, w->len, (size_t)lo, (size_t)hi);
+            if (w->label >= 0) w->ref = w->label;
+        }
+        double pop = w->label >= 0 ? (double)a->lab.popularity[w->label] : (double)w->pop;
+        for (int g = 0; g < QAC_NSRC; g++) x[F_IS_MODEL + g] = (w->sources >> g) & 1u;
+        x[F_MODEL_LOGSCORE] = w->model_logscore;
+        x[F_MODEL_RANK] = w->model_rank;
+        x[F_LOGPOP] = log1p(pop);
+        x[F_POP_SHARE] = log((1.0 + pop) / (1.0 + (range_pop > pop ? range_pop : pop)));
+        x[F_MPC_RANK] = w->mpc_rank;
+        x[F_IS_LABEL] = w->label >= 0;
+        x[F_GEN_LOGCOUNT] = w->gen_logcount;
+        x[F_PREFIX_CHARS] = pchars;
+        x[F_ADDED_CHARS] = (double)count_chars(w->text, w->len) - pchars;
+        x[F_ADDED_WORDS] = (double)count_spaces(w->text, w->len) - pwords;
+        x[F_HAS_PREV] = prev_len > 0;
+        if (prev_len) {
+            x[F_PREV_OVERLAP] = w->len > cut ? overlap(s, n_pieces, w->text + cut, w->len - cut)
+                                             : 0.0;
+            x[F_PREV_CHAR3] = char3(s, n_grams, w->text, w->len);
+            x[F_EXTENDS_PREV] = starts_with(w->text, w->len, prev, prev_len);
+        } else {
+            x[F_PREV_OVERLAP] = x[F_PREV_CHAR3] = x[F_EXTENDS_PREV] = 0.0;
+        }
+        x[F_HAS_HISTORY] = n_hm > 0;
+        x[F_HIST_MATCHES] = hist_matches;
+        x[F_HIST_COUNT] = w->hist_count;
+        x[F_HIST_AGE] = w->hist_age;
+        x[F_HIST_RANK] = w->hist_order >= 0 ? 1.0 / (1.0 + (double)w->hist_order) : 0.0;
+        x[F_SESS_COUNT] = w->sess_count;
+        x[F_SESS_RANK] = w->sess_rank;
+        s->order[r].score = forest_score(&a->forest, x);
+        s->order[r].row = (int32_t)r;
+    }
+}
+
+static int shown_source(uint32_t sources) {
+    for (int i = 0; i < QAC_NSRC; i++)
+        if (sources & (1u << shown_first[i])) return shown_first[i];
+    return QAC_SRC_MODEL;
+}
+
+int qac_answer(const qac_answerer_t *a, qac_answer_scratch_t *s, const char *prefix,
+               size_t prefix_len, const qac_context_view *ctx, const qac_extra_view *ex,
+               size_t beam, size_t n_model, qac_answer_out *out) {
+    if (!out) return QAC_E_INPUT;
+    out->n = 0;
+    if (!a || !s || !ctx || !ex || (prefix_len && !prefix)) return QAC_E_INPUT;
+    if ((ctx->prev_len && !ctx->prev) ||
+        ((ctx->session_len || ctx->n_session) && !ctx->session) ||
+        (ctx->n_session && !ctx->session_time) || isnan(ctx->now) ||
+        ((ctx->history_len || ctx->n_history) && !ctx->history) ||
+        (ctx->n_history && (!ctx->history_count || !ctx->history_time)) ||
+        ((ex->text_len || ex->n) && !ex->text) ||
+        (ex->n && (!ex->source || !ex->count || !ex->popularity)) ||
+        (out->cap && (!out->ref || !out->source || !out->sources || !out->score)) ||
+        (out->features && out->features_cap < out->cap * (size_t)QAC_NF) ||
+        ex->n > (size_t)INT32_MAX / 4 || ctx->n_history > (size_t)INT32_MAX / 4 ||
+        ctx->n_session > (size_t)INT32_MAX / 4)
+        return QAC_E_INPUT;
+    if (n_model > s->max_model || beam > s->max_beam || ctx->prev_len > s->max_prev ||
+        (n_model && beam == 0))
+        return QAC_E_CAPACITY;
+    if (!prefix) prefix = "";
+    int64_t lo = 0, hi = 0;
+    qac_label_range(a, prefix, prefix_len, &lo, &hi);
+    pool_t pool = {s, 0};
+    size_t n_hm = 0;
+    int rc = fill(a, &pool, prefix, prefix_len, ctx, ex, beam, n_model, lo, hi, &n_hm);
+    if (rc == QAC_OK) {
+        featurize_rows(a, &pool, prefix, prefix_len, ctx, n_hm, lo, hi);
+        size_t n = pool.n;
+        if (out->features) {
+            if (n > out->cap) {
+                rc = QAC_E_CAPACITY;
+            } else {
+                for (size_t r = 0; r < n; r++) {
+                    const row_t *w = &s->rows[r];
+                    out->ref[r] = w->ref;
+                    out->sources[r] = w->sources;
+                    out->source[r] = shown_source(w->sources);
+                    out->score[r] = s->order[r].score;
+                    memcpy(out->features + r * QAC_NF, s->x + r * QAC_NF,
+                           QAC_NF * sizeof *s->x);
+                }
+                out->n = n;
+            }
+        } else {
+            qsort(s->order, n, sizeof *s->order, by_score);
+            size_t m = n < out->cap ? n : out->cap;
+            for (size_t i = 0; i < m; i++) {
+                const row_t *w = &s->rows[s->order[i].row];
+                out->ref[i] = w->ref;
+                out->sources[i] = w->sources;
+                out->source[i] = shown_source(w->sources);
+                out->score[i] = s->order[i].score;
+            }
+            out->n = m;
+        }
+    }
+    clear_rows(&pool);
+    return rc;
+}

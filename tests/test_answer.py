@@ -1,0 +1,222 @@
+"""The C answerer (native/answer.c) against its plain-Python reference (tests/reference.py):
+the pool's rows, their feature vectors, the forest's scores and the top-k order."""
+
+from __future__ import annotations
+
+import gc
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import answer_pool
+
+from qac import _kernel
+from qac.complete import LabelSet
+from qac.errors import InputError, KernelError
+from qac.rank import FEATURES, SOURCES, Forest
+
+S = {s: i for i, s in enumerate(SOURCES)}
+NOW = 1_000_000.0
+
+
+def random_forest(rng: np.random.Generator, trees: int = 5, depth: int = 3) -> Forest:
+    feature: list[int] = []
+    threshold: list[float] = []
+    left: list[int] = []
+    right: list[int] = []
+    leaf: list[float] = []
+    roots: list[int] = []
+
+    def grow(d: int) -> int:
+        if d == 0 or rng.random() < 0.2:
+            leaf.append(float(rng.normal()))
+            return ~(len(leaf) - 1)
+        j = len(feature)
+        feature.append(int(rng.integers(len(FEATURES))))
+        threshold.append(float(rng.normal()))
+        left.append(0)
+        right.append(0)
+        left[j] = grow(d - 1)
+        right[j] = grow(d - 1)
+        return j
+
+    for _ in range(trees):
+        roots.append(grow(depth))
+    i32, f64 = np.int32, np.float64
+    return Forest(np.array(feature, i32), np.array(threshold, f64), np.array(left, i32),
+                  np.array(right, i32), np.array(leaf, f64), np.array(roots, i32), base=0.25)
+
+
+def answerer(labels: list[str], popularity: list[int], forest: Forest,
+             engine: object = None) -> _kernel.Answerer:
+    ls = LabelSet.build(labels, [1] * len(labels), popularity)
+    feat = model = None
+    if engine is not None:
+        feat, model = engine.vectorizer.handle, engine.model.handle  # type: ignore[attr-defined]
+    return _kernel.Answerer(feat, model, ls.text, ls.offsets, ls.popularity, ls.popcum,
+                            forest.arrays(), forest.base, keep=engine)
+
+
+def run(a: _kernel.Answerer, prefix: str, prev: str, history: list, session: list,
+        extra: list, k: int = 10, features: bool = False, n_model: int = 0,
+        ) -> tuple[list[int], list[int], list[float], np.ndarray | None]:
+    hist = _kernel.Texts([h[0] for h in history], [h[1] for h in history],
+                         [h[2] for h in history])
+    sess = _kernel.Texts([s[0] for s in session], None, [s[1] for s in session])
+    return a.answer(prefix.encode(), prev.encode(), sess, hist, [e[0] for e in extra],
+                    [e[1] for e in extra], [e[2] for e in extra], [e[3] for e in extra], NOW,
+                    10, n_model, k, features)
+
+
+def text_of(ref: int, labels: list[str], history: list, session: list, extra: list) -> str:
+    if ref >= 0:
+        return labels[ref]
+    j = -1 - ref
+    for part in (extra, history, session):
+        if j < len(part):
+            return str(part[j][0])
+        j -= len(part)
+    raise AssertionError(f"ref {ref} out of range")
+
+
+words = st.sampled_from(["a", "ab", "abc", "b", "ba", "bab", "c"])
+texts = st.lists(words, min_size=1, max_size=3).map(" ".join)
+times = st.one_of(st.just(0.0), st.floats(NOW - 1e6, NOW + 100))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(labels=st.lists(texts, min_size=1, max_size=12, unique=True),
+       data=st.data())
+def test_pool_features_and_scores_match_the_reference(labels: list[str], data: st.DataObject
+                                                      ) -> None:
+    labels = sorted(labels)
+    popularity = data.draw(st.lists(st.integers(0, 50), min_size=len(labels),
+                                    max_size=len(labels)))
+    prefix = data.draw(st.sampled_from(["", "a", "ab", "a ", "b", "ab a", "c", "x"]))
+    prev = data.draw(st.one_of(st.just(""), texts))
+    history = data.draw(st.lists(st.tuples(texts, st.integers(1, 9), times), max_size=6))
+    session = data.draw(st.lists(st.tuples(texts, times), max_size=4))
+    extra = data.draw(st.lists(st.tuples(
+        texts, st.sampled_from([S["mpc"], S["session"], S["suffix"], S["word"]]),
+        st.integers(0, 100), st.integers(0, 100)), max_size=8))
+    forest = random_forest(np.random.default_rng(len(labels)))
+    a = answerer(labels, popularity, forest)
+    ref_rows = answer_pool(labels, popularity, prefix, prev, [], history, session, extra, NOW)
+    refs, srcs, scores, X = run(a, prefix, prev, history, session, extra, features=True)
+    assert X is not None
+    got = [text_of(r, labels, history, session, extra) for r in refs]
+    assert got == [r["text"] for r in ref_rows]
+    assert refs == [r["ref"] for r in ref_rows]
+    want = np.array([r["x"] for r in ref_rows]).reshape(len(ref_rows), len(FEATURES))
+    np.testing.assert_allclose(X, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(scores, forest.score(want), rtol=1e-12, atol=1e-12)
+    # every answer starts with the prefix, appears once, and is never the previous query
+    assert all(t.startswith(prefix) and t != prev for t in got) and len(set(got)) == len(got)
+    # the top-k path: the same rows, best first (ties: pool order)
+    k = data.draw(st.integers(1, 12))
+    top_refs, top_srcs, top_scores, _ = run(a, prefix, prev, history, session, extra, k=k)
+    order = sorted(range(len(got)), key=lambda i: (-scores[i], i))[:k]
+    assert top_refs == [refs[i] for i in order]
+    assert top_scores == [scores[i] for i in order]
+    assert top_srcs == [srcs[i] for i in order]
+
+
+def test_sources_shown_and_history_ranks() -> None:
+    labels = ["weather", "weather channel", "web md"]
+    a = answerer(labels, [10, 5, 1], Forest.empty())
+    history = [("weather channel", 3, NOW - 3600.0), ("webkinz", 1, NOW - 60.0)]
+    session = [("web md", NOW - 30.0)]
+    extra = [("weather", S["mpc"], 10, 10), ("web md", S["mpc"], 1, 1),
+             ("webkinz", S["word"], 4, 0)]
+    refs, srcs, _, X = run(a, "we", "", history, session, extra, features=True)
+    assert X is not None
+    rows = {text_of(r, labels, history, session, extra): (SOURCES[s], x)
+            for r, s, x in zip(refs, srcs, X, strict=True)}
+    F = {f: i for i, f in enumerate(FEATURES)}
+    # a past query of the user is shown as "history", whatever else made it
+    assert rows["webkinz"][0] == "history" and rows["web md"][0] == "history"
+    assert rows["weather"][0] == "mpc"
+    # recency rank among the user's matches: web md (30 s), webkinz (60 s), channel (1 h)
+    assert rows["web md"][1][F["hist_rank"]] == 1.0
+    assert rows["webkinz"][1][F["hist_rank"]] == 0.5
+    assert rows["weather channel"][1][F["hist_rank"]] == pytest.approx(1 / 3)
+    assert rows["weather channel"][1][F["hist_count"]] == pytest.approx(math.log1p(3))
+    assert rows["weather channel"][1][F["hist_age"]] == pytest.approx(math.log1p(3600.0))
+    assert rows["weather"][1][F["hist_age"]] == 20.0
+    assert rows["web md"][1][F["sess_count"]] == 1.0
+    assert rows["webkinz"][1][F["is_label"]] == 0.0 and rows["weather"][1][F["is_label"]] == 1.0
+
+
+def test_bad_input_is_refused_and_leaves_the_scratch_clean() -> None:
+    labels = ["a", "ab", "b"]
+    a = answerer(labels, [1, 2, 3], Forest.empty())
+    with pytest.raises(InputError):
+        run(a, "a", "", [("ab", 1, float("nan"))], [], [])
+    with pytest.raises(InputError):
+        run(a, "a", "", [], [], [("ab", S["model"], 1, 1)])  # the beam is not an extra
+    with pytest.raises(InputError):
+        run(a, "a", "", [], [], [("ab", S["mpc"], -1, 1)])
+    with pytest.raises(InputError):
+        run(a, "a", "", [("ab", 0, 0.0)], [], [])  # a count below 1
+    with pytest.raises(InputError):
+        run(a, "a", "", [], [], [], k=0)
+    with pytest.raises(InputError):
+        a.answer(b"a", b"", _kernel.Texts([]), _kernel.Texts([]), ["ab"], [S["mpc"]], [], [1],
+                 NOW, 10, 0, 5)
+    # a bad call leaves nothing behind: the next answer is whole
+    refs, _, _, _ = run(a, "a", "", [("ab", 1, NOW)], [], [("a", S["mpc"], 1, 1)])
+    assert sorted(text_of(r, labels, [("ab", 1, NOW)], [], [("a", S["mpc"], 1, 1)])
+                  for r in refs) == ["a", "ab"]
+
+
+def test_growing_buffers_never_overflow() -> None:
+    """Issue 15 D1's sequence: a normal k, an impossible one, then a big one; the
+    buffers are allocated before their size is recorded."""
+    labels = [f"q{i:04d}" for i in range(3000)]
+    a = answerer(labels, list(range(3000)), Forest.empty())
+    history = [(t, 1, NOW - i) for i, t in enumerate(labels)]
+    assert len(run(a, "q", "", history[:5], [], [], k=10)[0]) == 5
+    with pytest.raises((OverflowError, InputError, MemoryError)):
+        run(a, "q", "", [], [], [], k=2**62)
+    got = run(a, "q", "", history, [], [], k=5000)[0]
+    assert len(got) == 3000
+    gc.collect()
+    assert len(run(a, "q", "x" * 5000, history, [], [], k=7)[0]) == 7
+
+
+def test_answerer_refuses_inconsistent_arrays() -> None:
+    ok = LabelSet.build(["a", "b"], [1, 1], [1, 1])
+    f = Forest.empty()
+    with pytest.raises(KernelError):  # unsorted labels
+        bad = LabelSet.build(["b", "a"], [1, 1], [1, 1])
+        _kernel.Answerer(None, None, bad.text, bad.offsets, bad.popularity, bad.popcum,
+                         f.arrays(), 0.0)
+    with pytest.raises(KernelError):  # a running sum that does not add up
+        _kernel.Answerer(None, None, ok.text, ok.offsets, ok.popularity,
+                         np.array([0, 1, 5], np.int64), f.arrays(), 0.0)
+    cyc = Forest(np.array([0, 0], np.int32), np.zeros(2), np.array([1, 0], np.int32),
+                 np.array([-1, -1], np.int32), np.zeros(1), np.array([0], np.int32))
+    with pytest.raises(KernelError):  # a child before its parent: a cycle
+        _kernel.Answerer(None, None, ok.text, ok.offsets, ok.popularity, ok.popcum,
+                         cyc.arrays(), 0.0)
+    far = Forest(np.array([len(FEATURES)], np.int32), np.zeros(1), np.array([-1], np.int32),
+                 np.array([-1], np.int32), np.zeros(1), np.array([0], np.int32))
+    with pytest.raises(KernelError):  # a split on a column beyond the schema
+        _kernel.Answerer(None, None, ok.text, ok.offsets, ok.popularity, ok.popcum,
+                         far.arrays(), 0.0)
+
+
+def test_label_range() -> None:
+    labels = sorted(["new", "new york", "newark", "news", "nexus", "über", "ü"])
+    a = answerer(labels, [1] * len(labels), Forest.empty())
+    for p in ["", "new", "new ", "news", "ne", "ü", "z", "a"]:
+        lo, hi = a.label_range(p.encode())
+        assert labels[lo:hi] == [t for t in labels if t.startswith(p)]
+
+
+def test_schema_names_come_from_the_header() -> None:
+    assert len(FEATURES) == len(set(FEATURES)) and FEATURES[0] == "is_model"
+    assert SOURCES == ("model", "mpc", "history", "session", "suffix", "word")
+    assert [f"is_{s}" for s in SOURCES] == list(FEATURES[:len(SOURCES)])
