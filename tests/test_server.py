@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,8 @@ from qac.logs import LogEvent
 from qac.retrieve import Retriever
 from qac.server import ServerConfig, create_app
 from qac.server.config import ENV_CONFIG
-from qac.session import MemorySessionStore, RedisSessionStore, history_key
+from qac.history import SessionContext
+from qac.session import MemorySessionStore, RedisSessionStore, session_keys
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -101,13 +103,11 @@ def test_unknown_session_has_no_context(client: TestClient) -> None:
 
 def test_store_failure_serves_without_context(models: dict[str, Path]) -> None:
     class Broken(MemorySessionStore):
-        async def recent(self, session: str, n: int = 5) -> list[str]:
+        async def context(self, session: str, prefix: str = "", n: int = 0
+                          ) -> SessionContext:
             raise StoreUnavailable("down")
 
-        async def context(self, session: str, history: int) -> tuple[str | None, list[str]]:
-            raise StoreUnavailable("down")
-
-        async def record(self, session: str, query: str) -> None:
+        async def record(self, session: str, query: str, time: float | None = None) -> str:
             raise StoreUnavailable("down")
 
     for client in _client(ServerConfig(model_dir=str(models["a"])), store=Broken()):
@@ -118,18 +118,17 @@ def test_store_failure_serves_without_context(models: dict[str, Path]) -> None:
 
 
 class SpyStore(MemorySessionStore):
-    """A memory store that notes every ``context`` call (one per completion)."""
+    """A memory store that notes every ``context`` call (one per completion); its
+    records are one second apart."""
 
     def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.calls: list[tuple[str, int]] = []
+        ticks = itertools.count(1_700_000_000)
+        super().__init__(wall=lambda: float(next(ticks)), **kw)
+        self.calls: list[tuple[str, str, int]] = []
 
-    async def recent(self, session: str, n: int = 5) -> list[str]:
-        raise AssertionError("the server reads context in one call")
-
-    async def context(self, session: str, history: int) -> tuple[str | None, list[str]]:
-        self.calls.append((session, history))
-        return await super().context(session, history)
+    async def context(self, session: str, prefix: str = "", n: int = 0) -> SessionContext:
+        self.calls.append((session, prefix, n))
+        return await super().context(session, prefix, n)
 
 
 class RecordingCompleter:
@@ -156,14 +155,17 @@ def test_history_reaches_the_completer(models: dict[str, Path]) -> None:
             assert client.post("/v1/sessions/u-1/queries", json={"query": q}).status_code == 200
         client.post("/v1/sessions/u-2/queries", json={"query": "other user"})
         assert _texts(client.get("/v1/complete?q=re&session=u-1&k=4")) == []
-        # distinct, most recent first, config.history of them, previous query too
-        assert fake.calls[-1] == ("re", "yellow boots", 4,
+        # the store keeps config.history distinct queries (the least recent, "blue
+        # hat", was evicted); the completer gets those that start with the prefix
+        assert fake.calls[-1] == ("re", "yellow boots", 4, ["red shoes"])
+        assert store.calls == [("u-1", "re", 3)]  # one store call per keystroke
+        client.get("/v1/complete?q=&session=u-1")  # empty prefix: the most recent
+        assert fake.calls[-1] == ("", "yellow boots", 10,
                                   ["yellow boots", "green scarf", "red shoes"])
-        assert store.calls == [("u-1", 3)]  # one store call per keystroke
         client.get("/v1/complete?q=re&session=u-3")
         assert fake.calls[-1][1:] == (None, 10, [])
         client.get("/v1/complete?q=re")  # no session: no store call
-        assert fake.calls[-1][1:] == (None, 10, []) and len(store.calls) == 2
+        assert fake.calls[-1][1:] == (None, 10, []) and len(store.calls) == 3
 
 
 def test_history_not_fetched_for_a_model_that_does_not_use_it(models: dict[str, Path]) -> None:
@@ -171,7 +173,7 @@ def test_history_not_fetched_for_a_model_that_does_not_use_it(models: dict[str, 
     for client in _client(ServerConfig(model_dir=str(models["a"])), store=store):
         client.post("/v1/sessions/u-1/queries", json={"query": "rose of jericho"})
         assert _texts(client.get("/v1/complete?q=pl&session=u-1&k=3"))[0] == "plant care tips"
-        assert store.calls == [("u-1", 0)]  # the previous query only
+        assert store.calls == [("u-1", "pl", 0)]  # the previous query only
 
 
 def test_history_suggests_the_users_own_queries(models: dict[str, Path]) -> None:
@@ -201,8 +203,9 @@ def test_history_through_redis(models: dict[str, Path], redis_server: RedisServe
         assert isinstance(store, RedisSessionStore) and store.history_size == 2
         for q in ["plumbing repair near me", "plum cake", "playstation"]:
             client.post(f"/v1/sessions/{session}/queries", json={"query": q})
-        assert redis_server.cli("LRANGE", history_key(session), "0", "-1").split("\n") == [
-            "playstation", "plum cake"]
+        times = session_keys(session).times
+        assert redis_server.cli("ZRANGE", times, "0", "-1").split("\n") == [
+            "plum cake", "playstation"]
         got = client.get(f"/v1/complete?q=plu&session={session}").json()["completions"]
         assert [c["text"] for c in got if c["source"] == "history"] == ["plum cake"]
 

@@ -33,11 +33,15 @@ class ServerConfig:
     max_k:            largest k (k is 1..max_k); default_k when absent.
     max_body_bytes:   largest request body.
     verify_model:     check every model file's SHA-256 on load (reload always does).
-    history:          past queries of the session (distinct, most recent first) fetched
-                      per completion for the long-tail "history" generator, and the
-                      size of the store's history list per session (0..1000; 0: no
-                      history is kept or fetched). Fetched only when the loaded model
-                      uses it.
+    history:          distinct past queries kept per session id in the store, and the
+                      most fetched per completion (those that start with the prefix)
+                      (0..1000; 0: no history is kept or fetched). Fetched only when
+                      the loaded model uses it.
+    workers:          worker processes of this replica (what a reload waits for).
+    control_dir:      directory the workers share to follow a reload (``qac serve``
+                      makes one when workers > 1); None: reload acts on this process.
+    reload_timeout:   seconds the reload check (a child process that loads and queries
+                      the new model) may take, and a reload waits for the workers.
     """
 
     model_dir: str
@@ -51,6 +55,9 @@ class ServerConfig:
     max_body_bytes: int = 4096
     verify_model: bool = True
     history: int = 200
+    workers: int = 1
+    control_dir: str | None = None
+    reload_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.model_dir:
@@ -65,6 +72,13 @@ class ServerConfig:
                 or not 0 <= self.history <= MAX_HISTORY):
             raise InputError(f"ServerConfig.history: an int in 0..{MAX_HISTORY}, "
                              f"got {self.history!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise InputError(f"ServerConfig.workers: an int >= 1, got {self.workers!r}")
+        if (isinstance(self.reload_timeout, bool)
+                or not isinstance(self.reload_timeout, int | float)
+                or not 0 < self.reload_timeout <= 3600):
+            raise InputError(f"ServerConfig.reload_timeout: seconds in (0, 3600], "
+                             f"got {self.reload_timeout!r}")
         if not 1 <= self.default_k <= self.max_k:
             raise InputError(f"ServerConfig.default_k: must be in 1..{self.max_k}, "
                              f"got {self.default_k}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import replace
 from typing import Any
 
@@ -32,13 +34,28 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              f"0..{MAX_HISTORY}, default {ServerConfig.history}, 0: none)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes; each maps the same model files")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="worker processes; each maps the same model files "
+                             "(default: the CPUs this process may use, here "
+                             f"{default_workers()})")
     parser.add_argument("--admin-token-env", metavar="VAR",
                         help="environment variable holding the bearer token of "
                              "POST /v1/admin/reload (unset: reload is off)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    count = getattr(os, "process_cpu_count", None)  # Python 3.13+
+    if count is not None:
+        n = count()
+    else:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            n = os.cpu_count()
+    return max(1, n or 1)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -50,9 +67,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                              "that environment variable is unset or empty")
     # getattr: callers that build the namespace themselves (qac demo) may leave it out
     history = getattr(args, "history", ServerConfig.history)
+    workers = getattr(args, "workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"--workers: must be >= 1, got {workers}")
     return ServerConfig(model_dir=args.model_dir, retrieval_dir=args.retrieval_dir,
                         redis_url=args.redis_url, admin_token=token,
-                        admin_token_env=args.admin_token_env, history=history)
+                        admin_token_env=args.admin_token_env, history=history,
+                        workers=workers)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -61,10 +82,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from qac.storage import open_model_dir
 
-    if args.workers < 1:
-        raise InputError(f"--workers: must be >= 1, got {args.workers}")
     config = config_from_args(args)
-    if args.workers == 1:
+    if config.workers == 1:
         from qac.server.app import create_app
 
         uvicorn.run(create_app(config), host=args.host, port=args.port,
@@ -78,16 +97,17 @@ def run_serve(args: argparse.Namespace) -> int:
         open_model_dir(config.retrieval_dir, verify=True)
     if config.redis_url is None:
         log.warning("%d workers without --redis-url: each worker keeps its own sessions, "
-                    "so a session's context depends on which worker answers", args.workers)
-    if config.admin_token is not None:
-        log.warning("POST /v1/admin/reload reloads only the worker that answers it; to "
-                    "reload all %d workers send SIGHUP to this process (uvicorn restarts "
-                    "them one by one, each mapping the model directory afresh)", args.workers)
-    worker = replace(config, verify_model=False)
-    os.environ.update(worker.to_env())
-    _nodelay_listening_socket(uvicorn.Config)
-    uvicorn.run(FACTORY, factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level)
+                    "so a session's context depends on which worker answers", config.workers)
+    # the workers follow a reload through files in a directory of their own
+    control = tempfile.mkdtemp(prefix="qac-serve-")
+    try:
+        worker = replace(config, verify_model=False, control_dir=control)
+        os.environ.update(worker.to_env())
+        _nodelay_listening_socket(uvicorn.Config)
+        uvicorn.run(FACTORY, factory=True, host=args.host, port=args.port,
+                    workers=config.workers, log_level=args.log_level)
+    finally:
+        shutil.rmtree(control, ignore_errors=True)
     return 0
 
 
