@@ -498,14 +498,13 @@ if n > 0 then
       for _, m in ipairs(got) do
         found[#found + 1] = {m, redis.call('ZSCORE', KEYS[4], m) or ''}
       end
-      if #found > n then
-        for _, e in ipairs(found) do e[3] = tonumber(e[2]) or -1 end
-        table.sort(found, function(a, b)
-          if a[3] ~= b[3] then return a[3] > b[3] end
-          return a[1] > b[1]
-        end)
-        for i = #found, n + 1, -1 do found[i] = nil end
-      end
+      -- most recently issued first (ZREVRANGE's order), then the first n
+      for _, e in ipairs(found) do e[3] = tonumber(e[2]) or -1 end
+      table.sort(found, function(a, b)
+        if a[3] ~= b[3] then return a[3] > b[3] end
+        return a[1] > b[1]
+      end)
+      for i = #found, n + 1, -1 do found[i] = nil end
     end
     for i, e in ipairs(found) do
       if #e[1] > maxlen then
