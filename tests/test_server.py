@@ -15,11 +15,11 @@ from starlette.testclient import TestClient
 
 from qac.complete import Completer, CompleterConfig
 from qac.errors import InputError, ModelFormatError, StoreUnavailable
+from qac.history import SessionContext
 from qac.logs import LogEvent
 from qac.retrieve import Retriever
 from qac.server import ServerConfig, create_app
 from qac.server.config import ENV_CONFIG
-from qac.history import SessionContext
 from qac.session import MemorySessionStore, RedisSessionStore, session_keys
 
 TOKEN = "s3cret-token-for-tests"

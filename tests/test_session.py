@@ -329,26 +329,42 @@ def test_history_off_writes_no_history_keys(redis_server: RedisServer) -> None:
 
 
 class RoundTrips:
-    """Counts the request batches redis-py writes to a socket and the reply bytes it
-    reads (one batch per round trip)."""
+    """Counts the requests written to Redis, by either client: the lean pipelined
+    connection (one write per call) or redis-py (one batch per round trip)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         from redis.asyncio.connection import AbstractConnection
 
+        from qac.session import _Pipe
+
         self.count = 0
         real = AbstractConnection.send_packed_command
+        real_call = _Pipe.call
 
         async def counting(conn: Any, *args: Any, **kwargs: Any) -> None:
             self.count += 1
             await real(conn, *args, **kwargs)
 
+        def counting_call(pipe: Any, packed: bytes) -> Any:
+            self.count += 1
+            return real_call(pipe, packed)
+
         monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+        monkeypatch.setattr(_Pipe, "call", counting_call)
 
 
+@pytest.mark.parametrize("client", ["lean", "redis-py"])
 def test_record_and_context_are_one_round_trip_each(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, client: str
 ) -> None:
     s = sid("rt")
+
+    def make() -> RedisSessionStore:
+        store = RedisSessionStore(redis_server.url)
+        assert store.stats()["client"] == "lean"
+        if client == "redis-py":
+            store._lean = None
+        return store
 
     async def body(store: RedisSessionStore) -> None:
         await store.record(s, "warm up")  # connect and load the scripts
@@ -366,7 +382,7 @@ def test_record_and_context_are_one_round_trip_each(
         assert (await store.context(s, "", 0)).previous == "red shoes"
         assert trips.count == 1
 
-    with_store(lambda: RedisSessionStore(redis_server.url), body)  # type: ignore[arg-type]
+    with_store(make, body)  # type: ignore[arg-type]
 
 
 def test_a_keystroke_moves_only_the_prefix_matches(redis_server: RedisServer) -> None:
@@ -905,3 +921,32 @@ def test_redis_cluster_store(redis_cluster: list[RedisServer]) -> None:
         assert 7190 <= int(owner.cli("TTL", keys.times)) <= 7200
         holders.add(owner.port)
     assert len(holders) > 1  # the sessions really were spread over the masters
+
+
+# --------------------------------------------------------------------------- lean client
+
+
+def test_lean_client_auth_db_and_unix_socket(
+    redis_factory: Callable[..., RedisServer], tmp_path: Any,
+) -> None:
+    sock = tmp_path / "redis.sock"
+    server = redis_factory(None, "--requirepass", "pw", "--unixsocket", str(sock)).start()
+
+    async def body(store: SessionStore) -> None:
+        assert store.stats()["client"] == "lean"
+        assert await store.record("u", "hello") == "hello"
+        assert (await store.context("u", "he", 5)).history[0].query == "hello"
+        assert store.stats()["errors"] == 0 and store.stats()["refused"] == 0
+
+    with_store(lambda: RedisSessionStore(f"redis://:pw@127.0.0.1:{server.port}/3"), body)
+    with_store(lambda: RedisSessionStore(f"unix://:pw@{sock}?db=4"), body)
+    assert server.cli("-a", "pw", "-n", "3", "EXISTS", session_keys("u").recent).endswith("1")
+    assert server.cli("-a", "pw", "-n", "4", "EXISTS", session_keys("u").recent).endswith("1")
+
+    async def wrong(store: SessionStore) -> None:
+        assert await store.context("u", "he", 5) == SessionContext()
+        with pytest.raises(StoreUnavailable):
+            await store.record("u", "x")
+        assert store.stats()["refused"] == 2
+
+    with_store(lambda: RedisSessionStore(f"redis://:nope@127.0.0.1:{server.port}/0"), wrong)
