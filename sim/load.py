@@ -707,8 +707,10 @@ def bench(args: argparse.Namespace) -> int:
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     subprocess.run(shlex.split(redis_start), check=True)
     cmd = serve_command() + [args.model, "--port", str(sport), "--redis-url",
-                             f"redis://127.0.0.1:{rport}/0", "--workers", str(args.workers),
+                             f"redis://127.0.0.1:{rport}/0",
                              "--admin-token-env", "QAC_BENCH_TOKEN", "--log-level", "warning"]
+    if args.workers is not None:  # default: qac serve's own (the CPUs it may use)
+        cmd += ["--workers", str(args.workers)]
     shown = ["qac", "serve"] + cmd[len(serve_command_prefix(cmd)):]
     print("server:", " ".join(shlex.quote(c) for c in shown),
           "" if cmd[1] == "-m" else "(via qac.server.serve: the CLI has no `serve` yet)")
@@ -724,8 +726,12 @@ def bench(args: argparse.Namespace) -> int:
         p = argparse.ArgumentParser()
         add_run_args(p)
         os.environ["QAC_BENCH_TOKEN"] = env["QAC_BENCH_TOKEN"]
+        if args.log:
+            base += ["--log", args.log] + (["--since", args.since] if args.since else [])
         bars = {
             "latency": base + ["--rate", args.rate, "--duration", str(args.duration)],
+            "reference": base + ["--rate", args.rate, "--duration", str(args.duration),
+                                 "--reference"],
             "outage": base + ["--rate", "500", "--duration", str(args.outage_duration),
                               "--redis-outage", f"{redis_stop},{redis_start}",
                               "--outage-at", "5", "--outage-for", "10"],
@@ -754,7 +760,7 @@ def bench(args: argparse.Namespace) -> int:
 def table(out: dict[str, Any]) -> None:
     print(f"\n{'bar':22s} {'rps':>7s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'max':>7s} "
           f"{'c.err':>5s} {'s.err':>5s}  notes")
-    for name in ("latency", "outage", "reload"):
+    for name in ("latency", "reference", "outage", "reload"):
         for s in out.get(name, []):
             c, u = s["complete"], s["submit"]
             note = ""
@@ -779,13 +785,17 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="start redis + qac serve, run the three bars")
     b.add_argument("--model", required=True)
     b.add_argument("--reload-model", help="model_dir to reload (default: the same)")
-    b.add_argument("--workers", type=int, default=1)
+    b.add_argument("--workers", type=int, help="default: qac serve's (the CPUs it may use)")
+    b.add_argument("--log", help="query log to replay (default: the bundled sample)")
+    b.add_argument("--since", help="replay the log's sessions from this date on")
     b.add_argument("--rate", default="200,500,1000")
     b.add_argument("--duration", type=float, default=20.0)
     b.add_argument("--outage-duration", type=float, default=30.0)
     b.add_argument("--connections", type=int, default=32)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--bars", default="latency,outage,reload")
+    b.add_argument("--bars", default="latency,reference,outage,reload",
+                   help="latency: the rates; reference: the same schedule against "
+                        "GET /healthz; outage: Redis stopped 10 s at 500/s; reload at 500/s")
     b.add_argument("--json")
     args = ap.parse_args(argv)
     if args.mode == "bench":

@@ -793,3 +793,42 @@ def test_qac_serve_workers_all_follow_a_reload(models: dict[str, Path], tmp_path
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_a_response_goes_out_in_one_write() -> None:
+    """qac serve's protocol gathers uvicorn's header and body writes of one loop step."""
+    import asyncio
+
+    from qac.server.http import _Coalescing
+
+    class Transport:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def close(self) -> None:
+            self.closed = True
+
+        def get_extra_info(self, name: str) -> str:
+            return f"info:{name}"
+
+    async def scenario() -> None:
+        t = Transport()
+        c = _Coalescing(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+        c.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        c.write(b"{}")
+        assert t.writes == []
+        await asyncio.sleep(0)
+        assert t.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
+        c.write(b"last")
+        c.close()  # a close sends what is pending first
+        assert t.writes[-1] == b"last" and t.closed
+        assert c.get_extra_info("peername") == "info:peername"
+
+    asyncio.run(scenario())

@@ -950,3 +950,21 @@ def test_lean_client_auth_db_and_unix_socket(
         assert store.stats()["refused"] == 2
 
     with_store(lambda: RedisSessionStore(f"redis://:nope@127.0.0.1:{server.port}/0"), wrong)
+
+
+def test_lean_client_under_uvloop(redis_server: RedisServer) -> None:
+    """`qac serve` runs on uvloop when it is installed: its transports differ."""
+    import uvloop
+    s = sid("uv")
+
+    async def body() -> None:
+        store = RedisSessionStore(redis_server.url)
+        try:
+            assert await store.record(s, "on uvloop") == "on uvloop"
+            got = await asyncio.gather(*(store.context(s, "on", 5) for _ in range(50)))
+            assert all(c.previous == "on uvloop" for c in got)
+            assert store.stats()["errors"] == 0
+        finally:
+            await store.close()
+
+    uvloop.run(body())

@@ -83,11 +83,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from qac.storage import open_model_dir
 
     config = config_from_args(args)
+    http = _http_protocol()
     if config.workers == 1:
         from qac.server.app import create_app
 
         uvicorn.run(create_app(config), host=args.host, port=args.port,
-                    log_level=args.log_level)
+                    log_level=args.log_level, http=http)
         return 0
     # Several workers: check the model files once here (fail fast, with the file
     # named), then let each worker load them without re-hashing; the arrays are
@@ -105,10 +106,20 @@ def run_serve(args: argparse.Namespace) -> int:
         os.environ.update(worker.to_env())
         _nodelay_listening_socket(uvicorn.Config)
         uvicorn.run(FACTORY, factory=True, host=args.host, port=args.port,
-                    workers=config.workers, log_level=args.log_level)
+                    workers=config.workers, log_level=args.log_level, http=http)
     finally:
         shutil.rmtree(control, ignore_errors=True)
     return 0
+
+
+def _http_protocol() -> Any:
+    """uvicorn's httptools protocol sending each response in one write
+    (:mod:`qac.server.http`), or uvicorn's choice when httptools is missing."""
+    try:
+        from qac.server.http import CoalescingHttpToolsProtocol
+    except ImportError:
+        return "auto"
+    return CoalescingHttpToolsProtocol
 
 
 def _nodelay_listening_socket(config_cls: Any) -> None:
