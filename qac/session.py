@@ -451,6 +451,7 @@ class MemorySessionStore(SessionStore):
 # They never raise on bad data: a key of the wrong type is deleted and reported, and
 # every value is checked where it is used.
 
+# the write script's check of each key (writes are rare: a TYPE per key is cheap there)
 _TYPES = """
 local bad = {}
 local function usable(key, want)
@@ -466,13 +467,29 @@ end
 
 #: ARGV: prefix, n, recent entries, lex scan limit, longest value (bytes).
 #: Returns {bad keys, recent values, history queries, counts, times}; a value longer
-#: than the limit comes back as "" (it was not written by record).
-READ_SCRIPT = _TYPES + r"""
+#: than the limit comes back as "" (it was not written by record). Each read is a
+#: pcall: a key of the wrong type answers WRONGTYPE, and is then deleted and reported
+#: (cheaper than a TYPE per key and keystroke).
+READ_SCRIPT = r"""
+local bad = {}
+local gone = {}
+local function get(key, ...)
+  if gone[key] then return false end
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r.err then
+    if string.sub(r.err, 1, 9) ~= 'WRONGTYPE' then return redis.error_reply(r.err) end
+    redis.call('DEL', key)
+    bad[#bad + 1] = key
+    gone[key] = true
+    return false
+  end
+  return r
+end
 local maxlen = tonumber(ARGV[5])
 local recent = {}
 local nrecent = tonumber(ARGV[3])
-if usable(KEYS[1], 'list') and nrecent > 0 then
-  recent = redis.call('LRANGE', KEYS[1], 0, nrecent - 1)
+if nrecent > 0 then
+  recent = get(KEYS[1], 'LRANGE', KEYS[1], 0, nrecent - 1) or {}
   for i, v in ipairs(recent) do
     if #v > maxlen then recent[i] = '' end
   end
@@ -480,40 +497,35 @@ end
 local qs, counts, times = {}, {}, {}
 local n = tonumber(ARGV[2])
 if n > 0 then
-  local okc = usable(KEYS[2], 'hash')
-  local okl = usable(KEYS[3], 'zset')
-  local okt = usable(KEYS[4], 'zset')
-  if okc and okl and okt then
-    local found = {}
-    local p = ARGV[1]
-    if p == '' then
-      local got = redis.call('ZREVRANGE', KEYS[4], 0, n - 1, 'WITHSCORES')
-      for i = 1, #got, 2 do found[#found + 1] = {got[i], got[i + 1]} end
+  local found = {}
+  local p = ARGV[1]
+  if p == '' then
+    local got = get(KEYS[4], 'ZREVRANGE', KEYS[4], 0, n - 1, 'WITHSCORES') or {}
+    for i = 1, #got, 2 do found[#found + 1] = {got[i], got[i + 1]} end
+  else
+    local got = get(KEYS[3], 'ZRANGEBYLEX', KEYS[3], '[' .. p, '[' .. p .. '\255',
+                    'LIMIT', 0, tonumber(ARGV[4])) or {}
+    for _, m in ipairs(got) do
+      found[#found + 1] = {m, get(KEYS[4], 'ZSCORE', KEYS[4], m) or ''}
+    end
+    -- most recently issued first (ZREVRANGE's order), then the first n
+    for _, e in ipairs(found) do e[3] = tonumber(e[2]) or -1 end
+    table.sort(found, function(a, b)
+      if a[3] ~= b[3] then return a[3] > b[3] end
+      return a[1] > b[1]
+    end)
+    for i = #found, n + 1, -1 do found[i] = nil end
+  end
+  for i, e in ipairs(found) do
+    if #e[1] > maxlen then
+      qs[i] = ''
+      counts[i] = ''
     else
-      local got = redis.call('ZRANGEBYLEX', KEYS[3], '[' .. p, '[' .. p .. '\255',
-                             'LIMIT', 0, tonumber(ARGV[4]))
-      for _, m in ipairs(got) do
-        found[#found + 1] = {m, redis.call('ZSCORE', KEYS[4], m) or ''}
-      end
-      -- most recently issued first (ZREVRANGE's order), then the first n
-      for _, e in ipairs(found) do e[3] = tonumber(e[2]) or -1 end
-      table.sort(found, function(a, b)
-        if a[3] ~= b[3] then return a[3] > b[3] end
-        return a[1] > b[1]
-      end)
-      for i = #found, n + 1, -1 do found[i] = nil end
+      qs[i] = e[1]
+      counts[i] = get(KEYS[2], 'HGET', KEYS[2], e[1]) or ''
+      if #counts[i] > 32 then counts[i] = '' end
     end
-    for i, e in ipairs(found) do
-      if #e[1] > maxlen then
-        qs[i] = ''
-        counts[i] = ''
-      else
-        qs[i] = e[1]
-        counts[i] = redis.call('HGET', KEYS[2], e[1]) or ''
-        if #counts[i] > 32 then counts[i] = '' end
-      end
-      times[i] = e[2]
-    end
+    times[i] = e[2]
   end
 end
 return {bad, recent, qs, counts, times}

@@ -41,6 +41,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-token-env", metavar="VAR",
                         help="environment variable holding the bearer token of "
                              "POST /v1/admin/reload (unset: reload is off)")
+    parser.add_argument("--access-log", action="store_true",
+                        help="log every request (one line per keystroke; off by default)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
 
@@ -84,11 +86,14 @@ def run_serve(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     http = _http_protocol()
+    # getattr: qac demo builds its own namespace
+    access_log = bool(getattr(args, "access_log", False))
     if config.workers == 1:
         from qac.server.app import create_app
 
         uvicorn.run(create_app(config), host=args.host, port=args.port,
-                    log_level=args.log_level, http=http)
+                    log_level=args.log_level, http=http, access_log=access_log,
+                    proxy_headers=False)
         return 0
     # Several workers: check the model files once here (fail fast, with the file
     # named), then let each worker load them without re-hashing; the arrays are
@@ -106,7 +111,8 @@ def run_serve(args: argparse.Namespace) -> int:
         os.environ.update(worker.to_env())
         _nodelay_listening_socket(uvicorn.Config)
         uvicorn.run(FACTORY, factory=True, host=args.host, port=args.port,
-                    workers=config.workers, log_level=args.log_level, http=http)
+                    workers=config.workers, log_level=args.log_level, http=http,
+                    access_log=access_log, proxy_headers=False)
     finally:
         shutil.rmtree(control, ignore_errors=True)
     return 0
