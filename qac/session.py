@@ -466,10 +466,13 @@ end
 """
 
 #: ARGV: prefix, n, recent entries, lex scan limit, longest value (bytes).
-#: Returns {bad keys, recent values, history queries, counts, times}; a value longer
+#: Returns {bad keys, recent values, history queries, counts, times}: the history
+#: entries that start with the prefix (the n most recently issued if there are more;
+#: for the empty prefix the n most recent), in no particular order. A value longer
 #: than the limit comes back as "" (it was not written by record). Each read is a
 #: pcall: a key of the wrong type answers WRONGTYPE, and is then deleted and reported
-#: (cheaper than a TYPE per key and keystroke).
+#: (cheaper than a TYPE per key and keystroke). Times and counts of all the matches
+#: come in one ZMSCORE and one HMGET.
 READ_SCRIPT = r"""
 local bad = {}
 local gone = {}
@@ -497,35 +500,43 @@ end
 local qs, counts, times = {}, {}, {}
 local n = tonumber(ARGV[2])
 if n > 0 then
-  local found = {}
+  local ms, ts = {}, {}
   local p = ARGV[1]
   if p == '' then
     local got = get(KEYS[4], 'ZREVRANGE', KEYS[4], 0, n - 1, 'WITHSCORES') or {}
-    for i = 1, #got, 2 do found[#found + 1] = {got[i], got[i + 1]} end
-  else
-    local got = get(KEYS[3], 'ZRANGEBYLEX', KEYS[3], '[' .. p, '[' .. p .. '\255',
-                    'LIMIT', 0, tonumber(ARGV[4])) or {}
-    for _, m in ipairs(got) do
-      found[#found + 1] = {m, get(KEYS[4], 'ZSCORE', KEYS[4], m) or ''}
+    for i = 1, #got, 2 do
+      ms[#ms + 1] = got[i]
+      ts[#ts + 1] = got[i + 1]
     end
-    -- most recently issued first (ZREVRANGE's order), then the first n
-    for _, e in ipairs(found) do e[3] = tonumber(e[2]) or -1 end
-    table.sort(found, function(a, b)
-      if a[3] ~= b[3] then return a[3] > b[3] end
-      return a[1] > b[1]
-    end)
-    for i = #found, n + 1, -1 do found[i] = nil end
+  else
+    ms = get(KEYS[3], 'ZRANGEBYLEX', KEYS[3], '[' .. p, '[' .. p .. '\255',
+             'LIMIT', 0, tonumber(ARGV[4])) or {}
+    if #ms > 0 then ts = get(KEYS[4], 'ZMSCORE', KEYS[4], unpack(ms)) or {} end
+    if #ms > n then  -- the n most recently issued (ZREVRANGE's order)
+      local order = {}
+      for i = 1, #ms do order[i] = {ms[i], ts[i] or '', tonumber(ts[i]) or -1} end
+      table.sort(order, function(a, b)
+        if a[3] ~= b[3] then return a[3] > b[3] end
+        return a[1] > b[1]
+      end)
+      ms, ts = {}, {}
+      for i = 1, n do
+        ms[i] = order[i][1]
+        ts[i] = order[i][2]
+      end
+    end
   end
-  for i, e in ipairs(found) do
-    if #e[1] > maxlen then
-      qs[i] = ''
-      counts[i] = ''
+  local cs = {}
+  if #ms > 0 then cs = get(KEYS[2], 'HMGET', KEYS[2], unpack(ms)) or {} end
+  for i = 1, #ms do
+    if #ms[i] > maxlen then
+      qs[i], counts[i] = '', ''
     else
-      qs[i] = e[1]
-      counts[i] = get(KEYS[2], 'HGET', KEYS[2], e[1]) or ''
+      qs[i] = ms[i]
+      counts[i] = cs[i] or ''
       if #counts[i] > 32 then counts[i] = '' end
     end
-    times[i] = e[2]
+    times[i] = ts[i] or ''
   end
 end
 return {bad, recent, qs, counts, times}
@@ -1065,6 +1076,8 @@ class RedisSessionStore(SessionStore):
             return EMPTY
         if bad_keys or bad:
             self._bad(session, len(bad_keys), bad)
+        if len(history) > 1:  # most recently issued first (the script sorts only a cut)
+            history.sort(key=lambda e: (e.last, e.query), reverse=True)
         return SessionContext(previous, tuple(recent), tuple(history))
 
     async def close(self) -> None:

@@ -479,6 +479,7 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
         path = body.get("model_dir") or state.current[1].path
         if "\x00" in path:
             raise ApiError(400, "model_dir: a path without NUL characters")
+        path = os.path.abspath(path)  # what every worker of the replica will load
         t0 = time.perf_counter()
         async with state.reload_lock:
             try:
@@ -499,7 +500,7 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
             _freeze()
             published = None
             if state.control is not None:
-                published = state.control.publish(os.path.abspath(path), new[1].sha)
+                published = state.control.publish(path, new[1].sha)
                 state.generation = published.generation
                 state.control.ack(published.generation, new[1].sha)
             else:
