@@ -486,7 +486,7 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
                 # the child process first: a directory that crashes or hangs it never
                 # reaches this process
                 checked = await check_model_dir(path, config.reload_timeout)
-                new = await anyio.to_thread.run_sync(load_completer, path)
+                new = await anyio.to_thread.run_sync(_load_frozen, path)
                 if new[1].sha != checked.sha:
                     raise ReloadRefused(f"{path}: the manifest changed during the reload "
                                         f"(checked {checked.sha}, loaded {new[1].sha})")
@@ -497,7 +497,6 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
                 raise ApiError(422, f"model not loaded, the old one stays: {exc}") from None
             old = state.current[1]
             state.current = new
-            _freeze()
             published = None
             if state.control is not None:
                 published = state.control.publish(path, new[1].sha)
@@ -529,7 +528,7 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
                 return
             error = None
             try:
-                new = await anyio.to_thread.run_sync(load_completer, published.model_dir)
+                new = await anyio.to_thread.run_sync(_load_frozen, published.model_dir)
                 if new[1].sha != published.sha:
                     error = (f"{published.model_dir} changed since it was published "
                              f"({published.sha}, now {new[1].sha})")
@@ -543,7 +542,6 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
                 state.control.ack(published.generation, published.sha, error)
                 return
             state.current = new
-            _freeze()
             state.control.ack(published.generation, published.sha)
         m.reloads.labels("ok").inc()
         m.set_model(new[1], state.generation)
@@ -608,11 +606,26 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
 def _freeze() -> None:
     """Move every object alive now (the loaded models) out of the garbage collector's
     reach: a full collection over them took ~45 ms on this machine, a pause that would
-    land in some keystroke's latency. Unfrozen first, so that after a reload the old
-    model's reference cycles are collected (once, here)."""
-    gc.unfreeze()
+    land in some keystroke's latency."""
     gc.collect()
     gc.freeze()
+
+
+def _load_frozen(path: str) -> tuple[Completer, ModelInfo]:
+    """:func:`load_completer` for a reload (in a worker thread), with no automatic
+    collection while it runs (one would walk the half-built model holding the GIL,
+    stalling the event loop), and the new model frozen at the end. No collection runs
+    here either: the old model is freed by reference counting once swapped out; only
+    its reference cycles, if any, stay."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        got = load_completer(path)
+        gc.freeze()
+        return got
+    finally:
+        if enabled:
+            gc.enable()
 
 
 async def _wait_for_workers(control: ControlDir, published: Published,
