@@ -54,6 +54,9 @@ MAX_DURATION = 600.0  # seconds per rate
 MAX_RATE = 20000.0
 MAX_RATES = 10
 MAX_INFLIGHT = 20000  # requests waiting or in flight; beyond it a request is not sent
+#: --reference: every request is GET /healthz instead (the HTTP stack and the client
+#: alone, on the same schedule): the same-run baseline beside the completion figures
+REFERENCE = False
 
 
 # -- a minimal HTTP/1.1 keep-alive client ------------------------------------------------
@@ -203,15 +206,20 @@ def parse_url(url: str) -> tuple[str, int]:
 
 # -- the simulated users -----------------------------------------------------------------
 
-def read_sessions(path: Path) -> list[list[str]]:
-    """Sessions of a query log (lists of raw queries, in time order)."""
+def read_sessions(path: Path, since: str | None = None) -> list[tuple[str, list[str]]]:
+    """Sessions of a query log: (user id, raw queries in time order), from ``since``
+    (YYYY-MM-DD) on. A log without users gives each session a user of its own."""
     sys.path.insert(0, str(ROOT))
+    from datetime import datetime
+
     from qac.logs import read_log
 
-    by: dict[str, list[str]] = {}
-    for ev in read_log(path):
-        by.setdefault(ev.session, []).append(ev.query)
-    return [qs for qs in by.values() if qs]
+    start = datetime.fromisoformat(since) if since else None
+    by: dict[str, tuple[str, list[str]]] = {}
+    for ev in read_log(path, since=start):
+        user = ev.user if ev.user is not None else ev.session
+        by.setdefault(ev.session, (user, []))[1].append(ev.query)
+    return [(u, qs) for u, qs in by.values() if qs]
 
 
 @dataclass
@@ -225,9 +233,12 @@ class User:
 
 
 class Users:
-    """``n`` concurrent users replaying log sessions; a finished user is replaced."""
+    """``n`` concurrent users replaying log sessions; a finished user is replaced.
 
-    def __init__(self, sessions: list[list[str]], n: int, seed: int, run: str,
+    The session id sent is the log's user id (plus the run's tag): as a stable user id
+    would be, so the store's history of a user grows across their sessions."""
+
+    def __init__(self, sessions: list[tuple[str, list[str]]], n: int, seed: int, run: str,
                  pick_top: int = 0) -> None:
         self.pick_top = pick_top
         self.rng = random.Random(seed)
@@ -241,7 +252,9 @@ class Users:
     def _new(self) -> User:
         i = self.order[self.next_session % len(self.order)]
         self.next_session += 1
-        return User(f"{self.run}-{self.next_session}", self.sessions[i])
+        user, queries = self.sessions[i]
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in user)[:32]
+        return User(f"{self.run}-{safe}", queries)
 
     def next_action(self) -> tuple[str, User, str]:
         """("complete", user, prefix) or ("submit", user, query) from a random user."""
@@ -320,6 +333,11 @@ async def one(pool: Pool, phase: Phase, t0: float, due: float, kind: str, user: 
     err: str | None = None
     body = b""
     try:
+        if REFERENCE:  # the same schedule against a trivial endpoint (a baseline)
+            status, _ = await pool.request("GET", "/healthz", due=due)
+            phase.samples.append(Sample(due - t0, kind, (time.perf_counter() - due) * 1e3,
+                                        None if status == 200 else f"http {status}"))
+            return
         if kind == "complete":
             target = complete_target(text, user.sid)
             status, body = await pool.request("GET", target, due=due)
@@ -417,12 +435,12 @@ async def submit(pool: Pool, session: str, query: str) -> bool:
     return status == 200
 
 
-async def find_probe(pool: Pool, sessions: list[list[str]], run: str,
+async def find_probe(pool: Pool, sessions: list[tuple[str, list[str]]], run: str,
                      tries: int = 50) -> tuple[str, list[str], list[str]] | None:
     """A query whose next-query suggestions (empty prefix + that previous query)
     differ from the no-context answer (the most popular queries)."""
     plain = await context_answer(pool, "")
-    for i, qs in enumerate(sessions[:tries]):
+    for i, (_, qs) in enumerate(sessions[:tries]):
         sid = f"{run}-probe-{i}"
         if await submit(pool, sid, qs[0]):
             got = await context_answer(pool, sid)
@@ -565,11 +583,13 @@ def parse_rates(text: str) -> list[float]:
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    global REFERENCE
+    REFERENCE = bool(args.reference)
     host, port = parse_url(args.url)
     if not 0 < args.duration <= MAX_DURATION:
         raise SystemExit(f"--duration: (0, {MAX_DURATION:g}] seconds, got {args.duration}")
     rates = parse_rates(args.rate)
-    sessions = read_sessions(Path(args.log))
+    sessions = read_sessions(Path(args.log), args.since)
     rng = random.Random(args.seed)
     run_id = f"load{args.seed}-{os.getpid()}-{rng.randrange(1 << 30):x}"
     pool = Pool(host, port, args.connections, args.timeout)
@@ -622,9 +642,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=2.0, help="per-request timeout (s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log", default=str(DEFAULT_LOG), help="query log to replay")
+    p.add_argument("--since", help="replay the log's sessions from this date on (YYYY-MM-DD)")
     p.add_argument("--context-sample", type=float, default=0.05,
                    help="share of completes repeated without the session")
     p.add_argument("--json", help="write the figures as JSON here")
+    p.add_argument("--reference", action="store_true",
+                   help="send GET /healthz instead of every request (a same-run baseline)")
     p.add_argument("--redis-outage", metavar="STOP_CMD,START_CMD")
     p.add_argument("--outage-at", type=float, default=5.0)
     p.add_argument("--outage-for", type=float, default=10.0)
@@ -684,8 +707,10 @@ def bench(args: argparse.Namespace) -> int:
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     subprocess.run(shlex.split(redis_start), check=True)
     cmd = serve_command() + [args.model, "--port", str(sport), "--redis-url",
-                             f"redis://127.0.0.1:{rport}/0", "--workers", str(args.workers),
+                             f"redis://127.0.0.1:{rport}/0",
                              "--admin-token-env", "QAC_BENCH_TOKEN", "--log-level", "warning"]
+    if args.workers is not None:  # default: qac serve's own (the CPUs it may use)
+        cmd += ["--workers", str(args.workers)]
     shown = ["qac", "serve"] + cmd[len(serve_command_prefix(cmd)):]
     print("server:", " ".join(shlex.quote(c) for c in shown),
           "" if cmd[1] == "-m" else "(via qac.server.serve: the CLI has no `serve` yet)")
@@ -701,8 +726,12 @@ def bench(args: argparse.Namespace) -> int:
         p = argparse.ArgumentParser()
         add_run_args(p)
         os.environ["QAC_BENCH_TOKEN"] = env["QAC_BENCH_TOKEN"]
+        if args.log:
+            base += ["--log", args.log] + (["--since", args.since] if args.since else [])
         bars = {
             "latency": base + ["--rate", args.rate, "--duration", str(args.duration)],
+            "reference": base + ["--rate", args.rate, "--duration", str(args.duration),
+                                 "--reference"],
             "outage": base + ["--rate", "500", "--duration", str(args.outage_duration),
                               "--redis-outage", f"{redis_stop},{redis_start}",
                               "--outage-at", "5", "--outage-for", "10"],
@@ -731,7 +760,7 @@ def bench(args: argparse.Namespace) -> int:
 def table(out: dict[str, Any]) -> None:
     print(f"\n{'bar':22s} {'rps':>7s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'max':>7s} "
           f"{'c.err':>5s} {'s.err':>5s}  notes")
-    for name in ("latency", "outage", "reload"):
+    for name in ("latency", "reference", "outage", "reload"):
         for s in out.get(name, []):
             c, u = s["complete"], s["submit"]
             note = ""
@@ -756,13 +785,17 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("bench", help="start redis + qac serve, run the three bars")
     b.add_argument("--model", required=True)
     b.add_argument("--reload-model", help="model_dir to reload (default: the same)")
-    b.add_argument("--workers", type=int, default=1)
+    b.add_argument("--workers", type=int, help="default: qac serve's (the CPUs it may use)")
+    b.add_argument("--log", help="query log to replay (default: the bundled sample)")
+    b.add_argument("--since", help="replay the log's sessions from this date on")
     b.add_argument("--rate", default="200,500,1000")
     b.add_argument("--duration", type=float, default=20.0)
     b.add_argument("--outage-duration", type=float, default=30.0)
     b.add_argument("--connections", type=int, default=32)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--bars", default="latency,outage,reload")
+    b.add_argument("--bars", default="latency,reference,outage,reload",
+                   help="latency: the rates; reference: the same schedule against "
+                        "GET /healthz; outage: Redis stopped 10 s at 500/s; reload at 500/s")
     b.add_argument("--json")
     args = ap.parse_args(argv)
     if args.mode == "bench":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +14,13 @@ from sessionlog import pl_log
 from starlette.testclient import TestClient
 
 from qac.complete import Completer, CompleterConfig
-from qac.errors import InputError, StoreUnavailable
+from qac.errors import InputError, ModelFormatError, StoreUnavailable
+from qac.history import SessionContext
 from qac.logs import LogEvent
 from qac.retrieve import Retriever
 from qac.server import ServerConfig, create_app
 from qac.server.config import ENV_CONFIG
-from qac.session import MemorySessionStore, RedisSessionStore, history_key
+from qac.session import MemorySessionStore, RedisSessionStore, session_keys
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -101,13 +103,11 @@ def test_unknown_session_has_no_context(client: TestClient) -> None:
 
 def test_store_failure_serves_without_context(models: dict[str, Path]) -> None:
     class Broken(MemorySessionStore):
-        async def recent(self, session: str, n: int = 5) -> list[str]:
+        async def context(self, session: str, prefix: str = "", n: int = 0
+                          ) -> SessionContext:
             raise StoreUnavailable("down")
 
-        async def context(self, session: str, history: int) -> tuple[str | None, list[str]]:
-            raise StoreUnavailable("down")
-
-        async def record(self, session: str, query: str) -> None:
+        async def record(self, session: str, query: str, time: float | None = None) -> str:
             raise StoreUnavailable("down")
 
     for client in _client(ServerConfig(model_dir=str(models["a"])), store=Broken()):
@@ -118,18 +118,17 @@ def test_store_failure_serves_without_context(models: dict[str, Path]) -> None:
 
 
 class SpyStore(MemorySessionStore):
-    """A memory store that notes every ``context`` call (one per completion)."""
+    """A memory store that notes every ``context`` call (one per completion); its
+    records are one second apart."""
 
     def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.calls: list[tuple[str, int]] = []
+        ticks = itertools.count(1_700_000_000)
+        super().__init__(wall=lambda: float(next(ticks)), **kw)
+        self.calls: list[tuple[str, str, int]] = []
 
-    async def recent(self, session: str, n: int = 5) -> list[str]:
-        raise AssertionError("the server reads context in one call")
-
-    async def context(self, session: str, history: int) -> tuple[str | None, list[str]]:
-        self.calls.append((session, history))
-        return await super().context(session, history)
+    async def context(self, session: str, prefix: str = "", n: int = 0) -> SessionContext:
+        self.calls.append((session, prefix, n))
+        return await super().context(session, prefix, n)
 
 
 class RecordingCompleter:
@@ -156,14 +155,17 @@ def test_history_reaches_the_completer(models: dict[str, Path]) -> None:
             assert client.post("/v1/sessions/u-1/queries", json={"query": q}).status_code == 200
         client.post("/v1/sessions/u-2/queries", json={"query": "other user"})
         assert _texts(client.get("/v1/complete?q=re&session=u-1&k=4")) == []
-        # distinct, most recent first, config.history of them, previous query too
-        assert fake.calls[-1] == ("re", "yellow boots", 4,
+        # the store keeps config.history distinct queries (the least recent, "blue
+        # hat", was evicted); the completer gets those that start with the prefix
+        assert fake.calls[-1] == ("re", "yellow boots", 4, ["red shoes"])
+        assert store.calls == [("u-1", "re", 3)]  # one store call per keystroke
+        client.get("/v1/complete?q=&session=u-1")  # empty prefix: the most recent
+        assert fake.calls[-1] == ("", "yellow boots", 10,
                                   ["yellow boots", "green scarf", "red shoes"])
-        assert store.calls == [("u-1", 3)]  # one store call per keystroke
         client.get("/v1/complete?q=re&session=u-3")
         assert fake.calls[-1][1:] == (None, 10, [])
         client.get("/v1/complete?q=re")  # no session: no store call
-        assert fake.calls[-1][1:] == (None, 10, []) and len(store.calls) == 2
+        assert fake.calls[-1][1:] == (None, 10, []) and len(store.calls) == 3
 
 
 def test_history_not_fetched_for_a_model_that_does_not_use_it(models: dict[str, Path]) -> None:
@@ -171,7 +173,7 @@ def test_history_not_fetched_for_a_model_that_does_not_use_it(models: dict[str, 
     for client in _client(ServerConfig(model_dir=str(models["a"])), store=store):
         client.post("/v1/sessions/u-1/queries", json={"query": "rose of jericho"})
         assert _texts(client.get("/v1/complete?q=pl&session=u-1&k=3"))[0] == "plant care tips"
-        assert store.calls == [("u-1", 0)]  # the previous query only
+        assert store.calls == [("u-1", "pl", 0)]  # the previous query only
 
 
 def test_history_suggests_the_users_own_queries(models: dict[str, Path]) -> None:
@@ -201,8 +203,9 @@ def test_history_through_redis(models: dict[str, Path], redis_server: RedisServe
         assert isinstance(store, RedisSessionStore) and store.history_size == 2
         for q in ["plumbing repair near me", "plum cake", "playstation"]:
             client.post(f"/v1/sessions/{session}/queries", json={"query": q})
-        assert redis_server.cli("LRANGE", history_key(session), "0", "-1").split("\n") == [
-            "playstation", "plum cake"]
+        times = session_keys(session).times
+        assert redis_server.cli("ZRANGE", times, "0", "-1").split("\n") == [
+            "plum cake", "playstation"]
         got = client.get(f"/v1/complete?q=plu&session={session}").json()["completions"]
         assert [c["text"] for c in got if c["source"] == "history"] == ["plum cake"]
 
@@ -503,3 +506,329 @@ def test_multi_worker_listening_socket_has_nagle_off() -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         sock.close()
+
+
+# -- session store faults through the API (issue 15: D3, D4, D5, refused writes) -------
+
+def test_lone_surrogate_is_a_400_and_writes_nothing(models: dict[str, Path]) -> None:
+    store = SpyStore()
+    for client in _client(ServerConfig(model_dir=str(models["a"])), store=store):
+        for raw in (b'{"query": "abc\\udc00"}', b'{"query": "\\ud800x"}',
+                    b'{"query": "\\udfff"}'):
+            r = client.post("/v1/sessions/s-1/queries", content=raw,
+                            headers={"content-type": "application/json"})
+            assert r.status_code == 400, r.text
+            assert "lone surrogate" in r.json()["error"]
+        assert len(store) == 0  # nothing was written, so a retry cannot double it
+        r = client.post("/v1/sessions/s-1/queries", json={"query": "abc"})
+        assert r.status_code == 200 and r.json()["recorded"] == "abc"
+        r = client.post("/v1/sessions/s-1/queries", json={"query": "\u200b\u200b"})
+        assert r.status_code == 400 and "nothing left" in r.json()["error"]
+
+
+def test_a_refused_write_is_a_503_and_completions_go_on(
+        models: dict[str, Path], redis_factory: Any) -> None:
+    server = redis_factory().start()
+    cfg = ServerConfig(model_dir=str(models["a"]), redis_url=server.url)
+    for client in _client(cfg):
+        assert client.post("/v1/sessions/w-1/queries",
+                           json={"query": "rose of jericho"}).status_code == 200
+        server.cli("CONFIG", "SET", "maxmemory", "1")
+        r = client.post("/v1/sessions/w-2/queries", json={"query": "game console"})
+        assert r.status_code == 503, r.text
+        assert "not recorded" in r.json()["error"] and "OutOfMemory" in r.json()["error"]
+        assert server.cli("KEYS", "*w-2*") == ""  # nothing half-written
+        # reads go on, with context: Redis is up, no back-off
+        assert _texts(client.get("/v1/complete?q=pl&session=w-1&k=3"))[0] == "plant care tips"
+        text = client.get("/metrics").text
+        assert 'qac_session_store{stat="refused"} 1.0' in text
+        assert 'qac_session_store{stat="errors"} 0.0' in text
+        server.cli("CONFIG", "SET", "maxmemory", "0")
+        assert client.post("/v1/sessions/w-2/queries",
+                           json={"query": "game console"}).status_code == 200
+
+
+def _poison(server: RedisServer, session: str, kind: str) -> None:
+    import redis as sync_redis
+
+    key = session_keys(session).recent
+    r = sync_redis.Redis.from_url(server.url)
+    try:
+        r.delete(key)
+        if kind == "wrong-type":
+            r.hset(key, "a", "b")
+        elif kind == "not-utf8":
+            r.lpush(key, b"1700000000.0\t\xff\xfe\xfd")
+        elif kind == "oversized":
+            r.lpush(key, "1700000000.0\t" + "x" * 1025)
+        else:  # a bare 1,025-character head, as issue 15 planted it
+            r.lpush(key, "x" * 1025)
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("kind", ["wrong-type", "not-utf8", "oversized", "bare-head"])
+def test_a_poisoned_session_costs_only_its_own_context(
+        models: dict[str, Path], redis_server: RedisServer, kind: str) -> None:
+    """Issue 15's bar: the poisoned session asked 20 times a second answers 200 without
+    context; a healthy session keeps its context in >= 99% of answers."""
+    import time
+
+    cfg = ServerConfig(model_dir=str(models["a"]), redis_url=redis_server.url)
+    evil, good = f"evil-{kind}-{id(cfg)}", f"good-{kind}-{id(cfg)}"
+    fake = RecordingCompleter()
+    for client in _client(cfg):
+        state = client.app.state.qac  # type: ignore[attr-defined]
+        state.current = (fake, state.current[1])
+        assert client.post(f"/v1/sessions/{good}/queries",
+                           json={"query": "red shoes"}).status_code == 200
+        assert client.post(f"/v1/sessions/{evil}/queries",
+                           json={"query": "blue hat"}).status_code == 200
+        healthy = with_context = poisoned = 0
+        end = time.monotonic() + 2.0
+        next_evil = time.monotonic()
+        while time.monotonic() < end:
+            if time.monotonic() >= next_evil:  # 20 a second, re-poisoned each time
+                next_evil += 0.05
+                _poison(redis_server, evil, kind)
+                r = client.get(f"/v1/complete?q=bl&session={evil}")
+                assert r.status_code == 200, r.text
+                assert fake.calls[-1][1] is None  # no previous query from bad data
+                poisoned += 1
+            r = client.get(f"/v1/complete?q=re&session={good}")
+            assert r.status_code == 200, r.text
+            healthy += 1
+            with_context += fake.calls[-1][1] == "red shoes" and fake.calls[-1][3] == [
+                "red shoes"]
+        assert poisoned >= 30
+        assert with_context >= 0.99 * healthy, (with_context, healthy)
+        text = client.get("/metrics").text
+        assert 'qac_session_store{stat="errors"} 0.0' in text  # no global back-off
+        stat = "bad_keys" if kind == "wrong-type" else "bad_entries"
+        count = float(text.split(f'qac_session_store{{stat="{stat}"}} ')[1].split()[0])
+        assert count >= poisoned
+        # the poisoned session records again (a write repairs a key of the wrong type)
+        assert client.post(f"/v1/sessions/{evil}/queries",
+                           json={"query": "blue sky"}).status_code == 200
+        client.get(f"/v1/complete?q=bl&session={evil}")
+        assert fake.calls[-1][1] == "blue sky"
+
+
+# -- reload: checked in a child process, followed by every worker ----------------------
+
+@pytest.mark.parametrize("how", ["segfault", "abort", "hang"])
+def test_a_model_that_kills_or_hangs_the_check_is_refused(
+        models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    import sys
+    import time
+
+    from qac.server import reload as reload_module
+
+    code = {"segfault": "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
+            "abort": "import os; os.abort()",
+            "hang": "import time; time.sleep(60)"}[how]
+    monkeypatch.setattr(reload_module, "check_argv",
+                        lambda path: [sys.executable, "-c", code])
+    cfg = ServerConfig(model_dir=str(models["a"]), admin_token=TOKEN, reload_timeout=2)
+    for client in _client(cfg):
+        before = client.get("/healthz").json()
+        t0 = time.monotonic()
+        r = _reload(client, model_dir=str(models["b"]))
+        assert r.status_code == 422, r.text
+        want = {"segfault": "died on SIGSEGV", "abort": "died on SIGABRT",
+                "hang": "did not finish in 2 s"}[how]
+        assert want in r.json()["error"] and "old one stays" in r.json()["error"]
+        assert time.monotonic() - t0 < 10
+        assert client.get("/healthz").json() == before
+        assert "zebra crossing" not in _texts(client.get("/v1/complete?q=z"))
+        assert 'qac_model_reloads_total{result="error"} 1.0' in client.get("/metrics").text
+
+
+def test_a_fifo_manifest_is_refused_within_the_timeout(models: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    import os
+    import time
+
+    bad = tmp_path / "fifo-model"
+    shutil.copytree(models["b"], bad)
+    (bad / "manifest.json").unlink()
+    os.mkfifo(bad / "manifest.json")
+    cfg = ServerConfig(model_dir=str(models["a"]), admin_token=TOKEN, reload_timeout=5)
+    for client in _client(cfg):
+        t0 = time.monotonic()
+        r = _reload(client, model_dir=str(bad))
+        assert r.status_code == 422, r.text  # a hang (killed) or a clean refusal
+        assert time.monotonic() - t0 < 15
+        assert client.get("/healthz").json()["model"] == str(models["a"])
+        assert _texts(client.get("/v1/complete?q=pl"))[0] == "playstation"
+        # the server is not stuck behind the reload lock
+        assert _reload(client, model_dir=str(models["b"])).status_code == 200
+
+
+def test_reload_reaches_every_worker_of_the_replica(models: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    """Two apps sharing a control directory stand for two worker processes."""
+    import time
+
+    control = tmp_path / "control"
+    control.mkdir()
+    cfg = ServerConfig(model_dir=str(models["a"]), admin_token=TOKEN, workers=2,
+                       control_dir=str(control), reload_timeout=20)
+    with TestClient(create_app(cfg)) as a, TestClient(create_app(cfg)) as b:
+        assert "zebra crossing" not in _texts(b.get("/v1/complete?q=z"))
+        r = _reload(a, model_dir=str(models["b"]))
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["generation"] == 1
+        assert body["workers"] == {"expected": 2, "swapped": 2, "failed": []}
+        # the other worker swapped in the background, without a request of its own
+        assert b.get("/healthz").json()["generation"] == 1
+        assert b.get("/healthz").json()["model"] == str(models["b"])
+        assert _texts(b.get("/v1/complete?q=z"))[0] == "zebra crossing"
+        # and back, from the other worker
+        r = _reload(b, model_dir=str(models["a"]))
+        assert r.status_code == 200 and r.json()["generation"] == 2
+        deadline = time.monotonic() + 5
+        while a.get("/healthz").json()["generation"] != 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert "zebra crossing" not in _texts(a.get("/v1/complete?q=z"))
+        # a worker that starts later (uvicorn restarting one) serves generation 2
+        with TestClient(create_app(cfg)) as c:
+            assert c.get("/healthz").json()["generation"] == 2
+            assert c.get("/healthz").json()["model"].endswith(models["a"].name)
+
+
+def test_a_worker_that_cannot_follow_keeps_its_model_and_says_so(
+        models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qac.server import app as app_module
+
+    control = tmp_path / "control"
+    control.mkdir()
+    cfg = ServerConfig(model_dir=str(models["a"]), admin_token=TOKEN, workers=2,
+                       control_dir=str(control), reload_timeout=20)
+    with TestClient(create_app(cfg)) as a, TestClient(create_app(cfg)) as b:
+        real = app_module.load_completer
+        calls = []
+
+        def flaky(path: Any, verify: bool = True) -> Any:
+            calls.append(path)
+            if len(calls) == 2:  # the second load: the following worker's
+                raise ModelFormatError("disk gone", str(path))
+            return real(path, verify)
+
+        monkeypatch.setattr(app_module, "load_completer", flaky)
+        r = _reload(a, model_dir=str(models["b"]))
+        assert r.status_code == 202, r.text
+        workers = r.json()["workers"]
+        assert workers["swapped"] == 1 and len(workers["failed"]) == 1
+        assert "disk gone" in workers["failed"][0]["error"]
+        assert b.get("/healthz").json()["model"] == str(models["a"])
+
+
+def test_workers_default_to_the_cpus_this_process_may_use() -> None:
+    import argparse
+    import os
+
+    from qac.server import add_serve_arguments
+    from qac.server.serve import config_from_args, default_workers
+
+    assert default_workers() == len(os.sched_getaffinity(0))
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    args = parser.parse_args(["/m"])
+    assert args.workers == default_workers()
+    assert config_from_args(args).workers == default_workers()
+    with pytest.raises(InputError, match="--workers"):
+        config_from_args(parser.parse_args(["/m", "--workers", "0"]))
+
+
+@pytest.mark.slow
+def test_qac_serve_workers_all_follow_a_reload(models: dict[str, Path], tmp_path: Path) -> None:
+    """End to end: `qac serve --workers 2`, one POST reload, every worker swaps."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import free_port
+
+    port = free_port()
+    env = dict(os.environ, QAC_TEST_TOKEN=TOKEN)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qac", "serve", str(models["a"]), "--port", str(port),
+         "--workers", "2", "--admin-token-env", "QAC_TEST_TOKEN", "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "wb"))
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> Any:
+        with urllib.request.urlopen(base + path, timeout=5) as r:
+            return json.loads(r.read())
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                get("/healthz")
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        req = urllib.request.Request(
+            base + "/v1/admin/reload", data=json.dumps({"model_dir": str(models["b"])}).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            answer = json.loads(r.read())
+            assert r.status == 200, answer
+        assert answer["workers"] == {"expected": 2, "swapped": 2, "failed": []}
+        seen = {}
+        for _ in range(60):  # a new connection each: the kernel spreads them
+            h = get("/healthz")
+            seen[h["pid"]] = (h["generation"], h["model"])
+        assert len(seen) == 2, seen
+        assert set(seen.values()) == {(1, str(models["b"]))}
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_a_response_goes_out_in_one_write() -> None:
+    """qac serve's protocol gathers uvicorn's header and body writes of one loop step."""
+    import asyncio
+
+    from qac.server.http import _Coalescing
+
+    class Transport:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def close(self) -> None:
+            self.closed = True
+
+        def get_extra_info(self, name: str) -> str:
+            return f"info:{name}"
+
+    async def scenario() -> None:
+        t = Transport()
+        c = _Coalescing(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+        c.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        c.write(b"{}")
+        assert t.writes == []
+        await asyncio.sleep(0)
+        assert t.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
+        c.write(b"last")
+        c.close()  # a close sends what is pending first
+        assert t.writes[-1] == b"last" and t.closed
+        assert c.get_extra_info("peername") == "info:peername"
+
+    asyncio.run(scenario())

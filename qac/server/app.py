@@ -11,20 +11,26 @@ store and returns a Starlette app. Endpoints::
     POST /v1/admin/reload  (Bearer token)  {"model_dir": "..."}  swap the completer
     GET  /                                            demo page
 
-Every error is JSON ``{"error": "..."}`` with a 4xx/5xx status.
+Every error is JSON ``{"error": "..."}`` with a 4xx status (a 5xx only for a failure of
+the service itself: 503 when the session store did not record a query).
 
 With ``session``, a completion is conditioned on that session's context, read from the
-session store in one call (one Redis round trip): its previous query (30 minutes) and,
-when the model's long tail uses it, its last ``config.history`` distinct queries
-(kept 30 days, see :mod:`qac.session`; use a stable user/device id as the session id
-for personal history). A store failure costs the context, never the completion.
+session store in one call (one Redis round trip, see :mod:`qac.session`): its previous
+query and recent queries (30 minutes) and, when the model uses it, up to
+``config.history`` past queries of that id that start with the prefix, with their
+counts and last times (kept 30 days; use a stable user/device id as the session id
+for personal history). A store failure or bad stored data costs the context, never
+the completion. The completer is called in one place, :func:`_answer`.
 
-The completion call is synchronous C (tens of microseconds, GIL released inside)
-and runs inline on the event loop: a thread-pool hop would cost more than the call.
-Model loading (reload) runs in a worker thread and swaps one reference, so requests
-keep flowing and each request sees either the old or the new model, never a mix.
-Reload acts on one process: with several uvicorn workers, SIGHUP to the uvicorn
-master restarts them all on the (atomically replaced) model directory.
+``GET /v1/complete`` is answered by the outermost middleware (:class:`Front`), without
+Starlette's routing and request objects: it is the per-keystroke path. The completion
+call is synchronous C (tens of microseconds, GIL released inside) and runs inline on
+the event loop: a thread-pool hop would cost more than the call.
+
+Reload (:mod:`qac.server.reload`): the new directory is checked in a child process,
+loaded in a worker thread while requests keep flowing, swapped in as one reference
+(each request sees the old or the new model, never a mix), and published to the other
+worker processes of the replica, which swap within about a second.
 
 Metrics live in a registry per app, hence per worker process; /healthz names the
 process (``pid``) so a scraper can tell workers apart.
@@ -33,18 +39,17 @@ process (``pid``) so a scraper can tell workers apart.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
+import gc
 import hmac
 import inspect
 import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
@@ -66,11 +71,20 @@ from starlette.routing import Route
 
 from qac.complete import Completer
 from qac.errors import InputError, KernelError, ModelFormatError, QacError, StoreUnavailable
+from qac.history import SessionContext
 from qac.retrieve import Retriever
 from qac.server.config import ServerConfig
 from qac.server.docs import install as install_docs
 from qac.server.highlight import highlight
-from qac.storage import MANIFEST
+from qac.server.reload import (
+    POLL_SECONDS,
+    ControlDir,
+    ModelInfo,
+    Published,
+    ReloadRefused,
+    check_model_dir,
+    load_completer,
+)
 from qac.text import normalize_prefix
 
 log = logging.getLogger(__name__)
@@ -81,14 +95,18 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+__all__ = ["ApiError", "ModelInfo", "SessionStore", "app_from_env", "create_app",
+           "load_completer"]
+
+_NO_CONTEXT = SessionContext()
+
 
 class SessionStore(Protocol):
     """What the server needs of :mod:`qac.session`'s stores."""
 
-    async def record(self, session: str, query: str) -> None: ...
-    async def recent(self, session: str, n: int = 5) -> list[str]: ...
-    async def previous(self, session: str) -> str | None: ...
-    async def context(self, session: str, history: int) -> tuple[str | None, list[str]]: ...
+    async def record(self, session: str, query: str, time: float | None = None) -> str: ...
+    async def context(self, session: str, prefix: str = "", n: int = 0
+                      ) -> SessionContext: ...
     async def close(self) -> None: ...
     def stats(self) -> Any: ...
 
@@ -102,40 +120,17 @@ class ApiError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """Which model is loaded: its directory, manifest creation time and a hash.
-
-    ``sha`` hashes the manifest, which lists every file's SHA-256, so it names the
-    exact bytes served.
-    """
-
-    path: str
-    created: str
-    sha: str
-
-    @property
-    def version(self) -> str:
-        return f"{self.created}/{self.sha}"
-
-
-def _model_info(path: str | Path) -> ModelInfo:
-    raw = (Path(path) / MANIFEST).read_bytes()
-    created = str(json.loads(raw).get("created", "unknown"))
-    return ModelInfo(str(path), created, hashlib.sha256(raw).hexdigest()[:12])
-
-
-def load_completer(path: str | Path, verify: bool = True) -> tuple[Completer, ModelInfo]:
-    """Load a completer and describe it (blocking: call from a thread when serving)."""
-    completer = Completer.load(path, verify=verify)
-    return completer, _model_info(path)
+def _answer(completer: Completer, q: str, ctx: SessionContext, k: int) -> Sequence[Any]:
+    """The one call from the service into the completer (the per-keystroke path): the
+    store's context as it comes (the past queries that start with the prefix, with
+    their counts and times; this session's queries with their times)."""
+    return completer.complete(q, ctx.previous, k=k, history=ctx.history, session=ctx.session)
 
 
 # -- request parsing ---------------------------------------------------------------
 
-def _query_params(scope: Scope) -> dict[str, str]:
+def _query_params(raw: bytes) -> dict[str, str]:
     """The query string as a dict (first value wins), strictly UTF-8."""
-    raw: bytes = scope.get("query_string", b"")
     if not raw:
         return {}
     try:
@@ -230,32 +225,55 @@ class Metrics:
                           registry=r)
         self.model_loaded = Gauge("qac_model_loaded_timestamp_seconds",
                                   "Unix time the current completer was loaded", registry=r)
+        self.generation = Gauge("qac_model_generation",
+                                "Reload generation served by this worker (0: as started)",
+                                registry=r)
         self.reloads = Counter("qac_model_reloads", "Model reload attempts by result",
                                ["result"], registry=r)
         self.store_stat = Gauge("qac_session_store", "Session store counters (store.stats())",
                                 ["stat"], registry=r)
         self.store_failures = Counter(
             "qac_session_store_failures",
-            "Session store calls that raised in the server (served without context)",
-            registry=r)
+            "Session store calls that raised in the server (served without context, or "
+            "a query not recorded)", registry=r)
+        # the hot path's children, bound once
+        self.complete_ok = self.requests.labels("/v1/complete", "200")
+        self.complete_latency = self.latency.labels("/v1/complete")
 
-    def set_model(self, info: ModelInfo) -> None:
+    def set_model(self, info: ModelInfo, generation: int) -> None:
         self.model.info({"path": info.path, "created": info.created, "sha": info.sha})
         self.model_loaded.set(time.time())
+        self.generation.set(generation)
 
 
-class MetricsMiddleware:
-    """Counts every HTTP request by endpoint and status and times it."""
+_JSON_HEADERS = [(b"content-type", b"application/json")]
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Front:
+    """The outermost layer: answers ``GET /v1/complete`` itself (the per-keystroke path,
+    without Starlette's routing) and counts and times every HTTP request by endpoint
+    and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics,
+                 complete: Callable[[bytes], Awaitable[bytes]]) -> None:
         self.app = app
         self.metrics = metrics
+        self.complete = complete
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
+        if scope["path"] == "/v1/complete" and scope["method"] == "GET":
+            await self._complete(scope, send, t0)
+            return
         status = 500  # if the app raises before answering, the error middleware sends 500
 
         async def send_status(message: Message) -> None:
@@ -271,6 +289,30 @@ class MetricsMiddleware:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
+    async def _complete(self, scope: Scope, send: Send, t0: float) -> None:
+        m = self.metrics
+        try:
+            body = await self.complete(scope.get("query_string", b""))
+        except ApiError as exc:
+            status, body = exc.status, _error_body(exc.message)
+        except InputError as exc:
+            status, body = 400, _error_body(str(exc))
+        except Exception:
+            log.exception("unhandled error on /v1/complete")
+            status, body = 500, _error_body("internal error")
+        else:
+            await _send_json(send, 200, body)
+            m.complete_ok.inc()
+            m.complete_latency.observe(time.perf_counter() - t0)
+            return
+        await _send_json(send, status, body)
+        m.requests.labels("/v1/complete", str(status)).inc()
+        m.complete_latency.observe(time.perf_counter() - t0)
+
+
+def _error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
 
 # -- the app -------------------------------------------------------------------------
 
@@ -279,17 +321,19 @@ def _static(name: str) -> bytes:
 
 
 class _State:
-    """Everything the handlers share; ``completer``/``model`` swap together on reload."""
+    """Everything the handlers share; ``current`` (completer + model) swaps as one."""
 
     def __init__(self, config: ServerConfig, completer: Completer, model: ModelInfo,
-                 retriever: Retriever | None, store: SessionStore) -> None:
+                 generation: int, retriever: Retriever | None, store: SessionStore) -> None:
         self.config = config
         self.current: tuple[Completer, ModelInfo] = (completer, model)
+        self.generation = generation
         self.retriever = retriever
         self.store = store
         self.metrics = Metrics()
-        self.metrics.set_model(model)
+        self.metrics.set_model(model, generation)
         self.reload_lock = asyncio.Lock()
+        self.control = ControlDir(config.control_dir) if config.control_dir else None
 
 
 def _make_store(config: ServerConfig) -> SessionStore:
@@ -299,48 +343,73 @@ def _make_store(config: ServerConfig) -> SessionStore:
     return store
 
 
+def _initial_model(config: ServerConfig) -> tuple[Completer, ModelInfo, int]:
+    """The model to start with: the replica's published generation if there is one
+    (a worker restarted after a reload), else ``config.model_dir``."""
+    published = ControlDir(config.control_dir).read() if config.control_dir else None
+    if published is not None:
+        try:
+            completer, info = load_completer(published.model_dir, verify=config.verify_model)
+            if info.sha == published.sha:
+                return completer, info, published.generation
+            log.warning("published model %s changed since it was published (%s, now %s); "
+                        "starting with %s", published.model_dir, published.sha, info.sha,
+                        config.model_dir)
+        except (ModelFormatError, InputError, OSError, ValueError) as exc:
+            log.warning("published model %s does not load (%s); starting with %s",
+                        published.model_dir, exc, config.model_dir)
+    completer, info = load_completer(config.model_dir, verify=config.verify_model)
+    return completer, info, 0
+
+
 def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starlette:
     """Load the models and return the app (``store`` overrides ``config.redis_url``)."""
-    completer, model = load_completer(config.model_dir, verify=config.verify_model)
+    completer, model, generation = _initial_model(config)
     retriever = (Retriever.load(config.retrieval_dir, verify=config.verify_model)
                  if config.retrieval_dir else None)
-    state = _State(config, completer, model, retriever,
+    state = _State(config, completer, model, generation, retriever,
                    store if store is not None else _make_store(config))
+    _freeze()
     log.info("serving %s (%s)%s", model.path, model.version,
              f", retrieval {config.retrieval_dir}" if retriever else "")
     page = _static("index.html")
     script = _static("app.js")
     m = state.metrics
+    dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False,
+                             separators=(",", ":")).encode
 
-    async def session_context(session: str, history: int) -> tuple[str | None, list[str]]:
+    async def session_context(session: str, prefix: str, n: int) -> SessionContext:
         try:
-            return await state.store.context(session, history)
+            return await state.store.context(session, prefix, n)
         except StoreUnavailable:
             # the store should absorb its own errors; never fail a completion on it
             m.store_failures.inc()
             log.warning("session store unavailable; completing without context")
-            return None, []
+            return _NO_CONTEXT
 
-    async def complete(request: Request) -> Response:
+    async def complete_body(query_string: bytes) -> bytes:
         t0 = time.perf_counter()
-        params = _query_params(request.scope)
+        params = _query_params(query_string)
         prefix = _text_param(params, "q", config.max_query_chars)
         k = _k_param(params, config)
         session = params.get("session")
         completer = state.current[0]
-        previous: str | None = None
-        history: list[str] = []
+        ctx = _NO_CONTEXT
         if session:
             n = config.history if completer.uses_history else 0
-            previous, history = await session_context(session, n)
-        got = completer.complete(prefix, previous, k=k, history=history)
+            ctx = await session_context(session, prefix, n)
+        got = _answer(completer, prefix, ctx, k)
         took = (time.perf_counter() - t0) * 1e3
-        return JSONResponse({
+        return dumps({
             "completions": [{"text": c.text, "score": c.score, "source": c.source,
                              "highlight": highlight(normalize_prefix(prefix), c.text)}
                             for c in got],
             "took_ms": round(took, 4),
-        })
+        }).encode()
+
+    async def complete(request: Request) -> Response:  # HEAD (GET is answered by Front)
+        body = await complete_body(request.scope.get("query_string", b""))
+        return Response(body, media_type="application/json")
 
     async def record(request: Request) -> Response:
         session = request.path_params["session"]
@@ -354,11 +423,16 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
             raise ApiError(400, f"query: at most {config.max_query_chars} characters, "
                                 f"got {len(query)}")
         try:
-            await state.store.record(session, query)
+            # InputError (a bad session id, a lone surrogate, ...) is raised before any
+            # write and answers 400
+            recorded = await state.store.record(session, query)
         except StoreUnavailable as exc:
             m.store_failures.inc()
-            raise ApiError(503, f"session store unavailable ({exc})") from None
-        return JSONResponse({"session": session, "recorded": query})
+            raise ApiError(503, f"session store unavailable, the query was not recorded "
+                                f"({exc})") from None
+        if not recorded:
+            raise ApiError(400, "query: nothing left after normalization")
+        return JSONResponse({"session": session, "recorded": recorded})
 
     async def search(request: Request) -> Response:
         retriever = state.retriever
@@ -366,7 +440,7 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
             raise ApiError(404, "no retrieval model loaded (start the server with "
                                 "--retrieval-dir)")
         t0 = time.perf_counter()
-        params = _query_params(request.scope)
+        params = _query_params(request.scope.get("query_string", b""))
         text = _text_param(params, "q", config.max_query_chars)
         k = _k_param(params, config)
         hits = retriever.search(text, k=k)
@@ -377,6 +451,7 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
     async def healthz(request: Request) -> Response:
         model = state.current[1]
         return JSONResponse({"status": "ok", "model": model.path, "version": model.version,
+                             "generation": state.generation,
                              "retrieval": state.retriever is not None, "pid": os.getpid()})
 
     async def metrics(request: Request) -> Response:
@@ -403,23 +478,91 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
         if not isinstance(body, dict) or not isinstance(body.get("model_dir", ""), str):
             raise ApiError(400, 'body: optional JSON object {"model_dir": "<path>"}')
         path = body.get("model_dir") or state.current[1].path
+        if "\x00" in path:
+            raise ApiError(400, "model_dir: a path without NUL characters")
+        path = os.path.abspath(path)  # what every worker of the replica will load
         t0 = time.perf_counter()
         async with state.reload_lock:
             try:
-                new = await anyio.to_thread.run_sync(load_completer, path)
-            except (ModelFormatError, InputError, OSError, ValueError) as exc:
+                # the child process first: a directory that crashes or hangs it never
+                # reaches this process
+                checked = await check_model_dir(path, config.reload_timeout)
+                new = await anyio.to_thread.run_sync(_load_frozen, path)
+                if new[1].sha != checked.sha:
+                    raise ReloadRefused(f"{path}: the manifest changed during the reload "
+                                        f"(checked {checked.sha}, loaded {new[1].sha})")
+            except (ReloadRefused, ModelFormatError, InputError, OSError, ValueError) as exc:
                 m.reloads.labels("error").inc()
-                log.warning("reload of %s failed, keeping %s: %s", path,
+                log.warning("reload of %s refused, keeping %s: %s", path,
                             state.current[1].path, exc)
                 raise ApiError(422, f"model not loaded, the old one stays: {exc}") from None
             old = state.current[1]
             state.current = new
+            published = None
+            if state.control is not None:
+                published = state.control.publish(path, new[1].sha)
+                state.generation = published.generation
+                state.control.ack(published.generation, new[1].sha)
+            else:
+                state.generation += 1
         m.reloads.labels("ok").inc()
-        m.set_model(new[1])
-        log.info("reloaded %s (%s), was %s", new[1].path, new[1].version, old.version)
-        return JSONResponse({"model": new[1].path, "version": new[1].version,
-                             "previous_version": old.version,
-                             "took_ms": round((time.perf_counter() - t0) * 1e3, 1)})
+        m.set_model(new[1], state.generation)
+        log.info("reloaded %s (%s), was %s; generation %d", new[1].path, new[1].version,
+                 old.version, state.generation)
+        answer: dict[str, Any] = {"model": new[1].path, "version": new[1].version,
+                                  "previous_version": old.version,
+                                  "generation": state.generation}
+        status = 200
+        if published is not None and state.control is not None:
+            workers = await _wait_for_workers(state.control, published, config)
+            answer["workers"] = workers
+            if workers["swapped"] < workers["expected"]:
+                status = 202  # accepted; not every worker confirmed in time
+        answer["took_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
+        return JSONResponse(answer, status_code=status)
+
+    async def follow(published: Published) -> None:
+        """Swap in a generation another worker published (this worker's watcher)."""
+        assert state.control is not None
+        async with state.reload_lock:
+            if published.generation <= state.generation:
+                return
+            error = None
+            try:
+                new = await anyio.to_thread.run_sync(_load_frozen, published.model_dir)
+                if new[1].sha != published.sha:
+                    error = (f"{published.model_dir} changed since it was published "
+                             f"({published.sha}, now {new[1].sha})")
+            except (ModelFormatError, InputError, OSError, ValueError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            state.generation = published.generation  # a failed one is not retried
+            if error is not None:
+                m.reloads.labels("error").inc()
+                log.warning("reload to generation %d refused, keeping %s: %s",
+                            published.generation, state.current[1].path, error)
+                state.control.ack(published.generation, published.sha, error)
+                return
+            state.current = new
+            state.control.ack(published.generation, published.sha)
+        m.reloads.labels("ok").inc()
+        m.set_model(new[1], state.generation)
+        log.info("followed reload to generation %d: %s (%s)", published.generation,
+                 new[1].path, new[1].version)
+
+    async def watch() -> None:
+        control = state.control
+        assert control is not None
+        control.ack(state.generation, state.current[1].sha)
+        control.changed()
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                if control.changed():
+                    published = control.read()
+                    if published is not None and published.generation > state.generation:
+                        await follow(published)
+            except Exception:  # the watcher must outlive any one bad reload
+                log.exception("reload watcher")
 
     async def index(request: Request) -> Response:
         return Response(page, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
@@ -441,18 +584,62 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
-        yield
-        await state.store.close()
+        watcher = asyncio.create_task(watch()) if state.control is not None else None
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await state.store.close()
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         ApiError: _api_error, HTTPException: _http_error,
         InputError: _input_error, KernelError: _server_error, QacError: _server_error,
         Exception: _server_error,
     })
-    app.add_middleware(MetricsMiddleware, metrics=m)
-    install_docs(app, config)
+    app.add_middleware(Front, metrics=m, complete=complete_body)
+    install_docs(app, config)  # outermost: CORS headers on every answer, Front's too
     app.state.qac = state
     return app
+
+
+def _freeze() -> None:
+    """Move every object alive now (the loaded models) out of the garbage collector's
+    reach: a full collection over them took ~45 ms on this machine, a pause that would
+    land in some keystroke's latency."""
+    gc.collect()
+    gc.freeze()
+
+
+def _load_frozen(path: str) -> tuple[Completer, ModelInfo]:
+    """:func:`load_completer` for a reload (in a worker thread), with no automatic
+    collection while it runs (one would walk the half-built model holding the GIL,
+    stalling the event loop), and the new model frozen at the end. No collection runs
+    here either: the old model is freed by reference counting once swapped out; only
+    its reference cycles, if any, stay."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        got = load_completer(path)
+        gc.freeze()
+        return got
+    finally:
+        if enabled:
+            gc.enable()
+
+
+async def _wait_for_workers(control: ControlDir, published: Published,
+                            config: ServerConfig) -> dict[str, Any]:
+    """Wait (up to ``config.reload_timeout``) until every worker of the replica serves
+    ``published``'s generation or reported that it could not load it."""
+    deadline = time.monotonic() + config.reload_timeout
+    while True:
+        done, failed = control.acks(published.generation)
+        if len(done) + len(failed) >= config.workers or time.monotonic() > deadline:
+            return {"expected": config.workers, "swapped": len(done), "failed": failed}
+        await asyncio.sleep(POLL_SECONDS / 4)
 
 
 _PAGE_HEADERS = {

@@ -36,11 +36,15 @@ class ServerConfig:
     max_k:            largest k (k is 1..max_k); default_k when absent.
     max_body_bytes:   largest request body.
     verify_model:     check every model file's SHA-256 on load (reload always does).
-    history:          past queries of the session (distinct, most recent first) fetched
-                      per completion for the long-tail "history" generator, and the
-                      size of the store's history list per session (0..1000; 0: no
-                      history is kept or fetched). Fetched only when the loaded model
-                      uses it.
+    history:          distinct past queries kept per session id in the store, and the
+                      most fetched per completion (those that start with the prefix)
+                      (0..1000; 0: no history is kept or fetched). Fetched only when
+                      the loaded model uses it.
+    workers:          worker processes of this replica (what a reload waits for).
+    control_dir:      directory the workers share to follow a reload (``qac serve``
+                      makes one when workers > 1); None: reload acts on this process.
+    reload_timeout:   seconds the reload check (a child process that loads and queries
+                      the new model) may take, and a reload waits for the workers.
     cors_origins:     origins (``scheme://host[:port]``, or ``*`` for any) whose pages
                       may call the API from a browser (CORS); empty: same origin only.
     """
@@ -57,6 +61,9 @@ class ServerConfig:
     verify_model: bool = True
     history: int = 200
     cors_origins: tuple[str, ...] = ()
+    workers: int = 1
+    control_dir: str | None = None
+    reload_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.model_dir:
@@ -80,6 +87,13 @@ class ServerConfig:
             if not isinstance(origin, str) or not (origin == "*" or _ORIGIN.fullmatch(origin)):
                 raise InputError(f"ServerConfig.cors_origins: {origin!r} is not an origin "
                                  "(scheme://host[:port], no path or trailing slash, or *)")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise InputError(f"ServerConfig.workers: an int >= 1, got {self.workers!r}")
+        if (isinstance(self.reload_timeout, bool)
+                or not isinstance(self.reload_timeout, int | float)
+                or not 0 < self.reload_timeout <= 3600):
+            raise InputError(f"ServerConfig.reload_timeout: seconds in (0, 3600], "
+                             f"got {self.reload_timeout!r}")
         if not 1 <= self.default_k <= self.max_k:
             raise InputError(f"ServerConfig.default_k: must be in 1..{self.max_k}, "
                              f"got {self.default_k}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import replace
 from typing import Any
 
@@ -33,11 +35,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes; each maps the same model files")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="worker processes; each maps the same model files "
+                             "(default: the CPUs this process may use, here "
+                             f"{default_workers()})")
     parser.add_argument("--admin-token-env", metavar="VAR",
                         help="environment variable holding the bearer token of "
                              "POST /v1/admin/reload (unset: reload is off)")
+    parser.add_argument("--access-log", action="store_true",
+                        help="log every request (one line per keystroke; off by default)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level")
@@ -46,6 +52,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let pages from this origin (scheme://host[:port], or * for "
                              "any) call the API from a browser (repeatable; default: none, "
                              "same origin only)")
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    count = getattr(os, "process_cpu_count", None)  # Python 3.13+
+    if count is not None:
+        n = count()
+    else:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            n = os.cpu_count()
+    return max(1, n or 1)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -57,9 +76,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
                              "that environment variable is unset or empty")
     # getattr: callers that build the namespace themselves (qac demo) may leave it out
     history = getattr(args, "history", ServerConfig.history)
+    workers = getattr(args, "workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"--workers: must be >= 1, got {workers}")
     return ServerConfig(model_dir=args.model_dir, retrieval_dir=args.retrieval_dir,
                         redis_url=args.redis_url, admin_token=token,
                         admin_token_env=args.admin_token_env, history=history,
+                        workers=workers,
                         cors_origins=tuple(getattr(args, "cors_origin", None) or ()))
 
 
@@ -69,14 +92,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from qac.storage import open_model_dir
 
-    if args.workers < 1:
-        raise InputError(f"--workers: must be >= 1, got {args.workers}")
     config = config_from_args(args)
-    if args.workers == 1:
+    http = _http_protocol()
+    # getattr: qac demo builds its own namespace
+    access_log = bool(getattr(args, "access_log", False))
+    if config.workers == 1:
         from qac.server.app import create_app
 
         uvicorn.run(create_app(config), host=args.host, port=args.port,
-                    log_level=args.log_level)
+                    log_level=args.log_level, http=http, access_log=access_log,
+                    proxy_headers=False)
         return 0
     # Several workers: check the model files once here (fail fast, with the file
     # named), then let each worker load them without re-hashing; the arrays are
@@ -86,17 +111,29 @@ def run_serve(args: argparse.Namespace) -> int:
         open_model_dir(config.retrieval_dir, verify=True)
     if config.redis_url is None:
         log.warning("%d workers without --redis-url: each worker keeps its own sessions, "
-                    "so a session's context depends on which worker answers", args.workers)
-    if config.admin_token is not None:
-        log.warning("POST /v1/admin/reload reloads only the worker that answers it; to "
-                    "reload all %d workers send SIGHUP to this process (uvicorn restarts "
-                    "them one by one, each mapping the model directory afresh)", args.workers)
-    worker = replace(config, verify_model=False)
-    os.environ.update(worker.to_env())
-    _nodelay_listening_socket(uvicorn.Config)
-    uvicorn.run(FACTORY, factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level)
+                    "so a session's context depends on which worker answers", config.workers)
+    # the workers follow a reload through files in a directory of their own
+    control = tempfile.mkdtemp(prefix="qac-serve-")
+    try:
+        worker = replace(config, verify_model=False, control_dir=control)
+        os.environ.update(worker.to_env())
+        _nodelay_listening_socket(uvicorn.Config)
+        uvicorn.run(FACTORY, factory=True, host=args.host, port=args.port,
+                    workers=config.workers, log_level=args.log_level, http=http,
+                    access_log=access_log, proxy_headers=False)
+    finally:
+        shutil.rmtree(control, ignore_errors=True)
     return 0
+
+
+def _http_protocol() -> Any:
+    """uvicorn's httptools protocol sending each response in one write
+    (:mod:`qac.server.http`), or uvicorn's choice when httptools is missing."""
+    try:
+        from qac.server.http import CoalescingHttpToolsProtocol
+    except ImportError:
+        return "auto"
+    return CoalescingHttpToolsProtocol
 
 
 def _nodelay_listening_socket(config_cls: Any) -> None:
