@@ -359,6 +359,11 @@ class Completer:
         events = list(events)
         if not events:
             raise InputError("no queries to learn from: the log is empty")
+        if all(e.time is not None for e in events):
+            # one order whatever the log's (by user as the AOL files, or by time as a live
+            # service writes it): each session's events keep theirs, so every previous
+            # query is the same, and so are the instances and the ranker's data
+            events.sort(key=lambda e: (e.time, e.session))
         forest, fit = cls._fit_forest(events, config, background, progress, blocklist)
         log.info("completer: the final model, on all %d events", len(events))
         return cls._build(events, config, background, progress, blocklist, forest, fit)

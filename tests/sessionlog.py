@@ -34,3 +34,30 @@ def pl_log() -> SessionLog:
     log.repeat(20, "c", "playstation")
     log.repeat(4, "d", "new york times", "newark airport")
     return log
+
+
+def weeks_log(weeks: int = 3, seed: int = 0) -> SessionLog:
+    """``pl_log``'s patterns spread over ``weeks`` weeks, with a few users who repeat
+    themselves and some noise: enough keystrokes for ``qac train`` to fit a ranker
+    of its own on the last week (with ``CompleterConfig(min_fit=...)`` lowered)."""
+    import random
+
+    rng = random.Random(seed)
+    log = SessionLog()
+    sessions = [("rose of jericho", "plant care tips"), ("game console", "playstation 5"),
+                ("playstation",), ("new york times", "newark airport"),
+                ("newton", "new york weather"), ("planet earth", "plant nursery")]
+    noise = ["paris hotels", "pizza", "plumber", "news", "nba scores", "rose garden"]
+    n = 0
+    for day in range(7 * weeks):
+        log.time = datetime(2006, 3, 1) + timedelta(days=day)
+        for _ in range(12):
+            n += 1
+            queries = list(rng.choice(sessions))
+            if rng.random() < 0.3:
+                queries.append(rng.choice(noise))
+            user = f"u{rng.randrange(20)}"
+            for q in queries:
+                log.time += timedelta(minutes=1)
+                log.events.append(LogEvent(f"{user}/{n}", q, log.time, user))
+    return log

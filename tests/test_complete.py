@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sessionlog import pl_log
+from sessionlog import pl_log, weeks_log
 
 from qac.blocklist import Blocklist
 from qac.complete import Completer, CompleterConfig
@@ -36,11 +36,30 @@ def _texts(got: list) -> list[str]:
     return [c.text for c in got]
 
 
-def test_previous_query_changes_the_completion(completer: Completer) -> None:
-    after = _texts(completer.complete("pl", previous="rose of jericho", k=5))
-    assert after.index("plant care tips") < after.index("playstation")
+@pytest.fixture(scope="module")
+def fitted() -> Completer:
+    """A model whose ranker is fitted on its own log's last week (three weeks of
+    sessions), as ``qac train`` does on a real log."""
+    return Completer.train(weeks_log().events, CompleterConfig(trie_depth=1, min_fit=200))
+
+
+def test_the_ranker_is_fitted_on_the_last_week(fitted: Completer) -> None:
+    assert fitted.fit["ranker"] == "fitted" and fitted.fit["keystrokes"] >= 200
+    assert fitted.fit["from"] == "2006-03-14 00:26:00"
+
+
+def test_previous_query_changes_the_completion(fitted: Completer) -> None:
+    assert _texts(fitted.complete("pl", previous="rose of jericho", k=3))[0] == (
+        "plant care tips")
+    assert _texts(fitted.complete("pl", previous="planet earth", k=3))[0] == "plant nursery"
+    assert _texts(fitted.complete("pl", previous="game console", k=3))[0] == "playstation 5"
+
+
+def test_previous_query_changes_the_completion_with_the_shipped_ranker(completer: Completer
+                                                                       ) -> None:
+    after = _texts(completer.complete("pl", previous="game console", k=5))
     plain = _texts(completer.complete("pl", k=5))
-    assert plain.index("playstation") < plain.index("plant care tips")
+    assert after.index("playstation 5") < plain.index("playstation 5")
 
 
 def test_answers_start_with_the_prefix_are_distinct_and_best_first(completer: Completer
@@ -153,25 +172,30 @@ def test_missing_and_older_models(tmp_path: Path, completer: Completer) -> None:
         Completer.load(tmp_path / "m")
 
 
-def test_one_definition_of_the_previous_query() -> None:
-    """A time-sorted log (users interleaved, as a live service writes it) gives every
-    event the same previous query, so it trains the same model."""
-    events = _log()
-    by_time = sorted(events, key=lambda e: (e.time, e.session))
-    assert by_time != events
-    want = dict(zip(map(id, events), previous_queries(events), strict=True))
-    got = dict(zip(map(id, by_time), previous_queries(by_time), strict=True))
-    assert got == want
-    cfg = CompleterConfig(trie_depth=1)
-    a, b = Completer.train(events, cfg), Completer.train(by_time, cfg)
-    for prefix, prev in [("pl", "rose of jericho"), ("pl", None), ("", "game console")]:
-        assert _texts(a.complete(prefix, prev, now=NOW)) == _texts(
-            b.complete(prefix, prev, now=NOW))
+def test_one_definition_of_the_previous_query(fitted: Completer) -> None:
+    """A log sorted by user (as the AOL files) and the same log sorted by time (users
+    interleaved, as a live service writes it) give every event the same previous
+    query, so they train the same model."""
+    by_time = weeks_log().events
+    by_user = sorted(by_time, key=lambda e: (e.user or "", e.time))
+    assert by_user != by_time
+    want = dict(zip(map(id, by_time), previous_queries(by_time), strict=True))
+    assert dict(zip(map(id, by_user), previous_queries(by_user), strict=True)) == want
+    other = Completer.train(by_user, fitted.config)
+    assert other.fit == fitted.fit
+    for prefix, prev in [("pl", "rose of jericho"), ("pl", None), ("", "game console"),
+                         ("new", "newton")]:
+        assert _texts(other.complete(prefix, prev, now=NOW)) == _texts(
+            fitted.complete(prefix, prev, now=NOW))
 
 
 def test_ranker_fit_or_shipped() -> None:
     tiny = Completer.train(_log(), CompleterConfig(trie_depth=1))
-    assert tiny.fit["ranker"] == "shipped" and "keystrokes" in tiny.fit["why"]
+    assert tiny.fit == {"ranker": "shipped", "why": "the log spans less than 7.0 days"}
+    few = Completer.train(weeks_log(2).events, CompleterConfig(trie_depth=1, min_fit=10**6))
+    assert few.fit["ranker"] == "shipped" and "keystrokes" in few.fit["why"]
+    assert Completer.train(weeks_log(2).events, CompleterConfig(trie_depth=1, fit_days=0)
+                           ).fit == {"ranker": "shipped", "why": "fit_days is 0"}
     plain = [LogEvent(e.session, e.query, None, e.user) for e in _log()]
     assert Completer.train(plain, CompleterConfig(trie_depth=1)).fit == {
         "ranker": "shipped", "why": "the log has no times"}

@@ -13,7 +13,7 @@ import pytest
 from sessionlog import pl_log
 
 from qac.complete import Completer, CompleterConfig
-from qac.evaluate import evaluate
+from qac.evaluate import Case, evaluate
 from qac.evaluate import test_cases as eval_cases
 from qac.logs import LogEvent
 from qac.replay import (
@@ -81,8 +81,8 @@ def test_typed_mode_differs_from_fixed_lengths(completer: Completer) -> None:
 def _stub(shows: dict[tuple[str, int], list[str]], calls: list[tuple[str, str | None]]):
     """A system that answers shows[(target-less prefix key)]: looked up by prefix length
     and full target via the prefix; records (prefix, previous) of every call."""
-    def system(prefix: str, previous: str | None, k: int, history: object = ()) -> list[str]:
-        calls.append((prefix, previous))
+    def system(prefix: str, case: Case, k: int) -> list[str]:
+        calls.append((prefix, case.previous))
         for (target, n), got in shows.items():
             if len(prefix) == n and target.startswith(prefix):
                 return got[:k]
@@ -164,8 +164,10 @@ def test_concurrent_workers_give_the_same_figures(completer: Completer) -> None:
 
 
 def test_http_replay_uses_the_service_sessions(completer: Completer, tmp_path: Path) -> None:
-    """Over HTTP (an ASGI transport, no sockets) the figures equal the in-process ones:
-    the previous query reaches the completer through the service's session store."""
+    """Over HTTP (an ASGI transport, no sockets): without a session the figures equal
+    the in-process ones with no context; with it, the session's context reaches the
+    completer through the service's store (there, with the wall clock's times and only
+    what the store recorded during the replay, so the figures are its own)."""
     from qac.replay.http import _httpx
     from qac.server import ServerConfig, create_app
 
@@ -174,16 +176,20 @@ def test_http_replay_uses_the_service_sessions(completer: Completer, tmp_path: P
     transport = _httpx().ASGITransport(app=app)
     sessions = sessions_of(_test_events())
     cfg = ReplayConfig(concurrency=3)
-    runs = replay_http("http://test", sessions, cfg, transport=transport)
-    assert [r.name for r in runs] == ["service", "service -session"]
-    local = replay(sessions, inprocess_systems({"m": Completer.load(tmp_path / "m")}), cfg)
-    want = {r.name: r.summary() for r in local}
-    for run, name in zip(runs, ["m", "m -session"], strict=True):
-        s = run.summary()
+    runs = {r.name: r.summary() for r in replay_http("http://test", sessions, cfg,
+                                                       transport=transport)}
+    assert list(runs) == ["service", "service -session"]
+    local = replay(sessions, inprocess_systems({"m": Completer.load(tmp_path / "m")},
+                                               ["m-nocontext"]), cfg)[0].summary()
+    plain = runs["service -session"]
+    assert plain["metrics"]["overall"] == pytest.approx(local["metrics"]["overall"])
+    assert plain["keystrokes"] == local["keystrokes"]
+    for s in runs.values():
         assert s["errors"] == 0 and s["unrecorded_queries"] == 0
-        assert s["metrics"]["overall"] == pytest.approx(want[name]["metrics"]["overall"])
-        assert s["keystrokes"] == want[name]["keystrokes"]
         assert s["server_took_ms"]["n"] == s["latency_ms"]["n"]
+    # the previous query matters on this fixture, over HTTP too
+    assert runs["service"]["metrics"]["overall"]["mrr@10"] > plain["metrics"]["overall"][
+        "mrr@10"]
 
 
 def test_http_replay_refuses_remote_hosts() -> None:
@@ -217,7 +223,7 @@ def test_command_writes_json_markdown_and_pngs(completer: Completer, tmp_path: P
     assert "Session effect" in printed
     report = json.loads((out / "replay.json").read_text())
     assert report["sessions"] == 4 and report["queries"] == 11
-    assert set(report["systems"]) == {"mpc", "hybrid", "hybrid -session"}
+    assert set(report["systems"]) == {"mpc", "hist+mpc", "hybrid", "hybrid -session"}
     assert report["session_effect"][0]["system"] == "hybrid"
     assert report["session_effect"][0]["mrr_delta"] > 0
     assert "mrr_at_length_1_with_session" in report["session_effect"][0]

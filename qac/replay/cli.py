@@ -105,7 +105,7 @@ def run_replay(args: argparse.Namespace) -> int:
             models[name or Path(path).name] = (path, Completer.load(path))
         systems = inprocess_systems({n: c for n, (_, c) in models.items()}, select)
         first = next(iter(models.values()))[1]
-        runs = replay(sessions, systems, cfg, seen=first.labels.__contains__,
+        runs = replay(sessions, systems, cfg, seen=first.__contains__,
                       progress=progress)
         target = "in-process " + ", ".join(f"{n}={p}" for n, (p, _) in models.items())
     meta = {"target": target, "log": str(args.log),

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from qac.errors import InputError
-from qac.evaluate import CompleterSystem, HistoryThenMpc, MpcSystem, System
+from qac.evaluate import Case, CompleterSystem, HistoryThenMpc, MpcSystem, System
 from qac.replay.runs import NO_CONTEXT, NO_SESSION, SystemRun, _canonical, _Tally
 from qac.replay.sessions import ReplayConfig, Session, _jitter
 
@@ -54,8 +54,9 @@ def inprocess_systems(models: dict[str, Any], select: Sequence[str] | None = Non
     return {n: offered[n] for n in names}
 
 
-def _replay_inprocess(sessions: Sequence[Session], system: System, cfg: ReplayConfig,
-                      seen: Callable[[str], bool] | None, progress: Any) -> _Tally:
+def _replay_inprocess(sessions: Sequence[Session], system: System, use_session: bool,
+                      cfg: ReplayConfig, seen: Callable[[str], bool] | None,
+                      progress: Any) -> _Tally:
     feed: Iterator[Session] = iter(sessions)
     lock = threading.Lock()
 
@@ -67,7 +68,7 @@ def _replay_inprocess(sessions: Sequence[Session], system: System, cfg: ReplayCo
                 sess = next(feed, None)
             if sess is None:
                 return tally
-            _user(sess, system, cfg, seen, tally, rng)
+            _user(sess, system, use_session, cfg, seen, tally, rng)
             if progress is not None:
                 with lock:
                     progress.update(1)
@@ -81,11 +82,12 @@ def _replay_inprocess(sessions: Sequence[Session], system: System, cfg: ReplayCo
     return total
 
 
-def _user(sess: Session, system: System, cfg: ReplayConfig, seen: Callable[[str], bool] | None,
-          tally: _Tally, rng: random.Random) -> None:
+def _user(sess: Session, system: System, use_session: bool, cfg: ReplayConfig,
+          seen: Callable[[str], bool] | None, tally: _Tally, rng: random.Random) -> None:
     """One simulated user typing its session's queries (the per-keystroke loop). The
     context of each query is the session's own earlier queries and the user's
-    history, as the session store holds them (:meth:`Session.case`)."""
+    history, as the session store holds them (:meth:`Session.case`); without
+    ``use_session``, no previous query and no session list."""
     k, window, typed = cfg.k, cfg.window, cfg.mode == "typed"
     interval = cfg.interval_ms / 1e3
     add, add_prev = tally.metrics.add, tally.with_previous.add
@@ -94,6 +96,8 @@ def _user(sess: Session, system: System, cfg: ReplayConfig, seen: Callable[[str]
     for qi, target in enumerate(sess.queries):
         has_prev = qi > 0
         case = sess.case(qi, cfg.history)
+        if not use_session:
+            case = Case(target, None, case.history, (), case.time)
         group = ("seen" if seen(target) else "unseen") if seen is not None else None
         at = -1
         for n in cfg.plan(target, has_prev):
@@ -124,11 +128,11 @@ def replay(sessions: Sequence[Session], systems: dict[str, tuple[System, bool]],
 
     cfg = config or ReplayConfig()
     runs = []
-    for name, (system, _) in systems.items():
+    for name, (system, use_session) in systems.items():
         bar = tqdm(total=len(sessions), desc=name, unit="session", leave=False,
                    disable=not progress) if progress else None
         t0 = time.perf_counter()
-        tally = _replay_inprocess(sessions, system, cfg, seen, bar)
+        tally = _replay_inprocess(sessions, system, use_session, cfg, seen, bar)
         wall = time.perf_counter() - t0
         if bar is not None:
             bar.close()
