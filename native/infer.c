@@ -534,11 +534,13 @@ static int check_sizes(const qac_model_t *m, const qac_scratch_t *s, size_t beam
 
 int qac_model_predict(const qac_model_t *model, qac_scratch_t *scratch, const int32_t *idx,
                       const float *val, size_t nnz, size_t beam, size_t topk, int64_t lo,
-                      int64_t hi, int32_t *out_ids, float *out_scores, size_t *out_n) {
+                      int64_t hi, int32_t *out_ids, float *out_scores, size_t out_cap,
+                      size_t *out_n) {
     if (!model || !scratch || !out_ids || !out_scores || !out_n) return QAC_E_INPUT;
     *out_n = 0;
     int rc;
     if ((rc = check_sizes(model, scratch, beam, topk))) return rc;
+    if (topk > out_cap) return QAC_E_CAPACITY;
     if (lo < 0 || hi < lo || hi > model->n_labels) return QAC_E_INPUT;
     if ((rc = check_query(model, idx, val, nnz))) return rc;
     return predict_one(model, scratch, idx, val, nnz, beam, topk, lo, hi, out_ids, out_scores,
@@ -604,11 +606,12 @@ static void *batch_worker(void *arg) {
 int qac_model_predict_batch(const qac_model_t *model, const int64_t *indptr,
                             const int32_t *idx, const float *val, size_t nnz, size_t n_rows,
                             size_t beam, size_t topk, int n_threads, int32_t *out_ids,
-                            float *out_scores) {
+                            float *out_scores, size_t out_cap) {
     if (!model || !indptr || beam == 0 || topk == 0) return QAC_E_INPUT;
     if (n_rows && (!out_ids || !out_scores)) return QAC_E_INPUT;
     if (nnz && (!idx || !val)) return QAC_E_INPUT;
     if (n_rows > SIZE_MAX / topk) return QAC_E_INPUT;
+    if (n_rows * topk > out_cap) return QAC_E_CAPACITY;
     if (indptr[0] < 0) return QAC_E_INPUT;
     for (size_t i = 0; i < n_rows; i++)
         if (indptr[i + 1] < indptr[i]) return QAC_E_INPUT;

@@ -415,7 +415,7 @@ int qac_complete_pool(const qac_featurizer_t *featurizer, const qac_model_t *mod
     if (lo < hi) {
         int rc = qac_predict_text(featurizer, model, scratch, prefix, prefix_len, prev,
                                   prev_len, beam, topk, lo, hi, feat_idx, feat_val, feat_cap,
-                                  model_ids, model_scores, &n_model);
+                                  model_ids, model_scores, topk, &n_model);
         if (rc) return rc;
     }
     return qac_rank_pool(ranker, pool_scratch, prefix, prefix_len, prev, prev_len, model_ids,

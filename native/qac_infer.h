@@ -58,21 +58,25 @@ void qac_scratch_free(qac_scratch_t *scratch);
  * under each node, exact when a node's ids are contiguous (trie order),
  * conservative (it may keep the beam on a node that yields none) otherwise.
  * Writes *out_n <= topk ids (labels, or last-layer nodes without
- * label_order) and their scores, best first (ties: smaller id first).
- * No allocation. QAC_E_CAPACITY if beam/topk exceed the scratch's sizes. */
+ * label_order) and their scores, best first (ties: smaller id first), into
+ * out_ids / out_scores, each of out_cap entries.
+ * No allocation. QAC_E_CAPACITY if beam/topk exceed the scratch's sizes or
+ * topk exceeds out_cap. */
 int qac_model_predict(const qac_model_t *model, qac_scratch_t *scratch,
                       const int32_t *idx, const float *val, size_t nnz,
                       size_t beam, size_t topk, int64_t lo, int64_t hi,
-                      int32_t *out_ids, float *out_scores, size_t *out_n);
+                      int32_t *out_ids, float *out_scores, size_t out_cap, size_t *out_n);
 
 /* A CSR batch (indptr[0..n_rows], idx/val of length nnz >= indptr[n_rows]),
- * rows split over n_threads pthreads (<= 0: 2). out_ids/out_scores hold
- * n_rows*topk entries, padded with -1 / 0. Output does not depend on
- * n_threads. On error the status of the first failing row is returned. */
+ * rows split over n_threads pthreads (<= 0: 2). out_ids/out_scores (out_cap
+ * entries each, at least n_rows*topk, else QAC_E_CAPACITY) get n_rows*topk
+ * entries, padded with -1 / 0. Output does not depend on n_threads. On error
+ * the status of the first failing row is returned. */
 int qac_model_predict_batch(const qac_model_t *model, const int64_t *indptr,
                             const int32_t *idx, const float *val, size_t nnz,
                             size_t n_rows, size_t beam, size_t topk,
-                            int n_threads, int32_t *out_ids, float *out_scores);
+                            int n_threads, int32_t *out_ids, float *out_scores,
+                            size_t out_cap);
 /* QAC_CDEF_END */
 
 #endif

@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
         "(or `python native/build_ffi.py` in a source checkout)"
     ) from exc
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 def check(code: int, what: str) -> None:
@@ -193,6 +193,7 @@ def model_predict(
             hi,
             ffi.from_buffer("int32_t[]", ids, require_writable=True),
             ffi.from_buffer("float[]", scores, require_writable=True),
+            ids.shape[0],
             n,
         ),
         "qac_model_predict",
@@ -226,6 +227,7 @@ def model_predict_batch(
             threads,
             ffi.from_buffer("int32_t[]", ids, require_writable=True),
             ffi.from_buffer("float[]", scores, require_writable=True),
+            ids.size,
         ),
         "qac_model_predict_batch",
     )
@@ -519,15 +521,23 @@ class TextSearch:
         self._local = threading.local()
 
     def _buffers(self, topk: int) -> Any:
+        """This thread's buffers, with room for at least ``topk`` answers.
+
+        Everything is allocated before anything is recorded, so a failed
+        allocation (e.g. an absurd ``topk``) leaves the old, consistent buffers.
+        """
         local = self._local
         if getattr(local, "topk", 0) < topk:
-            local.topk = max(topk, 16)
-            local.ids = ffi.new("int32_t[]", local.topk)
-            local.scores = ffi.new("float[]", local.topk)
-            local.n = ffi.new("size_t *")
+            size = max(topk, 16)
+            ids = ffi.new("int32_t[]", size)
+            scores = ffi.new("float[]", size)
             if not hasattr(local, "feat_idx"):
-                local.feat_idx = ffi.new("int32_t[]", self._feat_cap)
-                local.feat_val = ffi.new("float[]", self._feat_cap)
+                feat_idx = ffi.new("int32_t[]", self._feat_cap)
+                feat_val = ffi.new("float[]", self._feat_cap)
+                local.n = ffi.new("size_t *")
+                local.feat_idx, local.feat_val = feat_idx, feat_val
+            local.ids, local.scores = ids, scores
+            local.topk = size
         return local
 
     def __call__(self, text: str, context: str | None, topk: int, beam: int, lo: int,
@@ -540,7 +550,7 @@ class TextSearch:
             lib.qac_predict_text(
                 self._featurizer, self._model.handle, self._model.scratch_for_thread(beam, topk),
                 t, len(t), c, len(c), beam, topk, lo, hi, b.feat_idx, b.feat_val,
-                self._feat_cap, b.ids, b.scores, b.n,
+                self._feat_cap, b.ids, b.scores, b.topk, b.n,
             ),
             "qac_predict_text",
         )

@@ -198,10 +198,11 @@ class Engine:
         """Top-k label ids and scores, best first, for one normalized text (one C call).
 
         [lo, hi) restricts answers to label ids lo..hi-1 (the beam never enters a
-        subtree without such a label).
+        subtree without such a label). ``k`` and ``beam`` are ints in [1, 2**24]
+        (InputError otherwise).
         """
-        return self._search(text, context, k, beam or self.config.beam, lo,
-                            self.n_labels if hi is None else hi)
+        beam, k = XLinearModel.check_sizes(self.config.beam if beam is None else beam, k)
+        return self._search(text, context, k, beam, lo, self.n_labels if hi is None else hi)
 
     def search_pool(self, ranker: Any, text: str, context: str, k: int, beam: int | None,
                     lo: int, hi: int, texts: list[str], gens: list[int], nums: list[int],

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from qac.engine import Engine, EngineConfig
 from qac.errors import InputError
 from qac.features import BlockConfig
+from qac.model.xlinear import XLinearModel
 from qac.storage import open_model_dir, save_model_dir
 from qac.text import normalize
 
@@ -134,9 +135,10 @@ class Retriever:
         return cls(Engine.from_model_dir(md), md.trie("items"))
 
     def search(self, text: str | bytes, k: int = 10) -> list[tuple[str, float]]:
-        """The top-k (item_id, score) for one query; empty text gives []."""
-        if k < 1:
-            raise InputError(f"k must be >= 1, got {k}")
+        """The top-k (item_id, score) for one query; empty text gives [].
+
+        ``k``: an int in [1, 2**24] (InputError otherwise)."""
+        XLinearModel.check_sizes(1, k)
         q = normalize(text)
         if not q:
             return []

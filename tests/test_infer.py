@@ -611,17 +611,33 @@ def test_c_boundary_rejects_null_and_capacity() -> None:
     sc = ffi.new("float[8]")
     n = ffi.new("size_t *")
     rc = lib.qac_model_predict(
-        m.handle, scratch, ffi.NULL, ffi.NULL, 0, 3, 2, 0, m.n_labels, ids, sc, n
+        m.handle, scratch, ffi.NULL, ffi.NULL, 0, 3, 2, 0, m.n_labels, ids, sc, 8, n
     )
     assert rc == lib.QAC_E_CAPACITY
     rc = lib.qac_model_predict(
-        m.handle, scratch, ffi.NULL, ffi.NULL, 1, 2, 2, 0, m.n_labels, ids, sc, n
+        m.handle, scratch, ffi.NULL, ffi.NULL, 1, 2, 2, 0, m.n_labels, ids, sc, 8, n
     )
     assert rc == lib.QAC_E_INPUT
+    # the output buffers' own capacity: topk 2 into room for 1 is refused, not overrun
     rc = lib.qac_model_predict(
-        m.handle, scratch, ffi.NULL, ffi.NULL, 0, 2, 2, 0, m.n_labels, ids, sc, n
+        m.handle, scratch, ffi.NULL, ffi.NULL, 0, 2, 2, 0, m.n_labels, ids, sc, 1, n
+    )
+    assert rc == lib.QAC_E_CAPACITY and n[0] == 0
+    rc = lib.qac_model_predict(
+        m.handle, scratch, ffi.NULL, ffi.NULL, 0, 2, 2, 0, m.n_labels, ids, sc, 8, n
     )
     assert rc == lib.QAC_OK and n[0] == 2
+    indptr = np.zeros(3, np.int64)
+    rc = lib.qac_model_predict_batch(
+        m.handle, _kernel.ptr(indptr, "int64_t *"), ffi.NULL, ffi.NULL, 0, 2, 2, 4, 1, ids, sc,
+        7,
+    )
+    assert rc == lib.QAC_E_CAPACITY
+    rc = lib.qac_model_predict_batch(
+        m.handle, _kernel.ptr(indptr, "int64_t *"), ffi.NULL, ffi.NULL, 0, 2, 2, 4, 1, ids, sc,
+        8,
+    )
+    assert rc == lib.QAC_OK
     depth, nl, nf = ffi.new("size_t *"), ffi.new("int64_t *"), ffi.new("int64_t *")
     assert lib.qac_model_info(m.handle, depth, nl, nf) == 0
     assert (depth[0], nl[0], nf[0]) == (3, m.n_labels, s.n_features)
@@ -635,7 +651,7 @@ def test_numpy_int_arguments_and_a_model_without_labels() -> None:
     a = m.predict_one(idx, val, **kw)
     b = m.predict_one(idx, val, beam=4, topk=5)
     np.testing.assert_array_equal(a[0], b[0])
-    with pytest.raises(TypeError):
+    with pytest.raises(InputError):
         m.predict_one(idx, val, beam=2.5)  # type: ignore[arg-type]
     # a tree whose only internal node has no children: valid, answers nothing
     empty: dict[str, np.ndarray] = dict(

@@ -89,3 +89,19 @@ def test_read_tsv_reports_the_bad_line(tmp_path: Path) -> None:
         read_tsv(f)
     f.write_bytes(b"item\tcaf\xff query\n")
     assert read_tsv(f) == [("item", "caf\ufffd query")]
+
+
+def test_a_refused_huge_k_leaves_search_safe(model_dir: Path) -> None:
+    """Issue 15 D1: k=2**62 used to record a buffer size it never allocated, so the
+    next big k overflowed the old buffer in C (a segfault at gc time)."""
+    import gc
+
+    r = Retriever.load(model_dir)
+    assert len(r.search("goo", k=10)) <= 10
+    with pytest.raises(InputError, match="2\\*\\*24"):
+        r.search("goo", k=2**62)
+    got = r.search("g", k=5000)
+    gc.collect()
+    assert 0 < len(got) <= 5000
+    assert len({i for i, _ in got}) == len(got)
+    assert r.search("goo", k=10) == r.search("goo", k=10)

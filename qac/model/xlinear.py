@@ -124,8 +124,12 @@ class XLinearModel:
         return s
 
     @staticmethod
-    def _check_sizes(beam: int, topk: int) -> tuple[int, int]:
-        beam, topk = operator.index(beam), operator.index(topk)
+    def check_sizes(beam: int, topk: int) -> tuple[int, int]:
+        """(beam, topk) as ints, or InputError unless both are ints in [1, 2**24]."""
+        try:
+            beam, topk = operator.index(beam), operator.index(topk)
+        except TypeError as exc:
+            raise InputError(f"beam, topk: expected ints, got {beam!r}, {topk!r}") from exc
         if not 1 <= beam <= 1 << 24:
             raise InputError(f"beam: expected an int in [1, 2**24], got {beam!r}")
         if not 1 <= topk <= 1 << 24:
@@ -150,7 +154,7 @@ class XLinearModel:
         each node: exact when a subtree's ids are contiguous, conservative otherwise.
         Returns (int32 ids, float32 scores), best first, of length <= topk.
         """
-        beam, topk = self._check_sizes(beam, topk)
+        beam, topk = self.check_sizes(beam, topk)
         idx = np.ascontiguousarray(idx, dtype=np.int32)
         val = np.ascontiguousarray(val, dtype=np.float32)
         if idx.ndim != 1 or idx.shape != val.shape:
@@ -171,7 +175,7 @@ class XLinearModel:
 
         Returns int32 ids (n, topk) padded with -1 and float32 scores padded with 0.
         """
-        beam, topk = self._check_sizes(beam, topk)
+        beam, topk = self.check_sizes(beam, topk)
         threads = operator.index(threads)
         if not sp.issparse(X) or X.format != "csr":
             raise InputError(f"X: expected a scipy.sparse csr matrix, got {type(X).__name__}")
