@@ -352,22 +352,42 @@ def _feat_specs(specs: Any) -> Any:
     return ffi.new("qac_block_spec_t[]", rows)
 
 
-def featurizer_new(specs: Any, keys: np.ndarray, idf: np.ndarray) -> Any:
+def featurizer_index(specs: Any, keys: np.ndarray) -> np.ndarray:
+    """The uint32 directory ``featurizer_new`` needs for ``keys`` (see qac_features.h)."""
+    c_specs = _feat_specs(specs)
+    keys = as_c(keys, np.uint64, "keys")
+    n = ffi.new("size_t *")
+    kp = ptr(keys, "uint64_t *")
+    check(lib.qac_featurizer_index(c_specs, len(c_specs), kp, keys.size, ffi.NULL, 0, n),
+          "qac_featurizer_index")
+    out = np.empty(int(n[0]), dtype=np.uint32)
+    check(lib.qac_featurizer_index(c_specs, len(c_specs), kp, keys.size,
+                                   ptr(out, "uint32_t *"), out.size, n),
+          "qac_featurizer_index")
+    return out
+
+
+def featurizer_new(specs: Any, keys: np.ndarray, idf: np.ndarray, directory: np.ndarray) -> Any:
     """Build a ``qac_featurizer_t *`` (freed by the garbage collector).
 
     ``specs``: mappings with the ``qac_block_spec_t`` fields; ``keys`` uint64 and
-    ``idf`` float32 of length n_features (read-only / memory-mapped arrays are
-    read in place, the C side copies them into its hash table).
+    ``idf`` float32 of length n_features, ``directory`` the uint32 array of
+    :func:`featurizer_index`. C reads the three arrays in place (no copy; they may be
+    read-only memory maps): the caller keeps them alive as long as the handle.
+    KernelError(QAC_E_RANGE) when the directory does not fit the keys.
     """
     c_specs = _feat_specs(specs)
-    keys = as_c(keys, np.uint64, "keys")
-    idf = as_c(idf, np.float32, "idf")
+    for name, arr, dtype in (("keys", keys, np.uint64), ("idf", idf, np.float32),
+                             ("directory", directory, np.uint32)):
+        if arr.dtype != dtype or arr.ndim != 1 or not arr.flags.c_contiguous:
+            raise InputError(f"{name}: expected a C-contiguous 1-d {np.dtype(dtype).name} array")
     if keys.shape != idf.shape:
         raise InputError(f"keys/idf: lengths differ ({keys.size} != {idf.size})")
     out = ffi.new("qac_featurizer_t **")
     check(
         lib.qac_featurizer_new(
-            c_specs, len(c_specs), ptr(keys, "uint64_t *"), ptr(idf, "float *"), keys.size, out
+            c_specs, len(c_specs), ptr(keys, "uint64_t *"), ptr(idf, "float *"), keys.size,
+            ptr(directory, "uint32_t *"), directory.size, out
         ),
         "qac_featurizer_new",
     )
