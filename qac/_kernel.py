@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from qac.errors import InputError, KernelError, QacError
+from qac.model.weights import child_dtype
 
 try:
     from qac._native import ffi, lib
@@ -130,11 +131,14 @@ def model_new(
     child_ptr: list[np.ndarray],
     layers: list[dict[str, np.ndarray]],
     label_order: np.ndarray | None,
+    spans: np.ndarray | None,
     n_features: int,
     post: int,
 ) -> Any:
     """Wrap validated C-contiguous arrays in a ``qac_model_t*`` (freed by the GC).
 
+    ``layers``: the packed LayerWeights arrays by name; ``spans``: int32 from
+    :func:`model_spans` of the same arrays, or None to compute them in C.
     The handle points into the arrays: the caller must keep them alive at least
     as long as the handle. Raises KernelError(QAC_E_RANGE) for inconsistent arrays.
     """
@@ -142,21 +146,36 @@ def model_new(
     for v, cp, lw in zip(views, child_ptr, layers, strict=True):
         v.child_ptr, v.n_child_ptr = ptr(cp, "int64_t *"), cp.shape[0]
         v.chunk_ptr, v.n_chunk_ptr = ptr(lw["chunk_ptr"], "int64_t *"), lw["chunk_ptr"].shape[0]
+        v.chunk_ent, v.n_chunk_ent = ptr(lw["chunk_ent"], "int64_t *"), lw["chunk_ent"].shape[0]
         v.row_feat, v.n_row_feat = ptr(lw["row_feat"], "int32_t *"), lw["row_feat"].shape[0]
-        v.row_ptr, v.n_row_ptr = ptr(lw["row_ptr"], "int64_t *"), lw["row_ptr"].shape[0]
-        v.ent_node, v.n_ent_node = ptr(lw["ent_node"], "int32_t *"), lw["ent_node"].shape[0]
-        v.ent_val, v.n_ent_val = ptr(lw["ent_val"], "float *"), lw["ent_val"].shape[0]
+        v.row_end, v.n_row_end = ptr(lw["row_end"], "int32_t *"), lw["row_end"].shape[0]
+        v.ent_child, v.n_ent_child = ptr(lw["ent_child"], "void *"), lw["ent_child"].shape[0]
+        v.ent_val, v.n_ent_val = ptr(lw["ent_val"], "void *"), lw["ent_val"].shape[0]
         v.bias, v.n_bias = ptr(lw["bias"], "float *"), lw["bias"].shape[0]
+        v.child_bytes = lw["ent_child"].dtype.itemsize
+        v.val_bytes = lw["ent_val"].dtype.itemsize
     if label_order is None:
         lo_ptr, n_labels = ffi.NULL, 0
     else:
         lo_ptr, n_labels = ptr(label_order, "int32_t *"), label_order.shape[0]
+    sp_ptr, n_spans = (ffi.NULL, 0) if spans is None else (ptr(spans, "int32_t *"), spans.size)
     out = ffi.new("qac_model_t **")
     check(
-        lib.qac_model_new(len(layers), views, lo_ptr, n_labels, n_features, post, out),
+        lib.qac_model_new(len(layers), views, lo_ptr, n_labels, sp_ptr, n_spans, n_features,
+                          post, out),
         "qac_model_new",
     )
     return ffi.gc(out[0], lib.qac_model_free)
+
+
+def model_spans(model: Any) -> np.ndarray:
+    """int32 [n_inner, 4]: the label-id spans under every inner node (saved with a model
+    so that loading reads them in place instead of rebuilding them per process)."""
+    n = ffi.new("size_t *")
+    check(lib.qac_model_spans(model, ffi.NULL, 0, n), "qac_model_spans")
+    out = np.empty(int(n[0]), dtype=np.int32)
+    check(lib.qac_model_spans(model, ptr(out, "int32_t *"), out.size, n), "qac_model_spans")
+    return out.reshape(-1, 4)
 
 
 def scratch_new(model: Any, max_beam: int, max_topk: int) -> Any:
@@ -260,11 +279,14 @@ def train_layer(
     threshold: float,
     seed: int,
     threads: int,
+    max_chunk_entries: int = 2**31 - 1,
 ) -> dict[str, np.ndarray]:
-    """Train one layer's rankers in C; return the LayerWeights arrays by name.
+    """Train one layer's rankers in C; return the packed LayerWeights arrays by name
+    (float32 weights; ``ent_child`` in the narrowest dtype the fan-out allows).
 
     X is CSR (x_ptr int64 [n+1], x_idx int32, x_val float32); pos_* is CSR instance ->
     positive node ids at this layer; route_* is CSR parent -> instance ids (sorted).
+    InputError when one parent's chunk would hold more than ``max_chunk_entries``.
     """
     if solver not in SOLVERS:
         raise InputError(f"solver: expected one of {sorted(SOLVERS)}, got {solver!r}")
@@ -307,23 +329,35 @@ def train_layer(
         "train_layer",
     )
     handle = ffi.gc(out[0], lib.qac_layer_free)
-    sizes = ffi.new("size_t[2]")
-    check(lib.qac_layer_sizes(handle, sizes, sizes + 1), "train_layer")
-    n_rows, n_ent = int(sizes[0]), int(sizes[1])
+    sizes = ffi.new("size_t[4]")
+    check(lib.qac_layer_sizes(handle, sizes, sizes + 1, sizes + 2, sizes + 3), "train_layer")
+    n_rows, n_ent, max_chunk, max_fanout = (int(sizes[i]) for i in range(4))
+    if max_chunk > max_chunk_entries:
+        raise InputError(
+            f"train_layer: one parent's children hold {max_chunk} weights, more than the "
+            f"{max_chunk_entries} a chunk can address (int32 row ends): use a tree with "
+            "more levels (smaller branching or max_leaf_size), fewer features, or a higher "
+            "threshold"
+        )
+    child = np.dtype(child_dtype(max_fanout))
     arrays = {
         "chunk_ptr": np.empty(n_parents + 1, np.int64),
+        "chunk_ent": np.empty(n_parents + 1, np.int64),
         "row_feat": np.empty(n_rows, np.int32),
-        "row_ptr": np.empty(n_rows + 1, np.int64),
-        "ent_node": np.empty(n_ent, np.int32),
+        "row_end": np.empty(n_rows, np.int32),
+        "ent_child": np.empty(n_ent, child),
         "ent_val": np.empty(n_ent, np.float32),
         "bias": np.empty(n_nodes, np.float32),
     }
     check(
         lib.qac_layer_export(
             handle,
-            ptr(arrays["chunk_ptr"], "int64_t *"), ptr(arrays["row_feat"], "int32_t *"),
-            ptr(arrays["row_ptr"], "int64_t *"), ptr(arrays["ent_node"], "int32_t *"),
-            ptr(arrays["ent_val"], "float *"), ptr(arrays["bias"], "float *"),
+            ptr(arrays["chunk_ptr"], "int64_t *"), ptr(arrays["chunk_ent"], "int64_t *"),
+            n_parents + 1,
+            ptr(arrays["row_feat"], "int32_t *"), ptr(arrays["row_end"], "int32_t *"), n_rows,
+            ptr(arrays["ent_child"], "void *"), child.itemsize,
+            ptr(arrays["ent_val"], "float *"), n_ent,
+            ptr(arrays["bias"], "float *"), n_nodes,
         ),
         "train_layer export",
     )

@@ -89,13 +89,16 @@ class Engine:
         vectorizer: Vectorizer,
         tree: LabelTree,
         layers: Sequence[LayerWeights],
+        spans: np.ndarray | None = None,
     ) -> None:
+        """``spans``: the model's saved label-id spans (see XLinearModel), or None."""
         self.config = config
         self.vectorizer = vectorizer
         self.tree = tree
         self.layers = list(layers)
         self.model = XLinearModel(
-            tree.child_ptr, tree.label_order, self.layers, vectorizer.n_features, config.post
+            tree.child_ptr, tree.label_order, self.layers, vectorizer.n_features, config.post,
+            spans=spans,
         )
         self._search = _kernel.TextSearch(vectorizer.handle, self.model)
 
@@ -156,9 +159,14 @@ class Engine:
 
     # -- persistence -------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
+        """Every array a loaded engine reads, by file name: the vectorizer's vocabulary
+        (``features.*``), the tree (``tree.*``), the label-id spans (``model.spans``) and
+        the packed weights (``layer<l>.*``). Loading maps them all read-only: nothing is
+        rebuilt per process."""
         out: dict[str, np.ndarray] = {}
         out.update({f"features.{k}": v for k, v in self.vectorizer.arrays().items()})
         out.update({f"tree.{k}": v for k, v in self.tree.arrays().items()})
+        out["model.spans"] = self.model.spans()
         for depth, layer in enumerate(self.layers, start=1):
             out.update({f"layer{depth}.{k}": v for k, v in layer.arrays().items()})
         return out
@@ -177,10 +185,10 @@ class Engine:
                 LayerWeights.from_arrays(md.arrays(f"layer{d}."))
                 for d in range(1, tree.depth + 1)
             ]
-            return cls(config, vec, tree, layers)
+            return cls(config, vec, tree, layers, md.array("model.spans"))
         except ModelFormatError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # InputError is a ValueError
             raise ModelFormatError(
                 f"{md.path}: model arrays or config inconsistent ({exc})", str(md.path)
             ) from exc

@@ -32,7 +32,9 @@ import numpy as np
 from qac.errors import ModelFormatError
 
 FORMAT = "qac-model"
-FORMAT_VERSION = 1
+#: 2: packed weights (int32 relative row ends, local child ids, float16 values), the
+#: featurizer's vocabulary directory and the tree's label-id spans saved as arrays.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
 
@@ -168,10 +170,17 @@ def open_model_dir(
         raise ModelFormatError(f"{mpath}: unreadable ({exc})", str(mpath)) from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelFormatError(f"{mpath}: not a qac model manifest", str(mpath))
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool):
+            why = "not a version this qac knows"
+        elif version < FORMAT_VERSION:
+            why = "it was built by an older qac: retrain it with this version"
+        else:
+            why = "it was built by a newer qac: upgrade qac to read it"
         raise ModelFormatError(
-            f"{mpath}: format version {manifest.get('format_version')!r}, this qac reads "
-            f"{FORMAT_VERSION}",
+            f"{mpath}: model format version {version!r}, this qac reads {FORMAT_VERSION}: "
+            f"{why}",
             str(mpath),
         )
     if kind is not None and manifest.get("kind") != kind:

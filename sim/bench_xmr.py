@@ -378,7 +378,7 @@ def qac_train(a: argparse.Namespace) -> None:
 
 
 def _qac_load(mdir: Path) -> Any:
-    from qac.model.weights import LayerWeights
+    from qac.model.weights import FIELDS, LayerWeights
     from qac.model.xlinear import XLinearModel
 
     man = json.loads((mdir / "manifest.json").read_text())
@@ -386,8 +386,7 @@ def _qac_load(mdir: Path) -> Any:
     child_ptr = tuple(np.load(mdir / f"child_ptr{i}.npy") for i in range(d))
     label_order = np.load(mdir / "label_order.npy")
     layers = [LayerWeights.from_arrays({
-        f: np.load(mdir / f"L{li}_{f}.npy", mmap_mode="r") for f in
-        ("chunk_ptr", "row_feat", "row_ptr", "ent_node", "ent_val", "bias")}) for li in range(d)]
+        f: np.load(mdir / f"L{li}_{f}.npy", mmap_mode="r") for f in FIELDS}) for li in range(d)]
     return XLinearModel(child_ptr, label_order, layers, n_features=man["n_features"],
                         post="l3-hinge")
 
@@ -405,13 +404,12 @@ def _qac_fused_latency(a: argparse.Namespace, data: Path, mdir: Path, vec: Any,
         from qac.engine import Engine, EngineConfig
     except ImportError:
         return None
-    from qac.model.weights import LayerWeights
+    from qac.model.weights import FIELDS, LayerWeights
     from qac.text import normalize
 
     tree = _qac_tree(data)
     layers = [LayerWeights.from_arrays({
-        f: np.load(mdir / f"L{li}_{f}.npy", mmap_mode="r") for f in
-        ("chunk_ptr", "row_feat", "row_ptr", "ent_node", "ent_val", "bias")})
+        f: np.load(mdir / f"L{li}_{f}.npy", mmap_mode="r") for f in FIELDS})
         for li in range(tree.depth)]
     try:
         eng = Engine(EngineConfig(blocks=tuple(vec.blocks), beam=a.beam, post="l3-hinge"), vec,

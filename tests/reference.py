@@ -11,10 +11,50 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qac.model.weights import LayerWeights
+from qac.model.weights import LayerWeights, child_dtype
 
 RTOL = 1e-5
 ATOL = 1e-30  # float32 scores this small have lost their precision or underflowed
+
+
+def pack(
+    child_ptr: np.ndarray,
+    chunk_ptr: np.ndarray,
+    row_feat: np.ndarray,
+    row_ptr: np.ndarray,
+    ent_node: np.ndarray,
+    ent_val: np.ndarray,
+    bias: np.ndarray,
+    values: type = np.float32,
+) -> LayerWeights:
+    """The packed LayerWeights of a layer given plainly: absolute row pointers
+    (int64 [R+1]) and layer-wide node ids; values in ``values`` (float32 / float16)."""
+    cp = np.asarray(child_ptr, np.int64)
+    chunk_ptr = np.asarray(chunk_ptr, np.int64)
+    row_ptr = np.asarray(row_ptr, np.int64)
+    n_par = chunk_ptr.shape[0] - 1
+    chunk_ent = row_ptr[chunk_ptr]
+    chunk_of_row = np.repeat(np.arange(n_par), np.diff(chunk_ptr))
+    row_end = (row_ptr[1:] - chunk_ent[chunk_of_row]).astype(np.int32)
+    parent_of_ent = np.repeat(np.arange(n_par), np.diff(chunk_ent))
+    fan = int(np.diff(cp).max()) if cp.shape[0] > 1 else 0
+    local = np.asarray(ent_node, np.int64) - cp[parent_of_ent]
+    return LayerWeights(
+        chunk_ptr=chunk_ptr,
+        chunk_ent=chunk_ent.astype(np.int64),
+        row_feat=np.asarray(row_feat, np.int32),
+        row_end=row_end,
+        ent_child=local.astype(child_dtype(max(fan, 1))),
+        ent_val=np.asarray(ent_val).astype(values),
+        bias=np.asarray(bias, np.float32),
+    )
+
+
+def unpack(lw: LayerWeights, child_ptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row_ptr int64 [R+1] absolute, ent_node int64 [E] layer-wide) of a packed layer."""
+    chunk_of_row = np.repeat(np.arange(lw.n_parents), np.diff(lw.chunk_ptr))
+    ends = np.asarray(lw.chunk_ent, np.int64)[chunk_of_row] + lw.row_end
+    return np.concatenate([[0], ends]).astype(np.int64), lw.node_ids(child_ptr)
 
 
 def near(a: float, b: float) -> bool:
@@ -117,10 +157,12 @@ def beam_search(
     x = {int(f): float(v) for f, v in zip(idx, val, strict=True)}
     ids_below = leaf_ids(child_ptr, label_order)
     bounds = id_bounds(child_ptr, label_order)
+    plain = [unpack(lw, cp) for lw, cp in zip(layers, child_ptr, strict=True)]
     cur: list[tuple[int, float]] = [(0, 1.0)]
     ambiguous = False
     for li in range(depth):
         lw, cp, last = layers[li], child_ptr[li], li == depth - 1
+        row_ptr, ent_node = plain[li]
         cands = []  # (score, key, node)
         for p, ps in cur:
             c0, c1 = int(cp[p]), int(cp[p + 1])
@@ -128,8 +170,8 @@ def beam_search(
             for r in range(int(lw.chunk_ptr[p]), int(lw.chunk_ptr[p + 1])):
                 f = int(lw.row_feat[r])
                 if f in x:
-                    for e in range(int(lw.row_ptr[r]), int(lw.row_ptr[r + 1])):
-                        s[int(lw.ent_node[e])] += x[f] * float(lw.ent_val[e])
+                    for e in range(int(row_ptr[r]), int(row_ptr[r + 1])):
+                        s[int(ent_node[e])] += x[f] * float(lw.ent_val[e])
             for c in range(c0, c1):
                 if exact:
                     below = ids_below[li][c]
