@@ -40,6 +40,7 @@ typedef struct {
     const void *ent_val;
     const float *bias;
     int child_bytes, val_bytes;
+    float power; /* a child scores t(s)^power times its parent's score */
     int64_t n_parent, n_node;
     const span_t *span; /* n_node entries; NULL at the last layer (ids: label_order) */
 } layer_t;
@@ -235,12 +236,14 @@ static int spans_of(qac_model_t *m, span_t *fill) {
 
 int qac_model_new(size_t depth, const qac_layer_view *layers, const int32_t *label_order,
                   size_t n_labels, const int32_t *spans, size_t n_spans, int64_t n_features,
-                  int post, qac_model_t **out) {
+                  int post, const float *powers, qac_model_t **out) {
     if (!out) return QAC_E_INPUT;
     *out = NULL;
     if (depth == 0 || !layers || n_features < 0 || n_features > (int64_t)INT32_MAX + 1 ||
         (post != QAC_POST_L3HINGE && post != QAC_POST_SIGMOID) || (n_spans && !spans))
         return QAC_E_INPUT;
+    for (size_t i = 0; powers && i < depth; i++)
+        if (!(powers[i] > 0.0f) || !isfinite(powers[i])) return QAC_E_INPUT;
     int64_t n_parent = 1;
     int rc;
     for (size_t i = 0; i < depth; i++) {
@@ -285,6 +288,7 @@ int qac_model_new(size_t depth, const qac_layer_view *layers, const int32_t *lab
         L->ent_val = v->ent_val;
         L->child_bytes = v->child_bytes;
         L->val_bytes = v->val_bytes;
+        L->power = powers ? powers[i] : 1.0f;
         L->bias = v->bias;
         L->n_parent = n_parent;
         L->n_node = (int64_t)v->n_bias;
@@ -516,14 +520,15 @@ static void score_chunk(const layer_t *L, int64_t p, const int32_t *idx, const f
     }
 }
 
-static inline float post_fn(int post, float s) {
+/* t(s)^power (power > 0): one exp either way. */
+static inline float post_fn(int post, float s, float power) {
     float t;
     if (post == QAC_POST_SIGMOID) {
-        t = 1.0f / (1.0f + expf(-s));
+        t = power == 1.0f ? 1.0f / (1.0f + expf(-s)) : expf(-power * log1pf(expf(-s)));
     } else {
         float h = 1.0f - s;
         h = h > 0.0f ? h : 0.0f;
-        t = expf(-h * h * h);
+        t = expf(-power * (h * h * h));
     }
     return t >= 0.0f ? t : 0.0f; /* NaN -> 0 */
 }
@@ -604,7 +609,7 @@ static int predict_one(const qac_model_t *m, qac_scratch_t *s, const int32_t *id
                     if (restricted && (key < lo || key >= hi)) continue;
                 }
                 cand_t x;
-                x.score = ps * post_fn(m->post, s->buf[j]);
+                x.score = ps * post_fn(m->post, s->buf[j], L->power);
                 x.node = (int32_t)c;
                 x.key = key;
                 heap_push(heap, &n_heap, cap, x);

@@ -47,12 +47,14 @@ typedef struct qac_scratch qac_scratch_t;
  * (n_labels ignored) to return last-layer node ids. spans: NULL (computed
  * here, n_inner*16 bytes) or qac_model_spans of the same arrays, int32
  * [n_spans = 4*n_inner] read in place once checked (n_inner: the nodes of
- * layers 1..depth-1). post: QAC_POST_*. QAC_E_RANGE for any inconsistency
- * of the arrays, QAC_E_INPUT for bad arguments. */
+ * layers 1..depth-1). post: QAC_POST_*; a node of layer l scores
+ * t(s)^powers[l-1] times its parent's score (powers: depth finite values
+ * > 0, or NULL for all 1). QAC_E_RANGE for any inconsistency of the arrays,
+ * QAC_E_INPUT for bad arguments. */
 int qac_model_new(size_t depth, const qac_layer_view *layers,
                   const int32_t *label_order, size_t n_labels,
                   const int32_t *spans, size_t n_spans,
-                  int64_t n_features, int post, qac_model_t **out);
+                  int64_t n_features, int post, const float *powers, qac_model_t **out);
 void qac_model_free(qac_model_t *model);
 /* Sizes of a model: depth, n_labels (n_D), n_features. Any out may be NULL. */
 int qac_model_info(const qac_model_t *model, size_t *depth, int64_t *n_labels,

@@ -134,11 +134,13 @@ def model_new(
     spans: np.ndarray | None,
     n_features: int,
     post: int,
+    powers: list[float] | None = None,
 ) -> Any:
     """Wrap validated C-contiguous arrays in a ``qac_model_t*`` (freed by the GC).
 
     ``layers``: the packed LayerWeights arrays by name; ``spans``: int32 from
-    :func:`model_spans` of the same arrays, or None to compute them in C.
+    :func:`model_spans` of the same arrays, or None to compute them in C; ``powers``:
+    per layer, the power of its post-processed score (None: all 1).
     The handle points into the arrays: the caller must keep them alive at least
     as long as the handle. Raises KernelError(QAC_E_RANGE) for inconsistent arrays.
     """
@@ -162,7 +164,8 @@ def model_new(
     out = ffi.new("qac_model_t **")
     check(
         lib.qac_model_new(len(layers), views, lo_ptr, n_labels, sp_ptr, n_spans, n_features,
-                          post, out),
+                          post, ffi.NULL if powers is None else ffi.new("float[]", powers),
+                          out),
         "qac_model_new",
     )
     return ffi.gc(out[0], lib.qac_model_free)

@@ -8,6 +8,7 @@ a query with a single call into C (featurize + beam search, GIL released).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,9 @@ class EngineConfig:
     max_leaf_size: most labels in one leaf cluster.
     beam:          default beam width of the search.
     post:          score post-processor, "l3-hinge" or "sigmoid" (PECOS's).
+    label_power:   a label scores t(s) ** label_power times its parent's path score
+                   (1: PECOS's plain product of post-processed scores; > 1 lets the
+                   label's own ranker weigh more than the clusters above it).
     """
 
     blocks: tuple[BlockConfig, ...]
@@ -53,6 +57,7 @@ class EngineConfig:
     seed: int = 0
     beam: int = 10
     post: str = "l3-hinge"
+    label_power: float = 1.0
     threads: int = 2
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -63,6 +68,11 @@ class EngineConfig:
             raise InputError(f"EngineConfig.beam: must be >= 1, got {self.beam}")
         if self.post not in POSTS:
             raise InputError(f"EngineConfig.post: one of {POSTS}, got {self.post!r}")
+        lp = self.label_power
+        if isinstance(lp, bool) or not isinstance(lp, int | float) or not (
+            math.isfinite(lp) and lp > 0
+        ):
+            raise InputError(f"EngineConfig.label_power: a finite number > 0, got {lp!r}")
         if self.threads < 1:
             raise InputError(f"EngineConfig.threads: must be >= 1, got {self.threads}")
 
@@ -96,9 +106,11 @@ class Engine:
         self.vectorizer = vectorizer
         self.tree = tree
         self.layers = list(layers)
+        #: seconds of each stage of :meth:`fit` (features, tree, rankers); empty when loaded
+        self.timings: dict[str, float] = {}
         self.model = XLinearModel(
             tree.child_ptr, tree.label_order, self.layers, vectorizer.n_features, config.post,
-            spans=spans,
+            spans=spans, powers=[1.0] * (tree.depth - 1) + [float(config.label_power)],
         )
         self._search = _kernel.TextSearch(vectorizer.handle, self.model)
 
@@ -155,7 +167,9 @@ class Engine:
             "features %.1fs, tree %.1fs, rankers %.1fs",
             X.shape[0], X.shape[1], Y.shape[1], tree.depth, t1 - t0, t2 - t1, t3 - t2,
         )
-        return cls(config, vec, tree, layers)
+        engine = cls(config, vec, tree, layers)
+        engine.timings = {"features": t1 - t0, "tree": t2 - t1, "rankers": t3 - t2}
+        return engine
 
     # -- persistence -------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:

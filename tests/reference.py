@@ -143,13 +143,15 @@ def beam_search(
     lo: int = 0,
     hi: int | None = None,
     exact: bool = False,
+    powers: Sequence[float] | None = None,
 ) -> Answer:
     """Beam search restricted to label ids [lo, hi).
 
     A node competes for the beam only if some label below may be in [lo, hi):
     by default (as the kernel) if the [min, max] id range below it meets
     [lo, hi); with ``exact``, only if a label below really is in [lo, hi).
-    The two agree when every node's ids are contiguous.
+    The two agree when every node's ids are contiguous. ``powers``: per layer, the
+    power of the post-processed score (default 1).
     """
     depth = len(layers)
     n_last = int(child_ptr[-1][-1])
@@ -179,7 +181,7 @@ def beam_search(
                         continue
                 elif bounds[li][c, 0] >= hi or bounds[li][c, 1] < lo:
                     continue  # no label below, or [min, max] misses [lo, hi)
-                score = ps * post_fn(post, s[c])
+                score = ps * post_fn(post, s[c]) ** (1.0 if powers is None else powers[li])
                 key = int(label_order[c]) if last and label_order is not None else c
                 cands.append((score, key, c))
         cands.sort(key=lambda t: (-t[0], t[1]))

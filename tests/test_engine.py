@@ -65,3 +65,11 @@ def test_bad_k_and_beam_are_input_errors(engine: Engine) -> None:
     for kw in ({"k": 0}, {"k": -3}, {"beam": 0}, {"k": 2.5}, {"beam": 2**25}):
         with pytest.raises(InputError):
             engine.search("goo", **kw)  # type: ignore[arg-type]
+
+
+def test_label_power_is_validated_and_saved() -> None:
+    for bad in (0, -1.0, float("inf"), True, "2"):
+        with pytest.raises(InputError, match="label_power"):
+            EngineConfig(blocks=(BlockConfig(kind="char"),), label_power=bad)  # type: ignore[arg-type]
+    cfg = EngineConfig(blocks=(BlockConfig(kind="char"),), label_power=2.0)
+    assert EngineConfig.from_dict(cfg.to_dict()) == cfg

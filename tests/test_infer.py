@@ -591,12 +591,17 @@ def test_c_boundary_rejects_null_and_capacity() -> None:
     s = _base()
     m = s.model()
     out = ffi.new("qac_model_t **")
-    assert lib.qac_model_new(0, ffi.NULL, ffi.NULL, 0, ffi.NULL, 0, 1, 0, out) == lib.QAC_E_INPUT
-    assert lib.qac_model_new(1, ffi.NULL, ffi.NULL, 0, ffi.NULL, 0, 1, 0, out) == lib.QAC_E_INPUT
+    null = ffi.NULL
+
+    def new(depth: int, views: Any, n_spans: int = 0) -> int:
+        return int(lib.qac_model_new(depth, views, null, 0, null, n_spans, 1, 0, null, out))
+
+    assert new(0, null) == lib.QAC_E_INPUT
+    assert new(1, null) == lib.QAC_E_INPUT
     views = ffi.new("qac_layer_view[]", 1)
     views[0].child_bytes, views[0].val_bytes = 1, 4
     views[0].n_child_ptr = 2  # NULL with a length
-    assert lib.qac_model_new(1, views, ffi.NULL, 0, ffi.NULL, 0, 1, 0, out) == lib.QAC_E_INPUT
+    assert new(1, views) == lib.QAC_E_INPUT
     views = ffi.new("qac_layer_view[]", 1)
     cp = np.array([0, 1], np.int64)
     z = np.zeros(2, np.int64)
@@ -607,9 +612,9 @@ def test_c_boundary_rejects_null_and_capacity() -> None:
     views[0].bias, views[0].n_bias = _kernel.ptr(bias, "float *"), 1
     for cb, vb, want in ((1, 4, lib.QAC_OK), (3, 4, lib.QAC_E_INPUT), (1, 8, lib.QAC_E_INPUT)):
         views[0].child_bytes, views[0].val_bytes = cb, vb
-        assert lib.qac_model_new(1, views, ffi.NULL, 0, ffi.NULL, 0, 1, 0, out) == want
+        assert new(1, views) == want
         lib.qac_model_free(out[0])
-    assert lib.qac_model_new(1, views, ffi.NULL, 0, ffi.NULL, 4, 1, 0, out) == lib.QAC_E_INPUT
+    assert new(1, views, n_spans=4) == lib.QAC_E_INPUT  # spans NULL with a length
     scratch = _kernel.scratch_new(m.handle, 2, 2)
     ids = ffi.new("int32_t[8]")
     sc = ffi.new("float[8]")
@@ -727,3 +732,30 @@ def test_saved_spans_are_read_in_place_and_answer_alike(tmp_path: Any) -> None:
         replace(spec, spans=spans.astype(np.int64)).model()
     with pytest.raises(InputError, match="spans"):
         replace(spec, spans=spans.ravel()).model()
+
+
+@pytest.mark.parametrize("post", ["l3-hinge", "sigmoid"])
+def test_layer_powers_raise_each_layers_score(post: str) -> None:
+    """A node scores t(s) ** power times its parent: the same ids as the reference on
+    t ** power, and for a one-layer tree exactly the power-1 scores raised."""
+    spec = random_spec(21, 1, 8, 40, post)
+    rng = np.random.default_rng(4)
+    idx, val = random_query(rng, spec.n_features, 3)
+    one = spec.model().predict_one(idx, val, beam=8, topk=8)
+    sq = XLinearModel(spec.child_ptr, spec.label_order, spec.layers, spec.n_features, post,
+                      powers=[2.0]).predict_one(idx, val, beam=8, topk=8)
+    np.testing.assert_array_equal(one[0], sq[0])
+    np.testing.assert_allclose(sq[1], one[1].astype(np.float64) ** 2, rtol=1e-5)
+    deep = random_spec(22, 3, 5, 200, post)
+    m = XLinearModel(deep.child_ptr, deep.label_order, deep.layers, deep.n_features, post,
+                     powers=[1.0, 0.5, 3.0])
+    for kind in (1, 3, 4):
+        idx, val = random_query(rng, deep.n_features, kind)
+        got = m.predict_one(idx, val, beam=4, topk=10)
+        ans = reference.beam_search(deep.child_ptr, deep.label_order, deep.layers, post, idx,
+                                    val, 4, 10, powers=[1.0, 0.5, 3.0])
+        assert_matches(deep, got, ans, 10, 0, m.n_labels)
+    for bad in ([1.0], [0.0, 1.0, 1.0], [1.0, float("nan"), 1.0], [1.0, -2.0, 1.0]):
+        with pytest.raises(InputError, match="powers"):
+            XLinearModel(deep.child_ptr, deep.label_order, deep.layers, deep.n_features, post,
+                         powers=bad)

@@ -47,6 +47,8 @@ class XLinearModel:
     spans: int32 [n_inner, 4], :meth:`spans` of the same arrays (e.g. saved with the
         model), read in place once checked; None computes them (16 bytes per inner
         node, per process).
+    powers: per layer, a node scores t(s) ** powers[l-1] times its parent's score
+        (finite, > 0; None: all 1, PECOS's product of post-processed scores).
 
     Arrays must already have the exact dtypes (no silent copies of big weights);
     wrong dtypes or shapes raise InputError, inconsistent contents ModelFormatError.
@@ -60,6 +62,7 @@ class XLinearModel:
         n_features: int,
         post: str = "l3-hinge",
         spans: np.ndarray | None = None,
+        powers: Sequence[float] | None = None,
     ) -> None:
         if len(child_ptr) == 0 or len(child_ptr) != len(layers):
             raise InputError(
@@ -82,6 +85,13 @@ class XLinearModel:
             None if label_order is None else _exact(label_order, np.int32, "label_order")
         )
         self._n_features = int(n_features)
+        if powers is not None:
+            powers = [float(x) for x in powers]
+            if len(powers) != len(layers) or not all(np.isfinite(x) and x > 0 for x in powers):
+                raise InputError(
+                    f"powers: expected {len(layers)} finite numbers > 0, got {powers!r}"
+                )
+        self._powers = powers
         self._spans = None
         if spans is not None:
             if not isinstance(spans, np.ndarray) or spans.ndim != 2 or spans.shape[1:] != (4,):
@@ -92,7 +102,7 @@ class XLinearModel:
         try:
             self._handle = _kernel.model_new(
                 self._child_ptr, self._layers, self._label_order, self._spans,
-                self._n_features, code
+                self._n_features, code, powers
             )
         except KernelError as exc:
             raise ModelFormatError(
