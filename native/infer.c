@@ -36,6 +36,7 @@ typedef struct {
     const int64_t *chunk_ent;
     const int32_t *row_feat;
     const int32_t *row_end;
+    const int32_t *row_fence; /* row_feat[FENCE * g] for every g */
     const void *ent_child;
     const void *ent_val;
     const float *bias;
@@ -55,6 +56,11 @@ struct qac_model {
     int64_t max_branch;
     int post;
 };
+
+/* Every FENCE-th row's feature, layer-wide: a search first finds a key's block of
+ * FENCE rows in this small array (it stays in cache), then searches inside the
+ * block (one or two cache lines) instead of walking the whole chunk. */
+enum { FENCE = QAC_ROW_FENCE };
 
 typedef struct {
     float score;
@@ -112,7 +118,8 @@ static int check_ptr(const int64_t *ptr, size_t n, int64_t end) {
 static int check_view_ptrs(const qac_layer_view *v) {
     if ((v->n_child_ptr && !v->child_ptr) || (v->n_chunk_ptr && !v->chunk_ptr) ||
         (v->n_chunk_ent && !v->chunk_ent) || (v->n_row_feat && !v->row_feat) ||
-        (v->n_row_end && !v->row_end) || (v->n_ent_child && !v->ent_child) ||
+        (v->n_row_end && !v->row_end) || (v->n_row_fence && !v->row_fence) ||
+        (v->n_ent_child && !v->ent_child) ||
         (v->n_ent_val && !v->ent_val) || (v->n_bias && !v->bias))
         return QAC_E_INPUT;
     if (v->child_bytes != 1 && v->child_bytes != 2 && v->child_bytes != 4) return QAC_E_INPUT;
@@ -132,6 +139,9 @@ static int check_layer(const qac_layer_view *v, int64_t n_parent, int64_t n_feat
     if ((rc = check_ptr(v->chunk_ptr, v->n_chunk_ptr, (int64_t)v->n_row_feat))) return rc;
     if ((rc = check_ptr(v->chunk_ent, v->n_chunk_ent, (int64_t)v->n_ent_child))) return rc;
     if (v->n_row_end != v->n_row_feat || v->n_ent_child != v->n_ent_val) return QAC_E_RANGE;
+    if (v->n_row_fence != (v->n_row_feat + FENCE - 1) / FENCE) return QAC_E_RANGE;
+    for (size_t g = 0; g < v->n_row_fence; g++)
+        if (v->row_fence[g] != v->row_feat[g * FENCE]) return QAC_E_RANGE;
     for (int64_t p = 0; p < n_parent; p++) {
         int64_t fan = v->child_ptr[p + 1] - v->child_ptr[p];
         int64_t r0 = v->chunk_ptr[p], r1 = v->chunk_ptr[p + 1];
@@ -284,6 +294,7 @@ int qac_model_new(size_t depth, const qac_layer_view *layers, const int32_t *lab
         L->chunk_ent = v->chunk_ent;
         L->row_feat = v->row_feat;
         L->row_end = v->row_end;
+        L->row_fence = v->row_fence;
         L->ent_child = v->ent_child;
         L->ent_val = v->ent_val;
         L->child_bytes = v->child_bytes;
@@ -477,7 +488,30 @@ __attribute__((always_inline)) static inline void score_chunk_t(
             bp[k] = rf;
             key[k] = idx[j + (k < m ? k : m - 1)];
         }
-        for (int64_t len = n_rows; len > 1;) {
+        int64_t len = n_rows;
+        if (n_rows >= 4 * FENCE) {
+            /* fences g0..g1-1 start inside the chunk; a key below fence g0 lies in the
+             * chunk's first rows. The block of FENCE rows searched next is shifted to
+             * stay inside the chunk; it always holds the key's lower bound. */
+            int64_t g0 = (r0 + FENCE - 1) / FENCE, g1 = (r0 + n_rows + FENCE - 1) / FENCE;
+            const int32_t *fc = L->row_fence + g0;
+            int64_t nf = g1 - g0;
+            const int32_t *fq[LANES];
+            for (size_t k = 0; k < LANES; k++) fq[k] = fc;
+            for (int64_t fl = nf; fl > 1;) {
+                int64_t half = fl >> 1;
+                for (size_t k = 0; k < LANES; k++)
+                    fq[k] = fq[k][half] <= key[k] ? fq[k] + half : fq[k];
+                fl -= half;
+            }
+            for (size_t k = 0; k < LANES; k++) {
+                int64_t start = *fq[k] <= key[k] ? (g0 + (fq[k] - fc)) * FENCE - r0 : 0;
+                if (start > n_rows - FENCE) start = n_rows - FENCE;
+                bp[k] = rf + start;
+            }
+            len = FENCE;
+        }
+        for (; len > 1;) {
             int64_t half = len >> 1;
             for (size_t k = 0; k < LANES; k++)
                 bp[k] = bp[k][half] < key[k] ? bp[k] + half : bp[k];

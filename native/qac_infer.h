@@ -16,6 +16,7 @@
 /* QAC_CDEF_BEGIN */
 #define QAC_POST_L3HINGE 0 /* t(s) = exp(-max(0, 1-s)^3) */
 #define QAC_POST_SIGMOID 1 /* t(s) = 1 / (1 + exp(-s)) */
+#define QAC_ROW_FENCE 16   /* row_fence[g] = row_feat[QAC_ROW_FENCE * g] */
 
 /* The arrays of tree layer l (1..D): the tree's child_ptr[l-1] and that
  * layer's packed LayerWeights. Every array comes with its length.
@@ -23,15 +24,18 @@
  * and entries chunk_ent[p]..chunk_ent[p+1]; row r's entries are
  * chunk_ent[p] + [row_end[r-1] (0 for the chunk's first row), row_end[r]),
  * so row ends are int32 relative to their chunk (a chunk holds < 2^31
- * entries; a model may hold more). An entry is a child's index within its
- * parent (uint8/uint16/uint32: child_bytes 1/2/4) and a weight (IEEE half or
- * float: val_bytes 2/4). */
+ * entries; a model may hold more). row_fence holds every QAC_ROW_FENCE-th
+ * row_feat of the layer (ceil(R / QAC_ROW_FENCE) entries): the first step of
+ * every feature lookup. An entry is a child's index within its parent
+ * (uint8/uint16/uint32: child_bytes 1/2/4) and a weight (IEEE half or float:
+ * val_bytes 2/4). */
 typedef struct {
     const int64_t *child_ptr; size_t n_child_ptr; /* n_{l-1}+1 */
     const int64_t *chunk_ptr; size_t n_chunk_ptr; /* n_{l-1}+1 */
     const int64_t *chunk_ent; size_t n_chunk_ent; /* n_{l-1}+1 */
     const int32_t *row_feat;  size_t n_row_feat;  /* R */
     const int32_t *row_end;   size_t n_row_end;   /* R */
+    const int32_t *row_fence; size_t n_row_fence; /* ceil(R / QAC_ROW_FENCE) */
     const void *ent_child;    size_t n_ent_child; /* E */
     const void *ent_val;      size_t n_ent_val;   /* E */
     const float *bias;        size_t n_bias;      /* n_l */

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from qac.errors import InputError, KernelError, QacError
-from qac.model.weights import child_dtype
+from qac.model.weights import child_dtype, row_fence
 
 try:
     from qac._native import ffi, lib
@@ -151,6 +151,7 @@ def model_new(
         v.chunk_ent, v.n_chunk_ent = ptr(lw["chunk_ent"], "int64_t *"), lw["chunk_ent"].shape[0]
         v.row_feat, v.n_row_feat = ptr(lw["row_feat"], "int32_t *"), lw["row_feat"].shape[0]
         v.row_end, v.n_row_end = ptr(lw["row_end"], "int32_t *"), lw["row_end"].shape[0]
+        v.row_fence, v.n_row_fence = ptr(lw["row_fence"], "int32_t *"), lw["row_fence"].shape[0]
         v.ent_child, v.n_ent_child = ptr(lw["ent_child"], "void *"), lw["ent_child"].shape[0]
         v.ent_val, v.n_ent_val = ptr(lw["ent_val"], "void *"), lw["ent_val"].shape[0]
         v.bias, v.n_bias = ptr(lw["bias"], "float *"), lw["bias"].shape[0]
@@ -365,6 +366,7 @@ def train_layer(
         "train_layer export",
     )
     ffi.release(handle)
+    arrays["row_fence"] = row_fence(arrays["row_feat"])
     return arrays
 
 

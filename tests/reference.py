@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qac.model.weights import LayerWeights, child_dtype
+from qac.model.weights import LayerWeights, child_dtype, row_fence
 
 RTOL = 1e-5
 ATOL = 1e-30  # float32 scores this small have lost their precision or underflowed
@@ -44,6 +44,7 @@ def pack(
         chunk_ent=chunk_ent.astype(np.int64),
         row_feat=np.asarray(row_feat, np.int32),
         row_end=row_end,
+        row_fence=row_fence(np.asarray(row_feat, np.int32)),
         ent_child=local.astype(child_dtype(max(fan, 1))),
         ent_val=np.asarray(ent_val).astype(values),
         bias=np.asarray(bias, np.float32),

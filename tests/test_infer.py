@@ -501,6 +501,9 @@ def _corruptions() -> list[tuple[str, Spec]]:
     out.append(("row_end decreasing", _corrupt(s, 1, row_end=arr(L.row_end, r0,
                                                                  L.row_end[r1 - 1] + 1))))
     out.append(("row_end length", _corrupt(s, 1, row_end=L.row_end[:-1].copy())))
+    out.append(("row_fence value", _corrupt(s, 1, row_fence=arr(L.row_fence, -1,
+                                                                 L.row_fence[-1] + 1))))
+    out.append(("row_fence length", _corrupt(s, 1, row_fence=L.row_fence[:-1].copy())))
     # an entry naming a child its parent does not have
     e = int(L.chunk_ent[p])
     out.append(("ent_child beyond the fan-out",
@@ -759,3 +762,41 @@ def test_layer_powers_raise_each_layers_score(post: str) -> None:
         with pytest.raises(InputError, match="powers"):
             XLinearModel(deep.child_ptr, deep.label_order, deep.layers, deep.n_features, post,
                          powers=bad)
+
+
+def test_long_chunks_searched_through_their_fences_match_the_reference() -> None:
+    """Chunks of hundreds of rows (searched through the fences: every 16th row's
+    feature), keys below a chunk's first fence, between fences and past the last."""
+    rng = np.random.default_rng(8)
+    cps = [np.array([0, 3], np.int64), np.array([0, 4, 9, 12], np.int64)]
+    n_features = 3000
+    layers = []
+    for cp in cps:
+        chunk_ptr, row_ptr, row_feat, ent_node, ent_val = [0], [0], [], [], []
+        for p in range(cp.shape[0] - 1):
+            n_rows = int(rng.integers(64, 900)) if p != 1 else 64
+            feats = np.sort(rng.choice(n_features, size=n_rows, replace=False))
+            for f in feats:
+                row_feat.append(int(f))
+                k = int(rng.integers(1, int(cp[p + 1] - cp[p]) + 1))
+                ent_node.extend(rng.choice(np.arange(cp[p], cp[p + 1]), k, replace=False).tolist())
+                ent_val.extend(rng.uniform(-1, 1, k).tolist())
+                row_ptr.append(len(ent_node))
+            chunk_ptr.append(len(row_feat))
+        layers.append(reference.pack(cp, np.array(chunk_ptr), np.array(row_feat),
+                                     np.array(row_ptr), np.array(ent_node), np.array(ent_val),
+                                     rng.uniform(-0.5, 1, int(cp[-1]))))
+    spec = Spec(cps, rng.permutation(12).astype(np.int32), layers, n_features, "l3-hinge")
+    m = spec.model()
+    assert all(int(np.diff(lw.chunk_ptr).max()) >= 64 for lw in layers)
+    for size in (1, 3, 40, 300, 2000):
+        for _ in range(5):
+            idx = np.sort(rng.choice(n_features, size=size, replace=False)).astype(np.int32)
+            if size == 1:
+                row = int(layers[1].chunk_ptr[1]) + 17  # between two fences of chunk 1
+                idx = np.array([int(layers[1].row_feat[row])], np.int32)
+            val = rng.uniform(0.1, 1, size)
+            val = (val / np.linalg.norm(val)).astype(np.float32)  # as features are
+            got = m.predict_one(idx, val, beam=3, topk=12)
+            ans = reference.beam_search(cps, spec.label_order, layers, spec.post, idx, val, 3, 12)
+            assert_matches(spec, got, ans, 12, 0, 12)
