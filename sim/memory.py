@@ -15,6 +15,9 @@ process reads each one's ``/proc/<pid>/smaps_rollup``:
 - private: pages only this process holds (Private_Clean + Private_Dirty): what one more
   worker would add.
 
+One more process imports the same modules and loads nothing (the ``baseline`` row): the
+interpreter, numpy, scipy and qac themselves, which every worker pays whatever the model.
+
 It works for any model directory whose manifest config has an ``engine`` section (a
 completer or a retriever; ``qac.storage`` and ``qac.engine`` only, whatever the answer
 path above the engine looks like). ``QAC_SRC=/path/to/checkout`` runs another qac tree.
@@ -65,12 +68,17 @@ def _touch(md: Any) -> int:
     return n
 
 
-def worker(path: str, queries: list[str], touch: bool, ready: Any, done: Any) -> None:
-    """One serving process: load, (touch), answer, report, wait."""
+def worker(path: str | None, queries: list[str], touch: bool, ready: Any, done: Any) -> None:
+    """One serving process: load, (touch), answer, report, wait. ``path`` None: import
+    only (the baseline)."""
     from qac.engine import Engine
     from qac.storage import open_model_dir
     from qac.text import normalize
 
+    if path is None:
+        ready.put({"pid": os.getpid(), "load_seconds": 0.0, "answers": [], "baseline": True})
+        done.wait(600)
+        return
     try:
         t0 = time.perf_counter()
         md = open_model_dir(path)
@@ -91,6 +99,7 @@ def measure(path: Path, workers: int, queries: list[str], touch: bool) -> dict[s
     ready, done = ctx.Queue(), ctx.Event()
     procs = [ctx.Process(target=worker, args=(str(path), queries, touch, ready, done))
              for _ in range(workers)]
+    procs.append(ctx.Process(target=worker, args=(None, queries, touch, ready, done)))
     for p in procs:
         p.start()
     try:
@@ -99,9 +108,10 @@ def measure(path: Path, workers: int, queries: list[str], touch: bool) -> dict[s
         if errors:
             raise SystemExit(f"a worker failed: {errors[0]}")
         rows = []
-        for r in sorted(reports, key=lambda r: r["pid"]):
+        for r in sorted(reports, key=lambda r: (r.get("baseline", False), r["pid"])):
             m = smaps_rollup(r["pid"])
-            rows.append({"pid": r["pid"], "load_seconds": r["load_seconds"],
+            rows.append({"pid": r["pid"], "baseline": r.get("baseline", False),
+                         "load_seconds": r["load_seconds"],
                          "answers": r["answers"], "rss": m.get("Rss", 0),
                          "pss": m.get("Pss", 0),
                          "private": m.get("Private_Clean", 0) + m.get("Private_Dirty", 0),
@@ -113,9 +123,11 @@ def measure(path: Path, workers: int, queries: list[str], touch: bool) -> dict[s
             if p.is_alive():
                 p.kill()
     du = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True)
+    served = [r for r in rows if not r["baseline"]]
     return {"model_dir": str(path), "disk_bytes": int(du.stdout.split()[0]),
-            "workers": rows, "touched": touch, "queries": queries,
-            "sum_pss": sum(r["pss"] for r in rows), "sum_rss": sum(r["rss"] for r in rows)}
+            "workers": served, "baseline": [r for r in rows if r["baseline"]][0],
+            "touched": touch, "queries": queries,
+            "sum_pss": sum(r["pss"] for r in served), "sum_rss": sum(r["rss"] for r in served)}
 
 
 def table(res: dict[str, Any]) -> str:
@@ -125,12 +137,13 @@ def table(res: dict[str, Any]) -> str:
              + ("every mapped page touched" if res["touched"] else "pages touched by queries only"),
              f"{'worker pid':>10s} {'load s':>7s} {'RSS MiB':>8s} {'PSS MiB':>8s} "
              f"{'private MiB':>11s} {'shared MiB':>10s}"]
-    for r in res["workers"]:
-        lines.append(f"{r['pid']:>10d} {r['load_seconds']:>7.2f} {r['rss'] / mib:>8.1f} "
+    for r in res["workers"] + [res["baseline"]]:
+        name = "baseline" if r["baseline"] else str(r["pid"])
+        lines.append(f"{name:>10s} {r['load_seconds']:>7.2f} {r['rss'] / mib:>8.1f} "
                      f"{r['pss'] / mib:>8.1f} {r['private'] / mib:>11.1f} "
                      f"{r['shared'] / mib:>10.1f}")
-    lines.append(f"{'sum':>10s} {'':>7s} {res['sum_rss'] / mib:>8.1f} "
-                 f"{res['sum_pss'] / mib:>8.1f}")
+    lines.append(f"{'workers':>10s} {'':>7s} {res['sum_rss'] / mib:>8.1f} "
+                 f"{res['sum_pss'] / mib:>8.1f}   (sum over the workers)")
     return "\n".join(lines)
 
 
