@@ -575,7 +575,7 @@ def table(res: dict[str, Any]) -> str:
              f"({meta.get('features')} word 1-2 + char 3 TF-IDF, "
              f"d={meta.get('featurize', {}).get('n_features')}) and tree ({meta.get('tree')} "
              f"k-means on PIFA, layers {meta.get('index', {}).get('layer_sizes')}, "
-             f"B={res['settings']['B']}), beam {g('pecos', 'eval', 'beam')}; training time "
+             f"B={res['settings']['B']}), beam {g('pecos', 'eval', 'beam') or '-'}; training time "
              "excludes featurization and indexing"]
     qt = g("qac", "train")
     if qt:
