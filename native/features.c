@@ -718,10 +718,11 @@ static int batch_args(const qac_featurizer_t *f, const char *const *bufs,
 
 int qac_featurize_batch_count(const qac_featurizer_t *f, const char *const *bufs,
                               const int64_t *const *offs, size_t n_fields, size_t n_rows,
-                              int n_threads, int64_t *out_indptr) {
+                              int n_threads, int64_t *out_indptr, size_t indptr_cap) {
     if (!out_indptr) return QAC_E_INPUT;
     int rc = batch_args(f, bufs, offs, n_fields, n_rows);
     if (rc) return rc;
+    if (indptr_cap < n_rows + 1) return QAC_E_CAPACITY;
     out_indptr[0] = 0;
     if (n_rows == 0) return QAC_OK;
     size_t nt = n_workers(n_threads, n_rows);
@@ -824,10 +825,11 @@ int qac_extract_capacity(const qac_block_spec_t *spec, const int64_t *offs, size
 
 int qac_extract_keys(const qac_block_spec_t *spec, int32_t block_index, const char *buf,
                      const int64_t *offs, size_t n_rows, int n_threads, uint64_t *out_keys,
-                     size_t cap, int64_t *out_ptr) {
+                     size_t cap, int64_t *out_ptr, size_t ptr_cap) {
     if (!spec || !offs || !out_ptr) return QAC_E_INPUT;
     if (block_index < 0 || block_index >= QAC_FEAT_MAX_BLOCKS) return QAC_E_INPUT;
     if (cap > 0 && !out_keys) return QAC_E_INPUT;
+    if (ptr_cap < n_rows + 1) return QAC_E_CAPACITY;
     int rc = spec_check(spec);
     if (rc) return rc;
     if (!buf && offs[n_rows] != offs[0]) return QAC_E_INPUT;

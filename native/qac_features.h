@@ -104,10 +104,11 @@ int qac_featurize2(const qac_featurizer_t *featurizer, const char *text, size_t 
 
 /* Batch, pass 1: field i of row r is bufs[i][offs[i][r] : offs[i][r+1]]
  * (each offs[i] has n_rows+1 non-decreasing entries, offs[i][0] >= 0).
- * Writes out_indptr[n_rows+1] (out_indptr[0] = 0). */
+ * Writes out_indptr[n_rows+1] (out_indptr[0] = 0) into a buffer of indptr_cap
+ * entries (QAC_E_CAPACITY when fewer than n_rows+1). */
 int qac_featurize_batch_count(const qac_featurizer_t *featurizer, const char *const *bufs,
                               const int64_t *const *offs, size_t n_fields, size_t n_rows,
-                              int n_threads, int64_t *out_indptr);
+                              int n_threads, int64_t *out_indptr, size_t indptr_cap);
 /* Batch, pass 2: writes the CSR rows at the positions of indptr (from pass 1;
  * nnz = indptr[n_rows]). A row that does not fit its slot is QAC_E_RANGE.
  * Deterministic for any n_threads. */
@@ -118,13 +119,14 @@ int qac_featurize_batch(const qac_featurizer_t *featurizer, const char *const *b
 
 /* Fitting: the distinct keys of each row for one block (block_index enters
  * the key). Row r's text is buf[offs[r] : offs[r+1]]. Row r's keys are
- * out_keys[out_ptr[r] : out_ptr[r+1]], ascending. cap must be at least
- * qac_extract_capacity(...) of the same rows. */
+ * out_keys[out_ptr[r] : out_ptr[r+1]], ascending. cap (out_keys' entries) must
+ * be at least qac_extract_capacity(...) of the same rows, ptr_cap (out_ptr's)
+ * at least n_rows+1: QAC_E_CAPACITY otherwise. */
 int qac_extract_capacity(const qac_block_spec_t *spec, const int64_t *offs, size_t n_rows,
                          size_t *out_cap);
 int qac_extract_keys(const qac_block_spec_t *spec, int32_t block_index, const char *buf,
                      const int64_t *offs, size_t n_rows, int n_threads, uint64_t *out_keys,
-                     size_t cap, int64_t *out_ptr);
+                     size_t cap, int64_t *out_ptr, size_t ptr_cap);
 /* QAC_CDEF_END */
 
 #endif

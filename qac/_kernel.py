@@ -512,7 +512,8 @@ def featurize_batch(
     indptr = np.empty(n_rows + 1, dtype=np.int64)
     check(
         lib.qac_featurize_batch_count(
-            handle, bufs, offs, len(columns), n_rows, n_threads, ptr(indptr, "int64_t *")
+            handle, bufs, offs, len(columns), n_rows, n_threads, ptr(indptr, "int64_t *"),
+            indptr.size,
         ),
         "qac_featurize_batch_count",
     )
@@ -550,7 +551,8 @@ def extract_keys(
     check(
         lib.qac_extract_keys(
             c_spec, block_index, ffi.cast("char *", b), ptr(offsets, "int64_t *"), n_rows,
-            n_threads, ptr(keys, "uint64_t *"), int(cap[0]), ptr(row_ptr, "int64_t *"),
+            n_threads, ptr(keys, "uint64_t *"), keys.size, ptr(row_ptr, "int64_t *"),
+            row_ptr.size,
         ),
         "qac_extract_keys",
     )

@@ -460,3 +460,30 @@ def test_config_dict_roundtrip_and_defaults() -> None:
         v.transform("abc")  # a str is a Sequence[str]: rejected at runtime
     with pytest.raises(InputError):
         v.transform(["a"], ["b", "c"])
+
+
+def test_batch_outputs_are_checked_against_their_capacity() -> None:
+    """Every C entry point takes its output buffers' capacity: an indptr or row-pointer
+    buffer one entry short is refused (QAC_E_CAPACITY), never overrun."""
+    ffi, lib = _kernel.ffi, _kernel.lib
+    v = Vectorizer([BlockConfig("char")]).fit(["abc", "abd", "xyz"])
+    buf, offs = b"abcabd", np.array([0, 3, 6], np.int64)
+    bufs = ffi.new("char *[]", [ffi.cast("char *", ffi.from_buffer(buf))])
+    offp = ffi.new("int64_t *[]", [_kernel.ptr(offs, "int64_t *")])
+    indptr = np.zeros(3, np.int64)
+    for cap, want in ((2, lib.QAC_E_CAPACITY), (3, lib.QAC_OK)):
+        rc = lib.qac_featurize_batch_count(v.handle, bufs, offp, 1, 2, 1,
+                                           _kernel.ptr(indptr, "int64_t *"), cap)
+        assert rc == want
+    from qac.features.vectorizer import _spec
+
+    spec = _kernel._feat_specs([_spec(BlockConfig("char"), 0)])
+    keys = np.zeros(64, np.uint64)
+    row_ptr = np.zeros(3, np.int64)
+    for cap, want in ((2, lib.QAC_E_CAPACITY), (3, lib.QAC_OK)):
+        rc = lib.qac_extract_keys(spec, 0, ffi.cast("char *", ffi.from_buffer(buf)),
+                                  _kernel.ptr(offs, "int64_t *"), 2, 1,
+                                  _kernel.ptr(keys, "uint64_t *"), keys.size,
+                                  _kernel.ptr(row_ptr, "int64_t *"), cap)
+        assert rc == want
+    assert row_ptr[-1] > 0
