@@ -33,6 +33,12 @@ static const int shown_first[QAC_NSRC] = {QAC_SRC_HISTORY, QAC_SRC_MODEL, QAC_SR
 const char *qac_feature_name(int i) { return i >= 0 && i < QAC_NF ? feature_names[i] : NULL; }
 const char *qac_source_name(int s) { return s >= 0 && s < QAC_NSRC ? source_names[s] : NULL; }
 
+/* a tree node as the walk reads it: one cache line holds it whole */
+typedef struct {
+    double threshold;
+    int32_t feature, left, right, pad;
+} node_t;
+
 struct qac_answerer {
     const qac_featurizer_t *featurizer;
     const qac_model_t *model;
@@ -40,6 +46,7 @@ struct qac_answerer {
     qac_labels_view lab;
     size_t n_labels;
     qac_forest_view forest;
+    node_t *nodes; /* the forest's nodes packed (a private copy: small) */
 };
 
 typedef struct {
@@ -54,7 +61,6 @@ typedef struct {
     double model_logscore, model_rank, mpc_rank, gen_logcount;
     double hist_count, hist_age;
     int32_t hist_order; /* index among the matching history entries, by recency; -1 none */
-    int from_session;   /* a past query known only from this session's list */
     double sess_count, sess_rank;
 } row_t;
 
@@ -186,11 +192,23 @@ int qac_answerer_new(const qac_featurizer_t *featurizer, const qac_model_t *mode
     if (!a->lab.text) a->lab.text = "";
     a->n_labels = n;
     a->forest = *forest;
+    a->nodes = malloc((forest->n_nodes + 1) * sizeof *a->nodes);
+    if (!a->nodes) {
+        free(a);
+        return QAC_E_NOMEM;
+    }
+    for (size_t j = 0; j < forest->n_nodes; j++)
+        a->nodes[j] = (node_t){forest->threshold[j], forest->feature[j], forest->left[j],
+                               forest->right[j], 0};
     *out = a;
     return QAC_OK;
 }
 
-void qac_answerer_free(qac_answerer_t *answerer) { free(answerer); }
+void qac_answerer_free(qac_answerer_t *answerer) {
+    if (!answerer) return;
+    free(answerer->nodes);
+    free(answerer);
+}
 
 void qac_answer_scratch_free(qac_answer_scratch_t *s) {
     if (!s) return;
@@ -491,14 +509,27 @@ static int by_recency(const void *a, const void *b) {
     return (x->idx > y->idx) - (x->idx < y->idx);
 }
 
-static double forest_score(const qac_forest_view *f, const double *x) {
-    double sc = f->base;
-    for (size_t t = 0; t < f->n_trees; t++) {
-        int32_t j = f->roots[t];
-        while (j >= 0) j = x[f->feature[j]] <= f->threshold[j] ? f->left[j] : f->right[j];
-        sc += f->leaf[~j];
+/* every row's score: base + the leaf each tree sends it to (tree by tree, so a
+ * tree's nodes stay in cache across the rows) */
+static void forest_scores(const qac_answerer_t *a, const double *x, size_t n, ranked_t *out) {
+    const qac_forest_view *f = &a->forest;
+    const node_t *nodes = a->nodes;
+    for (size_t r = 0; r < n; r++) {
+        out[r].score = f->base;
+        out[r].row = (int32_t)r;
     }
-    return sc;
+    for (size_t t = 0; t < f->n_trees; t++) {
+        const int32_t root = f->roots[t];
+        for (size_t r = 0; r < n; r++) {
+            const double *xr = x + r * QAC_NF;
+            int32_t j = root;
+            while (j >= 0) {
+                const node_t *nd = &nodes[j];
+                j = xr[nd->feature] <= nd->threshold ? nd->left : nd->right;
+            }
+            out[r].score += f->leaf[~j];
+        }
+    }
 }
 
 /* seconds since a time (>= 0), -1 when the time is unknown (<= 0), NaN for NaN */
@@ -534,7 +565,7 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
         size_t got = 0;
         int rc = qac_predict_text(a->featurizer, a->model, s->beam, prefix, plen, prev,
                                   prev_len, beam, n_model, lo, hi, s->feat_idx, s->feat_val,
-                                  s->feat_cap, s->ids, s->scores, &got);
+                                  s->feat_cap, s->ids, s->scores, s->max_model, &got);
         if (rc) return rc;
         size_t kept = 0;
         for (size_t i = 0; i < got; i++) {
@@ -579,33 +610,6 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
         s->hm[n_hm++] = (hmatch_t){age, (int32_t)j, r};
     }
     if (at != ctx->history_len + (ctx->n_history ? 1 : 0)) return QAC_E_INPUT;
-    /* this session's queries, most recent first: the session features of the rows
-     * they match; those outside the history list are the user's past queries too
-     * (history off, or not yet recorded there) */
-    at = 0;
-    for (size_t j = 0; j < ctx->n_session; j++) {
-        const char *t;
-        size_t n;
-        if (next_text(ctx->session, ctx->session_len, &at, j, ctx->n_session, &t, &n))
-            return QAC_E_INPUT;
-        double age = age_of(ctx, ctx->session_time[j]);
-        if (isnan(age)) return QAC_E_INPUT;
-        if (!starts_with(t, n, prefix, plen) || n == 0 || (prev_len && same(t, n, prev, prev_len)))
-            continue;
-        int32_t r = row_of(pool, t, n, -1 - (int32_t)(ex->n + ctx->n_history + j));
-        if (r < 0) return QAC_E_CAPACITY;
-        row_t *w = &s->rows[r];
-        w->sess_count += 1.0;
-        if (w->sess_rank == 0.0) w->sess_rank = 1.0 / (double)(j + 1);
-        if (!(w->sources & (1u << QAC_SRC_HISTORY))) {
-            w->sources |= 1u << QAC_SRC_HISTORY;
-            w->from_session = 1;
-            w->hist_age = age >= 0 ? log1p(age) : QAC_MISSING_AGE;
-            s->hm[n_hm++] = (hmatch_t){age, (int32_t)(ctx->n_history + j), r};
-        }
-        if (w->from_session) w->hist_count = log1p(w->sess_count);
-    }
-    if (at != ctx->session_len + (ctx->n_session ? 1 : 0)) return QAC_E_INPUT;
     qsort(s->hm, n_hm, sizeof *s->hm, by_recency);
     for (size_t i = 0; i < n_hm; i++) s->rows[s->hm[i].row].hist_order = (int32_t)i;
 
@@ -636,6 +640,24 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
         }
     }
     if (at != ex->text_len + (ex->n ? 1 : 0)) return QAC_E_INPUT;
+    /* this session's queries, most recent first: the session features of the rows
+     * they repeat (they are candidates as the user's past queries, through the
+     * history list, which the stores also write them to) */
+    at = 0;
+    for (size_t j = 0; j < ctx->n_session; j++) {
+        const char *t;
+        size_t n;
+        if (next_text(ctx->session, ctx->session_len, &at, j, ctx->n_session, &t, &n))
+            return QAC_E_INPUT;
+        if (isnan(ctx->session_time[j])) return QAC_E_INPUT;
+        if (!starts_with(t, n, prefix, plen) || n == 0) continue;
+        int32_t r = find_row(pool, t, n, fnv1a(t, n));
+        if (r < 0) continue;
+        row_t *w = &s->rows[r];
+        w->sess_count += 1.0;
+        if (w->sess_rank == 0.0) w->sess_rank = 1.0 / (double)(j + 1);
+    }
+    if (at != ctx->session_len + (ctx->n_session ? 1 : 0)) return QAC_E_INPUT;
 
     *n_hist = n_hm;
     return QAC_OK;
@@ -692,9 +714,8 @@ static void featurize_rows(const qac_answerer_t *a, pool_t *pool, const char *pr
         x[F_HIST_RANK] = w->hist_order >= 0 ? 1.0 / (1.0 + (double)w->hist_order) : 0.0;
         x[F_SESS_COUNT] = w->sess_count;
         x[F_SESS_RANK] = w->sess_rank;
-        s->order[r].score = forest_score(&a->forest, x);
-        s->order[r].row = (int32_t)r;
     }
+    forest_scores(a, s->x, pool->n, s->order);
 }
 
 static int shown_source(uint32_t sources) {

@@ -17,22 +17,26 @@
 #define FNV_PRIME 1099511628211ULL
 #define MAX_THREADS 64
 
-typedef struct {
-    uint64_t key;
-    int32_t id; /* -1: empty slot */
-    int32_t pad;
-} slot_t;
+/* Keys are FNV-1a 64 times MIX (odd: a bijection of uint64), which spreads the
+ * hash over the top bits the directory reads. */
+#define MIX 0x9E3779B97F4A7C15ULL
 
 struct qac_featurizer {
     size_t n_blocks;
     qac_block_spec_t blocks[QAC_FEAT_MAX_BLOCKS];
     int64_t begin[QAC_FEAT_MAX_BLOCKS + 1]; /* feature-id range of each block */
     size_t n_features;
-    float *idf;                          /* [n_features] */
+    /* The caller's arrays, read in place (they may be read-only mmaps shared by
+     * many processes): keys[n_features] ascending within each block, idf, and
+     * per block b a directory dir[dir_at[b] .. dir_at[b] + (1 << bits[b])]:
+     * the keys of block b whose top bits[b] bits are i are its ids
+     * begin[b] + dir[..+i] .. begin[b] + dir[..+i+1]. */
+    const uint64_t *keys;
+    const float *idf;
+    const uint32_t *dir;
+    size_t dir_at[QAC_FEAT_MAX_BLOCKS];
+    int bits[QAC_FEAT_MAX_BLOCKS];
     float *posw[QAC_FEAT_MAX_BLOCKS];    /* prefix_char: (p+1)^-decay, p = 0..MAX_CODEPOINTS */
-    slot_t *table;                       /* open addressing, linear probing */
-    size_t mask;
-    int shift;                           /* 64 - log2(table size) */
 };
 
 /* ------------------------------------------------------------------ text */
@@ -132,7 +136,7 @@ static inline uint64_t fnv_byte(uint64_t h, unsigned char c) {
 
 typedef struct {
     const qac_featurizer_t *f; /* NULL: collect keys */
-    int32_t lo, hi;            /* the block's id range: a key of another block is ignored */
+    size_t block;              /* the block whose vocabulary is searched */
     int32_t *idx;
     float *val;
     uint64_t *keys;
@@ -140,23 +144,34 @@ typedef struct {
     int overflow;
 } sink_t;
 
-static inline int table_find(const qac_featurizer_t *f, uint64_t key, int32_t *id) {
-    size_t i = (size_t)((key * 0x9E3779B97F4A7C15ULL) >> f->shift);
-    for (;;) {
-        const slot_t *s = &f->table[i];
-        if (s->id < 0) return 0;
-        if (s->key == key) {
-            *id = s->id;
-            return 1;
-        }
-        i = (i + 1) & f->mask;
+/* The directory's bits for a block of n keys: the smallest b with 2^(b+1) >= n,
+ * so a bucket holds between 1 and 2 keys on average (at most 2^31 buckets). */
+static int dir_bits(size_t n) {
+    int b = 0;
+    while (b < 31 && ((size_t)2 << b) < n) b++;
+    return b;
+}
+
+static inline size_t bucket_of(uint64_t key, int bits) {
+    return bits ? (size_t)(key >> (64 - bits)) : 0;
+}
+
+/* The id of `key` in block b, or -1. */
+static inline int32_t table_find(const qac_featurizer_t *f, size_t b, uint64_t key) {
+    const uint32_t *d = f->dir + f->dir_at[b] + bucket_of(key, f->bits[b]);
+    const uint64_t *k = f->keys + f->begin[b];
+    for (uint32_t i = d[0], end = d[1]; i < end; i++) {
+        if (k[i] == key) return (int32_t)(f->begin[b] + i);
+        if (k[i] > key) break;
     }
+    return -1;
 }
 
 static inline void sink_put(sink_t *s, uint64_t key, float w) {
+    key *= MIX;
     if (s->f) {
-        int32_t id;
-        if (!table_find(s->f, key, &id) || id < s->lo || id >= s->hi) return;
+        int32_t id = table_find(s->f, s->block, key);
+        if (id < 0) return;
         if (s->n >= s->cap) {
             s->overflow = 1;
             return;
@@ -382,17 +397,13 @@ static int spec_check(const qac_block_spec_t *b) {
 void qac_featurizer_free(qac_featurizer_t *f) {
     if (!f) return;
     for (size_t b = 0; b < QAC_FEAT_MAX_BLOCKS; b++) free(f->posw[b]);
-    free(f->idf);
-    free(f->table);
     free(f);
 }
 
-int qac_featurizer_new(const qac_block_spec_t *blocks, size_t n_blocks, const uint64_t *keys,
-                       const float *idf, size_t n_features, qac_featurizer_t **out) {
-    if (!out) return QAC_E_INPUT;
-    *out = NULL;
+/* Block sizes of a featurizer's arrays: QAC_E_INPUT unless the specs are valid
+ * and their n_features add up to n_features (< 2^31). */
+static int check_blocks(const qac_block_spec_t *blocks, size_t n_blocks, size_t n_features) {
     if (!blocks || n_blocks == 0 || n_blocks > QAC_FEAT_MAX_BLOCKS) return QAC_E_INPUT;
-    if (n_features > 0 && (!keys || !idf)) return QAC_E_INPUT;
     if (n_features > (size_t)INT32_MAX) return QAC_E_INPUT;
     int64_t total = 0;
     for (size_t b = 0; b < n_blocks; b++) {
@@ -401,7 +412,50 @@ int qac_featurizer_new(const qac_block_spec_t *blocks, size_t n_blocks, const ui
         total += blocks[b].n_features;
         if (total > (int64_t)INT32_MAX) return QAC_E_INPUT;
     }
-    if ((size_t)total != n_features) return QAC_E_INPUT;
+    return (size_t)total == n_features ? QAC_OK : QAC_E_INPUT;
+}
+
+int qac_featurizer_index(const qac_block_spec_t *blocks, size_t n_blocks, const uint64_t *keys,
+                         size_t n_features, uint32_t *out_dir, size_t dir_cap,
+                         size_t *out_n_dir) {
+    if (!out_n_dir) return QAC_E_INPUT;
+    *out_n_dir = 0;
+    int rc = check_blocks(blocks, n_blocks, n_features);
+    if (rc) return rc;
+    if (n_features > 0 && !keys) return QAC_E_INPUT;
+    size_t need = 0;
+    for (size_t b = 0; b < n_blocks; b++)
+        need += ((size_t)1 << dir_bits((size_t)blocks[b].n_features)) + 1;
+    *out_n_dir = need;
+    if (!out_dir) return QAC_OK;
+    if (dir_cap < need) return QAC_E_CAPACITY;
+    size_t at = 0, begin = 0;
+    for (size_t b = 0; b < n_blocks; b++) {
+        size_t n = (size_t)blocks[b].n_features;
+        int bits = dir_bits(n);
+        size_t nb = (size_t)1 << bits;
+        const uint64_t *k = keys + begin;
+        for (size_t i = 1; i < n; i++)
+            if (k[i] <= k[i - 1]) return QAC_E_INPUT; /* not ascending, or a duplicate */
+        size_t i = 0;
+        for (size_t bucket = 0; bucket <= nb; bucket++) {
+            while (i < n && bucket_of(k[i], bits) < bucket) i++;
+            out_dir[at + bucket] = (uint32_t)i;
+        }
+        at += nb + 1;
+        begin += n;
+    }
+    return QAC_OK;
+}
+
+int qac_featurizer_new(const qac_block_spec_t *blocks, size_t n_blocks, const uint64_t *keys,
+                       const float *idf, size_t n_features, const uint32_t *dir, size_t n_dir,
+                       qac_featurizer_t **out) {
+    if (!out) return QAC_E_INPUT;
+    *out = NULL;
+    int rc = check_blocks(blocks, n_blocks, n_features);
+    if (rc) return rc;
+    if ((n_features > 0 && (!keys || !idf)) || !dir) return QAC_E_INPUT;
     for (size_t i = 0; i < n_features; i++)
         if (!isfinite(idf[i]) || idf[i] < 0.0f) return QAC_E_INPUT;
 
@@ -409,48 +463,48 @@ int qac_featurizer_new(const qac_block_spec_t *blocks, size_t n_blocks, const ui
     if (!f) return QAC_E_NOMEM;
     f->n_blocks = n_blocks;
     f->n_features = n_features;
+    f->keys = keys;
+    f->idf = idf;
+    f->dir = dir;
     memcpy(f->blocks, blocks, n_blocks * sizeof *blocks);
     f->begin[0] = 0;
+    size_t at = 0;
     for (size_t b = 0; b < n_blocks; b++) {
-        f->begin[b + 1] = f->begin[b] + blocks[b].n_features;
+        size_t n = (size_t)blocks[b].n_features;
+        f->begin[b + 1] = f->begin[b] + (int64_t)n;
+        f->bits[b] = dir_bits(n);
+        f->dir_at[b] = at;
+        size_t nb = (size_t)1 << f->bits[b];
+        if (n_dir - at < nb + 1 || at > n_dir) goto range;
+        /* the directory and the keys agree: every bucket's keys carry its top bits,
+         * keys ascend through the block (so they are distinct) */
+        const uint32_t *d = dir + at;
+        const uint64_t *k = keys + f->begin[b];
+        if (d[0] != 0 || d[nb] != n) goto range;
+        for (size_t i = 0; i < nb; i++) {
+            if (d[i + 1] < d[i]) goto range;
+            for (uint32_t j = d[i]; j < d[i + 1]; j++) {
+                if (bucket_of(k[j], f->bits[b]) != i) goto range;
+                if (j > 0 && k[j] <= k[j - 1]) goto range;
+            }
+        }
+        at += nb + 1;
         if (blocks[b].kind == QAC_FEAT_PREFIX_CHAR) {
             f->posw[b] = malloc((QAC_FEAT_MAX_CODEPOINTS + 1) * sizeof(float));
-            if (!f->posw[b]) goto nomem;
+            if (!f->posw[b]) {
+                qac_featurizer_free(f);
+                return QAC_E_NOMEM;
+            }
             for (size_t p = 0; p <= QAC_FEAT_MAX_CODEPOINTS; p++)
                 f->posw[b][p] = (float)pow((double)(p + 1), -(double)blocks[b].position_decay);
         }
     }
-    f->idf = malloc((n_features ? n_features : 1) * sizeof(float));
-    if (!f->idf) goto nomem;
-    if (n_features) memcpy(f->idf, idf, n_features * sizeof(float));
-
-    size_t size = 16;
-    int bits = 4;
-    while (size < 2 * n_features) {
-        size <<= 1;
-        bits++;
-    }
-    f->table = malloc(size * sizeof(slot_t));
-    if (!f->table) goto nomem;
-    for (size_t i = 0; i < size; i++) f->table[i] = (slot_t){0, -1, 0};
-    f->mask = size - 1;
-    f->shift = 64 - bits;
-    for (size_t i = 0; i < n_features; i++) {
-        size_t s = (size_t)((keys[i] * 0x9E3779B97F4A7C15ULL) >> f->shift);
-        while (f->table[s].id >= 0) {
-            if (f->table[s].key == keys[i]) {
-                qac_featurizer_free(f);
-                return QAC_E_INPUT; /* duplicate key */
-            }
-            s = (s + 1) & f->mask;
-        }
-        f->table[s] = (slot_t){keys[i], (int32_t)i, 0};
-    }
+    if (at != n_dir) goto range;
     *out = f;
     return QAC_OK;
-nomem:
+range:
     qac_featurizer_free(f);
-    return QAC_E_NOMEM;
+    return QAC_E_RANGE;
 }
 
 int qac_featurizer_info(const qac_featurizer_t *f, size_t *n_blocks, size_t *n_features) {
@@ -491,8 +545,8 @@ static int featurize_row(const qac_featurizer_t *f, const char *const *fields,
         const qac_block_spec_t *spec = &f->blocks[b];
         size_t fi = (size_t)spec->field;
         if (fi >= n_fields || lens[fi] == 0) continue;
-        sink_t sink = {f, (int32_t)f->begin[b], (int32_t)f->begin[b + 1],
-                       idx ? idx + nnz : NULL, val ? val + nnz : NULL, NULL, 0, cap - nnz, 0};
+        sink_t sink = {f, b, idx ? idx + nnz : NULL, val ? val + nnz : NULL, NULL, 0,
+                       cap - nnz, 0};
         block_extract(spec, (int32_t)b, f->posw[b], (const unsigned char *)fields[fi], lens[fi],
                       &sink);
         if (sink.overflow) return QAC_E_CAPACITY;
@@ -664,10 +718,11 @@ static int batch_args(const qac_featurizer_t *f, const char *const *bufs,
 
 int qac_featurize_batch_count(const qac_featurizer_t *f, const char *const *bufs,
                               const int64_t *const *offs, size_t n_fields, size_t n_rows,
-                              int n_threads, int64_t *out_indptr) {
+                              int n_threads, int64_t *out_indptr, size_t indptr_cap) {
     if (!out_indptr) return QAC_E_INPUT;
     int rc = batch_args(f, bufs, offs, n_fields, n_rows);
     if (rc) return rc;
+    if (indptr_cap < n_rows + 1) return QAC_E_CAPACITY;
     out_indptr[0] = 0;
     if (n_rows == 0) return QAC_OK;
     size_t nt = n_workers(n_threads, n_rows);
@@ -734,7 +789,7 @@ static void *extract_worker(void *arg) {
             job->rc = rc;
             return NULL;
         }
-        sink_t sink = {NULL, 0, 0, NULL, NULL, job->keys ? job->keys + job->used : NULL, 0,
+        sink_t sink = {NULL, 0, NULL, NULL, job->keys ? job->keys + job->used : NULL, 0,
                        job->cap - job->used, 0};
         if (n > 0)
             block_extract(job->spec, job->block_index, job->posw, (const unsigned char *)s, n,
@@ -770,10 +825,11 @@ int qac_extract_capacity(const qac_block_spec_t *spec, const int64_t *offs, size
 
 int qac_extract_keys(const qac_block_spec_t *spec, int32_t block_index, const char *buf,
                      const int64_t *offs, size_t n_rows, int n_threads, uint64_t *out_keys,
-                     size_t cap, int64_t *out_ptr) {
+                     size_t cap, int64_t *out_ptr, size_t ptr_cap) {
     if (!spec || !offs || !out_ptr) return QAC_E_INPUT;
     if (block_index < 0 || block_index >= QAC_FEAT_MAX_BLOCKS) return QAC_E_INPUT;
     if (cap > 0 && !out_keys) return QAC_E_INPUT;
+    if (ptr_cap < n_rows + 1) return QAC_E_CAPACITY;
     int rc = spec_check(spec);
     if (rc) return rc;
     if (!buf && offs[n_rows] != offs[0]) return QAC_E_INPUT;

@@ -1,4 +1,4 @@
-/* Beam search inference for XR-Linear models in the chunked LayerWeights layout.
+/* Beam search inference for XR-Linear models in the packed LayerWeights layout.
  *
  * Per layer, for every parent p on the beam, the rows of p's chunk (sorted by
  * feature) are intersected with the sorted query; matching rows add x_f * w
@@ -33,11 +33,15 @@ typedef struct {
 typedef struct {
     const int64_t *child_ptr;
     const int64_t *chunk_ptr;
+    const int64_t *chunk_ent;
     const int32_t *row_feat;
-    const int64_t *row_ptr;
-    const int32_t *ent_node;
-    const float *ent_val;
+    const int32_t *row_end;
+    const int32_t *row_fence; /* row_feat[FENCE * g] for every g */
+    const void *ent_child;
+    const void *ent_val;
     const float *bias;
+    int child_bytes, val_bytes;
+    float power; /* a child scores t(s)^power times its parent's score */
     int64_t n_parent, n_node;
     const span_t *span; /* n_node entries; NULL at the last layer (ids: label_order) */
 } layer_t;
@@ -45,13 +49,18 @@ typedef struct {
 struct qac_model {
     size_t depth;
     layer_t *layers;
-    span_t *span_buf;
+    span_t *span_buf; /* owned when computed here; NULL when the caller's spans are used */
     const int32_t *label_order;
     int64_t n_labels;
     int64_t n_features;
     int64_t max_branch;
     int post;
 };
+
+/* Every FENCE-th row's feature, layer-wide: a search first finds a key's block of
+ * FENCE rows in this small array (it stays in cache), then searches inside the
+ * block (one or two cache lines) instead of walking the whole chunk. */
+enum { FENCE = QAC_ROW_FENCE };
 
 typedef struct {
     float score;
@@ -67,6 +76,35 @@ struct qac_scratch {
     cand_t *beam;  /* max_beam */
 };
 
+/* ---- packed values ------------------------------------------------------- */
+
+/* IEEE binary16 -> float: the bits shifted into a float's place, then the
+ * exponent rebased by one multiplication (exact for normals and subnormals;
+ * infinities and NaNs are refused when a model is built). */
+static inline float half_to_float(uint16_t h) {
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)(h & 0x7fffu) << 13;
+    v.f *= 0x1p112f;
+    v.u |= (uint32_t)(h & 0x8000u) << 16;
+    return v.f;
+}
+
+__attribute__((always_inline)) static inline float load_val(const void *v, int64_t e, int bytes) {
+    return bytes == 2 ? half_to_float(((const uint16_t *)v)[e]) : ((const float *)v)[e];
+}
+
+__attribute__((always_inline)) static inline int64_t load_child(const void *c, int64_t e,
+                                                                int bytes) {
+    return bytes == 1   ? (int64_t)((const uint8_t *)c)[e]
+           : bytes == 2 ? (int64_t)((const uint16_t *)c)[e]
+                        : (int64_t)((const uint32_t *)c)[e];
+}
+
+static inline int val_finite(const void *v, int64_t e, int bytes) {
+    if (bytes == 2) return (((const uint16_t *)v)[e] & 0x7c00u) != 0x7c00u;
+    return isfinite(((const float *)v)[e]);
+}
+
 /* ---- validation ---------------------------------------------------------- */
 
 /* ptr[0] == 0, non-decreasing, ptr[n-1] == end. */
@@ -79,10 +117,13 @@ static int check_ptr(const int64_t *ptr, size_t n, int64_t end) {
 
 static int check_view_ptrs(const qac_layer_view *v) {
     if ((v->n_child_ptr && !v->child_ptr) || (v->n_chunk_ptr && !v->chunk_ptr) ||
-        (v->n_row_feat && !v->row_feat) || (v->n_row_ptr && !v->row_ptr) ||
-        (v->n_ent_node && !v->ent_node) || (v->n_ent_val && !v->ent_val) ||
-        (v->n_bias && !v->bias))
+        (v->n_chunk_ent && !v->chunk_ent) || (v->n_row_feat && !v->row_feat) ||
+        (v->n_row_end && !v->row_end) || (v->n_row_fence && !v->row_fence) ||
+        (v->n_ent_child && !v->ent_child) ||
+        (v->n_ent_val && !v->ent_val) || (v->n_bias && !v->bias))
         return QAC_E_INPUT;
+    if (v->child_bytes != 1 && v->child_bytes != 2 && v->child_bytes != 4) return QAC_E_INPUT;
+    if (v->val_bytes != 2 && v->val_bytes != 4) return QAC_E_INPUT;
     return QAC_OK;
 }
 
@@ -90,25 +131,35 @@ static int check_layer(const qac_layer_view *v, int64_t n_parent, int64_t n_feat
     int rc = check_view_ptrs(v);
     if (rc) return rc;
     int64_t n_node = (int64_t)v->n_bias;
-    if ((int64_t)v->n_child_ptr != n_parent + 1 || (int64_t)v->n_chunk_ptr != n_parent + 1)
+    if ((int64_t)v->n_child_ptr != n_parent + 1 || (int64_t)v->n_chunk_ptr != n_parent + 1 ||
+        (int64_t)v->n_chunk_ent != n_parent + 1)
         return QAC_E_RANGE;
     if (v->n_bias > (size_t)INT32_MAX) return QAC_E_RANGE;
     if ((rc = check_ptr(v->child_ptr, v->n_child_ptr, n_node))) return rc;
     if ((rc = check_ptr(v->chunk_ptr, v->n_chunk_ptr, (int64_t)v->n_row_feat))) return rc;
-    if (v->n_row_ptr != v->n_row_feat + 1) return QAC_E_RANGE;
-    if (v->n_ent_node != v->n_ent_val) return QAC_E_RANGE;
-    if ((rc = check_ptr(v->row_ptr, v->n_row_ptr, (int64_t)v->n_ent_node))) return rc;
+    if ((rc = check_ptr(v->chunk_ent, v->n_chunk_ent, (int64_t)v->n_ent_child))) return rc;
+    if (v->n_row_end != v->n_row_feat || v->n_ent_child != v->n_ent_val) return QAC_E_RANGE;
+    if (v->n_row_fence != (v->n_row_feat + FENCE - 1) / FENCE) return QAC_E_RANGE;
+    for (size_t g = 0; g < v->n_row_fence; g++)
+        if (v->row_fence[g] != v->row_feat[g * FENCE]) return QAC_E_RANGE;
     for (int64_t p = 0; p < n_parent; p++) {
-        int64_t c0 = v->child_ptr[p], c1 = v->child_ptr[p + 1];
-        for (int64_t r = v->chunk_ptr[p]; r < v->chunk_ptr[p + 1]; r++) {
-            int32_t f = v->row_feat[r];
+        int64_t fan = v->child_ptr[p + 1] - v->child_ptr[p];
+        int64_t r0 = v->chunk_ptr[p], r1 = v->chunk_ptr[p + 1];
+        int64_t e0 = v->chunk_ent[p], len = v->chunk_ent[p + 1] - e0;
+        /* relative row ends: 0 <= end, non-decreasing, the last one closes the chunk */
+        if (len > INT32_MAX || (r0 == r1 && len != 0)) return QAC_E_RANGE;
+        int32_t prev = 0;
+        for (int64_t r = r0; r < r1; r++) {
+            int32_t f = v->row_feat[r], end = v->row_end[r];
             if (f < 0 || f >= n_features) return QAC_E_RANGE;
-            if (r > v->chunk_ptr[p] && f <= v->row_feat[r - 1]) return QAC_E_RANGE;
-            for (int64_t e = v->row_ptr[r]; e < v->row_ptr[r + 1]; e++) {
-                int32_t c = v->ent_node[e];
-                if (c < c0 || c >= c1) return QAC_E_RANGE;
-                if (!isfinite(v->ent_val[e])) return QAC_E_RANGE;
-            }
+            if (r > r0 && f <= v->row_feat[r - 1]) return QAC_E_RANGE;
+            if (end < prev) return QAC_E_RANGE;
+            prev = end;
+        }
+        if (r1 > r0 && prev != len) return QAC_E_RANGE;
+        for (int64_t e = e0; e < e0 + len; e++) {
+            if (load_child(v->ent_child, e, v->child_bytes) >= fan) return QAC_E_RANGE;
+            if (!val_finite(v->ent_val, e, v->val_bytes)) return QAC_E_RANGE;
         }
     }
     for (size_t c = 0; c < v->n_bias; c++)
@@ -136,13 +187,73 @@ void qac_model_free(qac_model_t *model) {
     free(model);
 }
 
+/* The [min, max] label-id span of inner node c of layer i, from the layer below
+ * (its spans, or label ids at the last layer). */
+static void node_span(const qac_model_t *m, size_t i, int64_t c, int32_t *lo_id,
+                      int32_t *hi_id) {
+    const layer_t *below = &m->layers[i + 1];
+    int32_t a0 = INT32_MAX, b0 = -1;
+    for (int64_t k = below->child_ptr[c]; k < below->child_ptr[c + 1]; k++) {
+        int32_t a, b;
+        if (below->span) {
+            a = below->span[k].min;
+            b = below->span[k].max;
+        } else {
+            a = b = m->label_order ? m->label_order[k] : (int32_t)k;
+        }
+        if (a < a0) a0 = a;
+        if (b > b0) b0 = b;
+    }
+    *lo_id = a0;
+    *hi_id = b0;
+}
+
+/* Fill (sp writable) or check (given) the spans of inner layers, bottom-up:
+ * a node's [min, max] covers its children's; then the running bounds per
+ * sibling group. Checking allocates nothing. */
+static int spans_of(qac_model_t *m, span_t *fill) {
+    for (size_t i = m->depth - 1; i-- > 0;) {
+        layer_t *L = &m->layers[i];
+        span_t *w = fill ? (span_t *)L->span : NULL;
+        for (int64_t c = 0; c < L->n_node; c++) {
+            int32_t a, b;
+            node_span(m, i, c, &a, &b);
+            if (w) {
+                w[c].min = a;
+                w[c].max = b;
+            } else if (L->span[c].min != a || L->span[c].max != b) {
+                return QAC_E_RANGE;
+            }
+        }
+        const int64_t *cp = L->child_ptr;
+        for (int64_t p = 0; p < L->n_parent; p++) {
+            int32_t run = -1;
+            for (int64_t c = cp[p]; c < cp[p + 1]; c++) {
+                if (L->span[c].max > run) run = L->span[c].max;
+                if (w) w[c].pmax = run;
+                else if (L->span[c].pmax != run) return QAC_E_RANGE;
+            }
+            run = INT32_MAX;
+            for (int64_t c = cp[p + 1]; c-- > cp[p];) {
+                if (L->span[c].min < run) run = L->span[c].min;
+                if (w) w[c].smin = run;
+                else if (L->span[c].smin != run) return QAC_E_RANGE;
+            }
+        }
+    }
+    return QAC_OK;
+}
+
 int qac_model_new(size_t depth, const qac_layer_view *layers, const int32_t *label_order,
-                  size_t n_labels, int64_t n_features, int post, qac_model_t **out) {
+                  size_t n_labels, const int32_t *spans, size_t n_spans, int64_t n_features,
+                  int post, const float *powers, qac_model_t **out) {
     if (!out) return QAC_E_INPUT;
     *out = NULL;
     if (depth == 0 || !layers || n_features < 0 || n_features > (int64_t)INT32_MAX + 1 ||
-        (post != QAC_POST_L3HINGE && post != QAC_POST_SIGMOID))
+        (post != QAC_POST_L3HINGE && post != QAC_POST_SIGMOID) || (n_spans && !spans))
         return QAC_E_INPUT;
+    for (size_t i = 0; powers && i < depth; i++)
+        if (!(powers[i] > 0.0f) || !isfinite(powers[i])) return QAC_E_INPUT;
     int64_t n_parent = 1;
     int rc;
     for (size_t i = 0; i < depth; i++) {
@@ -154,6 +265,9 @@ int qac_model_new(size_t depth, const qac_layer_view *layers, const int32_t *lab
         if ((int64_t)n_labels != n_last) return QAC_E_RANGE;
         if ((rc = check_permutation(label_order, n_last))) return rc;
     }
+    size_t n_span = 0;
+    for (size_t i = 0; i + 1 < depth; i++) n_span += layers[i].n_bias;
+    if (spans && n_spans != 4 * n_span) return QAC_E_RANGE;
 
     qac_model_t *m = calloc(1, sizeof *m);
     if (!m) return QAC_E_NOMEM;
@@ -163,21 +277,29 @@ int qac_model_new(size_t depth, const qac_layer_view *layers, const int32_t *lab
     m->n_features = n_features;
     m->post = post;
     m->layers = calloc(depth, sizeof *m->layers);
-    size_t n_span = 0;
-    for (size_t i = 0; i + 1 < depth; i++) n_span += layers[i].n_bias;
-    m->span_buf = n_span ? malloc(n_span * sizeof *m->span_buf) : NULL;
-    if (!m->layers || (n_span && !m->span_buf)) { qac_model_free(m); return QAC_E_NOMEM; }
+    const span_t *sp = (const span_t *)spans;
+    if (!spans && n_span) {
+        m->span_buf = malloc(n_span * sizeof *m->span_buf);
+        sp = m->span_buf;
+    }
+    if (!m->layers || (n_span && !sp)) { qac_model_free(m); return QAC_E_NOMEM; }
 
     n_parent = 1;
+    size_t off = 0;
     for (size_t i = 0; i < depth; i++) {
         const qac_layer_view *v = &layers[i];
         layer_t *L = &m->layers[i];
         L->child_ptr = v->child_ptr;
         L->chunk_ptr = v->chunk_ptr;
+        L->chunk_ent = v->chunk_ent;
         L->row_feat = v->row_feat;
-        L->row_ptr = v->row_ptr;
-        L->ent_node = v->ent_node;
+        L->row_end = v->row_end;
+        L->row_fence = v->row_fence;
+        L->ent_child = v->ent_child;
         L->ent_val = v->ent_val;
+        L->child_bytes = v->child_bytes;
+        L->val_bytes = v->val_bytes;
+        L->power = powers ? powers[i] : 1.0f;
         L->bias = v->bias;
         L->n_parent = n_parent;
         L->n_node = (int64_t)v->n_bias;
@@ -185,49 +307,25 @@ int qac_model_new(size_t depth, const qac_layer_view *layers, const int32_t *lab
             int64_t b = L->child_ptr[p + 1] - L->child_ptr[p];
             if (b > m->max_branch) m->max_branch = b;
         }
+        if (i + 1 < depth) {
+            L->span = sp + off;
+            off += (size_t)L->n_node;
+        }
         n_parent = L->n_node;
     }
-    size_t off = 0;
-    for (size_t i = 0; i + 1 < depth; i++) {
-        m->layers[i].span = m->span_buf + off;
-        off += (size_t)m->layers[i].n_node;
-    }
-    /* Bottom-up: a node's [min, max] covers its children's (at the last layer,
-     * the children's label ids); then the running bounds per sibling group. */
-    for (size_t i = depth - 1; i-- > 0;) {
-        span_t *sp = (span_t *)m->layers[i].span;
-        const layer_t *below = &m->layers[i + 1];
-        for (int64_t c = 0; c < m->layers[i].n_node; c++) {
-            int32_t lo_id = INT32_MAX, hi_id = -1;
-            for (int64_t k = below->child_ptr[c]; k < below->child_ptr[c + 1]; k++) {
-                int32_t a, b;
-                if (below->span) {
-                    a = below->span[k].min;
-                    b = below->span[k].max;
-                } else {
-                    a = b = label_order ? label_order[k] : (int32_t)k;
-                }
-                if (a < lo_id) lo_id = a;
-                if (b > hi_id) hi_id = b;
-            }
-            sp[c].min = lo_id;
-            sp[c].max = hi_id;
-        }
-        const int64_t *cp = m->layers[i].child_ptr;
-        for (int64_t p = 0; p < m->layers[i].n_parent; p++) {
-            int32_t run = -1;
-            for (int64_t c = cp[p]; c < cp[p + 1]; c++) {
-                if (sp[c].max > run) run = sp[c].max;
-                sp[c].pmax = run;
-            }
-            run = INT32_MAX;
-            for (int64_t c = cp[p + 1]; c-- > cp[p];) {
-                if (sp[c].min < run) run = sp[c].min;
-                sp[c].smin = run;
-            }
-        }
-    }
+    if ((rc = spans_of(m, m->span_buf))) { qac_model_free(m); return rc; }
     *out = m;
+    return QAC_OK;
+}
+
+int qac_model_spans(const qac_model_t *model, int32_t *out, size_t cap, size_t *out_n) {
+    if (!model || !out_n) return QAC_E_INPUT;
+    size_t n = 0;
+    for (size_t i = 0; i + 1 < model->depth; i++) n += 4 * (size_t)model->layers[i].n_node;
+    *out_n = n;
+    if (!out) return QAC_OK;
+    if (cap < n) return QAC_E_CAPACITY;
+    if (n) memcpy(out, model->layers[0].span, n * sizeof *out);
     return QAC_OK;
 }
 
@@ -318,11 +416,14 @@ static void heap_sort_best_first(cand_t *h, size_t n) {
     }
 }
 
-static inline void add_row(const layer_t *L, int64_t r, float x, float *buf, int64_t c0,
-                           uint64_t width) {
-    for (int64_t e = L->row_ptr[r], end = L->row_ptr[r + 1]; e < end; e++) {
-        uint64_t j = (uint64_t)((int64_t)L->ent_node[e] - c0);
-        if (j < width) buf[j] += x * L->ent_val[e];
+/* buf[j - off] += x * W[row] for the entries (local child j) of one row. */
+__attribute__((always_inline)) static inline void add_entries(const void *ch, const void *vv,
+                                                              int64_t e0, int64_t e1, float x,
+                                                              float *buf, int64_t off,
+                                                              uint64_t width, int cb, int vb) {
+    for (int64_t e = e0; e < e1; e++) {
+        uint64_t j = (uint64_t)(load_child(ch, e, cb) - off);
+        if (j < width) buf[j] += x * load_val(vv, e, vb);
     }
 }
 
@@ -338,18 +439,28 @@ static inline size_t upper_bound32(const int32_t *a, size_t n, int32_t key) {
 
 enum { LANES = 8 };
 
-/* buf[c - c0] += sum_f x_f W[f, c] for children c in [c0, c0 + width) of p.
+/* buf[c - off] += sum_f x_f W[f, c] for the local children c in
+ * [off, off + width) of parent p.
  *
  * The query is first trimmed to the chunk's feature span. Against a long chunk,
  * each query feature is located by a branchless binary search; LANES searches
  * run in lockstep (they share the array and so the step sequence), which lets
  * the CPU overlap their cache misses instead of waiting on each in turn. Short
- * chunks are merged linearly. */
-static void score_chunk(const layer_t *L, int64_t p, const int32_t *idx, const float *val,
-                        size_t nnz, float *buf, int64_t c0, int64_t width) {
+ * chunks are merged linearly. cb / vb (bytes of a child id / a value) are
+ * constants in every specialized copy (score_chunk below). */
+__attribute__((always_inline)) static inline void score_chunk_t(
+    const layer_t *L, int64_t p, const int32_t *idx, const float *val, size_t nnz, float *buf,
+    int64_t off, int64_t width, int cb, int vb) {
     int64_t r0 = L->chunk_ptr[p], n_rows = L->chunk_ptr[p + 1] - r0;
     if (n_rows <= 0 || nnz == 0) return;
     const int32_t *rf = L->row_feat + r0;
+    const int32_t *re = L->row_end + r0; /* row k's entries: [k ? re[k-1] : 0, re[k]) */
+    int64_t base = L->chunk_ent[p];
+    const void *ch = cb == 1   ? (const void *)((const uint8_t *)L->ent_child + base)
+                     : cb == 2 ? (const void *)((const uint16_t *)L->ent_child + base)
+                               : (const void *)((const uint32_t *)L->ent_child + base);
+    const void *vv = vb == 2 ? (const void *)((const uint16_t *)L->ent_val + base)
+                             : (const void *)((const float *)L->ent_val + base);
     size_t j0 = upper_bound32(idx, nnz, rf[0] - 1); /* rf[0] >= 0: no overflow */
     size_t j1 = upper_bound32(idx, nnz, rf[n_rows - 1]);
     if (j0 >= j1) return;
@@ -360,60 +471,98 @@ static void score_chunk(const layer_t *L, int64_t p, const int32_t *idx, const f
         while (r < n_rows && j < j1) {
             if (rf[r] < idx[j]) r++;
             else if (rf[r] > idx[j]) j++;
-            else { add_row(L, r0 + r, val[j], buf, c0, (uint64_t)width); r++; j++; }
+            else {
+                add_entries(ch, vv, r ? re[r - 1] : 0, re[r], val[j], buf, off,
+                            (uint64_t)width, cb, vb);
+                r++;
+                j++;
+            }
         }
         return;
     }
     for (size_t j = j0; j < j1; j += LANES) {
         size_t m = j1 - j < LANES ? j1 - j : LANES;
-        const int32_t *base[LANES];
+        const int32_t *bp[LANES];
         int32_t key[LANES];
         for (size_t k = 0; k < LANES; k++) {
-            base[k] = rf;
+            bp[k] = rf;
             key[k] = idx[j + (k < m ? k : m - 1)];
         }
-        for (int64_t len = n_rows; len > 1;) {
+        int64_t len = n_rows;
+        if (n_rows >= 4 * FENCE) {
+            /* fences g0..g1-1 start inside the chunk; a key below fence g0 lies in the
+             * chunk's first rows. The block of FENCE rows searched next is shifted to
+             * stay inside the chunk; it always holds the key's lower bound. */
+            int64_t g0 = (r0 + FENCE - 1) / FENCE, g1 = (r0 + n_rows + FENCE - 1) / FENCE;
+            const int32_t *fc = L->row_fence + g0;
+            int64_t nf = g1 - g0;
+            const int32_t *fq[LANES];
+            for (size_t k = 0; k < LANES; k++) fq[k] = fc;
+            for (int64_t fl = nf; fl > 1;) {
+                int64_t half = fl >> 1;
+                for (size_t k = 0; k < LANES; k++)
+                    fq[k] = fq[k][half] <= key[k] ? fq[k] + half : fq[k];
+                fl -= half;
+            }
+            for (size_t k = 0; k < LANES; k++) {
+                int64_t start = *fq[k] <= key[k] ? (g0 + (fq[k] - fc)) * FENCE - r0 : 0;
+                if (start > n_rows - FENCE) start = n_rows - FENCE;
+                bp[k] = rf + start;
+            }
+            len = FENCE;
+        }
+        for (; len > 1;) {
             int64_t half = len >> 1;
             for (size_t k = 0; k < LANES; k++)
-                base[k] = base[k][half] < key[k] ? base[k] + half : base[k];
+                bp[k] = bp[k][half] < key[k] ? bp[k] + half : bp[k];
             len -= half;
         }
-        /* Matched rows' entries are scattered: fetch the group's row_ptr, then
+        /* Matched rows' entries are scattered: fetch the group's row ends, then
          * their entries, before accumulating, so the misses overlap. */
         int64_t hit[LANES];
         float hx[LANES];
         size_t n_hit = 0;
         for (size_t k = 0; k < m; k++) {
-            int64_t r = (base[k] - rf) + (*base[k] < key[k]);
+            int64_t r = (bp[k] - rf) + (*bp[k] < key[k]);
             if (r < n_rows && rf[r] == key[k]) {
-                hit[n_hit] = r0 + r;
+                hit[n_hit] = r;
                 hx[n_hit++] = val[j + k];
-                __builtin_prefetch(L->row_ptr + r0 + r);
+                __builtin_prefetch(re + r - (r > 0));
             }
         }
         int64_t e0[LANES], e1[LANES];
         for (size_t k = 0; k < n_hit; k++) {
-            e0[k] = L->row_ptr[hit[k]];
-            e1[k] = L->row_ptr[hit[k] + 1];
-            __builtin_prefetch(L->ent_node + e0[k]);
-            __builtin_prefetch(L->ent_val + e0[k]);
+            e0[k] = hit[k] ? re[hit[k] - 1] : 0;
+            e1[k] = re[hit[k]];
+            __builtin_prefetch((const char *)ch + e0[k] * cb);
+            __builtin_prefetch((const char *)vv + e0[k] * vb);
         }
         for (size_t k = 0; k < n_hit; k++)
-            for (int64_t e = e0[k]; e < e1[k]; e++) {
-                uint64_t jj = (uint64_t)((int64_t)L->ent_node[e] - c0);
-                if (jj < (uint64_t)width) buf[jj] += hx[k] * L->ent_val[e];
-            }
+            add_entries(ch, vv, e0[k], e1[k], hx[k], buf, off, (uint64_t)width, cb, vb);
     }
 }
 
-static inline float post_fn(int post, float s) {
+static void score_chunk(const layer_t *L, int64_t p, const int32_t *idx, const float *val,
+                        size_t nnz, float *buf, int64_t off, int64_t width) {
+    switch (L->child_bytes * 8 + L->val_bytes) {
+    case 1 * 8 + 2: score_chunk_t(L, p, idx, val, nnz, buf, off, width, 1, 2); break;
+    case 1 * 8 + 4: score_chunk_t(L, p, idx, val, nnz, buf, off, width, 1, 4); break;
+    case 2 * 8 + 2: score_chunk_t(L, p, idx, val, nnz, buf, off, width, 2, 2); break;
+    case 2 * 8 + 4: score_chunk_t(L, p, idx, val, nnz, buf, off, width, 2, 4); break;
+    case 4 * 8 + 2: score_chunk_t(L, p, idx, val, nnz, buf, off, width, 4, 2); break;
+    default: score_chunk_t(L, p, idx, val, nnz, buf, off, width, 4, 4); break;
+    }
+}
+
+/* t(s)^power (power > 0): one exp either way. */
+static inline float post_fn(int post, float s, float power) {
     float t;
     if (post == QAC_POST_SIGMOID) {
-        t = 1.0f / (1.0f + expf(-s));
+        t = power == 1.0f ? 1.0f / (1.0f + expf(-s)) : expf(-power * log1pf(expf(-s)));
     } else {
         float h = 1.0f - s;
         h = h > 0.0f ? h : 0.0f;
-        t = expf(-h * h * h);
+        t = expf(-power * (h * h * h));
     }
     return t >= 0.0f ? t : 0.0f; /* NaN -> 0 */
 }
@@ -481,7 +630,7 @@ static int predict_one(const qac_model_t *m, qac_scratch_t *s, const int32_t *id
             if (c0 >= c1) continue;
             int64_t w = c1 - c0;
             memcpy(s->buf, L->bias + c0, (size_t)w * sizeof *s->buf);
-            score_chunk(L, p, idx, val, nnz, s->buf, c0, w);
+            score_chunk(L, p, idx, val, nnz, s->buf, c0 - L->child_ptr[p], w);
             for (int64_t j = 0; j < w; j++) {
                 int64_t c = c0 + j;
                 int32_t key = (int32_t)c;
@@ -494,7 +643,7 @@ static int predict_one(const qac_model_t *m, qac_scratch_t *s, const int32_t *id
                     if (restricted && (key < lo || key >= hi)) continue;
                 }
                 cand_t x;
-                x.score = ps * post_fn(m->post, s->buf[j]);
+                x.score = ps * post_fn(m->post, s->buf[j], L->power);
                 x.node = (int32_t)c;
                 x.key = key;
                 heap_push(heap, &n_heap, cap, x);
@@ -534,11 +683,13 @@ static int check_sizes(const qac_model_t *m, const qac_scratch_t *s, size_t beam
 
 int qac_model_predict(const qac_model_t *model, qac_scratch_t *scratch, const int32_t *idx,
                       const float *val, size_t nnz, size_t beam, size_t topk, int64_t lo,
-                      int64_t hi, int32_t *out_ids, float *out_scores, size_t *out_n) {
+                      int64_t hi, int32_t *out_ids, float *out_scores, size_t out_cap,
+                      size_t *out_n) {
     if (!model || !scratch || !out_ids || !out_scores || !out_n) return QAC_E_INPUT;
     *out_n = 0;
     int rc;
     if ((rc = check_sizes(model, scratch, beam, topk))) return rc;
+    if (topk > out_cap) return QAC_E_CAPACITY;
     if (lo < 0 || hi < lo || hi > model->n_labels) return QAC_E_INPUT;
     if ((rc = check_query(model, idx, val, nnz))) return rc;
     return predict_one(model, scratch, idx, val, nnz, beam, topk, lo, hi, out_ids, out_scores,
@@ -604,11 +755,12 @@ static void *batch_worker(void *arg) {
 int qac_model_predict_batch(const qac_model_t *model, const int64_t *indptr,
                             const int32_t *idx, const float *val, size_t nnz, size_t n_rows,
                             size_t beam, size_t topk, int n_threads, int32_t *out_ids,
-                            float *out_scores) {
+                            float *out_scores, size_t out_cap) {
     if (!model || !indptr || beam == 0 || topk == 0) return QAC_E_INPUT;
     if (n_rows && (!out_ids || !out_scores)) return QAC_E_INPUT;
     if (nnz && (!idx || !val)) return QAC_E_INPUT;
     if (n_rows > SIZE_MAX / topk) return QAC_E_INPUT;
+    if (n_rows * topk > out_cap) return QAC_E_CAPACITY;
     if (indptr[0] < 0) return QAC_E_INPUT;
     for (size_t i = 0; i < n_rows; i++)
         if (indptr[i + 1] < indptr[i]) return QAC_E_INPUT;

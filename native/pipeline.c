@@ -5,7 +5,8 @@ int qac_predict_text(const qac_featurizer_t *featurizer, const qac_model_t *mode
                      qac_scratch_t *scratch, const char *text, size_t text_len,
                      const char *context, size_t context_len, size_t beam, size_t topk,
                      int64_t lo, int64_t hi, int32_t *feat_idx, float *feat_val,
-                     size_t feat_cap, int32_t *out_ids, float *out_scores, size_t *out_n) {
+                     size_t feat_cap, int32_t *out_ids, float *out_scores, size_t out_cap,
+                     size_t *out_n) {
     if (!featurizer || !model || !scratch || !out_n) return QAC_E_INPUT;
     *out_n = 0;
     size_t n_blocks = 0, n_feat = 0, nnz = 0;
@@ -20,5 +21,5 @@ int qac_predict_text(const qac_featurizer_t *featurizer, const qac_model_t *mode
                         feat_cap, &nnz);
     if (rc) return rc;
     return qac_model_predict(model, scratch, feat_idx, feat_val, nnz, beam, topk, lo, hi,
-                             out_ids, out_scores, out_n);
+                             out_ids, out_scores, out_cap, out_n);
 }

@@ -15,6 +15,10 @@
  *   -> one pool of distinct texts, one feature row each (the schema below)
  *   -> one score each from the forest -> the k best, best first.
  *
+ * This session's queries give the rows they repeat their session features; the
+ * stores write every query to the history list too, which is where a past query
+ * becomes a candidate.
+ *
  * The feature schema is declared once, here (QAC_FEATURES); Python reads the
  * names through qac_feature_name, and a fitted ranker records the names it was
  * fitted on, so adding a feature never misreads an older ranker.

@@ -36,13 +36,23 @@ int qac_train_layer(const qac_train_params_t *params,
                     const int64_t *route_ptr, const int32_t *route_inst, size_t route_nnz,
                     int n_threads, qac_layer_t **out);
 
-/* Sizes of the LayerWeights arrays: row_feat has n_rows, row_ptr n_rows+1, ent_* n_entries;
- * chunk_ptr has n_parents+1 and bias n_nodes (as passed to qac_train_layer). */
-int qac_layer_sizes(const qac_layer_t *h, size_t *n_rows, size_t *n_entries);
+/* Sizes of the LayerWeights arrays: row_feat and row_end have n_rows, ent_* n_entries;
+ * chunk_ptr and chunk_ent have n_parents+1 and bias n_nodes (as passed to
+ * qac_train_layer). max_chunk_entries: the most entries of one parent's chunk (the
+ * packed format's int32 row ends address < 2^31); max_fanout: the most children of
+ * one parent (which sets the width of a local child id). */
+int qac_layer_sizes(const qac_layer_t *h, size_t *n_rows, size_t *n_entries,
+                    size_t *max_chunk_entries, size_t *max_fanout);
 
-/* Copy the weights into caller-allocated arrays of the sizes above (LayerWeights layout). */
-int qac_layer_export(const qac_layer_t *h, int64_t *chunk_ptr, int32_t *row_feat,
-                     int64_t *row_ptr, int32_t *ent_node, float *ent_val, float *bias);
+/* Write the weights into caller-allocated arrays in the packed LayerWeights layout
+ * (see qac_layer_view in qac_infer.h): ent_child holds child_bytes (1, 2, 4) per
+ * entry. Each array's capacity is given (QAC_E_CAPACITY if below the sizes above);
+ * QAC_E_RANGE when a chunk holds >= 2^31 entries or a child index does not fit
+ * child_bytes. */
+int qac_layer_export(const qac_layer_t *h, int64_t *chunk_ptr, int64_t *chunk_ent,
+                     size_t n_chunk, int32_t *row_feat, int32_t *row_end, size_t n_rows,
+                     void *ent_child, int32_t child_bytes, float *ent_val, size_t n_ent,
+                     float *bias, size_t n_bias);
 
 void qac_layer_free(qac_layer_t *h);
 /* QAC_CDEF_END */

@@ -37,7 +37,7 @@ typedef struct {
     size_t n_rows, n_ent;
     int32_t *row_feat; /* [n_rows] */
     int64_t *row_cnt;  /* [n_rows] entries per row */
-    int32_t *ent_node; /* [n_ent] */
+    int32_t *ent_node; /* [n_ent] local: the child's index within the parent */
     float *ent_val;    /* [n_ent] */
 } parent_t;
 
@@ -48,7 +48,7 @@ typedef struct {
 } node_w_t;
 
 struct qac_layer {
-    size_t n_parents, n_nodes, n_rows, n_ent;
+    size_t n_parents, n_nodes, n_rows, n_ent, max_fanout;
     parent_t *par;
     float *bias;
 };
@@ -459,7 +459,7 @@ static int assemble_parent(job_t *J, scratch_t *S, size_t p) {
     for (size_t c = c0; c < c1; c++) {
         for (size_t t = 0; t < J->nw[c].n; t++) {
             int64_t at = S->cnt[J->nw[c].j[t]]++;
-            P->ent_node[at] = (int32_t)c;
+            P->ent_node[at] = (int32_t)(c - c0); /* the child's index within p */
             P->ent_val[at] = J->nw[c].v[t];
         }
     }
@@ -629,6 +629,8 @@ int qac_train_layer(const qac_train_params_t *params,
     for (int ph = 0; ph < 3; ph++) atomic_init(&J->next[ph], 0);
 
     for (size_t p = 0; p < n_parents; p++) {
+        size_t fan = (size_t)(child_ptr[p + 1] - child_ptr[p]);
+        if (fan > h->max_fanout) h->max_fanout = fan;
         ord[p].id = p;
         ord[p].m = (size_t)(route_ptr[p + 1] - route_ptr[p]) *
                    (size_t)(child_ptr[p + 1] - child_ptr[p] + 1);
@@ -662,35 +664,56 @@ fail:
     return rc;
 }
 
-int qac_layer_sizes(const qac_layer_t *h, size_t *n_rows, size_t *n_entries) {
-    if (!h || !n_rows || !n_entries) return QAC_E_INPUT;
+int qac_layer_sizes(const qac_layer_t *h, size_t *n_rows, size_t *n_entries,
+                    size_t *max_chunk_entries, size_t *max_fanout) {
+    if (!h || !n_rows || !n_entries || !max_chunk_entries || !max_fanout) return QAC_E_INPUT;
     *n_rows = h->n_rows;
     *n_entries = h->n_ent;
+    size_t most = 0;
+    for (size_t p = 0; p < h->n_parents; p++)
+        if (h->par[p].n_ent > most) most = h->par[p].n_ent;
+    *max_chunk_entries = most;
+    *max_fanout = h->max_fanout;
     return 0;
 }
 
-int qac_layer_export(const qac_layer_t *h, int64_t *chunk_ptr, int32_t *row_feat,
-                     int64_t *row_ptr, int32_t *ent_node, float *ent_val, float *bias) {
-    if (!h || !chunk_ptr || !row_ptr) return QAC_E_INPUT;
-    if ((h->n_rows && !row_feat) || (h->n_ent && (!ent_node || !ent_val)) ||
+int qac_layer_export(const qac_layer_t *h, int64_t *chunk_ptr, int64_t *chunk_ent,
+                     size_t n_chunk, int32_t *row_feat, int32_t *row_end, size_t n_rows,
+                     void *ent_child, int32_t child_bytes, float *ent_val, size_t n_ent,
+                     float *bias, size_t n_bias) {
+    if (!h || !chunk_ptr || !chunk_ent) return QAC_E_INPUT;
+    if ((h->n_rows && (!row_feat || !row_end)) || (h->n_ent && (!ent_child || !ent_val)) ||
         (h->n_nodes && !bias))
         return QAC_E_INPUT;
+    if (child_bytes != 1 && child_bytes != 2 && child_bytes != 4) return QAC_E_INPUT;
+    if (n_chunk < h->n_parents + 1 || n_rows < h->n_rows || n_ent < h->n_ent ||
+        n_bias < h->n_nodes)
+        return QAC_E_CAPACITY;
+    uint64_t id_limit = child_bytes == 4 ? (uint64_t)UINT32_MAX + 1 : 1ull << (8 * child_bytes);
+    if ((uint64_t)h->max_fanout > id_limit) return QAC_E_RANGE;
     size_t r = 0, e = 0;
     chunk_ptr[0] = 0;
-    row_ptr[0] = 0;
+    chunk_ent[0] = 0;
     for (size_t p = 0; p < h->n_parents; p++) {
         const parent_t *P = &h->par[p];
+        if (P->n_ent > (size_t)INT32_MAX) return QAC_E_RANGE; /* int32 row ends */
+        int64_t end = 0;
         for (size_t k = 0; k < P->n_rows; k++) {
+            end += P->row_cnt[k];
             row_feat[r] = P->row_feat[k];
-            row_ptr[r + 1] = row_ptr[r] + P->row_cnt[k];
+            row_end[r] = (int32_t)end;
             r++;
         }
-        if (P->n_ent) {
-            memcpy(ent_node + e, P->ent_node, P->n_ent * sizeof(int32_t));
-            memcpy(ent_val + e, P->ent_val, P->n_ent * sizeof(float));
+        for (size_t k = 0; k < P->n_ent; k++) {
+            uint32_t c = (uint32_t)P->ent_node[k]; /* local: the child's index in p */
+            if (child_bytes == 1) ((uint8_t *)ent_child)[e + k] = (uint8_t)c;
+            else if (child_bytes == 2) ((uint16_t *)ent_child)[e + k] = (uint16_t)c;
+            else ((uint32_t *)ent_child)[e + k] = c;
         }
+        if (P->n_ent) memcpy(ent_val + e, P->ent_val, P->n_ent * sizeof(float));
         e += P->n_ent;
         chunk_ptr[p + 1] = (int64_t)r;
+        chunk_ent[p + 1] = (int64_t)e;
     }
     if (h->n_nodes) memcpy(bias, h->bias, h->n_nodes * sizeof(float));
     return 0;

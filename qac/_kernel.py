@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from qac.errors import InputError, KernelError, QacError
+from qac.model.weights import child_dtype, row_fence
 
 try:
     from qac._native import ffi, lib
@@ -21,7 +22,7 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
         "(or `python native/build_ffi.py` in a source checkout)"
     ) from exc
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 def check(code: int, what: str) -> None:
@@ -130,11 +131,16 @@ def model_new(
     child_ptr: list[np.ndarray],
     layers: list[dict[str, np.ndarray]],
     label_order: np.ndarray | None,
+    spans: np.ndarray | None,
     n_features: int,
     post: int,
+    powers: list[float] | None = None,
 ) -> Any:
     """Wrap validated C-contiguous arrays in a ``qac_model_t*`` (freed by the GC).
 
+    ``layers``: the packed LayerWeights arrays by name; ``spans``: int32 from
+    :func:`model_spans` of the same arrays, or None to compute them in C; ``powers``:
+    per layer, the power of its post-processed score (None: all 1).
     The handle points into the arrays: the caller must keep them alive at least
     as long as the handle. Raises KernelError(QAC_E_RANGE) for inconsistent arrays.
     """
@@ -142,21 +148,38 @@ def model_new(
     for v, cp, lw in zip(views, child_ptr, layers, strict=True):
         v.child_ptr, v.n_child_ptr = ptr(cp, "int64_t *"), cp.shape[0]
         v.chunk_ptr, v.n_chunk_ptr = ptr(lw["chunk_ptr"], "int64_t *"), lw["chunk_ptr"].shape[0]
+        v.chunk_ent, v.n_chunk_ent = ptr(lw["chunk_ent"], "int64_t *"), lw["chunk_ent"].shape[0]
         v.row_feat, v.n_row_feat = ptr(lw["row_feat"], "int32_t *"), lw["row_feat"].shape[0]
-        v.row_ptr, v.n_row_ptr = ptr(lw["row_ptr"], "int64_t *"), lw["row_ptr"].shape[0]
-        v.ent_node, v.n_ent_node = ptr(lw["ent_node"], "int32_t *"), lw["ent_node"].shape[0]
-        v.ent_val, v.n_ent_val = ptr(lw["ent_val"], "float *"), lw["ent_val"].shape[0]
+        v.row_end, v.n_row_end = ptr(lw["row_end"], "int32_t *"), lw["row_end"].shape[0]
+        v.row_fence, v.n_row_fence = ptr(lw["row_fence"], "int32_t *"), lw["row_fence"].shape[0]
+        v.ent_child, v.n_ent_child = ptr(lw["ent_child"], "void *"), lw["ent_child"].shape[0]
+        v.ent_val, v.n_ent_val = ptr(lw["ent_val"], "void *"), lw["ent_val"].shape[0]
         v.bias, v.n_bias = ptr(lw["bias"], "float *"), lw["bias"].shape[0]
+        v.child_bytes = lw["ent_child"].dtype.itemsize
+        v.val_bytes = lw["ent_val"].dtype.itemsize
     if label_order is None:
         lo_ptr, n_labels = ffi.NULL, 0
     else:
         lo_ptr, n_labels = ptr(label_order, "int32_t *"), label_order.shape[0]
+    sp_ptr, n_spans = (ffi.NULL, 0) if spans is None else (ptr(spans, "int32_t *"), spans.size)
     out = ffi.new("qac_model_t **")
     check(
-        lib.qac_model_new(len(layers), views, lo_ptr, n_labels, n_features, post, out),
+        lib.qac_model_new(len(layers), views, lo_ptr, n_labels, sp_ptr, n_spans, n_features,
+                          post, ffi.NULL if powers is None else ffi.new("float[]", powers),
+                          out),
         "qac_model_new",
     )
     return ffi.gc(out[0], lib.qac_model_free)
+
+
+def model_spans(model: Any) -> np.ndarray:
+    """int32 [n_inner, 4]: the label-id spans under every inner node (saved with a model
+    so that loading reads them in place instead of rebuilding them per process)."""
+    n = ffi.new("size_t *")
+    check(lib.qac_model_spans(model, ffi.NULL, 0, n), "qac_model_spans")
+    out = np.empty(int(n[0]), dtype=np.int32)
+    check(lib.qac_model_spans(model, ptr(out, "int32_t *"), out.size, n), "qac_model_spans")
+    return out.reshape(-1, 4)
 
 
 def scratch_new(model: Any, max_beam: int, max_topk: int) -> Any:
@@ -193,6 +216,7 @@ def model_predict(
             hi,
             ffi.from_buffer("int32_t[]", ids, require_writable=True),
             ffi.from_buffer("float[]", scores, require_writable=True),
+            ids.shape[0],
             n,
         ),
         "qac_model_predict",
@@ -226,6 +250,7 @@ def model_predict_batch(
             threads,
             ffi.from_buffer("int32_t[]", ids, require_writable=True),
             ffi.from_buffer("float[]", scores, require_writable=True),
+            ids.size,
         ),
         "qac_model_predict_batch",
     )
@@ -258,11 +283,14 @@ def train_layer(
     threshold: float,
     seed: int,
     threads: int,
+    max_chunk_entries: int = 2**31 - 1,
 ) -> dict[str, np.ndarray]:
-    """Train one layer's rankers in C; return the LayerWeights arrays by name.
+    """Train one layer's rankers in C; return the packed LayerWeights arrays by name
+    (float32 weights; ``ent_child`` in the narrowest dtype the fan-out allows).
 
     X is CSR (x_ptr int64 [n+1], x_idx int32, x_val float32); pos_* is CSR instance ->
     positive node ids at this layer; route_* is CSR parent -> instance ids (sorted).
+    InputError when one parent's chunk would hold more than ``max_chunk_entries``.
     """
     if solver not in SOLVERS:
         raise InputError(f"solver: expected one of {sorted(SOLVERS)}, got {solver!r}")
@@ -305,27 +333,40 @@ def train_layer(
         "train_layer",
     )
     handle = ffi.gc(out[0], lib.qac_layer_free)
-    sizes = ffi.new("size_t[2]")
-    check(lib.qac_layer_sizes(handle, sizes, sizes + 1), "train_layer")
-    n_rows, n_ent = int(sizes[0]), int(sizes[1])
+    sizes = ffi.new("size_t[4]")
+    check(lib.qac_layer_sizes(handle, sizes, sizes + 1, sizes + 2, sizes + 3), "train_layer")
+    n_rows, n_ent, max_chunk, max_fanout = (int(sizes[i]) for i in range(4))
+    if max_chunk > max_chunk_entries:
+        raise InputError(
+            f"train_layer: one parent's children hold {max_chunk} weights, more than the "
+            f"{max_chunk_entries} a chunk can address (int32 row ends): use a tree with "
+            "more levels (smaller branching or max_leaf_size), fewer features, or a higher "
+            "threshold"
+        )
+    child = np.dtype(child_dtype(max_fanout))
     arrays = {
         "chunk_ptr": np.empty(n_parents + 1, np.int64),
+        "chunk_ent": np.empty(n_parents + 1, np.int64),
         "row_feat": np.empty(n_rows, np.int32),
-        "row_ptr": np.empty(n_rows + 1, np.int64),
-        "ent_node": np.empty(n_ent, np.int32),
+        "row_end": np.empty(n_rows, np.int32),
+        "ent_child": np.empty(n_ent, child),
         "ent_val": np.empty(n_ent, np.float32),
         "bias": np.empty(n_nodes, np.float32),
     }
     check(
         lib.qac_layer_export(
             handle,
-            ptr(arrays["chunk_ptr"], "int64_t *"), ptr(arrays["row_feat"], "int32_t *"),
-            ptr(arrays["row_ptr"], "int64_t *"), ptr(arrays["ent_node"], "int32_t *"),
-            ptr(arrays["ent_val"], "float *"), ptr(arrays["bias"], "float *"),
+            ptr(arrays["chunk_ptr"], "int64_t *"), ptr(arrays["chunk_ent"], "int64_t *"),
+            n_parents + 1,
+            ptr(arrays["row_feat"], "int32_t *"), ptr(arrays["row_end"], "int32_t *"), n_rows,
+            ptr(arrays["ent_child"], "void *"), child.itemsize,
+            ptr(arrays["ent_val"], "float *"), n_ent,
+            ptr(arrays["bias"], "float *"), n_nodes,
         ),
         "train_layer export",
     )
     ffi.release(handle)
+    arrays["row_fence"] = row_fence(arrays["row_feat"])
     return arrays
 
 
@@ -350,22 +391,42 @@ def _feat_specs(specs: Any) -> Any:
     return ffi.new("qac_block_spec_t[]", rows)
 
 
-def featurizer_new(specs: Any, keys: np.ndarray, idf: np.ndarray) -> Any:
+def featurizer_index(specs: Any, keys: np.ndarray) -> np.ndarray:
+    """The uint32 directory ``featurizer_new`` needs for ``keys`` (see qac_features.h)."""
+    c_specs = _feat_specs(specs)
+    keys = as_c(keys, np.uint64, "keys")
+    n = ffi.new("size_t *")
+    kp = ptr(keys, "uint64_t *")
+    check(lib.qac_featurizer_index(c_specs, len(c_specs), kp, keys.size, ffi.NULL, 0, n),
+          "qac_featurizer_index")
+    out = np.empty(int(n[0]), dtype=np.uint32)
+    check(lib.qac_featurizer_index(c_specs, len(c_specs), kp, keys.size,
+                                   ptr(out, "uint32_t *"), out.size, n),
+          "qac_featurizer_index")
+    return out
+
+
+def featurizer_new(specs: Any, keys: np.ndarray, idf: np.ndarray, directory: np.ndarray) -> Any:
     """Build a ``qac_featurizer_t *`` (freed by the garbage collector).
 
     ``specs``: mappings with the ``qac_block_spec_t`` fields; ``keys`` uint64 and
-    ``idf`` float32 of length n_features (read-only / memory-mapped arrays are
-    read in place, the C side copies them into its hash table).
+    ``idf`` float32 of length n_features, ``directory`` the uint32 array of
+    :func:`featurizer_index`. C reads the three arrays in place (no copy; they may be
+    read-only memory maps): the caller keeps them alive as long as the handle.
+    KernelError(QAC_E_RANGE) when the directory does not fit the keys.
     """
     c_specs = _feat_specs(specs)
-    keys = as_c(keys, np.uint64, "keys")
-    idf = as_c(idf, np.float32, "idf")
+    for name, arr, dtype in (("keys", keys, np.uint64), ("idf", idf, np.float32),
+                             ("directory", directory, np.uint32)):
+        if arr.dtype != dtype or arr.ndim != 1 or not arr.flags.c_contiguous:
+            raise InputError(f"{name}: expected a C-contiguous 1-d {np.dtype(dtype).name} array")
     if keys.shape != idf.shape:
         raise InputError(f"keys/idf: lengths differ ({keys.size} != {idf.size})")
     out = ffi.new("qac_featurizer_t **")
     check(
         lib.qac_featurizer_new(
-            c_specs, len(c_specs), ptr(keys, "uint64_t *"), ptr(idf, "float *"), keys.size, out
+            c_specs, len(c_specs), ptr(keys, "uint64_t *"), ptr(idf, "float *"), keys.size,
+            ptr(directory, "uint32_t *"), directory.size, out
         ),
         "qac_featurizer_new",
     )
@@ -451,7 +512,8 @@ def featurize_batch(
     indptr = np.empty(n_rows + 1, dtype=np.int64)
     check(
         lib.qac_featurize_batch_count(
-            handle, bufs, offs, len(columns), n_rows, n_threads, ptr(indptr, "int64_t *")
+            handle, bufs, offs, len(columns), n_rows, n_threads, ptr(indptr, "int64_t *"),
+            indptr.size,
         ),
         "qac_featurize_batch_count",
     )
@@ -489,7 +551,8 @@ def extract_keys(
     check(
         lib.qac_extract_keys(
             c_spec, block_index, ffi.cast("char *", b), ptr(offsets, "int64_t *"), n_rows,
-            n_threads, ptr(keys, "uint64_t *"), int(cap[0]), ptr(row_ptr, "int64_t *"),
+            n_threads, ptr(keys, "uint64_t *"), keys.size, ptr(row_ptr, "int64_t *"),
+            row_ptr.size,
         ),
         "qac_extract_keys",
     )
@@ -519,15 +582,23 @@ class TextSearch:
         self._local = threading.local()
 
     def _buffers(self, topk: int) -> Any:
+        """This thread's buffers, with room for at least ``topk`` answers.
+
+        Everything is allocated before anything is recorded, so a failed
+        allocation (e.g. an absurd ``topk``) leaves the old, consistent buffers.
+        """
         local = self._local
         if getattr(local, "topk", 0) < topk:
-            local.topk = max(topk, 16)
-            local.ids = ffi.new("int32_t[]", local.topk)
-            local.scores = ffi.new("float[]", local.topk)
-            local.n = ffi.new("size_t *")
+            size = max(topk, 16)
+            ids = ffi.new("int32_t[]", size)
+            scores = ffi.new("float[]", size)
             if not hasattr(local, "feat_idx"):
-                local.feat_idx = ffi.new("int32_t[]", self._feat_cap)
-                local.feat_val = ffi.new("float[]", self._feat_cap)
+                feat_idx = ffi.new("int32_t[]", self._feat_cap)
+                feat_val = ffi.new("float[]", self._feat_cap)
+                local.n = ffi.new("size_t *")
+                local.feat_idx, local.feat_val = feat_idx, feat_val
+            local.ids, local.scores = ids, scores
+            local.topk = size
         return local
 
     def __call__(self, text: str, context: str | None, topk: int, beam: int, lo: int,
@@ -540,7 +611,7 @@ class TextSearch:
             lib.qac_predict_text(
                 self._featurizer, self._model.handle, self._model.scratch_for_thread(beam, topk),
                 t, len(t), c, len(c), beam, topk, lo, hi, b.feat_idx, b.feat_val,
-                self._feat_cap, b.ids, b.scores, b.n,
+                self._feat_cap, b.ids, b.scores, b.topk, b.n,
             ),
             "qac_predict_text",
         )

@@ -187,7 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         systems[f"{name} -session"] = CompleterSystem(c, session=False)
         for g in c.config.generators:
             rest = tuple(x for x in c.config.generators if x != g)
-            systems[f"{name} -{g}"] = CompleterSystem(c.with_options(generators=rest))
+            systems[f"{name} -gen {g}"] = CompleterSystem(c.with_options(generators=rest))
     results = evaluate(systems, cases, first.__contains__,
                        k=args.k, progress=not args.json, coverage=not args.no_coverage)
     if args.json:

@@ -68,6 +68,12 @@ INDEXES = ("hybrid", "trie", "tree")
 MAX_K = 1000
 #: the longest previous query (characters) a keystroke conditions on
 MAX_PREVIOUS = 1024
+#: the user's past queries (with count and time, or plain queries most recent first),
+#: or the same packed once for many keystrokes (:meth:`Completer.pack_history`)
+HistoryLike = Iterable[Past | str] | _kernel.Texts
+#: this session's queries, most recent first, as (query, Unix time) or plain queries,
+#: or packed (:meth:`Completer.pack_session`)
+SessionLike = Iterable[tuple[str, float] | str] | _kernel.Texts
 
 
 @dataclass(frozen=True)
@@ -585,7 +591,7 @@ class Completer:
         return lo < hi and self.labels.text_of(lo) == text
 
     # -- the user's context, packed for the kernel -------------------------------
-    def pack_history(self, history: Iterable[Past | str]) -> _kernel.Texts:
+    def pack_history(self, history: HistoryLike) -> _kernel.Texts:
         """The user's past queries as the kernel reads them: ``Past`` entries (or plain
         queries, most recent first, count 1, time unknown); blocked, empty and
         malformed entries dropped; at most ``sources.history`` (most recent first)."""
@@ -616,7 +622,7 @@ class Completer:
             times = [times[i] for i in order]
         return _kernel.Texts(texts, counts, times)
 
-    def pack_session(self, session: Iterable[tuple[str, float] | str]) -> _kernel.Texts:
+    def pack_session(self, session: SessionLike) -> _kernel.Texts:
         """This session's queries, most recent first: (query, Unix time) or plain
         queries (time unknown)."""
         if isinstance(session, _kernel.Texts):
@@ -682,8 +688,8 @@ class Completer:
         return out, got, scores, X
 
     def complete(self, prefix: str | bytes, previous: str | bytes | None = None, k: int = 10,
-                 history: Iterable[Past | str] = (), session: Iterable[tuple[str, float] | str]
-                 = (), now: float | None = None) -> list[Completion]:
+                 history: HistoryLike = (), session: SessionLike = (),
+                 now: float | None = None) -> list[Completion]:
         """Top-k completions of ``prefix`` (the empty prefix too) for the user's context.
 
         previous: the session's last query. history: the user's past queries
@@ -699,8 +705,8 @@ class Completer:
             out = [c for c in out if not self.extra_blocklist.blocks_normalized(c.text)][:k]
         return out
 
-    def pool(self, prefix: str, previous: str | None = None, history: Iterable[Past | str] = (),
-             session: Iterable[tuple[str, float] | str] = (), now: float | None = None
+    def pool(self, prefix: str, previous: str | None = None, history: HistoryLike = (),
+             session: SessionLike = (), now: float | None = None
              ) -> tuple[list[str], list[str], np.ndarray]:
         """Every candidate of a keystroke's pool, in pool order, with its source and its
         feature row (X float64 [n, len(FEATURES)]): what the ranker is fitted on."""

@@ -8,6 +8,7 @@ a query with a single call into C (featurize + beam search, GIL released).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,9 @@ class EngineConfig:
     max_leaf_size: most labels in one leaf cluster.
     beam:          default beam width of the search.
     post:          score post-processor, "l3-hinge" or "sigmoid" (PECOS's).
+    label_power:   a label scores t(s) ** label_power times its parent's path score
+                   (1: PECOS's plain product of post-processed scores; > 1 lets the
+                   label's own ranker weigh more than the clusters above it).
     """
 
     blocks: tuple[BlockConfig, ...]
@@ -53,6 +57,7 @@ class EngineConfig:
     seed: int = 0
     beam: int = 10
     post: str = "l3-hinge"
+    label_power: float = 1.0
     threads: int = 2
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -63,6 +68,11 @@ class EngineConfig:
             raise InputError(f"EngineConfig.beam: must be >= 1, got {self.beam}")
         if self.post not in POSTS:
             raise InputError(f"EngineConfig.post: one of {POSTS}, got {self.post!r}")
+        lp = self.label_power
+        if isinstance(lp, bool) or not isinstance(lp, int | float) or not (
+            math.isfinite(lp) and lp > 0
+        ):
+            raise InputError(f"EngineConfig.label_power: a finite number > 0, got {lp!r}")
         if self.threads < 1:
             raise InputError(f"EngineConfig.threads: must be >= 1, got {self.threads}")
 
@@ -89,13 +99,18 @@ class Engine:
         vectorizer: Vectorizer,
         tree: LabelTree,
         layers: Sequence[LayerWeights],
+        spans: np.ndarray | None = None,
     ) -> None:
+        """``spans``: the model's saved label-id spans (see XLinearModel), or None."""
         self.config = config
         self.vectorizer = vectorizer
         self.tree = tree
         self.layers = list(layers)
+        #: seconds of each stage of :meth:`fit` (features, tree, rankers); empty when loaded
+        self.timings: dict[str, float] = {}
         self.model = XLinearModel(
-            tree.child_ptr, tree.label_order, self.layers, vectorizer.n_features, config.post
+            tree.child_ptr, tree.label_order, self.layers, vectorizer.n_features, config.post,
+            spans=spans, powers=[1.0] * (tree.depth - 1) + [float(config.label_power)],
         )
         self._search = _kernel.TextSearch(vectorizer.handle, self.model)
 
@@ -152,13 +167,20 @@ class Engine:
             "features %.1fs, tree %.1fs, rankers %.1fs",
             X.shape[0], X.shape[1], Y.shape[1], tree.depth, t1 - t0, t2 - t1, t3 - t2,
         )
-        return cls(config, vec, tree, layers)
+        engine = cls(config, vec, tree, layers)
+        engine.timings = {"features": t1 - t0, "tree": t2 - t1, "rankers": t3 - t2}
+        return engine
 
     # -- persistence -------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
+        """Every array a loaded engine reads, by file name: the vectorizer's vocabulary
+        (``features.*``), the tree (``tree.*``), the label-id spans (``model.spans``) and
+        the packed weights (``layer<l>.*``). Loading maps them all read-only: nothing is
+        rebuilt per process."""
         out: dict[str, np.ndarray] = {}
         out.update({f"features.{k}": v for k, v in self.vectorizer.arrays().items()})
         out.update({f"tree.{k}": v for k, v in self.tree.arrays().items()})
+        out["model.spans"] = self.model.spans()
         for depth, layer in enumerate(self.layers, start=1):
             out.update({f"layer{depth}.{k}": v for k, v in layer.arrays().items()})
         return out
@@ -177,10 +199,10 @@ class Engine:
                 LayerWeights.from_arrays(md.arrays(f"layer{d}."))
                 for d in range(1, tree.depth + 1)
             ]
-            return cls(config, vec, tree, layers)
+            return cls(config, vec, tree, layers, md.array("model.spans"))
         except ModelFormatError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # InputError is a ValueError
             raise ModelFormatError(
                 f"{md.path}: model arrays or config inconsistent ({exc})", str(md.path)
             ) from exc
@@ -198,10 +220,11 @@ class Engine:
         """Top-k label ids and scores, best first, for one normalized text (one C call).
 
         [lo, hi) restricts answers to label ids lo..hi-1 (the beam never enters a
-        subtree without such a label).
+        subtree without such a label). ``k`` and ``beam`` are ints in [1, 2**24]
+        (InputError otherwise).
         """
-        return self._search(text, context, k, beam or self.config.beam, lo,
-                            self.n_labels if hi is None else hi)
+        beam, k = XLinearModel.check_sizes(self.config.beam if beam is None else beam, k)
+        return self._search(text, context, k, beam, lo, self.n_labels if hi is None else hi)
 
     def search_batch(
         self,

@@ -32,8 +32,10 @@ import numpy as np
 from qac.errors import ModelFormatError
 
 FORMAT = "qac-model"
-#: 2: one answer path (labels with offsets and popularity sums, the pool ranker's
-#: forest, the blocklist in the manifest), packed weights
+#: 2: packed weights (int32 relative row ends, local child ids, float16 values), the
+#: featurizer's vocabulary directory and the tree's label-id spans saved as arrays;
+#: the completer's one answer path (labels with offsets and popularity sums, the pool
+#: ranker's forest, the blocklist in the manifest)
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
@@ -172,11 +174,15 @@ def open_model_dir(
         raise ModelFormatError(f"{mpath}: not a qac model manifest", str(mpath))
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        older = isinstance(version, int) and version < FORMAT_VERSION
+        if not isinstance(version, int) or isinstance(version, bool):
+            why = "not a version this qac knows"
+        elif version < FORMAT_VERSION:
+            why = "it was built by an older qac: retrain it with this version"
+        else:
+            why = "it was built by a newer qac: upgrade qac to read it"
         raise ModelFormatError(
-            f"{mpath}: format version {version!r}, this qac reads {FORMAT_VERSION}"
-            + ("; the model was built by an older qac: retrain it with this one (qac train)"
-               if older else ""),
+            f"{mpath}: model format version {version!r}, this qac reads {FORMAT_VERSION}: "
+            f"{why}",
             str(mpath),
         )
     if kind is not None and manifest.get("kind") != kind:

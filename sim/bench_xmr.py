@@ -341,55 +341,35 @@ def quality(ids: np.ndarray, Y: smat.csr_matrix, k: int = 10) -> dict[str, float
 # --------------------------------------------------------------------------- qac side
 
 
-def _qac_tree(data: Path) -> Any:
-    from qac.index.tree import LabelTree
-
-    cfg = json.loads((data / "chain" / "config.json").read_text())
-    chain = [smat.load_npz(data / "chain" / f"C{i}.npz").tocsc() for i in range(cfg["len"])]
-    return LabelTree.from_cluster_chain(chain)
+def _texts(data: Path, name: str) -> list[str]:
+    return (data / name).read_text(encoding="utf-8").split("\n")[:-1]
 
 
 def qac_train(a: argparse.Namespace) -> None:
-    from qac.model.train import TrainConfig, train_xlinear
+    """qac's retrieval pipeline from text, as ``qac retrieve train`` runs it: its own
+    features, its own tree and its rankers (``qac.retrieve.default_config``), saved as a
+    model directory (format of ``qac.storage``; every array memory-mapped at load)."""
+    from qac.engine import Engine
+    from qac.retrieve import default_config
+    from qac.storage import save_model_dir
 
     data, mdir = Path(a.data), Path(a.model)
-    X = smat.load_npz(data / "X_trn.npz").tocsr()
+    texts = _texts(data, "train_texts.txt")
     Y = smat.load_npz(data / "Y_trn.npz").tocsr()
-    tree = _qac_tree(data)
-    log(f"qac train: X {X.shape} nnz {X.nnz}, layers {list(tree.layer_sizes)}")
+    config = default_config(threads=a.threads)
+    log(f"qac train: {len(texts)} texts, {Y.shape[1]} labels, config {config.to_dict()}")
     t0, c0 = time.perf_counter(), time.process_time()
-    layers = train_xlinear(X, Y, tree.child_ptr, tree.label_order, TrainConfig(threads=a.threads))
+    engine = Engine.fit(texts, Y, config)
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
-    log(f"qac trained in {secs:.1f}s ({cpu:.1f}s CPU)")
-    # Until qac.retrieve owns a model format: plain .npy arrays, loadable with mmap.
-    mdir.mkdir(parents=True, exist_ok=True)
-    for old in mdir.glob("*.npy"):
-        old.unlink()
-    for i, cp in enumerate(tree.child_ptr):
-        np.save(mdir / f"child_ptr{i}.npy", np.asarray(cp, np.int64))
-    np.save(mdir / "label_order.npy", np.asarray(tree.label_order, np.int32))
-    for li, lw in enumerate(layers):
-        for name, arr in lw.arrays().items():
-            np.save(mdir / f"L{li}_{name}.npy", arr)
-    write_json(mdir / "manifest.json", {"depth": len(layers), "n_features": int(X.shape[1])})
+    log(f"qac trained in {secs:.1f}s ({cpu:.1f}s CPU): {engine.timings}")
+    save_model_dir(mdir, "engine", engine.manifest_config(), engine.arrays())
     write_json(Path(a.out), {"train_seconds": secs, "train_cpu_seconds": cpu,
+                             "stages_seconds": engine.timings,
                              "loadavg_after": os.getloadavg(),
-                             "model_bytes": du_bytes(mdir), "threads": a.threads})
-
-
-def _qac_load(mdir: Path) -> Any:
-    from qac.model.weights import LayerWeights
-    from qac.model.xlinear import XLinearModel
-
-    man = json.loads((mdir / "manifest.json").read_text())
-    d = man["depth"]
-    child_ptr = tuple(np.load(mdir / f"child_ptr{i}.npy") for i in range(d))
-    label_order = np.load(mdir / "label_order.npy")
-    layers = [LayerWeights.from_arrays({
-        f: np.load(mdir / f"L{li}_{f}.npy", mmap_mode="r") for f in
-        ("chunk_ptr", "row_feat", "row_ptr", "ent_node", "ent_val", "bias")}) for li in range(d)]
-    return XLinearModel(child_ptr, label_order, layers, n_features=man["n_features"],
-                        post="l3-hinge")
+                             "model_bytes": du_bytes(mdir), "threads": a.threads,
+                             "n_features": engine.vectorizer.n_features,
+                             "layer_sizes": list(engine.tree.layer_sizes),
+                             "config": config.to_dict()})
 
 
 def _pct(ns: list[int]) -> dict[str, Any]:
@@ -398,55 +378,25 @@ def _pct(ns: list[int]) -> dict[str, Any]:
             "mean_ms": float(arr.mean()), "n": len(ns)}
 
 
-def _qac_fused_latency(a: argparse.Namespace, data: Path, mdir: Path, vec: Any,
-                       qtexts: list[str], qids: np.ndarray) -> dict[str, Any] | None:
-    """normalize + Engine.search (featurize + beam search in one C call), when available."""
-    try:
-        from qac.engine import Engine, EngineConfig
-    except ImportError:
-        return None
-    from qac.model.weights import LayerWeights
-    from qac.text import normalize
-
-    tree = _qac_tree(data)
-    layers = [LayerWeights.from_arrays({
-        f: np.load(mdir / f"L{li}_{f}.npy", mmap_mode="r") for f in
-        ("chunk_ptr", "row_feat", "row_ptr", "ent_node", "ent_val", "bias")})
-        for li in range(tree.depth)]
-    try:
-        eng = Engine(EngineConfig(blocks=tuple(vec.blocks), beam=a.beam, post="l3-hinge"), vec,
-                     tree, layers)
-        eng.search(normalize(qtexts[0]), k=a.topk)
-    except Exception as e:  # noqa: BLE001 - an older engine API: keep the 2-call figure
-        log(f"Engine.search unavailable ({type(e).__name__}: {e})")
-        return None
-    same = 0
-    for t, want in zip(qtexts[: a.warmup], qids[: a.warmup], strict=True):
-        got = np.asarray(eng.search(normalize(t), k=a.topk)[0], np.int64)
-        same += int(np.array_equal(got, want[want >= 0]))
-    if same != min(a.warmup, len(qtexts)):
-        log(f"WARNING: Engine.search matched batch predict on {same} of {a.warmup} rows")
-    pc = time.perf_counter_ns
-    lat = []
-    for t in qtexts:
-        t0 = pc()
-        eng.search(normalize(t), k=a.topk)
-        lat.append(pc() - t0)
-    return {**_pct(lat), "mode": "normalize+Engine.search (one C call)"}
-
-
 def qac_eval(a: argparse.Namespace) -> None:
+    """Batch top-k on the test texts' features, single-query latency on features and
+    text in (normalize + Engine.search: one C call), at qac's configured beam."""
+    from qac.engine import Engine
+    from qac.storage import open_model_dir
     from qac.text import normalize
 
     data, mdir, out = Path(a.data), Path(a.model), Path(a.out)
-    X = smat.load_npz(data / "X_tst.npz").tocsr()
+    texts = _texts(data, "test_texts.txt")
     t0 = time.perf_counter()
-    model = _qac_load(mdir)
-    res: dict[str, Any] = {"load_seconds": time.perf_counter() - t0, "beam": a.beam,
+    engine = Engine.from_model_dir(open_model_dir(mdir, kind="engine"))
+    beam = engine.config.beam
+    res: dict[str, Any] = {"load_seconds": time.perf_counter() - t0, "beam": beam,
                            "topk": a.topk, "loadavg_before": os.getloadavg()}
-    model.predict(X[: min(1000, X.shape[0])], beam=a.beam, topk=a.topk, threads=a.threads)
+    X = engine.vectorizer.transform(texts, threads=a.threads)
+    model = engine.model
+    model.predict(X[: min(1000, X.shape[0])], beam=beam, topk=a.topk, threads=a.threads)
     t0 = time.perf_counter()
-    ids, _ = model.predict(X, beam=a.beam, topk=a.topk, threads=a.threads)
+    ids, _ = model.predict(X, beam=beam, topk=a.topk, threads=a.threads)
     bsecs = time.perf_counter() - t0
     res["batch"] = {"seconds": bsecs, "qps": X.shape[0] / bsecs, "threads": a.threads,
                     "n": int(X.shape[0])}
@@ -460,52 +410,29 @@ def qac_eval(a: argparse.Namespace) -> None:
              X.data[X.indptr[i]:X.indptr[i + 1]].astype(np.float32)) for i in sample]
     pc = time.perf_counter_ns
     for idx, val in rows[: a.warmup]:
-        model.predict_one(idx, val, a.beam, a.topk)
+        model.predict_one(idx, val, beam, a.topk)
     lat = []
     for idx, val in rows:
         t0 = pc()
-        model.predict_one(idx, val, a.beam, a.topk)
+        model.predict_one(idx, val, beam, a.topk)
         lat.append(pc() - t0)
     res["latency_features"] = _pct(lat)
     log(f"qac latency (features): p50 {res['latency_features']['p50_ms']:.3f} ms")
 
-    meta = json.loads((data / "meta.json").read_text())
-    texts = (data / "test_texts.txt").read_text(encoding="utf-8").split("\n")[:-1]
     qtexts = [texts[int(i)] for i in sample]
-    if meta.get("features") == "qac":
-        from qac.features import Vectorizer
-
-        vdir = data / "qac_vectorizer"
-        if vdir.exists():
-            with np.load(vdir / "arrays.npz") as z:
-                vec = Vectorizer.from_parts(json.loads((vdir / "config.json").read_text()),
-                                            {k: z[k] for k in z.files})
-        else:  # data prepared by an older harness: refit (deterministic, not timed)
-            trn = (data / "train_texts.txt").read_text(encoding="utf-8").split("\n")[:-1]
-            vec = Vectorizer(qac_blocks()).fit(trn)
-        same = 0
-        for t, (ridx, rval) in zip(qtexts[: a.warmup], rows[: a.warmup], strict=True):
-            idx, val = vec.transform_one(normalize(t))
-            same += int(np.array_equal(idx, ridx) and np.allclose(val, rval, atol=1e-6))
-            model.predict_one(idx, val, a.beam, a.topk)
-        if same != min(a.warmup, len(rows)):  # the text path must see the shared features
-            log(f"WARNING: transform_one matched X_tst on {same} of {a.warmup} warm-up rows")
-        lat = []
-        for t in qtexts:
-            t0 = pc()
-            idx, val = vec.transform_one(normalize(t))
-            model.predict_one(idx, val, a.beam, a.topk)
-            lat.append(pc() - t0)
-        two = {**_pct(lat), "mode": "normalize+transform_one+predict_one"}
-        res["latency_text"] = two
-        log(f"qac latency (text, 2 calls): p50 {two['p50_ms']:.3f} ms")
-        fused = _qac_fused_latency(a, data, mdir, vec, qtexts, np.asarray(ids)[sample])
-        if fused is not None:
-            res["latency_text_2call"] = two
-            res["latency_text"] = fused
-            log(f"qac latency (text, fused): p50 {fused['p50_ms']:.3f} ms")
-    else:
-        res["latency_text"] = None  # shared features are PECOS's: qac has no text path
+    same = 0
+    for t, want in zip(qtexts[: a.warmup], np.asarray(ids)[sample][: a.warmup], strict=True):
+        got = np.asarray(engine.search(normalize(t), k=a.topk)[0], np.int64)
+        same += int(np.array_equal(got, want[want >= 0]))
+    if same != min(a.warmup, len(qtexts)):
+        log(f"WARNING: Engine.search matched batch predict on {same} of {a.warmup} rows")
+    lat = []
+    for t in qtexts:
+        t0 = pc()
+        engine.search(normalize(t), k=a.topk)
+        lat.append(pc() - t0)
+    res["latency_text"] = {**_pct(lat), "mode": "normalize+Engine.search (one C call)"}
+    log(f"qac latency (text): p50 {res['latency_text']['p50_ms']:.3f} ms")
     res["loadavg_after"] = os.getloadavg()
     write_json(out, res)
 
@@ -618,7 +545,7 @@ def table(res: dict[str, Any]) -> str:
         return "-" if v is None else format(v, fmt)
 
     rows = [
-        ("training time (s), same tree, threads=2", "train", "train_seconds", ".1f"),
+        ("training time (s), threads=2", "train", "train_seconds", ".1f"),
         ("training CPU time (s)", "train", "train_cpu_seconds", ".1f"),
         ("model size on disk (MiB)", "train", "model_bytes", "mib"),
         ("peak RSS train (MiB)", "train", "child.peak_rss_mib", ".0f"),
@@ -631,11 +558,7 @@ def table(res: dict[str, Any]) -> str:
         ("latency text-in p99 (ms), 1 thread", "eval", "latency_text.p99_ms", ".3f"),
         ("batch throughput (q/s), threads=2", "eval", "batch.qps", ".0f"),
     ]
-    lines = [f"task {res['task']}: {meta.get('n_labels')} labels, "
-             f"features={meta.get('features')} (d={meta.get('featurize', {}).get('n_features')}),"
-             f" tree={meta.get('tree')} layers={meta.get('index', {}).get('layer_sizes')}, "
-             f"B={res['settings']['B']}, beam={res['settings']['beam']}, "
-             f"topk={res['settings']['topk']}",
+    lines = [f"task {res['task']}: {meta.get('n_labels')} labels, topk={res['settings']['topk']}",
              f"{'':44s} {'libpecos 1.2.8':>16s} {'qac':>12s}"]
     for label, top, key, fmt in rows:
         vals = []
@@ -648,7 +571,27 @@ def table(res: dict[str, Any]) -> str:
         lines.append(f"{label:44s} {vals[0]:>16s} {vals[1]:>12s}")
     qm = g("qac", "eval", "latency_text", "mode")
     tm = g("pecos", "eval", "latency_text", "mode")
-    notes = [f"quality over {g('pecos', 'quality', 'n') or g('qac', 'quality', 'n')} test rows"]
+    notes = [f"libpecos: XLinearModel.train with its defaults on the shared features "
+             f"({meta.get('features')} word 1-2 + char 3 TF-IDF, "
+             f"d={meta.get('featurize', {}).get('n_features')}) and tree ({meta.get('tree')} "
+             f"k-means on PIFA, layers {meta.get('index', {}).get('layer_sizes')}, "
+             f"B={res['settings']['B']}), beam {g('pecos', 'eval', 'beam') or '-'}; training time "
+             "excludes featurization and indexing"]
+    qt = g("qac", "train")
+    if qt:
+        st = qt.get("stages_seconds", {})
+        cfg = qt.get("config", {})
+        notes.append(
+            f"qac: its own retrieval pipeline from text (qac.retrieve.default_config: "
+            f"d={qt.get('n_features')}, layers {qt.get('layer_sizes')}, Cp="
+            f"{cfg.get('train', {}).get('Cp')}, label_power={cfg.get('label_power')}, "
+            f"{cfg.get('train', {}).get('values')} weights), beam {g('qac', 'eval', 'beam')}; "
+            "training time includes features "
+            f"{st.get('features', 0):.1f}s + tree {st.get('tree', 0):.1f}s + rankers "
+            f"{st.get('rankers', 0):.1f}s; model size = the whole model directory "
+            "(features, tree, weights)")
+    notes.append(f"quality over {g('pecos', 'quality', 'n') or g('qac', 'quality', 'n')} "
+                 "test rows")
     if meta.get("task") == "aol":
         notes.append(meta.get("eval_rows", "") + f"; dropped "
                      f"{meta.get('n_valid_rows_dropped_no_known_url')} valid rows")
@@ -659,10 +602,6 @@ def table(res: dict[str, Any]) -> str:
             "sum": "(its tfidf of the text, then predict on the shared feature row)"}.get(tm, ""))
     if qm:
         notes.append(f"qac text-in: {qm}")
-    q2 = g("qac", "eval", "latency_text_2call")
-    if q2:
-        notes.append(f"qac text-in as 2 calls (transform_one + predict_one): p50 "
-                     f"{q2['p50_ms']:.3f} ms, p99 {q2['p99_ms']:.3f} ms")
     qo = g("pecos", "quality_own_features")
     if qo:
         notes.append(f"pecos on its own tfidf features: P@1 {qo['p@1']:.4f} "

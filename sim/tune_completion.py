@@ -7,7 +7,8 @@ on ``--dev-from`` .. ``--until`` beside the two baselines (MPC, and the user's p
 queries then MPC), with the same test cases ``qac eval`` builds (the previous query
 is :func:`qac.logs.previous_queries`'s, the context :class:`qac.history.UserLog`'s):
 
-    python sim/tune_completion.py --log ../shared/data/aol/sessions/aol_top1000_sessions_dev.tsv.gz \
+    python sim/tune_completion.py \
+        --log ../shared/data/aol/sessions/aol_top1000_sessions_dev.tsv.gz \
         --beam 10,20 --model-answers 10,20 --mpc-answers 10,20
 
 The best setting's values are the defaults of :class:`qac.sources.SourcesConfig`

@@ -11,10 +11,51 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qac.model.weights import LayerWeights
+from qac.model.weights import LayerWeights, child_dtype, row_fence
 
 RTOL = 1e-5
 ATOL = 1e-30  # float32 scores this small have lost their precision or underflowed
+
+
+def pack(
+    child_ptr: np.ndarray,
+    chunk_ptr: np.ndarray,
+    row_feat: np.ndarray,
+    row_ptr: np.ndarray,
+    ent_node: np.ndarray,
+    ent_val: np.ndarray,
+    bias: np.ndarray,
+    values: type = np.float32,
+) -> LayerWeights:
+    """The packed LayerWeights of a layer given plainly: absolute row pointers
+    (int64 [R+1]) and layer-wide node ids; values in ``values`` (float32 / float16)."""
+    cp = np.asarray(child_ptr, np.int64)
+    chunk_ptr = np.asarray(chunk_ptr, np.int64)
+    row_ptr = np.asarray(row_ptr, np.int64)
+    n_par = chunk_ptr.shape[0] - 1
+    chunk_ent = row_ptr[chunk_ptr]
+    chunk_of_row = np.repeat(np.arange(n_par), np.diff(chunk_ptr))
+    row_end = (row_ptr[1:] - chunk_ent[chunk_of_row]).astype(np.int32)
+    parent_of_ent = np.repeat(np.arange(n_par), np.diff(chunk_ent))
+    fan = int(np.diff(cp).max()) if cp.shape[0] > 1 else 0
+    local = np.asarray(ent_node, np.int64) - cp[parent_of_ent]
+    return LayerWeights(
+        chunk_ptr=chunk_ptr,
+        chunk_ent=chunk_ent.astype(np.int64),
+        row_feat=np.asarray(row_feat, np.int32),
+        row_end=row_end,
+        row_fence=row_fence(np.asarray(row_feat, np.int32)),
+        ent_child=local.astype(child_dtype(max(fan, 1))),
+        ent_val=np.asarray(ent_val).astype(values),
+        bias=np.asarray(bias, np.float32),
+    )
+
+
+def unpack(lw: LayerWeights, child_ptr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row_ptr int64 [R+1] absolute, ent_node int64 [E] layer-wide) of a packed layer."""
+    chunk_of_row = np.repeat(np.arange(lw.n_parents), np.diff(lw.chunk_ptr))
+    ends = np.asarray(lw.chunk_ent, np.int64)[chunk_of_row] + lw.row_end
+    return np.concatenate([[0], ends]).astype(np.int64), lw.node_ids(child_ptr)
 
 
 def near(a: float, b: float) -> bool:
@@ -103,13 +144,15 @@ def beam_search(
     lo: int = 0,
     hi: int | None = None,
     exact: bool = False,
+    powers: Sequence[float] | None = None,
 ) -> Answer:
     """Beam search restricted to label ids [lo, hi).
 
     A node competes for the beam only if some label below may be in [lo, hi):
     by default (as the kernel) if the [min, max] id range below it meets
     [lo, hi); with ``exact``, only if a label below really is in [lo, hi).
-    The two agree when every node's ids are contiguous.
+    The two agree when every node's ids are contiguous. ``powers``: per layer, the
+    power of the post-processed score (default 1).
     """
     depth = len(layers)
     n_last = int(child_ptr[-1][-1])
@@ -117,10 +160,12 @@ def beam_search(
     x = {int(f): float(v) for f, v in zip(idx, val, strict=True)}
     ids_below = leaf_ids(child_ptr, label_order)
     bounds = id_bounds(child_ptr, label_order)
+    plain = [unpack(lw, cp) for lw, cp in zip(layers, child_ptr, strict=True)]
     cur: list[tuple[int, float]] = [(0, 1.0)]
     ambiguous = False
     for li in range(depth):
         lw, cp, last = layers[li], child_ptr[li], li == depth - 1
+        row_ptr, ent_node = plain[li]
         cands = []  # (score, key, node)
         for p, ps in cur:
             c0, c1 = int(cp[p]), int(cp[p + 1])
@@ -128,8 +173,8 @@ def beam_search(
             for r in range(int(lw.chunk_ptr[p]), int(lw.chunk_ptr[p + 1])):
                 f = int(lw.row_feat[r])
                 if f in x:
-                    for e in range(int(lw.row_ptr[r]), int(lw.row_ptr[r + 1])):
-                        s[int(lw.ent_node[e])] += x[f] * float(lw.ent_val[e])
+                    for e in range(int(row_ptr[r]), int(row_ptr[r + 1])):
+                        s[int(ent_node[e])] += x[f] * float(lw.ent_val[e])
             for c in range(c0, c1):
                 if exact:
                     below = ids_below[li][c]
@@ -137,7 +182,7 @@ def beam_search(
                         continue
                 elif bounds[li][c, 0] >= hi or bounds[li][c, 1] < lo:
                     continue  # no label below, or [min, max] misses [lo, hi)
-                score = ps * post_fn(post, s[c])
+                score = ps * post_fn(post, s[c]) ** (1.0 if powers is None else powers[li])
                 key = int(label_order[c]) if last and label_order is not None else c
                 cands.append((score, key, c))
         cands.sort(key=lambda t: (-t[0], t[1]))
@@ -204,14 +249,14 @@ def answer_pool(labels: Sequence[str], popularity: Sequence[int], prefix: str, p
     S = {s: i for i, s in enumerate(SOURCES)}
     rows: list[dict] = []
     by_text: dict[str, dict] = {}
-    n_x, n_h = len(extra), len(history)
+    n_x = len(extra)
 
     def row(t: str, ref: int) -> dict:
         r = by_text.get(t)
         if r is None:
             r = {"text": t, "ref": ref, "label": -1, "sources": 0, "pop": 0,
                  "model_logscore": -12.0, "model_rank": 0.0, "mpc_rank": 0.0, "gen": 0.0,
-                 "hist_count": 0.0, "hist_age": 20.0, "order": -1, "from_session": False,
+                 "hist_count": 0.0, "hist_age": 20.0, "order": -1,
                  "sess_count": 0.0, "sess_rank": 0.0}
             by_text[t] = r
             rows.append(r)
@@ -246,21 +291,6 @@ def answer_pool(labels: Sequence[str], popularity: Sequence[int], prefix: str, p
         a = age(tm)
         r["hist_age"] = math.log1p(a) if a >= 0 else 20.0
         hm.append((a, j, r))
-    for j, (t, tm) in enumerate(session):
-        if not ok(t):
-            continue
-        r = row(t, -1 - (n_x + n_h + j))
-        r["sess_count"] += 1
-        if r["sess_rank"] == 0:
-            r["sess_rank"] = 1.0 / (j + 1)
-        if not r["sources"] & (1 << S["history"]):
-            r["sources"] |= 1 << S["history"]
-            r["from_session"] = True
-            a = age(tm)
-            r["hist_age"] = math.log1p(a) if a >= 0 else 20.0
-            hm.append((a, n_h + j, r))
-        if r["from_session"]:
-            r["hist_count"] = math.log1p(r["sess_count"])
     hm.sort(key=lambda h: (h[0] < 0, h[0] if h[0] >= 0 else 0.0, h[1]))
     for i, (_, _, r) in enumerate(hm):
         r["order"] = i
@@ -278,6 +308,13 @@ def answer_pool(labels: Sequence[str], popularity: Sequence[int], prefix: str, p
                 r["mpc_rank"] = 1.0 / n_mpc
         else:
             r["gen"] = max(r["gen"], math.log1p(c))
+    for j, (t, _) in enumerate(session):
+        if not (t and t.startswith(prefix)) or t not in by_text:
+            continue
+        r = by_text[t]
+        r["sess_count"] += 1
+        if r["sess_rank"] == 0:
+            r["sess_rank"] = 1.0 / (j + 1)
     in_range = [i for i, t in enumerate(labels) if t.startswith(prefix)]
     range_pop = float(sum(popularity[i] for i in in_range))
     index = {labels[i]: i for i in in_range}

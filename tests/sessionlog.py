@@ -36,7 +36,16 @@ def pl_log() -> SessionLog:
     return log
 
 
-def weeks_log(weeks: int = 3, seed: int = 0) -> SessionLog:
+PATTERNS = (("rose of jericho", "plant care tips"), ("game console", "playstation 5"),
+            ("playstation",), ("playstation",), ("playstation",),
+            ("new york times", "newark airport"), ("newton", "new york weather"),
+            ("planet earth", "plant nursery"))
+NOISE = ("paris hotels", "pizza", "plumber", "news", "nba scores", "rose garden")
+
+
+def weeks_log(weeks: int = 3, seed: int = 0, per_day: int = 12,
+              patterns: tuple[tuple[str, ...], ...] = PATTERNS,
+              noise: tuple[str, ...] = NOISE) -> SessionLog:
     """``pl_log``'s patterns spread over ``weeks`` weeks, with a few users who repeat
     themselves and some noise: enough keystrokes for ``qac train`` to fit a ranker
     of its own on the last week (with ``CompleterConfig(min_fit=...)`` lowered)."""
@@ -44,17 +53,15 @@ def weeks_log(weeks: int = 3, seed: int = 0) -> SessionLog:
 
     rng = random.Random(seed)
     log = SessionLog()
-    sessions = [("rose of jericho", "plant care tips"), ("game console", "playstation 5"),
-                ("playstation",), ("new york times", "newark airport"),
-                ("newton", "new york weather"), ("planet earth", "plant nursery")]
-    noise = ["paris hotels", "pizza", "plumber", "news", "nba scores", "rose garden"]
+    # (in PATTERNS, without context "pl" completes to "playstation", the most popular)
+    sessions = list(patterns)
     n = 0
     for day in range(7 * weeks):
         log.time = datetime(2006, 3, 1) + timedelta(days=day)
-        for _ in range(12):
+        for _ in range(per_day):
             n += 1
             queries = list(rng.choice(sessions))
-            if rng.random() < 0.3:
+            if noise and rng.random() < 0.3:
                 queries.append(rng.choice(noise))
             user = f"u{rng.randrange(20)}"
             for q in queries:

@@ -136,17 +136,19 @@ def test_sources_shown_and_history_ranks() -> None:
             for r, s, x in zip(refs, srcs, X, strict=True)}
     F = {f: i for i, f in enumerate(FEATURES)}
     # a past query of the user is shown as "history", whatever else made it
-    assert rows["webkinz"][0] == "history" and rows["web md"][0] == "history"
-    assert rows["weather"][0] == "mpc"
-    # recency rank among the user's matches: web md (30 s), webkinz (60 s), channel (1 h)
-    assert rows["web md"][1][F["hist_rank"]] == 1.0
-    assert rows["webkinz"][1][F["hist_rank"]] == 0.5
-    assert rows["weather channel"][1][F["hist_rank"]] == pytest.approx(1 / 3)
+    assert rows["webkinz"][0] == "history" and rows["weather channel"][0] == "history"
+    assert rows["weather"][0] == "mpc" and rows["web md"][0] == "mpc"
+    # recency rank among the user's matches: webkinz (60 s), then weather channel (1 h)
+    assert rows["webkinz"][1][F["hist_rank"]] == 1.0
+    assert rows["weather channel"][1][F["hist_rank"]] == 0.5
     assert rows["weather channel"][1][F["hist_count"]] == pytest.approx(math.log1p(3))
     assert rows["weather channel"][1][F["hist_age"]] == pytest.approx(math.log1p(3600.0))
-    assert rows["weather"][1][F["hist_age"]] == 20.0
-    assert rows["web md"][1][F["sess_count"]] == 1.0
+    assert rows["weather"][1][F["hist_age"]] == 20.0 and rows["weather"][1][F["hist_rank"]] == 0
+    # this session's queries mark the rows they repeat; they make no row of their own
+    assert rows["web md"][1][F["sess_count"]] == 1.0 and rows["web md"][1][F["sess_rank"]] == 1
     assert rows["webkinz"][1][F["is_label"]] == 0.0 and rows["weather"][1][F["is_label"]] == 1.0
+    refs, _, _, _ = run(a, "we", "", [], [("webkinz", NOW)], [], features=True)
+    assert refs == []
 
 
 def test_bad_input_is_refused_and_leaves_the_scratch_clean() -> None:

@@ -25,11 +25,14 @@ SEPS = set(" \t\n\x0b\x0c\r") | set(string.punctuation)
 FNV_OFFSET, FNV_PRIME, MASK = 14695981039346656037, 1099511628211, (1 << 64) - 1
 
 
+MIX = 0x9E3779B97F4A7C15
+
+
 def ref_key(block: int, gram: str) -> int:
     h = FNV_OFFSET
     for byte in bytes([block]) + gram.encode():
         h = ((h ^ byte) * FNV_PRIME) & MASK
-    return h
+    return (h * MIX) & MASK
 
 
 def ref_tokens(text: str) -> list[str]:
@@ -334,7 +337,7 @@ def test_from_parts_roundtrip_mmap(tmp_path: Path) -> None:
     (tmp_path / "features.json").write_text(json.dumps(v.config()))
     for name, arr in v.arrays().items():
         np.save(tmp_path / f"{name}.npy", arr)
-    arrays = {n: np.load(tmp_path / f"{n}.npy", mmap_mode="r") for n in ("keys", "idf")}
+    arrays = {n: np.load(tmp_path / f"{n}.npy", mmap_mode="r") for n in ("keys", "idf", "dir")}
     w = Vectorizer.from_parts(json.loads((tmp_path / "features.json").read_text()), arrays)
     assert w.blocks == v.blocks and w.n_features == v.n_features
     assert all(np.shares_memory(w.arrays()[n], arrays[n]) for n in arrays)  # used in place
@@ -348,27 +351,63 @@ def test_from_parts_roundtrip_mmap(tmp_path: Path) -> None:
 def test_from_parts_rejects_bad_parts() -> None:
     v = Vectorizer([BlockConfig("char")]).fit(["abc", "abd"])
     cfg, arrs = v.config(), v.arrays()
+
+    def load(**changes: np.ndarray) -> Vectorizer:
+        return Vectorizer.from_parts(cfg, {**arrs, **changes})
+
     with pytest.raises(ModelFormatError):
         Vectorizer.from_parts({**cfg, "format": 99}, arrs)
+    with pytest.raises(ModelFormatError, match="older qac: retrain"):
+        Vectorizer.from_parts({**cfg, "format": 1}, arrs)
     with pytest.raises(ModelFormatError):
-        Vectorizer.from_parts(cfg, {"keys": arrs["keys"][:-1], "idf": arrs["idf"]})
+        load(keys=arrs["keys"][:-1])
     with pytest.raises(ModelFormatError):
-        Vectorizer.from_parts(cfg, {"keys": arrs["keys"].astype(np.int64), "idf": arrs["idf"]})
+        load(keys=arrs["keys"].astype(np.int64))
+    with pytest.raises(ModelFormatError, match="'dir'"):
+        Vectorizer.from_parts(cfg, {"keys": arrs["keys"], "idf": arrs["idf"]})
+    with pytest.raises(ModelFormatError, match="'dir'"):
+        load(dir=arrs["dir"].astype(np.int64))
     dup = arrs["keys"].copy()
     dup[1] = dup[0]
     with pytest.raises(ModelFormatError):
-        Vectorizer.from_parts(cfg, {"keys": dup, "idf": arrs["idf"]})
+        load(keys=dup)
+    swapped = arrs["keys"][::-1].copy()
+    with pytest.raises(ModelFormatError, match="rejected by the kernel"):
+        load(keys=swapped)
+    for bad in (arrs["dir"][:-1].copy(), np.concatenate([arrs["dir"], [0]]).astype(np.uint32)):
+        with pytest.raises(ModelFormatError, match="rejected by the kernel"):
+            load(dir=bad)
+    moved = arrs["dir"].copy()
+    moved[len(moved) // 2] += 1  # a key filed under the wrong bucket
+    with pytest.raises(ModelFormatError, match="rejected by the kernel"):
+        load(dir=moved)
 
 
-def test_key_of_another_block_is_ignored() -> None:
-    """A corrupt key table (block 0 holding a block-1 key) cannot break sorted, distinct ids."""
+def test_directory_buckets_keys_by_top_bits() -> None:
+    """The directory is a pure function of the keys: bucket i of a block of n keys
+    lists the keys whose top b bits are i, b the smallest with 2**(b+1) >= n."""
+    texts = [f"{a}{b}{c} {b}{a}" for a in "abcdefgh" for b in "ijklmnop" for c in "qrst"]
+    v = Vectorizer([BlockConfig("char"), BlockConfig("word", (1, 1))]).fit(texts)
+    arrs = v.arrays()
+    at = 0
+    for b, n in enumerate(v.config()["block_sizes"]):
+        bits = max(0, (n - 1).bit_length() - 1)
+        keys = arrs["keys"][sum(v.config()["block_sizes"][:b]):][:n]
+        top = keys >> np.uint64(64 - bits) if bits else np.zeros(n, np.uint64)
+        want = np.searchsorted(top, np.arange(2**bits + 1, dtype=np.uint64))
+        np.testing.assert_array_equal(arrs["dir"][at : at + 2**bits + 1], want)
+        at += 2**bits + 1
+    assert at == arrs["dir"].size
+
+
+def test_key_of_another_block_is_rejected() -> None:
+    """A corrupt key table (block 0 holding a block-1 key) is refused at load."""
     v = Vectorizer([BlockConfig("char"), BlockConfig("word")]).fit(["abc zz", "abd"])
     cfg, arrs = v.config(), v.arrays()
     keys = arrs["keys"].copy()
     keys[0] = ref_key(1, "qq")  # block 0's first id now answers to block 1's word "qq"
-    w = Vectorizer.from_parts(cfg, {"keys": keys, "idf": arrs["idf"]})
-    idx, _ = w.transform_one("abc qq")
-    assert 0 not in idx.tolist() and list(idx) == sorted(set(idx.tolist()))
+    with pytest.raises(ModelFormatError, match="rejected by the kernel"):
+        Vectorizer.from_parts(cfg, {**arrs, "keys": keys})
 
 
 def test_fit_on_nothing() -> None:
@@ -421,3 +460,30 @@ def test_config_dict_roundtrip_and_defaults() -> None:
         v.transform("abc")  # a str is a Sequence[str]: rejected at runtime
     with pytest.raises(InputError):
         v.transform(["a"], ["b", "c"])
+
+
+def test_batch_outputs_are_checked_against_their_capacity() -> None:
+    """Every C entry point takes its output buffers' capacity: an indptr or row-pointer
+    buffer one entry short is refused (QAC_E_CAPACITY), never overrun."""
+    ffi, lib = _kernel.ffi, _kernel.lib
+    v = Vectorizer([BlockConfig("char")]).fit(["abc", "abd", "xyz"])
+    buf, offs = b"abcabd", np.array([0, 3, 6], np.int64)
+    bufs = ffi.new("char *[]", [ffi.cast("char *", ffi.from_buffer(buf))])
+    offp = ffi.new("int64_t *[]", [_kernel.ptr(offs, "int64_t *")])
+    indptr = np.zeros(3, np.int64)
+    for cap, want in ((2, lib.QAC_E_CAPACITY), (3, lib.QAC_OK)):
+        rc = lib.qac_featurize_batch_count(v.handle, bufs, offp, 1, 2, 1,
+                                           _kernel.ptr(indptr, "int64_t *"), cap)
+        assert rc == want
+    from qac.features.vectorizer import _spec
+
+    spec = _kernel._feat_specs([_spec(BlockConfig("char"), 0)])
+    keys = np.zeros(64, np.uint64)
+    row_ptr = np.zeros(3, np.int64)
+    for cap, want in ((2, lib.QAC_E_CAPACITY), (3, lib.QAC_OK)):
+        rc = lib.qac_extract_keys(spec, 0, ffi.cast("char *", ffi.from_buffer(buf)),
+                                  _kernel.ptr(offs, "int64_t *"), 2, 1,
+                                  _kernel.ptr(keys, "uint64_t *"), keys.size,
+                                  _kernel.ptr(row_ptr, "int64_t *"), cap)
+        assert rc == want
+    assert row_ptr[-1] > 0

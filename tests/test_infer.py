@@ -26,10 +26,12 @@ class Spec:
     layers: list[LayerWeights]
     n_features: int
     post: str
+    spans: np.ndarray | None = None
 
     def model(self) -> XLinearModel:
         return XLinearModel(
-            self.child_ptr, self.label_order, self.layers, self.n_features, self.post
+            self.child_ptr, self.label_order, self.layers, self.n_features, self.post,
+            spans=self.spans,
         )
 
 
@@ -55,7 +57,8 @@ def random_tree(
 
 
 def random_layers(
-    rng: np.random.Generator, child_ptr: list[np.ndarray], n_features: int, ties: bool
+    rng: np.random.Generator, child_ptr: list[np.ndarray], n_features: int, ties: bool,
+    values: type = np.float32,
 ) -> list[LayerWeights]:
     layers = []
     for cp in child_ptr:
@@ -81,17 +84,18 @@ def random_layers(
         if ties:
             ent_val = [0.0] * len(ent_val)
             bias = np.full(n_node, 0.25)
-        layers.append(
-            LayerWeights(
-                chunk_ptr=np.array(chunk_ptr, dtype=np.int64),
-                row_feat=np.array(row_feat, dtype=np.int32),
-                row_ptr=np.array(row_ptr, dtype=np.int64),
-                ent_node=np.array(ent_node, dtype=np.int32),
-                ent_val=np.array(ent_val, dtype=np.float32),
-                bias=bias.astype(np.float32),
-            )
-        )
+        layers.append(reference.pack(cp, np.array(chunk_ptr), np.array(row_feat),
+                                     np.array(row_ptr), np.array(ent_node, np.int64),
+                                     np.array(ent_val), bias, values))
     return layers
+
+
+def no_weights(child_ptr: np.ndarray, bias: np.ndarray) -> LayerWeights:
+    """A layer with biases only."""
+    n_par = child_ptr.shape[0] - 1
+    z = np.zeros(0)
+    return reference.pack(child_ptr, np.zeros(n_par + 1, np.int64), z, np.zeros(1), z, z,
+                          np.asarray(bias, np.float32))
 
 
 def random_spec(
@@ -107,7 +111,8 @@ def random_spec(
     rng = np.random.default_rng(seed)
     child_ptr = random_tree(rng, depth, max_branch, max_labels, allow_empty)
     n_features = int(rng.integers(1, 40)) if rng.random() < 0.7 else int(rng.integers(40, 160))
-    layers = random_layers(rng, child_ptr, n_features, ties)
+    values = np.float16 if rng.random() < 0.5 else np.float32
+    layers = random_layers(rng, child_ptr, n_features, ties, values)
     n_labels = int(child_ptr[-1][-1])
     order = rng.permutation(n_labels).astype(np.int32) if with_order else None
     return Spec(child_ptr, order, layers, n_features, post)
@@ -342,17 +347,7 @@ def test_batch_equals_single_for_any_thread_count(
 def test_ties_prefer_smaller_node_then_smaller_label() -> None:
     # root -> 3 nodes -> 2 labels each; all scores equal
     child_ptr = [np.array([0, 3], np.int64), np.array([0, 2, 4, 6], np.int64)]
-    spec = random_spec(0, 2, 1, 1, "l3-hinge")
-    empty: dict[str, np.ndarray] = dict(
-        row_feat=np.zeros(0, np.int32),
-        row_ptr=np.zeros(1, np.int64),
-        ent_node=np.zeros(0, np.int32),
-        ent_val=np.zeros(0, np.float32),
-    )
-    layers = [
-        LayerWeights(chunk_ptr=np.zeros(2, np.int64), bias=np.ones(3, np.float32), **empty),
-        LayerWeights(chunk_ptr=np.zeros(4, np.int64), bias=np.ones(6, np.float32), **empty),
-    ]
+    layers = [no_weights(child_ptr[0], np.ones(3)), no_weights(child_ptr[1], np.ones(6))]
     order = np.array([5, 4, 3, 2, 1, 0], np.int32)
     spec = Spec(child_ptr, order, layers, 3, "l3-hinge")
     model = spec.model()
@@ -366,18 +361,7 @@ def test_range_restricts_the_beam_not_just_the_answer() -> None:
     # Node 0's subtree scores high but lies outside [lo, hi): with beam 1 the
     # answer must still come from inside the range.
     child_ptr = [np.array([0, 2], np.int64), np.array([0, 2, 4], np.int64)]
-    rf: dict[str, np.ndarray] = dict(
-        row_feat=np.zeros(0, np.int32),
-        row_ptr=np.zeros(1, np.int64),
-        ent_node=np.zeros(0, np.int32),
-        ent_val=np.zeros(0, np.float32),
-    )
-    layers = [
-        LayerWeights(chunk_ptr=np.zeros(2, np.int64), bias=np.array([2, -1], np.float32), **rf),
-        LayerWeights(
-            chunk_ptr=np.zeros(3, np.int64), bias=np.array([2, 2, 0, 1], np.float32), **rf
-        ),
-    ]
+    layers = [no_weights(child_ptr[0], [2, -1]), no_weights(child_ptr[1], [2, 2, 0, 1])]
     model = XLinearModel(child_ptr, None, layers, 1)
     q = (np.zeros(0, np.int32), np.zeros(0, np.float32))
     assert model.predict_one(*q, beam=1, topk=2)[0].tolist() == [0, 1]
@@ -389,18 +373,7 @@ def test_range_restricts_the_beam_not_just_the_answer() -> None:
 def test_range_is_in_label_id_space() -> None:
     # root -> 2 nodes -> 2 labels each; node 0 holds labels {2, 0}, node 1 {3, 1}
     child_ptr = [np.array([0, 2], np.int64), np.array([0, 2, 4], np.int64)]
-    rf: dict[str, np.ndarray] = dict(
-        row_feat=np.zeros(0, np.int32),
-        row_ptr=np.zeros(1, np.int64),
-        ent_node=np.zeros(0, np.int32),
-        ent_val=np.zeros(0, np.float32),
-    )
-    layers = [
-        LayerWeights(chunk_ptr=np.zeros(2, np.int64), bias=np.array([2, 1], np.float32), **rf),
-        LayerWeights(
-            chunk_ptr=np.zeros(3, np.int64), bias=np.array([0, 1, 2, 3], np.float32), **rf
-        ),
-    ]
+    layers = [no_weights(child_ptr[0], [2, 1]), no_weights(child_ptr[1], [0, 1, 2, 3])]
     model = XLinearModel(child_ptr, np.array([2, 0, 3, 1], np.int32), layers, 1)
     q = (np.zeros(0, np.int32), np.zeros(0, np.float32))
     assert model.predict_one(*q, beam=1, topk=4)[0].tolist() == [0, 2]
@@ -502,31 +475,45 @@ def _corruptions() -> list[tuple[str, Spec]]:
     )
     out.append(("chunk_ptr decreasing", _corrupt(s, 1, chunk_ptr=arr(L.chunk_ptr, 1, -1))))
     out.append(("chunk_ptr length", _corrupt(s, 1, chunk_ptr=L.chunk_ptr[:-1].copy())))
+    out.append(
+        ("chunk_ent end", _corrupt(s, 1, chunk_ent=arr(L.chunk_ent, -1, L.chunk_ent[-1] - 1)))
+    )
+    out.append(("chunk_ent decreasing", _corrupt(s, 1, chunk_ent=arr(L.chunk_ent, 1, -1))))
+    out.append(("chunk_ent length", _corrupt(s, 1, chunk_ent=L.chunk_ent[:-1].copy())))
     out.append(("row_feat too big", _corrupt(s, 1, row_feat=arr(L.row_feat, 0, s.n_features))))
     out.append(("row_feat negative", _corrupt(s, 1, row_feat=arr(L.row_feat, 0, -1))))
     # a duplicate feature inside one chunk
     p = int(np.argmax(np.diff(L.chunk_ptr)))
-    r0 = int(L.chunk_ptr[p])
+    r0, r1 = int(L.chunk_ptr[p]), int(L.chunk_ptr[p + 1])
+    assert r1 - r0 >= 2 and L.row_end[r1 - 1] > 0
     out.append(
         (
             "row_feat not increasing",
             _corrupt(s, 1, row_feat=arr(L.row_feat, r0 + 1, int(L.row_feat[r0]))),
         )
     )
-    out.append(("row_ptr end", _corrupt(s, 1, row_ptr=arr(L.row_ptr, -1, L.row_ptr[-1] - 1))))
-    out.append(("row_ptr decreasing", _corrupt(s, 1, row_ptr=arr(L.row_ptr, 1, 10**9))))
-    out.append(("row_ptr length", _corrupt(s, 1, row_ptr=L.row_ptr[:-1].copy())))
-    out.append(("ent_node negative", _corrupt(s, 1, ent_node=arr(L.ent_node, 0, -1))))
-    out.append(("ent_node beyond layer", _corrupt(s, 1, ent_node=arr(L.ent_node, 0, 10**6))))
-    # an entry naming a node of the layer that is not a child of the chunk's parent
-    e_par = int(
-        np.searchsorted(L.chunk_ptr, np.searchsorted(L.row_ptr, 0, "right") - 1, "right") - 1
-    )
-    foreign = int(cp[1][e_par + 1]) % int(cp[1][-1])
-    if not cp[1][e_par] <= foreign < cp[1][e_par + 1]:
-        out.append(("ent_node not a child", _corrupt(s, 1, ent_node=arr(L.ent_node, 0, foreign))))
+    # row ends: relative to the chunk, non-decreasing, the last one closes it
+    out.append(("row_end short of the chunk", _corrupt(s, 1, row_end=arr(L.row_end, r1 - 1,
+                                                                         L.row_end[r1 - 1] - 1))))
+    out.append(("row_end past the chunk", _corrupt(s, 1, row_end=arr(L.row_end, r1 - 1,
+                                                                    L.row_end[r1 - 1] + 1))))
+    out.append(("row_end negative", _corrupt(s, 1, row_end=arr(L.row_end, r0, -1))))
+    out.append(("row_end decreasing", _corrupt(s, 1, row_end=arr(L.row_end, r0,
+                                                                 L.row_end[r1 - 1] + 1))))
+    out.append(("row_end length", _corrupt(s, 1, row_end=L.row_end[:-1].copy())))
+    out.append(("row_fence value", _corrupt(s, 1, row_fence=arr(L.row_fence, -1,
+                                                                 L.row_fence[-1] + 1))))
+    out.append(("row_fence length", _corrupt(s, 1, row_fence=L.row_fence[:-1].copy())))
+    # an entry naming a child its parent does not have
+    e = int(L.chunk_ent[p])
+    out.append(("ent_child beyond the fan-out",
+                _corrupt(s, 1, ent_child=arr(L.ent_child, e, int(cp[1][p + 1] - cp[1][p])))))
+    out.append(("ent_child length", _corrupt(s, 1, ent_child=L.ent_child[:-1].copy())))
     out.append(("ent_val length", _corrupt(s, 1, ent_val=L.ent_val[:-1].copy())))
     out.append(("ent_val nan", _corrupt(s, 1, ent_val=arr(L.ent_val, 0, np.nan))))
+    half = L.ent_val.astype(np.float16)
+    out.append(("ent_val float16 inf", _corrupt(s, 1, ent_val=arr(half, 0, np.inf))))
+    out.append(("ent_val float16 nan", _corrupt(s, 1, ent_val=arr(half, 0, np.nan))))
     out.append(("bias inf", _corrupt(s, 2, bias=arr(s.layers[2].bias, 0, np.inf))))
     out.append(("bias length", _corrupt(s, 1, bias=L.bias[:-1].copy())))
     lo = s.label_order
@@ -536,6 +523,12 @@ def _corruptions() -> list[tuple[str, Spec]]:
     out.append(("label_order negative", replace(s, label_order=arr(lo, 0, -1))))
     out.append(("label_order length", replace(s, label_order=lo[:-1].copy())))
     out.append(("n_features too small", replace(s, n_features=int(L.row_feat.max()))))
+    spans = s.model().spans()
+    for col, name in enumerate(("min", "max", "pmax", "smin")):
+        bad = spans.copy()
+        bad[len(bad) // 2, col] += 1
+        out.append((f"spans {name}", replace(s, spans=bad)))
+    out.append(("spans length", replace(s, spans=spans[:-1].copy())))
     return out
 
 
@@ -601,27 +594,62 @@ def test_c_boundary_rejects_null_and_capacity() -> None:
     s = _base()
     m = s.model()
     out = ffi.new("qac_model_t **")
-    assert lib.qac_model_new(0, ffi.NULL, ffi.NULL, 0, 1, 0, out) == lib.QAC_E_INPUT
-    assert lib.qac_model_new(1, ffi.NULL, ffi.NULL, 0, 1, 0, out) == lib.QAC_E_INPUT
+    null = ffi.NULL
+
+    def new(depth: int, views: Any, n_spans: int = 0) -> int:
+        return int(lib.qac_model_new(depth, views, null, 0, null, n_spans, 1, 0, null, out))
+
+    assert new(0, null) == lib.QAC_E_INPUT
+    assert new(1, null) == lib.QAC_E_INPUT
     views = ffi.new("qac_layer_view[]", 1)
+    views[0].child_bytes, views[0].val_bytes = 1, 4
     views[0].n_child_ptr = 2  # NULL with a length
-    assert lib.qac_model_new(1, views, ffi.NULL, 0, 1, 0, out) == lib.QAC_E_INPUT
+    assert new(1, views) == lib.QAC_E_INPUT
+    views = ffi.new("qac_layer_view[]", 1)
+    cp = np.array([0, 1], np.int64)
+    z = np.zeros(2, np.int64)
+    bias = np.zeros(1, np.float32)
+    views[0].child_ptr, views[0].n_child_ptr = _kernel.ptr(cp, "int64_t *"), 2
+    views[0].chunk_ptr, views[0].n_chunk_ptr = _kernel.ptr(z, "int64_t *"), 2
+    views[0].chunk_ent, views[0].n_chunk_ent = _kernel.ptr(z, "int64_t *"), 2
+    views[0].bias, views[0].n_bias = _kernel.ptr(bias, "float *"), 1
+    for cb, vb, want in ((1, 4, lib.QAC_OK), (3, 4, lib.QAC_E_INPUT), (1, 8, lib.QAC_E_INPUT)):
+        views[0].child_bytes, views[0].val_bytes = cb, vb
+        assert new(1, views) == want
+        lib.qac_model_free(out[0])
+    assert new(1, views, n_spans=4) == lib.QAC_E_INPUT  # spans NULL with a length
     scratch = _kernel.scratch_new(m.handle, 2, 2)
     ids = ffi.new("int32_t[8]")
     sc = ffi.new("float[8]")
     n = ffi.new("size_t *")
     rc = lib.qac_model_predict(
-        m.handle, scratch, ffi.NULL, ffi.NULL, 0, 3, 2, 0, m.n_labels, ids, sc, n
+        m.handle, scratch, ffi.NULL, ffi.NULL, 0, 3, 2, 0, m.n_labels, ids, sc, 8, n
     )
     assert rc == lib.QAC_E_CAPACITY
     rc = lib.qac_model_predict(
-        m.handle, scratch, ffi.NULL, ffi.NULL, 1, 2, 2, 0, m.n_labels, ids, sc, n
+        m.handle, scratch, ffi.NULL, ffi.NULL, 1, 2, 2, 0, m.n_labels, ids, sc, 8, n
     )
     assert rc == lib.QAC_E_INPUT
+    # the output buffers' own capacity: topk 2 into room for 1 is refused, not overrun
     rc = lib.qac_model_predict(
-        m.handle, scratch, ffi.NULL, ffi.NULL, 0, 2, 2, 0, m.n_labels, ids, sc, n
+        m.handle, scratch, ffi.NULL, ffi.NULL, 0, 2, 2, 0, m.n_labels, ids, sc, 1, n
+    )
+    assert rc == lib.QAC_E_CAPACITY and n[0] == 0
+    rc = lib.qac_model_predict(
+        m.handle, scratch, ffi.NULL, ffi.NULL, 0, 2, 2, 0, m.n_labels, ids, sc, 8, n
     )
     assert rc == lib.QAC_OK and n[0] == 2
+    indptr = np.zeros(3, np.int64)
+    rc = lib.qac_model_predict_batch(
+        m.handle, _kernel.ptr(indptr, "int64_t *"), ffi.NULL, ffi.NULL, 0, 2, 2, 4, 1, ids, sc,
+        7,
+    )
+    assert rc == lib.QAC_E_CAPACITY
+    rc = lib.qac_model_predict_batch(
+        m.handle, _kernel.ptr(indptr, "int64_t *"), ffi.NULL, ffi.NULL, 0, 2, 2, 4, 1, ids, sc,
+        8,
+    )
+    assert rc == lib.QAC_OK
     depth, nl, nf = ffi.new("size_t *"), ffi.new("int64_t *"), ffi.new("int64_t *")
     assert lib.qac_model_info(m.handle, depth, nl, nf) == 0
     assert (depth[0], nl[0], nf[0]) == (3, m.n_labels, s.n_features)
@@ -635,23 +663,140 @@ def test_numpy_int_arguments_and_a_model_without_labels() -> None:
     a = m.predict_one(idx, val, **kw)
     b = m.predict_one(idx, val, beam=4, topk=5)
     np.testing.assert_array_equal(a[0], b[0])
-    with pytest.raises(TypeError):
+    with pytest.raises(InputError):
         m.predict_one(idx, val, beam=2.5)  # type: ignore[arg-type]
     # a tree whose only internal node has no children: valid, answers nothing
-    empty: dict[str, np.ndarray] = dict(
-        row_feat=np.zeros(0, np.int32),
-        row_ptr=np.zeros(1, np.int64),
-        ent_node=np.zeros(0, np.int32),
-        ent_val=np.zeros(0, np.float32),
-    )
-    layers = [
-        LayerWeights(chunk_ptr=np.zeros(2, np.int64), bias=np.zeros(1, np.float32), **empty),
-        LayerWeights(chunk_ptr=np.zeros(2, np.int64), bias=np.zeros(0, np.float32), **empty),
-    ]
-    m0 = XLinearModel(
-        [np.array([0, 1], np.int64), np.array([0, 0], np.int64)], np.zeros(0, np.int32), layers, 4
-    )
+    cps = [np.array([0, 1], np.int64), np.array([0, 0], np.int64)]
+    layers = [no_weights(cps[0], np.zeros(1)), no_weights(cps[1], np.zeros(0))]
+    m0 = XLinearModel(cps, np.zeros(0, np.int32), layers, 4)
     ids, scores = m0.predict_one(np.array([1], np.int32), np.ones(1, np.float32))
     assert len(ids) == 0 and len(scores) == 0
     ids2, _ = m0.predict(sp.csr_matrix((2, 4), dtype=np.float32), topk=3)
     assert ids2.tolist() == [[-1, -1, -1]] * 2
+
+
+# ---- the packed layout: widths, values, saved spans --------------------------
+
+
+def _wide_spec(fan: int) -> Spec:
+    """root -> 2 nodes -> ``fan`` labels each, random weights (float16-exact values)."""
+    rng = np.random.default_rng(fan)
+    cps = [np.array([0, 2], np.int64), np.array([0, fan, 2 * fan], np.int64)]
+    layers = random_layers(rng, cps, 30, ties=False)
+    layers = [replace(lw, ent_val=lw.ent_val.astype(np.float16).astype(np.float32))
+              for lw in layers]
+    return Spec(cps, rng.permutation(2 * fan).astype(np.int32), layers, 30, "l3-hinge")
+
+
+@pytest.mark.parametrize("fan", [3, 256, 257, 300, 70000])
+def test_every_child_width_and_value_width_answers_alike(fan: int) -> None:
+    spec = _wide_spec(fan)
+    need = np.uint8 if fan <= 256 else np.uint16 if fan <= 65536 else np.uint32
+    assert spec.layers[1].ent_child.dtype == need
+    rng = np.random.default_rng(0)
+    queries = [random_query(rng, spec.n_features, k) for k in (0, 1, 3, 3, 4)]
+    want = [spec.model().predict_one(i, v, beam=2, topk=20) for i, v in queries]
+    for wide in (np.uint8, np.uint16, np.uint32):
+        for values in (np.float16, np.float32):
+            if np.iinfo(wide).max + 1 < fan:
+                continue
+            layers = [replace(lw, ent_child=lw.ent_child.astype(wide),
+                              ent_val=lw.ent_val.astype(values)) for lw in spec.layers]
+            m = replace(spec, layers=layers).model()
+            for (i, v), (wi, ws) in zip(queries, want, strict=True):
+                gi, gs = m.predict_one(i, v, beam=2, topk=20)
+                np.testing.assert_array_equal(gi, wi)
+                np.testing.assert_array_equal(gs, ws)
+    ans = reference.beam_search(spec.child_ptr, spec.label_order, spec.layers, spec.post,
+                                *queries[3], 2, 20)
+    assert_matches(spec, spec.model().predict_one(*queries[3], beam=2, topk=20), ans, 20, 0,
+                   2 * fan)
+
+
+def test_saved_spans_are_read_in_place_and_answer_alike(tmp_path: Any) -> None:
+    spec = random_spec(5, 4, 6, 300, "l3-hinge", allow_empty=True)
+    m = spec.model()
+    spans = m.spans()
+    assert spans.dtype == np.int32 and spans.shape == (sum(int(c[-1]) for c in
+                                                           spec.child_ptr[:-1]), 4)
+    np.save(tmp_path / "spans.npy", spans)
+    mapped = np.load(tmp_path / "spans.npy", mmap_mode="r")
+    m2 = replace(spec, spans=mapped).model()
+    assert m2.nbytes == m.nbytes + spans.nbytes
+    rng = np.random.default_rng(2)
+    for kind in (0, 1, 3, 4):
+        idx, val = random_query(rng, spec.n_features, kind)
+        for lo, hi in ((0, m.n_labels), (m.n_labels // 3, m.n_labels // 2)):
+            a = m.predict_one(idx, val, beam=3, topk=9, lo=lo, hi=hi)
+            b = m2.predict_one(idx, val, beam=3, topk=9, lo=lo, hi=hi)
+            np.testing.assert_array_equal(a[0], b[0])
+            np.testing.assert_array_equal(a[1], b[1])
+    with pytest.raises(InputError, match="spans"):
+        replace(spec, spans=spans.astype(np.int64)).model()
+    with pytest.raises(InputError, match="spans"):
+        replace(spec, spans=spans.ravel()).model()
+
+
+@pytest.mark.parametrize("post", ["l3-hinge", "sigmoid"])
+def test_layer_powers_raise_each_layers_score(post: str) -> None:
+    """A node scores t(s) ** power times its parent: the same ids as the reference on
+    t ** power, and for a one-layer tree exactly the power-1 scores raised."""
+    spec = random_spec(21, 1, 8, 40, post)
+    rng = np.random.default_rng(4)
+    idx, val = random_query(rng, spec.n_features, 3)
+    one = spec.model().predict_one(idx, val, beam=8, topk=8)
+    sq = XLinearModel(spec.child_ptr, spec.label_order, spec.layers, spec.n_features, post,
+                      powers=[2.0]).predict_one(idx, val, beam=8, topk=8)
+    np.testing.assert_array_equal(one[0], sq[0])
+    np.testing.assert_allclose(sq[1], one[1].astype(np.float64) ** 2, rtol=1e-5)
+    deep = random_spec(22, 3, 5, 200, post)
+    m = XLinearModel(deep.child_ptr, deep.label_order, deep.layers, deep.n_features, post,
+                     powers=[1.0, 0.5, 3.0])
+    for kind in (1, 3, 4):
+        idx, val = random_query(rng, deep.n_features, kind)
+        got = m.predict_one(idx, val, beam=4, topk=10)
+        ans = reference.beam_search(deep.child_ptr, deep.label_order, deep.layers, post, idx,
+                                    val, 4, 10, powers=[1.0, 0.5, 3.0])
+        assert_matches(deep, got, ans, 10, 0, m.n_labels)
+    for bad in ([1.0], [0.0, 1.0, 1.0], [1.0, float("nan"), 1.0], [1.0, -2.0, 1.0]):
+        with pytest.raises(InputError, match="powers"):
+            XLinearModel(deep.child_ptr, deep.label_order, deep.layers, deep.n_features, post,
+                         powers=bad)
+
+
+def test_long_chunks_searched_through_their_fences_match_the_reference() -> None:
+    """Chunks of hundreds of rows (searched through the fences: every 16th row's
+    feature), keys below a chunk's first fence, between fences and past the last."""
+    rng = np.random.default_rng(8)
+    cps = [np.array([0, 3], np.int64), np.array([0, 4, 9, 12], np.int64)]
+    n_features = 3000
+    layers = []
+    for cp in cps:
+        chunk_ptr, row_ptr, row_feat, ent_node, ent_val = [0], [0], [], [], []
+        for p in range(cp.shape[0] - 1):
+            n_rows = int(rng.integers(64, 900)) if p != 1 else 64
+            feats = np.sort(rng.choice(n_features, size=n_rows, replace=False))
+            for f in feats:
+                row_feat.append(int(f))
+                k = int(rng.integers(1, int(cp[p + 1] - cp[p]) + 1))
+                ent_node.extend(rng.choice(np.arange(cp[p], cp[p + 1]), k, replace=False).tolist())
+                ent_val.extend(rng.uniform(-1, 1, k).tolist())
+                row_ptr.append(len(ent_node))
+            chunk_ptr.append(len(row_feat))
+        layers.append(reference.pack(cp, np.array(chunk_ptr), np.array(row_feat),
+                                     np.array(row_ptr), np.array(ent_node), np.array(ent_val),
+                                     rng.uniform(-0.5, 1, int(cp[-1]))))
+    spec = Spec(cps, rng.permutation(12).astype(np.int32), layers, n_features, "l3-hinge")
+    m = spec.model()
+    assert all(int(np.diff(lw.chunk_ptr).max()) >= 64 for lw in layers)
+    for size in (1, 3, 40, 300, 2000):
+        for _ in range(5):
+            idx = np.sort(rng.choice(n_features, size=size, replace=False)).astype(np.int32)
+            if size == 1:
+                row = int(layers[1].chunk_ptr[1]) + 17  # between two fences of chunk 1
+                idx = np.array([int(layers[1].row_feat[row])], np.int32)
+            val = rng.uniform(0.1, 1, size)
+            val = (val / np.linalg.norm(val)).astype(np.float32)  # as features are
+            got = m.predict_one(idx, val, beam=3, topk=12)
+            ans = reference.beam_search(cps, spec.label_order, layers, spec.post, idx, val, 3, 12)
+            assert_matches(spec, got, ans, 12, 0, 12)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qac import ModelFormatError, Retriever
@@ -89,3 +90,40 @@ def test_read_tsv_reports_the_bad_line(tmp_path: Path) -> None:
         read_tsv(f)
     f.write_bytes(b"item\tcaf\xff query\n")
     assert read_tsv(f) == [("item", "caf\ufffd query")]
+
+
+def test_a_refused_huge_k_leaves_search_safe(model_dir: Path) -> None:
+    """Issue 15 D1: k=2**62 used to record a buffer size it never allocated, so the
+    next big k overflowed the old buffer in C (a segfault at gc time)."""
+    import gc
+
+    r = Retriever.load(model_dir)
+    assert len(r.search("goo", k=10)) <= 10
+    with pytest.raises(InputError, match="2\\*\\*24"):
+        r.search("goo", k=2**62)
+    got = r.search("g", k=5000)
+    gc.collect()
+    assert 0 < len(got) <= 5000
+    assert len({i for i, _ in got}) == len(got)
+    assert r.search("goo", k=10) == r.search("goo", k=10)
+
+
+def test_saved_retriever_keeps_its_search_settings(model_dir: Path) -> None:
+    r = Retriever.load(model_dir)
+    cfg = r.engine.config
+    assert (cfg.beam, cfg.label_power, cfg.train.Cp, cfg.train.values) == (15, 2.0, 2.0,
+                                                                          "float16")
+    assert all(lw.ent_val.dtype == np.float16 for lw in r.engine.layers)
+    assert default_config(beam=7).beam == 7 and default_config(threads=1).train.threads == 1
+
+
+def test_a_format_1_directory_says_retrain(model_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(ModelFormatError, match="older qac: retrain"):
+        Retriever.load(old)

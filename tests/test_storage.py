@@ -95,3 +95,20 @@ def test_save_replaces_an_existing_model(tmp_path: Path) -> None:
     md = open_model_dir(tmp_path / "m")
     assert md.config == {"value": 3}
     assert md.array("a")[1] == 3
+
+
+@pytest.mark.parametrize(("version", "says"), [
+    (1, "built by an older qac: retrain it"),
+    (3, "built by a newer qac"),
+    ("2", "not a version this qac knows"),
+])
+def test_another_format_version_says_what_to_do(tmp_path: Path, version: object,
+                                                says: str) -> None:
+    _save(tmp_path / "m")
+    m = tmp_path / "m" / MANIFEST
+    manifest = json.loads(m.read_text())
+    assert manifest["format_version"] == 2
+    m.write_text(json.dumps({**manifest, "format_version": version}))
+    with pytest.raises(ModelFormatError, match=says) as info:
+        open_model_dir(tmp_path / "m")
+    assert info.value.path == str(m)

@@ -19,6 +19,7 @@ from qac.errors import InputError, KernelError
 from qac.model import train as train_mod
 from qac.model.train import TrainConfig, train_xlinear
 from qac.model.weights import LayerWeights
+from tests import reference
 
 
 def _normalize(X: sp.csr_matrix) -> sp.csr_matrix:
@@ -49,11 +50,13 @@ def _train_one(X: sp.csr_matrix, y: np.ndarray, **cfg: Any) -> tuple[np.ndarray,
     n, d = X.shape
     Y = sp.csr_matrix((np.ones(int((y > 0).sum()), np.float32), (np.nonzero(y > 0)[0],
                        np.zeros(int((y > 0).sum()), np.int64))), shape=(n, 1))
+    cfg.setdefault("values", "float32")  # the solver's own weights, not their float16 copy
     (lw,) = train_xlinear(X, Y, [np.array([0, 1])], np.array([0], np.int32), TrainConfig(**cfg))
     w = np.zeros(d)
+    row_ptr, nodes = reference.unpack(lw, np.array([0, 1]))
     for r, f in enumerate(lw.row_feat):
-        for e in range(lw.row_ptr[r], lw.row_ptr[r + 1]):
-            assert lw.ent_node[e] == 0
+        for e in range(row_ptr[r], row_ptr[r + 1]):
+            assert nodes[e] == 0 and lw.ent_child[e] == 0
             w[f] += lw.ent_val[e]
     return w, float(lw.bias[0])
 
@@ -167,13 +170,19 @@ def _check_layout(layers: list[LayerWeights], cps: list[np.ndarray], d: int) -> 
     for lw, cp in zip(layers, cps, strict=True):
         assert lw.n_parents == cp.shape[0] - 1 and lw.n_nodes == cp[-1]
         assert lw.chunk_ptr[0] == 0 and lw.chunk_ptr[-1] == lw.row_feat.shape[0]
-        assert lw.row_ptr[0] == 0 and lw.row_ptr[-1] == lw.nnz
-        assert np.all(np.diff(lw.row_ptr) > 0)
+        assert lw.chunk_ent[0] == 0 and lw.chunk_ent[-1] == lw.nnz
+        assert lw.ent_child.dtype == np.uint8 and lw.ent_val.dtype == np.float16
+        row_ptr, all_nodes = reference.unpack(lw, cp)
+        assert row_ptr[0] == 0 and row_ptr[-1] == lw.nnz
+        assert np.all(np.diff(row_ptr) > 0)
         for p in range(lw.n_parents):
-            feats = lw.row_feat[lw.chunk_ptr[p]:lw.chunk_ptr[p + 1]]
+            r0, r1 = lw.chunk_ptr[p], lw.chunk_ptr[p + 1]
+            feats = lw.row_feat[r0:r1]
             assert np.all(np.diff(feats) > 0) and np.all((feats >= 0) & (feats < d))
-            for r in range(lw.chunk_ptr[p], lw.chunk_ptr[p + 1]):
-                nodes = lw.ent_node[lw.row_ptr[r]:lw.row_ptr[r + 1]]
+            if r1 > r0:  # row ends are relative: the last one is the chunk's size
+                assert lw.row_end[r1 - 1] == lw.chunk_ent[p + 1] - lw.chunk_ent[p]
+            for r in range(r0, r1):
+                nodes = all_nodes[row_ptr[r]:row_ptr[r + 1]]
                 assert np.all(np.diff(nodes) > 0)
                 assert np.all((nodes >= cp[p]) & (nodes < cp[p + 1]))
 
@@ -184,8 +193,9 @@ def _dense_scores(X: sp.csr_matrix, layers: list[LayerWeights],
     comb = np.ones((X.shape[0], 1))
     for lw, cp in zip(layers, cps, strict=True):
         W = np.zeros((X.shape[1], lw.n_nodes))
-        rows = np.repeat(lw.row_feat, np.diff(lw.row_ptr))
-        np.add.at(W, (rows, lw.ent_node), lw.ent_val)
+        row_ptr, nodes = reference.unpack(lw, cp)
+        rows = np.repeat(lw.row_feat, np.diff(row_ptr))
+        np.add.at(W, (rows, nodes), lw.ent_val.astype(np.float64))
         s = X @ W + lw.bias
         t = np.exp(-np.maximum(0, 1 - s) ** 3)
         parent = np.repeat(np.arange(cp.shape[0] - 1), np.diff(cp))
@@ -431,3 +441,95 @@ def test_layer_rows_restrict_what_a_layer_learns_from() -> None:
         train_xlinear(X, Y, cps, lo, layer_rows=[None])
     with pytest.raises(InputError, match="bool mask"):
         train_xlinear(X, Y, cps, lo, layer_rows=[np.ones(3, bool)] + [None] * (len(cps) - 1))
+
+
+# ---- the packed layout the trainer writes ------------------------------------
+
+
+def test_a_chunk_past_the_int32_row_ends_is_a_clear_error() -> None:
+    """One parent's chunk is addressed by int32 row ends: a chunk with more weights is
+    refused with a message that says what to change (the limit scaled down here)."""
+    args = _kernel_args()
+    full = _kernel.train_layer(**args, **_OPTS)
+    n = int(full["chunk_ent"][1])
+    assert n > 3
+    same = _kernel.train_layer(**args, **_OPTS, max_chunk_entries=n)
+    assert all(np.array_equal(same[k], v) for k, v in full.items())
+    with pytest.raises(InputError, match=f"hold {n} weights.*smaller branching"):
+        _kernel.train_layer(**args, **_OPTS, max_chunk_entries=n - 1)
+
+
+def _wide_args(fan: int) -> dict[str, Any]:
+    rng = np.random.default_rng(fan)
+    n, d = 2 * fan, 40
+    X = _normalize(sp.random(n, d, density=0.2, format="csr", random_state=rng,
+                             dtype=np.float64))
+    return dict(
+        x_ptr=X.indptr.astype(np.int64), x_idx=X.indices.astype(np.int32),
+        x_val=X.data.astype(np.float32), n_features=d, child_ptr=np.array([0, fan]),
+        n_nodes=fan, pos_ptr=np.arange(n + 1, dtype=np.int64),
+        pos_node=(np.arange(n) % fan).astype(np.int32), route_ptr=np.array([0, n]),
+        route_inst=np.arange(n, dtype=np.int32),
+    )
+
+
+@pytest.mark.parametrize(("fan", "dtype"), [(256, np.uint8), (257, np.uint16)])
+def test_child_ids_take_the_narrowest_width_the_fanout_allows(fan: int, dtype: type) -> None:
+    out = _kernel.train_layer(**_wide_args(fan), **{**_OPTS, "threshold": 0.0})
+    lw = LayerWeights.from_arrays(out)
+    assert lw.ent_child.dtype == dtype
+    assert int(lw.ent_child.max()) == fan - 1  # the last child has weights too
+
+
+def test_float16_weights_are_the_float32_ones_rounded() -> None:
+    X, Y, _ = _synthetic(n=400, L=32)
+    cps = _tree(32, 4)
+    lo = np.arange(32, dtype=np.int32)
+    half = train_xlinear(X, Y, cps, lo)
+    full = train_xlinear(X, Y, cps, lo, TrainConfig(values="float32"))
+    for h, f in zip(half, full, strict=True):
+        assert h.ent_val.dtype == np.float16 and f.ent_val.dtype == np.float32
+        np.testing.assert_array_equal(h.ent_val, f.ent_val.astype(np.float16))
+        for name in ("chunk_ptr", "chunk_ent", "row_feat", "row_end", "ent_child", "bias"):
+            np.testing.assert_array_equal(getattr(h, name), getattr(f, name))
+        assert h.nbytes < f.nbytes
+    sh, sf = _dense_scores(X, half, cps), _dense_scores(X, full, cps)
+    np.testing.assert_allclose(sh, sf, rtol=5e-3, atol=1e-4)
+    with pytest.raises(InputError, match="values"):
+        TrainConfig(values="bfloat16")
+
+
+def test_layer_export_checks_every_capacity() -> None:
+    ffi, lib = _kernel.ffi, _kernel.lib
+    a = _kernel_args()
+    p = ffi.new("qac_train_params_t *", dict(solver=0, Cp=1.0, Cn=1.0, eps=0.1, max_iter=10,
+                                             bias=1.0, threshold=0.1, seed=0))
+    ptr = _kernel.ptr
+    out = ffi.new("qac_layer_t **")
+    assert lib.qac_train_layer(
+        p, 50, a["n_features"], ptr(a["x_ptr"], "int64_t *"), ptr(a["x_idx"], "int32_t *"),
+        ptr(a["x_val"], "float *"), a["x_idx"].size, 1, ptr(np.array([0, 4]), "int64_t *"), 4,
+        ptr(a["pos_ptr"], "int64_t *"), ptr(a["pos_node"], "int32_t *"), a["pos_node"].size,
+        ptr(a["route_ptr"], "int64_t *"), ptr(a["route_inst"], "int32_t *"), 50, 1, out) == 0
+    h = ffi.gc(out[0], lib.qac_layer_free)
+    sz = ffi.new("size_t[4]")
+    assert lib.qac_layer_sizes(h, sz, sz + 1, sz + 2, sz + 3) == 0
+    R, E = int(sz[0]), int(sz[1])
+    assert (int(sz[2]), int(sz[3])) == (E, 4)
+    bufs = dict(cp=np.zeros(2, np.int64), ce=np.zeros(2, np.int64), rf=np.zeros(R, np.int32),
+                re=np.zeros(R, np.int32), ch=np.zeros(E, np.uint8), v=np.zeros(E, np.float32),
+                b=np.zeros(4, np.float32))
+
+    def export(n_chunk: int = 2, n_rows: int = R, n_ent: int = E, n_bias: int = 4,
+               child_bytes: int = 1) -> int:
+        return int(lib.qac_layer_export(
+            h, ptr(bufs["cp"], "int64_t *"), ptr(bufs["ce"], "int64_t *"), n_chunk,
+            ptr(bufs["rf"], "int32_t *"), ptr(bufs["re"], "int32_t *"), n_rows,
+            ptr(bufs["ch"], "void *"), child_bytes, ptr(bufs["v"], "float *"), n_ent,
+            ptr(bufs["b"], "float *"), n_bias))
+
+    cap = lib.QAC_E_CAPACITY
+    assert [export(n_chunk=1), export(n_rows=R - 1), export(n_ent=E - 1), export(n_bias=3)] == [
+        cap] * 4
+    assert export(child_bytes=3) == lib.QAC_E_INPUT
+    assert export() == 0 and bufs["ce"][-1] == E and bufs["re"][-1] == E

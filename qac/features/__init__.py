@@ -32,7 +32,9 @@ Open end (``open_end=True``, char kinds)
 
 Keys
     FNV-1a 64 of one byte (the block index) followed by the UTF-8 bytes of the
-    n-gram; the same n-gram in two blocks has two keys. Two different n-grams
+    n-gram, times 0x9E3779B97F4A7C15 mod 2**64 (a bijection: it only spreads the
+    hash over the top bits the lookup directory reads); the same n-gram in two
+    blocks has two keys. Two different n-grams
     with the same key are one feature: among 10**7 keys the chance of any such
     collision is about 10**14 / 2**65 ~ 3e-6, so it is ignored (keys are made
     unique with np.unique; a cross-block collision keeps the earlier block).
@@ -50,6 +52,9 @@ Vocabulary
     Per block: n-grams with df >= min_df, then the ``max_features`` with the
     highest df (ties: smaller key). Block b owns a contiguous range of feature
     ids, blocks in the given order; within a block, ids follow ascending key.
+    The keys, their idf and a directory of each block's keys by their top bits
+    are arrays built once by ``fit`` and saved with the model; the C featurizer
+    reads them in place (a memory-mapped model is shared by every process).
 
 Limits
     At most 1024 code points per field (longer: InputError; normalize enforces

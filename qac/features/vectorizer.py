@@ -11,12 +11,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from qac import _kernel
-from qac.errors import InputError, ModelFormatError
+from qac.errors import InputError, KernelError, ModelFormatError
 from qac.features.config import KINDS, BlockConfig
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: 2: keys are mixed (see qac.features) and saved with their directory (``dir``)
+FORMAT_VERSION = 2
 MAX_BLOCKS = 16  # QAC_FEAT_MAX_BLOCKS
 _FIT_CHUNK = 1 << 18  # rows per extraction call while fitting (bounds peak memory)
 
@@ -98,6 +99,7 @@ class Vectorizer:
         self._handle: Any = None
         self._keys: np.ndarray | None = None
         self._idf: np.ndarray | None = None
+        self._dir: np.ndarray | None = None
         self._sizes: tuple[int, ...] = ()
         self._n_fit_rows = 0
         self._local = threading.local()
@@ -160,11 +162,18 @@ class Vectorizer:
         )
 
     def _install(
-        self, keys: np.ndarray, idf: np.ndarray, sizes: tuple[int, ...], n_fit_rows: int
+        self, keys: np.ndarray, idf: np.ndarray, sizes: tuple[int, ...], n_fit_rows: int,
+        directory: np.ndarray | None = None,
     ) -> None:
+        """Wrap the vocabulary in a C featurizer that reads these arrays in place.
+
+        ``directory`` None (fitting): built here, once; a loaded model passes its own.
+        """
         specs = [_spec(b, n) for b, n in zip(self.blocks, sizes, strict=True)]
-        self._handle = _kernel.featurizer_new(specs, keys, idf)
-        self._keys, self._idf, self._sizes = keys, idf, sizes
+        if directory is None:
+            directory = _kernel.featurizer_index(specs, keys)
+        self._handle = _kernel.featurizer_new(specs, keys, idf, directory)
+        self._keys, self._idf, self._dir, self._sizes = keys, idf, directory, sizes
         self._n_fit_rows = n_fit_rows
         self._local = threading.local()
 
@@ -231,18 +240,22 @@ class Vectorizer:
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """``keys`` uint64 [n_features] (n-gram hashes) and ``idf`` float32 [n_features]."""
+        """``keys`` uint64 [n_features] (mixed n-gram hashes, ascending within each block),
+        ``idf`` float32 [n_features] and ``dir`` uint32, the keys' directory by top bits
+        (see ``qac_featurizer_index``): everything C reads, in place, to featurize."""
         self._require_fitted()
-        assert self._keys is not None and self._idf is not None
-        return {"keys": self._keys, "idf": self._idf}
+        assert self._keys is not None and self._idf is not None and self._dir is not None
+        return {"keys": self._keys, "idf": self._idf, "dir": self._dir}
 
     @classmethod
     def from_parts(cls, config: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Vectorizer:
         """Rebuild from ``config()`` and ``arrays()`` (arrays may be read-only memory maps)."""
         if not isinstance(config, Mapping) or config.get("format") != FORMAT_VERSION:
             got = config.get("format") if isinstance(config, Mapping) else config
+            older = isinstance(got, int) and not isinstance(got, bool) and got < FORMAT_VERSION
             raise ModelFormatError(
                 f"features config: expected format {FORMAT_VERSION}, got {got!r}"
+                + ("; it was built by an older qac: retrain it" if older else "")
             )
         try:
             blocks = [BlockConfig.from_dict(d) for d in config["blocks"]]
@@ -254,22 +267,23 @@ class Vectorizer:
             raise ModelFormatError(
                 f"features config: block_sizes {list(sizes)} do not match {len(blocks)} blocks"
             )
-        for name, dtype in (("keys", np.uint64), ("idf", np.float32)):
+        for name, dtype in (("keys", np.uint64), ("idf", np.float32), ("dir", np.uint32)):
             if name not in arrays:
                 raise ModelFormatError(f"features arrays: missing {name!r}")
             a = arrays[name]
-            if a.dtype != dtype or a.ndim != 1 or a.shape[0] != sum(sizes):
+            n = sum(sizes) if name != "dir" else a.shape[0]
+            if a.dtype != dtype or a.ndim != 1 or a.shape[0] != n or not a.flags.c_contiguous:
                 raise ModelFormatError(
-                    f"features arrays: {name!r} must be {np.dtype(dtype).name}[{sum(sizes)}], "
-                    f"got {a.dtype}{list(a.shape)}"
+                    f"features arrays: {name!r} must be a contiguous {np.dtype(dtype).name}"
+                    f"[{n}], got {a.dtype}{list(a.shape)}"
                 )
         idf = arrays["idf"]
         if idf.size and not (np.isfinite(idf).all() and float(idf.min()) >= 0):
             raise ModelFormatError("features arrays: 'idf' has negative or non-finite values")
         self = cls(blocks)
         try:
-            self._install(arrays["keys"], idf, sizes, n_fit_rows)
-        except InputError as exc:
+            self._install(arrays["keys"], idf, sizes, n_fit_rows, arrays["dir"])
+        except (InputError, KernelError) as exc:
             raise ModelFormatError(f"features arrays: rejected by the kernel ({exc})") from exc
         return self
 

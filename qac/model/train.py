@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from qac import _kernel
 from qac.errors import InputError
-from qac.model.weights import LayerWeights
+from qac.model.weights import VALUE_DTYPES, LayerWeights
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ class TrainConfig:
     feature. threshold: weights with |w| < threshold are dropped after solving.
     negatives: "tfn" or "tfn+man"; man_beam: beam width for matcher-aware negatives.
     seed: RNG seed of the coordinate permutations. threads: worker threads (<= 0 means 2).
+    values: how weights are stored, "float16" (half the bytes; a layer with a weight
+    beyond float16's range keeps float32) or "float32".
     """
 
     solver: str = "l2svm"
@@ -54,6 +56,7 @@ class TrainConfig:
     man_beam: int = 10
     seed: int = 0
     threads: int = 2
+    values: str = "float16"
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> InputError:
@@ -64,6 +67,8 @@ class TrainConfig:
             raise bad("solver", f"one of {_SOLVERS}")
         if self.negatives not in _NEGATIVES:
             raise bad("negatives", f"one of {_NEGATIVES}")
+        if self.values not in VALUE_DTYPES:
+            raise bad("values", f"one of {tuple(VALUE_DTYPES)}")
         for name, positive in (("Cp", 1), ("Cn", 1), ("eps", 1), ("bias", 0), ("threshold", 0)):
             v = getattr(self, name)
             number = not isinstance(v, bool) and isinstance(v, int | float | np.floating)
@@ -228,6 +233,7 @@ def train_xlinear(
             seed=(int(config.seed) * 0x9E3779B1 + layer) & 0xFFFFFFFFFFFFFFFF,
             threads=int(config.threads),
         )
+        arrays["ent_val"] = _pack_values(arrays["ent_val"], config.values, layer)
         lw = LayerWeights.from_arrays(arrays)
         layers.append(lw)
         log.info(
@@ -235,6 +241,17 @@ def train_xlinear(
             layer, D, n_parents, n_nodes, int(route_ptr[-1]), lw.nnz, time.perf_counter() - t0,
         )
     return layers
+
+
+def _pack_values(values: np.ndarray, dtype: str, layer: int) -> np.ndarray:
+    """Weights in the configured dtype (round to nearest); float32 when float16 would
+    overflow."""
+    if dtype == "float32" or values.size == 0:
+        return values
+    if float(np.abs(values).max()) > float(np.finfo(np.float16).max):
+        log.warning("layer %d: a weight beyond float16's range, kept as float32", layer)
+        return values
+    return values.astype(np.float16)
 
 
 def _matcher_pairs(

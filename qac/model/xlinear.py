@@ -1,9 +1,10 @@
 """XR-Linear inference: beam search over the label tree, in C.
 
 An :class:`XLinearModel` wraps the tree's ``child_ptr`` arrays, the per-layer
-:class:`~qac.model.weights.LayerWeights` and the post-processor in one C handle
-that points into those arrays (no copy: they may be read-only mmaps). All the
-arrays are validated once, on construction; predictions then release the GIL.
+:class:`~qac.model.weights.LayerWeights`, the label-id spans under inner nodes and
+the post-processor in one C handle that points into those arrays (no copy: they
+may be read-only mmaps shared by every worker process). All the arrays are
+validated once, on construction; predictions then release the GIL.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from qac.model.weights import DTYPES, FIELDS, LayerWeights
 
 
 def _exact(arr: Any, dtype: Any, name: str) -> np.ndarray:
-    """``arr`` itself if it is a 1-d C-contiguous array of ``dtype``, else InputError."""
-    if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != 1:
+    """``arr`` itself if it is a 1-d C-contiguous array of ``dtype`` (or one of the
+    dtypes of a tuple), else InputError."""
+    dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
+    if not isinstance(arr, np.ndarray) or arr.dtype not in dtypes or arr.ndim != 1:
         got = f"{arr.ndim}-d {arr.dtype}" if isinstance(arr, np.ndarray) else type(arr).__name__
-        raise InputError(f"{name}: expected a 1-d {np.dtype(dtype).name} array, got {got}")
+        names = " or ".join(np.dtype(d).name for d in dtypes)
+        raise InputError(f"{name}: expected a 1-d {names} array, got {got}")
     if not arr.flags.c_contiguous:
         raise InputError(f"{name}: expected a C-contiguous array")
     return arr
@@ -40,6 +44,11 @@ class XLinearModel:
     layers: D LayerWeights, layer l's chunks indexed by the parents of layer l-1.
     n_features: the width of the feature space (query ids must be below it).
     post: "l3-hinge" (t(s) = exp(-max(0, 1-s)^3)) or "sigmoid".
+    spans: int32 [n_inner, 4], :meth:`spans` of the same arrays (e.g. saved with the
+        model), read in place once checked; None computes them (16 bytes per inner
+        node, per process).
+    powers: per layer, a node scores t(s) ** powers[l-1] times its parent's score
+        (finite, > 0; None: all 1, PECOS's product of post-processed scores).
 
     Arrays must already have the exact dtypes (no silent copies of big weights);
     wrong dtypes or shapes raise InputError, inconsistent contents ModelFormatError.
@@ -52,6 +61,8 @@ class XLinearModel:
         layers: Sequence[LayerWeights],
         n_features: int,
         post: str = "l3-hinge",
+        spans: np.ndarray | None = None,
+        powers: Sequence[float] | None = None,
     ) -> None:
         if len(child_ptr) == 0 or len(child_ptr) != len(layers):
             raise InputError(
@@ -74,14 +85,29 @@ class XLinearModel:
             None if label_order is None else _exact(label_order, np.int32, "label_order")
         )
         self._n_features = int(n_features)
+        if powers is not None:
+            powers = [float(x) for x in powers]
+            if len(powers) != len(layers) or not all(np.isfinite(x) and x > 0 for x in powers):
+                raise InputError(
+                    f"powers: expected {len(layers)} finite numbers > 0, got {powers!r}"
+                )
+        self._powers = powers
+        self._spans = None
+        if spans is not None:
+            if not isinstance(spans, np.ndarray) or spans.ndim != 2 or spans.shape[1:] != (4,):
+                raise InputError("spans: expected an int32 array of shape (n_inner, 4)")
+            if spans.dtype != np.int32 or not spans.flags.c_contiguous:
+                raise InputError("spans: expected a C-contiguous int32 array")
+            self._spans = spans
         try:
             self._handle = _kernel.model_new(
-                self._child_ptr, self._layers, self._label_order, self._n_features, code
+                self._child_ptr, self._layers, self._label_order, self._spans,
+                self._n_features, code, powers
             )
         except KernelError as exc:
             raise ModelFormatError(
-                "inconsistent model arrays (child_ptr / layer weights / label_order do not "
-                f"fit together, or a feature id >= n_features={self._n_features}): {exc}"
+                "inconsistent model arrays (child_ptr / layer weights / label_order / spans "
+                f"do not fit together, or a feature id >= n_features={self._n_features}): {exc}"
             ) from exc
         self._n_labels = int(self._layers[-1]["bias"].shape[0])
         self._local = threading.local()
@@ -90,6 +116,20 @@ class XLinearModel:
     def handle(self) -> Any:
         """The ``qac_model_t*`` cffi pointer (valid while this object lives)."""
         return self._handle
+
+    def spans(self) -> np.ndarray:
+        """int32 [n_inner, 4]: the label-id spans under the inner nodes, to save with the
+        model (a copy out of C)."""
+        return _kernel.model_spans(self._handle)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays the handle reads (weights, tree, spans): the model's size
+        in memory, shared by every process that maps the same files."""
+        n = sum(a.nbytes for lw in self._layers for a in lw.values())
+        n += sum(c.nbytes for c in self._child_ptr)
+        n += 0 if self._label_order is None else self._label_order.nbytes
+        return n + (0 if self._spans is None else self._spans.nbytes)
 
     @property
     def depth(self) -> int:
@@ -124,8 +164,12 @@ class XLinearModel:
         return s
 
     @staticmethod
-    def _check_sizes(beam: int, topk: int) -> tuple[int, int]:
-        beam, topk = operator.index(beam), operator.index(topk)
+    def check_sizes(beam: int, topk: int) -> tuple[int, int]:
+        """(beam, topk) as ints, or InputError unless both are ints in [1, 2**24]."""
+        try:
+            beam, topk = operator.index(beam), operator.index(topk)
+        except TypeError as exc:
+            raise InputError(f"beam, topk: expected ints, got {beam!r}, {topk!r}") from exc
         if not 1 <= beam <= 1 << 24:
             raise InputError(f"beam: expected an int in [1, 2**24], got {beam!r}")
         if not 1 <= topk <= 1 << 24:
@@ -150,7 +194,7 @@ class XLinearModel:
         each node: exact when a subtree's ids are contiguous, conservative otherwise.
         Returns (int32 ids, float32 scores), best first, of length <= topk.
         """
-        beam, topk = self._check_sizes(beam, topk)
+        beam, topk = self.check_sizes(beam, topk)
         idx = np.ascontiguousarray(idx, dtype=np.int32)
         val = np.ascontiguousarray(val, dtype=np.float32)
         if idx.ndim != 1 or idx.shape != val.shape:
@@ -171,7 +215,7 @@ class XLinearModel:
 
         Returns int32 ids (n, topk) padded with -1 and float32 scores padded with 0.
         """
-        beam, topk = self._check_sizes(beam, topk)
+        beam, topk = self.check_sizes(beam, topk)
         threads = operator.index(threads)
         if not sp.issparse(X) or X.format != "csr":
             raise InputError(f"X: expected a scipy.sparse csr matrix, got {type(X).__name__}")
