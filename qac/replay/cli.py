@@ -48,23 +48,26 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=1, help="simultaneous users")
     parser.add_argument("--interval-ms", type=float, default=0.0,
                         help="pause between keystrokes (jittered 0.5-1.5x; 0 = none)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the session sample and the pauses' jitter")
     parser.add_argument("--history", type=int, default=DEFAULT_HISTORY, metavar="N",
                         help="in-process: distinct past queries of the user sent with "
                         f"each request (default {DEFAULT_HISTORY}; 0: none)")
-    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("-k", type=int, default=10, help="completions asked per keystroke")
     parser.add_argument("--mode", choices=MODES, default="typed",
                         help="typed: simulation; fixed: qac eval's lengths, no acceptance")
     parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)),
                         help="prefix lengths of --mode fixed")
     parser.add_argument("--accept", choices=ACCEPT, default="shown",
                         help="shown: accept at first sight among the k; top: within --top-m")
-    parser.add_argument("--top-m", type=int, default=3)
+    parser.add_argument("--top-m", type=int, default=3,
+                        help="--accept top: the user accepts the target within the first M")
     parser.add_argument("--from-empty", action="store_true",
                         help="also ask before the first keystroke when there is a previous "
                         "query")
     parser.add_argument("--out", default="replay-out", help="output directory")
-    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="write the JSON and markdown only, no PNG plots")
     parser.add_argument("--json", action="store_true", help="print the JSON report")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
