@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -152,6 +153,29 @@ def save_model_dir(
     return final
 
 
+#: the largest manifest a model directory may have (a real one is a few KiB)
+MAX_MANIFEST_BYTES = 16 << 20
+
+
+def _read_manifest(path: Path) -> str:
+    """The manifest's text, read only from a regular file of bounded size: a FIFO, a
+    device (a link to /dev/zero) or a huge file is refused without blocking."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"not a regular file (mode {stat.filemode(st.st_mode)})")
+        if st.st_size > MAX_MANIFEST_BYTES:
+            raise OSError(f"{st.st_size} bytes, more than a manifest's {MAX_MANIFEST_BYTES}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise OSError(f"more than a manifest's {MAX_MANIFEST_BYTES} bytes")
+    return data.decode("utf-8")
+
+
 def open_model_dir(
     path: str | os.PathLike[str], kind: str | None = None, verify: bool = True
 ) -> ModelDir:
@@ -165,10 +189,10 @@ def open_model_dir(
         raise ModelFormatError(f"{root}: model directory not found", str(root))
     mpath = root / MANIFEST
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(_read_manifest(mpath))
     except FileNotFoundError as exc:
         raise ModelFormatError(f"{mpath}: missing", str(mpath)) from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelFormatError(f"{mpath}: unreadable ({exc})", str(mpath)) from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ModelFormatError(f"{mpath}: not a qac model manifest", str(mpath))
@@ -193,6 +217,11 @@ def open_model_dir(
     if not isinstance(files, dict) or not isinstance(manifest.get("config"), dict):
         raise ModelFormatError(f"{mpath}: malformed manifest", str(mpath))
     for file, meta in files.items():
+        if (not isinstance(file, str) or Path(file).name != file or file in (".", "..")
+                or file == MANIFEST or not isinstance(meta, dict)
+                or not isinstance(meta.get("bytes"), int) or not isinstance(meta.get("sha256"), str)):
+            raise ModelFormatError(f"{mpath}: malformed entry for {file!r} in files",
+                                   str(mpath))
         fpath = root / file
         if not fpath.is_file():
             raise ModelFormatError(f"{fpath}: missing", str(fpath))

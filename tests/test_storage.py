@@ -112,3 +112,35 @@ def test_another_format_version_says_what_to_do(tmp_path: Path, version: object,
     with pytest.raises(ModelFormatError, match=says) as info:
         open_model_dir(tmp_path / "m")
     assert info.value.path == str(m)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "deep", "null-entry", "traversal", "huge"])
+def test_a_hostile_manifest_is_a_clean_model_format_error(tmp_path: Path, kind: str) -> None:
+    """Issue 15 D7: the manifest is read only from a regular file of bounded size, and
+    every entry is checked: no hang, no unbounded read, no RecursionError or
+    AttributeError."""
+    import time
+
+    from qac.storage import MAX_MANIFEST_BYTES
+
+    m = tmp_path / kind
+    m.mkdir()
+    path = m / "manifest.json"
+    head = {"format": "qac-model", "format_version": 2, "kind": "completer", "config": {}}
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        os.symlink("/dev/zero", path)
+    elif kind == "deep":
+        path.write_text("[" * 200_000)
+    elif kind == "null-entry":
+        path.write_text(json.dumps({**head, "files": {"a.npy": None}}))
+    elif kind == "traversal":
+        path.write_text(json.dumps({**head, "files": {"../x.npy": {"bytes": 1, "sha256": "0"}}}))
+    else:
+        with open(path, "wb") as f:
+            f.truncate(MAX_MANIFEST_BYTES + 1)
+    t0 = time.monotonic()
+    with pytest.raises(ModelFormatError, match="manifest.json"):
+        open_model_dir(m)
+    assert time.monotonic() - t0 < 10
