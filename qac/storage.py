@@ -219,7 +219,8 @@ def open_model_dir(
     for file, meta in files.items():
         if (not isinstance(file, str) or Path(file).name != file or file in (".", "..")
                 or file == MANIFEST or not isinstance(meta, dict)
-                or not isinstance(meta.get("bytes"), int) or not isinstance(meta.get("sha256"), str)):
+                or not isinstance(meta.get("bytes"), int)
+                or not isinstance(meta.get("sha256"), str)):
             raise ModelFormatError(f"{mpath}: malformed entry for {file!r} in files",
                                    str(mpath))
         fpath = root / file
