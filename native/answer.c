@@ -62,6 +62,7 @@ typedef struct {
     double hist_count, hist_age;
     int32_t hist_order; /* index among the matching history entries, by recency; -1 none */
     double sess_count, sess_rank;
+    int64_t recent;     /* times issued in the last days of the training log */
 } row_t;
 
 typedef struct {
@@ -105,7 +106,8 @@ struct qac_answer_scratch {
 static int check_labels(const qac_labels_view *l, size_t *n_out) {
     if (!l->offsets || l->n_offsets < 1 || (l->text_len && !l->text)) return QAC_E_INPUT;
     size_t n = l->n_offsets - 1;
-    if (l->n_popularity != n || l->n_popcum != n + 1 || (n && (!l->popularity || !l->popcum)))
+    if (l->n_popularity != n || l->n_popcum != n + 1 || l->n_counts != n || l->n_recent != n ||
+        (n && (!l->popularity || !l->popcum || !l->counts || !l->recent)))
         return QAC_E_INPUT;
     if (n > (size_t)INT32_MAX - 1) return QAC_E_RANGE;
     if (l->offsets[0] != 0) return QAC_E_RANGE;
@@ -122,7 +124,8 @@ static int check_labels(const qac_labels_view *l, size_t *n_out) {
         if (i + 1 < n && t[b - 1] != '\n') return QAC_E_RANGE;
         if (memchr(t + a, '\n', (size_t)(b - 1 - a))) return QAC_E_RANGE;
         if (l->popularity[i] < 0 || l->popcum[i + 1] - l->popcum[i] != l->popularity[i] ||
-            l->popcum[i + 1] < l->popcum[i])
+            l->popcum[i + 1] < l->popcum[i] || l->counts[i] < 0 || l->recent[i] < 0 ||
+            l->recent[i] > l->counts[i])
             return QAC_E_RANGE;
         if (i) { /* strictly increasing, bytewise */
             int64_t pa = l->offsets[i - 1];
@@ -714,6 +717,20 @@ static void featurize_rows(const qac_answerer_t *a, pool_t *pool, const char *pr
         x[F_HIST_RANK] = w->hist_order >= 0 ? 1.0 / (1.0 + (double)w->hist_order) : 0.0;
         x[F_SESS_COUNT] = w->sess_count;
         x[F_SESS_RANK] = w->sess_rank;
+        const int64_t count = w->label >= 0 ? a->lab.counts[w->label] : 0;
+        w->recent = w->label >= 0 ? a->lab.recent[w->label] : 0;
+        x[F_RECENT_POP] = log1p((double)w->recent);
+        x[F_RECENT_TREND] = log((1.0 + (double)w->recent) / (1.0 + (double)count));
+    }
+    /* rank by recent count within the pool (ties: pool order); 0 for none. The order
+     * array is free until the scores fill it. */
+    for (size_t r = 0; r < pool->n; r++)
+        s->order[r] = (ranked_t){(double)s->rows[r].recent, (int32_t)r};
+    qsort(s->order, pool->n, sizeof *s->order, by_score);
+    for (size_t i = 0; i < pool->n; i++) {
+        const int32_t r = s->order[i].row;
+        s->x[(size_t)r * QAC_NF + F_RECENT_RANK] =
+            s->rows[r].recent > 0 ? 1.0 / (1.0 + (double)i) : 0.0;
     }
     forest_scores(a, s->x, pool->n, s->order);
 }

@@ -58,10 +58,13 @@
     X(HIST_AGE, "hist_age", "log(1 + seconds since the user last issued it) (20 if never)") \
     X(HIST_RANK, "hist_rank", "1/rank by recency among the user's past queries with this prefix (0 if none)") \
     X(SESS_COUNT, "sess_count", "times issued earlier in this session")             \
-    X(SESS_RANK, "sess_rank", "1/position among this session's queries, most recent first (0 if not)")
+    X(SESS_RANK, "sess_rank", "1/position among this session's queries, most recent first (0 if not)") \
+    X(RECENT_POP, "recent_pop", "log(1 + times issued in the last days of the training log)")  \
+    X(RECENT_TREND, "recent_trend", "log((1 + recent count) / (1 + count in the whole log))") \
+    X(RECENT_RANK, "recent_rank", "1/rank by recent count in the pool (0 if not recent)")
 
 /* QAC_CDEF_BEGIN */
-#define QAC_NF 27    /* features per pool row (QAC_FEATURES) */
+#define QAC_NF 30    /* features per pool row (QAC_FEATURES) */
 #define QAC_NSRC 6   /* candidate sources */
 #define QAC_SRC_MODEL 0
 #define QAC_SRC_MPC 1
@@ -81,12 +84,15 @@ const char *qac_source_name(int s);
 /* The labels, sorted bytewise (UTF-8: the same order as Python's str order).
  * Label i is text[offsets[i], offsets[i+1] - 1): the labels joined by '\n' with
  * offsets[n] == text_len + 1. popularity[n] >= 0; popcum[n+1] its running sum
- * (popcum[0] == 0). */
+ * (popcum[0] == 0); counts[n] >= 0 the times each was issued in the training log,
+ * recent[n] (<= counts) those in its last days. */
 typedef struct {
     const char *text; size_t text_len;
     const int64_t *offsets; size_t n_offsets;     /* n + 1 */
     const int64_t *popularity; size_t n_popularity; /* n */
     const int64_t *popcum; size_t n_popcum;       /* n + 1 */
+    const int64_t *counts; size_t n_counts;       /* n */
+    const int64_t *recent; size_t n_recent;       /* n */
 } qac_labels_view;
 
 /* A forest of binary regression trees over the features: score = base + the sum

@@ -7,6 +7,7 @@ non-zero status from C becomes a typed exception from :mod:`qac.errors`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -685,24 +686,31 @@ class Answerer:
     """The completion answerer (``qac_answerer_t``): one keystroke, one C call.
 
     ``featurizer``/``model``: the engine's handles (``qac_featurizer_t *``,
-    ``qac_model_t *``; both None for no beam search). ``labels``: uint8 UTF-8 of
-    the sorted labels joined by "\\n"; ``offsets`` int64 [n+1]; ``popularity``
-    int64 [n]; ``popcum`` int64 [n+1] its running sum. ``forest``: the arrays of
+    ``qac_model_t *``; both None for no beam search). ``labels``: the arrays of
+    :class:`qac.complete.LabelSet` (``text`` uint8, UTF-8 of the sorted labels joined
+    by "\\n"; ``offsets`` int64 [n+1]; ``popularity`` int64 [n]; ``popcum`` int64
+    [n+1] its running sum; ``counts`` int64 [n] the times each was issued in the
+    training log, ``recent`` int64 [n] those in its last days). ``forest``: the arrays of
     :class:`qac.rank.Forest` (feature int32, threshold float64, left/right int32,
     leaf float64, roots int32) and its ``base``. The arrays may be read-only
     memory maps; they are kept alive here and C reads them in place.
     """
 
-    def __init__(self, featurizer: Any, model: Any, labels: np.ndarray, offsets: np.ndarray,
-                 popularity: np.ndarray, popcum: np.ndarray, forest: dict[str, np.ndarray],
-                 base: float, keep: Any = None) -> None:
+    def __init__(self, featurizer: Any, model: Any, labels: Mapping[str, np.ndarray],
+                 forest: Mapping[str, np.ndarray], base: float, keep: Any = None) -> None:
         import threading
 
+        missing = [k for k in ("text", "offsets", "popularity", "popcum", "counts", "recent")
+                   if k not in labels]
+        if missing:
+            raise InputError(f"Answerer: label arrays {missing} missing")
         a = self._arrays = {
-            "labels": as_c(labels, np.uint8, "labels"),
-            "offsets": as_c(offsets, np.int64, "offsets"),
-            "popularity": as_c(popularity, np.int64, "popularity"),
-            "popcum": as_c(popcum, np.int64, "popcum"),
+            "labels": as_c(labels["text"], np.uint8, "labels.text"),
+            "offsets": as_c(labels["offsets"], np.int64, "labels.offsets"),
+            "popularity": as_c(labels["popularity"], np.int64, "labels.popularity"),
+            "popcum": as_c(labels["popcum"], np.int64, "labels.popcum"),
+            "counts": as_c(labels["counts"], np.int64, "labels.counts"),
+            "recent": as_c(labels["recent"], np.int64, "labels.recent"),
             "feature": as_c(forest["feature"], np.int32, "forest feature"),
             "threshold": as_c(forest["threshold"], np.float64, "forest threshold"),
             "left": as_c(forest["left"], np.int32, "forest left"),
@@ -719,6 +727,8 @@ class Answerer:
         lab.popularity = ptr(a["popularity"], "int64_t *")
         lab.n_popularity = a["popularity"].size
         lab.popcum, lab.n_popcum = ptr(a["popcum"], "int64_t *"), a["popcum"].size
+        lab.counts, lab.n_counts = ptr(a["counts"], "int64_t *"), a["counts"].size
+        lab.recent, lab.n_recent = ptr(a["recent"], "int64_t *"), a["recent"].size
         f = ffi.new("qac_forest_view *")
         f.feature, f.threshold = ptr(a["feature"], "int32_t *"), ptr(a["threshold"], "double *")
         f.left, f.right = ptr(a["left"], "int32_t *"), ptr(a["right"], "int32_t *")

@@ -119,6 +119,9 @@ class CompleterConfig:
                      keystrokes of a visitor without a session.
     min_fit:         fewer fitting keystrokes than this (with the submitted query in
                      their pool): the forest shipped with qac is used instead.
+    recent_days:     a label's "recent" count is its count in the last this many days
+                     of the training log (the ranker's recent_* features: what is
+                     popular now beside what was popular overall).
     """
 
     index: str = "hybrid"
@@ -135,6 +138,7 @@ class CompleterConfig:
     fit_lengths: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10)
     fit_no_context: float = 0.5
     min_fit: int = 2000
+    recent_days: float = 7.0
 
     def __post_init__(self) -> None:
         if self.index not in INDEXES:
@@ -146,7 +150,8 @@ class CompleterConfig:
             raise InputError("CompleterConfig.prefix_lengths: a non-empty tuple needed")
         for n in (*self.prefix_lengths, *self.fit_lengths):
             _check_int("prefix_lengths/fit_lengths", n, 0, 1024)
-        for name in ("prefix_weight", "previous_weight", "fit_days", "fit_no_context"):
+        for name in ("prefix_weight", "previous_weight", "fit_days", "fit_no_context",
+                     "recent_days"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
                     or v < 0:
@@ -227,17 +232,20 @@ class LabelSet:
                 background log).
     popcum:     int64 [n+1], the running sum of popularity (the popularity of a
                 prefix's labels is one subtraction).
+    recent:     int64 [n], occurrences in the last ``recent_days`` of the training log
+                (what is popular now, beside what was popular overall).
     """
 
-    ARRAYS = ("text", "offsets", "counts", "popularity", "popcum")
+    ARRAYS = ("text", "offsets", "counts", "popularity", "popcum", "recent")
 
     def __init__(self, text: np.ndarray, offsets: np.ndarray, counts: np.ndarray,
-                 popularity: np.ndarray, popcum: np.ndarray) -> None:
+                 popularity: np.ndarray, popcum: np.ndarray, recent: np.ndarray) -> None:
         n = len(offsets) - 1
         for name, arr, size, kind in (("text", text, None, "u"), ("offsets", offsets, None, "i"),
                                       ("counts", counts, n, "i"),
                                       ("popularity", popularity, n, "i"),
-                                      ("popcum", popcum, n + 1, "i")):
+                                      ("popcum", popcum, n + 1, "i"),
+                                      ("recent", recent, n, "i")):
             if arr.ndim != 1 or arr.dtype.kind != kind or (size is not None and len(arr) != size):
                 raise ModelFormatError(f"labels.{name}: a 1-d array{f' of {size}' if size else ''}"
                                        f" ({'uint8' if kind == 'u' else 'int64'}) needed, got "
@@ -247,13 +255,15 @@ class LabelSet:
         self.counts = counts
         self.popularity = popularity
         self.popcum = popcum
+        self.recent = recent
         self._off = offsets.view(np.ndarray)
         self._text = text.view(np.ndarray)
 
     @classmethod
-    def build(cls, labels: Sequence[str], counts: Sequence[int],
-              popularity: Sequence[int]) -> LabelSet:
-        """From sorted, distinct labels that hold no newline."""
+    def build(cls, labels: Sequence[str], counts: Sequence[int], popularity: Sequence[int],
+              recent: Sequence[int] | None = None) -> LabelSet:
+        """From sorted, distinct labels that hold no newline (``recent``: none by
+        default)."""
         enc = [t.encode("utf-8") for t in labels]
         sizes = np.fromiter((len(b) + 1 for b in enc), dtype=np.int64, count=len(enc))
         offsets = np.zeros(len(enc) + 1, dtype=np.int64)
@@ -262,7 +272,9 @@ class LabelSet:
         pop = np.asarray(popularity, dtype=np.int64)
         popcum = np.zeros(len(pop) + 1, dtype=np.int64)
         np.cumsum(pop, out=popcum[1:])
-        return cls(text, offsets, np.asarray(counts, dtype=np.int64), pop, popcum)
+        rec = np.zeros(len(pop), dtype=np.int64) if recent is None else np.asarray(
+            recent, dtype=np.int64)
+        return cls(text, offsets, np.asarray(counts, dtype=np.int64), pop, popcum, rec)
 
     def __len__(self) -> int:
         return len(self._off) - 1
@@ -328,10 +340,9 @@ class Completer:
         self.blocklist = blocklist or Blocklist.empty()
         self.extra_blocklist = extra_blocklist
         self.fit = dict(fit or {})
-        self.answerer = _kernel.Answerer(
-            engine.vectorizer.handle, engine.model.handle, labels.text, labels.offsets,
-            labels.popularity, labels.popcum, forest.arrays(), forest.base,
-            keep=(engine, labels, forest))
+        self.answerer = _kernel.Answerer(engine.vectorizer.handle, engine.model.handle,
+                                         labels.arrays(), forest.arrays(), forest.base,
+                                         keep=(engine, labels, forest))
         self._beam = config.beam or engine.config.beam
         both = [b for b in (self.blocklist, extra_blocklist) if b is not None and len(b)]
         # verdicts on the texts of past queries and generated ones, which recur
@@ -425,8 +436,14 @@ class Completer:
         if background:
             pop.update({q: c for q, c in background.items() if not blocklist.blocks(q)})
         mpc = MostPopular(pop)
+        recent: Counter[str] = Counter()
+        times = [e.time for e in events if e.time is not None]
+        if times:
+            since = max(times) - timedelta(days=config.recent_days)
+            recent.update(e.query for e in events if e.time is not None and e.time >= since)
         label_set = LabelSet.build(labels, [counts[q] for q in labels],
-                                   [mpc.count(q) for q in labels])
+                                   [mpc.count(q) for q in labels],
+                                   [recent[q] for q in labels])
         tables = Tables.build(pop, blocklist, config.sources)
         return cls(config, engine, label_set, mpc, tables, forest, blocklist, fit=fit)
 

@@ -44,9 +44,9 @@ _DTYPES = {"feature": np.int32, "threshold": np.float64, "left": np.int32,
 #: LightGBM settings of the fit (a few hundred small trees: a keystroke walks each once)
 FIT_PARAMS: dict[str, Any] = {
     "objective": "lambdarank",
-    "lambdarank_truncation_level": 20,
+    "lambdarank_truncation_level": 10,
     "eval_at": [10],
-    "learning_rate": 0.05,
+    "learning_rate": 0.1,
     "num_leaves": 31,
     "min_data_in_leaf": 50,
     "feature_fraction": 0.9,

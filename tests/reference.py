@@ -237,7 +237,8 @@ def _char3(prev: str, t: str) -> float:
 def answer_pool(labels: Sequence[str], popularity: Sequence[int], prefix: str, prev: str,
                 beam: Sequence[tuple[int, float]], history: Sequence[tuple[str, int, float]],
                 session: Sequence[tuple[str, float]], extra: Sequence[tuple[str, int, int, int]],
-                now: float) -> list[dict]:
+                now: float, counts: Sequence[int] | None = None,
+                recent: Sequence[int] | None = None) -> list[dict]:
     """The rows ``qac_answer`` builds, in pool order: each a dict with text, ref,
     sources (bitmask) and x (the feature vector, by qac.rank.FEATURES). ``beam`` is
     (label id, engine score) best first; history (text, count, time); session (text,
@@ -352,5 +353,14 @@ def answer_pool(labels: Sequence[str], popularity: Sequence[int], prefix: str, p
         x[F["hist_rank"]] = 1.0 / (1 + r["order"]) if r["order"] >= 0 else 0.0
         x[F["sess_count"]] = r["sess_count"]
         x[F["sess_rank"]] = r["sess_rank"]
+        lab = r["label"]
+        r["recent"] = recent[lab] if recent is not None and lab >= 0 else 0
+        count = counts[lab] if counts is not None and lab >= 0 else 0
+        x[F["recent_pop"]] = math.log1p(r["recent"])
+        x[F["recent_trend"]] = math.log((1 + r["recent"]) / (1 + count))
         r["x"] = x
+    # rank by recent count in the pool, ties in pool order
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i]["recent"], i))
+    for pos, i in enumerate(order):
+        rows[i]["x"][F["recent_rank"]] = 1.0 / (1 + pos) if rows[i]["recent"] > 0 else 0.0
     return rows

@@ -50,13 +50,13 @@ def random_forest(rng: np.random.Generator, trees: int = 5, depth: int = 3) -> F
 
 
 def answerer(labels: list[str], popularity: list[int], forest: Forest,
-             engine: object = None) -> _kernel.Answerer:
-    ls = LabelSet.build(labels, [1] * len(labels), popularity)
+             engine: object = None, counts: list[int] | None = None,
+             recent: list[int] | None = None) -> _kernel.Answerer:
+    ls = LabelSet.build(labels, counts or [1] * len(labels), popularity, recent)
     feat = model = None
     if engine is not None:
         feat, model = engine.vectorizer.handle, engine.model.handle  # type: ignore[attr-defined]
-    return _kernel.Answerer(feat, model, ls.text, ls.offsets, ls.popularity, ls.popcum,
-                            forest.arrays(), forest.base, keep=engine)
+    return _kernel.Answerer(feat, model, ls.arrays(), forest.arrays(), forest.base, keep=engine)
 
 
 def run(a: _kernel.Answerer, prefix: str, prev: str, history: list, session: list,
@@ -101,9 +101,12 @@ def test_pool_features_and_scores_match_the_reference(labels: list[str], data: s
     extra = data.draw(st.lists(st.tuples(
         texts, st.sampled_from([S["mpc"], S["session"], S["suffix"], S["word"]]),
         st.integers(0, 100), st.integers(0, 100)), max_size=8))
+    counts = data.draw(st.lists(st.integers(0, 60), min_size=len(labels), max_size=len(labels)))
+    recent = [data.draw(st.integers(0, c)) for c in counts]
     forest = random_forest(np.random.default_rng(len(labels)))
-    a = answerer(labels, popularity, forest)
-    ref_rows = answer_pool(labels, popularity, prefix, prev, [], history, session, extra, NOW)
+    a = answerer(labels, popularity, forest, counts=counts, recent=recent)
+    ref_rows = answer_pool(labels, popularity, prefix, prev, [], history, session, extra, NOW,
+                           counts, recent)
     refs, srcs, scores, X = run(a, prefix, prev, history, session, extra, features=True)
     assert X is not None
     got = [text_of(r, labels, history, session, extra) for r in refs]
@@ -193,21 +196,24 @@ def test_answerer_refuses_inconsistent_arrays() -> None:
     f = Forest.empty()
     with pytest.raises(KernelError):  # unsorted labels
         bad = LabelSet.build(["b", "a"], [1, 1], [1, 1])
-        _kernel.Answerer(None, None, bad.text, bad.offsets, bad.popularity, bad.popcum,
-                         f.arrays(), 0.0)
+        _kernel.Answerer(None, None, bad.arrays(), f.arrays(), 0.0)
     with pytest.raises(KernelError):  # a running sum that does not add up
-        _kernel.Answerer(None, None, ok.text, ok.offsets, ok.popularity,
-                         np.array([0, 1, 5], np.int64), f.arrays(), 0.0)
+        _kernel.Answerer(None, None, {**ok.arrays(), "popcum": np.array([0, 1, 5], np.int64)},
+                         f.arrays(), 0.0)
+    with pytest.raises(KernelError):  # more recent occurrences than occurrences
+        _kernel.Answerer(None, None, {**ok.arrays(), "recent": np.array([2, 0], np.int64)},
+                         f.arrays(), 0.0)
+    with pytest.raises(InputError, match="recent"):
+        _kernel.Answerer(None, None, {k: v for k, v in ok.arrays().items() if k != "recent"},
+                         f.arrays(), 0.0)
     cyc = Forest(np.array([0, 0], np.int32), np.zeros(2), np.array([1, 0], np.int32),
                  np.array([-1, -1], np.int32), np.zeros(1), np.array([0], np.int32))
     with pytest.raises(KernelError):  # a child before its parent: a cycle
-        _kernel.Answerer(None, None, ok.text, ok.offsets, ok.popularity, ok.popcum,
-                         cyc.arrays(), 0.0)
+        _kernel.Answerer(None, None, ok.arrays(), cyc.arrays(), 0.0)
     far = Forest(np.array([len(FEATURES)], np.int32), np.zeros(1), np.array([-1], np.int32),
                  np.array([-1], np.int32), np.zeros(1), np.array([0], np.int32))
     with pytest.raises(KernelError):  # a split on a column beyond the schema
-        _kernel.Answerer(None, None, ok.text, ok.offsets, ok.popularity, ok.popcum,
-                         far.arrays(), 0.0)
+        _kernel.Answerer(None, None, ok.arrays(), far.arrays(), 0.0)
 
 
 def test_label_range() -> None:

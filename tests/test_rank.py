@@ -50,8 +50,7 @@ def test_kernel_scores_equal_numpy() -> None:
     forest = Forest.fit(X, y, sizes, threads=1, params={"min_data_in_leaf": 5})
     labels = ["a", "ab", "abc", "b"]
     ls = LabelSet.build(labels, [1] * 4, [5, 3, 2, 1])
-    a = _kernel.Answerer(None, None, ls.text, ls.offsets, ls.popularity, ls.popcum,
-                         forest.arrays(), forest.base)
+    a = _kernel.Answerer(None, None, ls.arrays(), forest.arrays(), forest.base)
     hist = _kernel.Texts(["abd", "ab"], [2, 1], [100.0, 50.0])
     mpc = SOURCES.index("mpc")
     refs, _, scores, Xc = a.answer(b"a", b"b", _kernel.Texts([]), hist, ["a", "abc"],
