@@ -33,10 +33,15 @@ static const int shown_first[QAC_NSRC] = {QAC_SRC_HISTORY, QAC_SRC_MODEL, QAC_SR
 const char *qac_feature_name(int i) { return i >= 0 && i < QAC_NF ? feature_names[i] : NULL; }
 const char *qac_source_name(int s) { return s >= 0 && s < QAC_NSRC ? source_names[s] : NULL; }
 
-/* a tree node as the walk reads it: one cache line holds it whole */
+/* A tree node as the walk reads it. Leaves are nodes too: their test always sends
+ * a row to the leaf itself, so a walk of a tree's depth in steps, with no branch on
+ * where it is, ends on the row's leaf. */
 typedef struct {
-    double threshold;
-    int32_t feature, left, right, pad;
+    double threshold; /* x <= threshold: child[0], else child[1] (a leaf: +inf) */
+    double value;     /* a leaf's value */
+    int32_t feature;
+    int32_t child[2];
+    int32_t pad;
 } node_t;
 
 struct qac_answerer {
@@ -46,7 +51,9 @@ struct qac_answerer {
     qac_labels_view lab;
     size_t n_labels;
     qac_forest_view forest;
-    node_t *nodes; /* the forest's nodes packed (a private copy: small) */
+    node_t *nodes;   /* the forest's nodes and leaves packed (a private copy: small) */
+    int32_t *root;   /* n_trees: each tree's root in nodes */
+    int32_t *depth;  /* n_trees: the steps from its root to its deepest leaf */
 };
 
 typedef struct {
@@ -195,14 +202,55 @@ int qac_answerer_new(const qac_featurizer_t *featurizer, const qac_model_t *mode
     if (!a->lab.text) a->lab.text = "";
     a->n_labels = n;
     a->forest = *forest;
-    a->nodes = malloc((forest->n_nodes + 1) * sizeof *a->nodes);
-    if (!a->nodes) {
-        free(a);
+    /* nodes first, then the leaves at n_nodes + leaf */
+    const size_t n_all = forest->n_nodes + forest->n_leaves;
+    a->nodes = malloc((n_all + 1) * sizeof *a->nodes);
+    a->root = malloc((forest->n_trees + 1) * sizeof *a->root);
+    a->depth = malloc((forest->n_trees + 1) * sizeof *a->depth);
+    int32_t *level = malloc((n_all + 1) * sizeof *level);
+    if (!a->nodes || !a->root || !a->depth || !level) {
+        free(level);
+        qac_answerer_free(a);
         return QAC_E_NOMEM;
     }
-    for (size_t j = 0; j < forest->n_nodes; j++)
-        a->nodes[j] = (node_t){forest->threshold[j], forest->feature[j], forest->left[j],
-                               forest->right[j], 0};
+    const int32_t base_leaf = (int32_t)forest->n_nodes;
+    for (size_t j = 0; j < forest->n_nodes; j++) {
+        int32_t l = forest->left[j], r = forest->right[j];
+        a->nodes[j] = (node_t){forest->threshold[j], 0.0, forest->feature[j],
+                               {l >= 0 ? l : base_leaf + ~l, r >= 0 ? r : base_leaf + ~r}, 0};
+    }
+    for (size_t k = 0; k < forest->n_leaves; k++) {
+        int32_t me = base_leaf + (int32_t)k;
+        a->nodes[me] = (node_t){INFINITY, forest->leaf[k], 0, {me, me}, 0};
+    }
+    /* depths: children come after their parents, so one pass from each root down */
+    for (size_t t = 0; t < forest->n_trees; t++) {
+        int32_t r = forest->roots[t];
+        a->root[t] = r >= 0 ? r : base_leaf + ~r;
+        a->depth[t] = 0;
+    }
+    for (size_t j = 0; j < n_all; j++) level[j] = -1;
+    for (size_t t = 0; t < forest->n_trees; t++) level[a->root[t]] = 0;
+    for (size_t j = 0; j < forest->n_nodes; j++) {
+        if (level[j] < 0) continue; /* a node no tree reaches */
+        for (int c = 0; c < 2; c++) level[a->nodes[j].child[c]] = level[j] + 1;
+    }
+    for (size_t t = 0; t < forest->n_trees; t++) {
+        /* the deepest leaf under this root: the largest level among its nodes, which
+         * sit between its root and the next tree's (preorder) */
+        int32_t deepest = 0;
+        int32_t r = forest->roots[t];
+        if (r >= 0) {
+            size_t end = forest->n_nodes;
+            for (size_t u = 0; u < forest->n_trees; u++)
+                if (forest->roots[u] > r && (size_t)forest->roots[u] < end)
+                    end = (size_t)forest->roots[u];
+            for (size_t j = (size_t)r; j < end; j++)
+                if (level[j] >= 0 && level[j] + 1 > deepest) deepest = level[j] + 1;
+        }
+        a->depth[t] = deepest;
+    }
+    free(level);
     *out = a;
     return QAC_OK;
 }
@@ -210,6 +258,8 @@ int qac_answerer_new(const qac_featurizer_t *featurizer, const qac_model_t *mode
 void qac_answerer_free(qac_answerer_t *answerer) {
     if (!answerer) return;
     free(answerer->nodes);
+    free(answerer->root);
+    free(answerer->depth);
     free(answerer);
 }
 
@@ -512,8 +562,11 @@ static int by_recency(const void *a, const void *b) {
     return (x->idx > y->idx) - (x->idx < y->idx);
 }
 
-/* every row's score: base + the leaf each tree sends it to (tree by tree, so a
- * tree's nodes stay in cache across the rows) */
+/* every row's score: base + the leaf each tree sends it to. Tree by tree, so a
+ * tree's nodes stay in cache across the rows; rows in blocks of WALK walked side by
+ * side for the tree's depth in steps, with no branch on where each is, so their
+ * independent chains of loads overlap. */
+#define WALK 8
 static void forest_scores(const qac_answerer_t *a, const double *x, size_t n, ranked_t *out) {
     const qac_forest_view *f = &a->forest;
     const node_t *nodes = a->nodes;
@@ -522,15 +575,18 @@ static void forest_scores(const qac_answerer_t *a, const double *x, size_t n, ra
         out[r].row = (int32_t)r;
     }
     for (size_t t = 0; t < f->n_trees; t++) {
-        const int32_t root = f->roots[t];
-        for (size_t r = 0; r < n; r++) {
-            const double *xr = x + r * QAC_NF;
-            int32_t j = root;
-            while (j >= 0) {
-                const node_t *nd = &nodes[j];
-                j = xr[nd->feature] <= nd->threshold ? nd->left : nd->right;
-            }
-            out[r].score += f->leaf[~j];
+        const int32_t root = a->root[t], depth = a->depth[t];
+        for (size_t r0 = 0; r0 < n; r0 += WALK) {
+            const size_t m = n - r0 < WALK ? n - r0 : WALK;
+            const double *xr = x + r0 * QAC_NF;
+            int32_t j[WALK];
+            for (size_t i = 0; i < WALK; i++) j[i] = root;
+            for (int32_t step = 0; step < depth; step++)
+                for (size_t i = 0; i < m; i++) {
+                    const node_t *nd = &nodes[j[i]];
+                    j[i] = nd->child[xr[i * QAC_NF + (size_t)nd->feature] > nd->threshold];
+                }
+            for (size_t i = 0; i < m; i++) out[r0 + i].score += nodes[j[i]].value;
         }
     }
 }
