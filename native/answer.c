@@ -802,6 +802,7 @@ int qac_answer(const qac_answerer_t *a, qac_answer_scratch_t *s, const char *pre
                size_t beam, size_t n_model, qac_answer_out *out) {
     if (!out) return QAC_E_INPUT;
     out->n = 0;
+    out->text_len = 0;
     if (!a || !s || !ctx || !ex || (prefix_len && !prefix)) return QAC_E_INPUT;
     if ((ctx->prev_len && !ctx->prev) ||
         ((ctx->session_len || ctx->n_session) && !ctx->session) ||
@@ -812,6 +813,7 @@ int qac_answer(const qac_answerer_t *a, qac_answer_scratch_t *s, const char *pre
         (ex->n && (!ex->source || !ex->count || !ex->popularity)) ||
         (out->cap && (!out->ref || !out->source || !out->sources || !out->score)) ||
         (out->features && out->features_cap < out->cap * (size_t)QAC_NF) ||
+        (out->text_cap && !out->text) ||
         ex->n > (size_t)INT32_MAX / 4 || ctx->n_history > (size_t)INT32_MAX / 4 ||
         ctx->n_session > (size_t)INT32_MAX / 4)
         return QAC_E_INPUT;
@@ -826,32 +828,44 @@ int qac_answer(const qac_answerer_t *a, qac_answer_scratch_t *s, const char *pre
     int rc = fill(a, &pool, prefix, prefix_len, ctx, ex, beam, n_model, lo, hi, &n_hm);
     if (rc == QAC_OK) {
         featurize_rows(a, &pool, prefix, prefix_len, ctx, n_hm, lo, hi);
-        size_t n = pool.n;
+        size_t n = pool.n, m;
         if (out->features) {
-            if (n > out->cap) {
-                rc = QAC_E_CAPACITY;
-            } else {
-                for (size_t r = 0; r < n; r++) {
-                    const row_t *w = &s->rows[r];
-                    out->ref[r] = w->ref;
-                    out->sources[r] = w->sources;
-                    out->source[r] = shown_source(w->sources);
-                    out->score[r] = s->order[r].score;
-                    memcpy(out->features + r * QAC_NF, s->x + r * QAC_NF,
-                           QAC_NF * sizeof *s->x);
-                }
-                out->n = n;
-            }
+            /* every row, in pool order */
+            m = n;
+            if (n > out->cap) rc = QAC_E_CAPACITY;
         } else {
             qsort(s->order, n, sizeof *s->order, by_score);
-            size_t m = n < out->cap ? n : out->cap;
+            m = n < out->cap ? n : out->cap;
+        }
+        size_t bytes = 0;
+        for (size_t i = 0; rc == QAC_OK && i < m; i++) {
+            const row_t *w = &s->rows[out->features ? i : (size_t)s->order[i].row];
+            bytes += w->len + (i > 0);
+        }
+        if (rc == QAC_OK && out->text && bytes > out->text_cap) rc = QAC_E_CAPACITY;
+        if (rc == QAC_OK) {
+            size_t at = 0;
             for (size_t i = 0; i < m; i++) {
-                const row_t *w = &s->rows[s->order[i].row];
+                const size_t r = out->features ? i : (size_t)s->order[i].row;
+                const row_t *w = &s->rows[r];
                 out->ref[i] = w->ref;
                 out->sources[i] = w->sources;
                 out->source[i] = shown_source(w->sources);
-                out->score[i] = s->order[i].score;
+                if (out->features) {
+                    /* the scores are in row order until sorted: order[r] is row r's */
+                    out->score[i] = s->order[r].score;
+                    memcpy(out->features + r * QAC_NF, s->x + r * QAC_NF,
+                           QAC_NF * sizeof *s->x);
+                } else {
+                    out->score[i] = s->order[i].score;
+                }
+                if (out->text) {
+                    if (i) out->text[at++] = '\n';
+                    memcpy(out->text + at, w->text, w->len);
+                    at += w->len;
+                }
             }
+            out->text_len = at;
             out->n = m;
         }
     }

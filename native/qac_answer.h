@@ -137,12 +137,15 @@ typedef struct {
  * -1 - j for extra text j, or -1 - n_extra - j for history entry j. source[i]
  * is the source the answer is shown with (history, then model, mpc, session,
  * suffix, word: the first that made it), sources[i] the bitmask of all that made
- * it. With features non-NULL (features_cap >= cap * QAC_NF), every row of the
- * pool comes back, in pool order rather than best first, with its feature row:
- * the fitting path. *n is set to the rows written. */
+ * it. The rows' texts, joined by '\n', go to text (text_len bytes written) when
+ * text is non-NULL; QAC_E_CAPACITY if they do not fit in text_cap. With features
+ * non-NULL (features_cap >= cap * QAC_NF), every row of the pool comes back, in
+ * pool order rather than best first, with its feature row: the fitting path. *n is
+ * set to the rows written. */
 typedef struct {
     int32_t *ref; int32_t *source; uint32_t *sources; double *score; size_t cap;
     double *features; size_t features_cap;
+    char *text; size_t text_cap; size_t text_len;
     size_t n;
 } qac_answer_out;
 

@@ -662,8 +662,10 @@ class _Buffers:
 
     __slots__ = ("cap", "ctx", "ex", "ex_count", "ex_pop", "ex_src", "features", "max_beam",
                  "max_model", "max_prev", "n_in", "out", "ref", "score", "scratch", "source",
-                 "sources")
+                 "sources", "text", "text_cap")
     cap: int
+    text: Any
+    text_cap: int
     max_beam: int
     max_model: int
     max_prev: int
@@ -743,6 +745,9 @@ class Answerer:
         self.handle = ffi.gc(out[0], lib.qac_answerer_free)
         self._keep = (featurizer, model, keep)
         self._local = threading.local()
+        # the longest label in bytes, with its separator: bounds the answers' texts
+        off = a["offsets"]
+        self._label_bytes = int(np.diff(off).max()) if off.size > 1 else 1
 
     def label_range(self, prefix: bytes) -> tuple[int, int]:
         """Label ids [lo, hi) of the labels that start with ``prefix`` (UTF-8)."""
@@ -784,6 +789,7 @@ class Answerer:
             nb.ex.source, nb.ex.count, nb.ex.popularity = nb.ex_src, nb.ex_count, nb.ex_pop
             nb.cap, nb.max_beam, nb.max_model, nb.max_prev, nb.n_in = (
                 cap, max_beam, max_model, max_prev, n_in)
+            nb.text, nb.text_cap = (b.text, b.text_cap) if b is not None else (ffi.NULL, 0)
             self._local.b = b = nb
         if features:
             if b.features is None:
@@ -798,11 +804,11 @@ class Answerer:
                extra: list[str], extra_source: list[int], extra_count: list[int],
                extra_pop: list[int], now: float, beam: int, n_model: int, k: int,
                features: bool = False
-               ) -> tuple[list[int], list[int], list[float], np.ndarray | None]:
-        """One keystroke (see native/qac_answer.h): (ref, source, score) of the k best
-        rows, best first; with ``features``, every row in pool order and the feature
-        rows (float64 [n, len(FEATURES)]). ``ref`` >= 0 is a label id, else -1 - j
-        indexes ``extra + history.texts + session.texts``."""
+               ) -> tuple[list[str], list[int], list[float], list[int], np.ndarray | None]:
+        """One keystroke (see native/qac_answer.h): (text, source, score, ref) of the k
+        best rows, best first; with ``features``, every row in pool order, and the
+        feature rows (float64 [n, len(FEATURES)]). ``ref`` >= 0 is a label id, else
+        -1 - j indexes ``extra + history.texts``."""
         n_x = len(extra)
         if not len(extra_source) == len(extra_count) == len(extra_pop) == n_x:
             raise InputError("answer: extra texts and their numbers differ in length")
@@ -826,9 +832,17 @@ class Answerer:
             b.ex_count[0:n_x] = extra_count
             b.ex_pop[0:n_x] = extra_pop
         out.cap = b.cap if features else k
+        # a bound on the answers' bytes: each is a label or one of the texts given
+        need = min(out.cap, rows) * self._label_bytes + len(ext) + history.nbytes + 2 * out.cap
+        if b.text_cap < need:
+            cap = _grown(need, 4096)
+            b.text, b.text_cap = ffi.new("char[]", cap), cap
+        out.text, out.text_cap = b.text, b.text_cap
         check(lib.qac_answer(self.handle, b.scratch, prefix, len(prefix), ctx, ex, beam,
                              n_model, out), "qac_answer")
         del keep
         n = out.n
         X = b.features[:n].copy() if features and b.features is not None else None
-        return ffi.unpack(b.ref, n), ffi.unpack(b.source, n), ffi.unpack(b.score, n), X
+        texts = ffi.unpack(b.text, out.text_len).decode("utf-8", "surrogatepass").split(
+            "\n") if n else []
+        return texts, ffi.unpack(b.source, n), ffi.unpack(b.score, n), ffi.unpack(b.ref, n), X

@@ -693,16 +693,10 @@ class Completer:
         at = time.time() if now is None else float(now)
         cfg = self.config.sources
         want = k if self.extra_blocklist is None else 2 * k + 10
-        refs, got, scores, X = self.answerer.answer(
+        texts_out, got, scores, _, X = self.answerer.answer(
             p.encode("utf-8", "surrogatepass"), prev.encode("utf-8", "surrogatepass"),
             sess, hist, texts, srcs, counts, pops, at, self._beam, cfg.model, want, features)
-        n_x, n_h = len(texts), hist.n
-        text_of = self.labels.text_of
-        out = [text_of(r) if r >= 0 else
-               texts[-1 - r] if -1 - r < n_x else
-               hist.texts[-1 - r - n_x] if -1 - r < n_x + n_h else
-               sess.texts[-1 - r - n_x - n_h] for r in refs]
-        return out, got, scores, X
+        return texts_out, got, scores, X
 
     def complete(self, prefix: str | bytes, previous: str | bytes | None = None, k: int = 10,
                  history: HistoryLike = (), session: SessionLike = (),

@@ -61,13 +61,19 @@ def answerer(labels: list[str], popularity: list[int], forest: Forest,
 
 def run(a: _kernel.Answerer, prefix: str, prev: str, history: list, session: list,
         extra: list, k: int = 10, features: bool = False, n_model: int = 0,
+        labels: list[str] | None = None
         ) -> tuple[list[int], list[int], list[float], np.ndarray | None]:
     hist = _kernel.Texts([h[0] for h in history], [h[1] for h in history],
                          [h[2] for h in history])
     sess = _kernel.Texts([s[0] for s in session], None, [s[1] for s in session])
-    return a.answer(prefix.encode(), prev.encode(), sess, hist, [e[0] for e in extra],
-                    [e[1] for e in extra], [e[2] for e in extra], [e[3] for e in extra], NOW,
-                    10, n_model, k, features)
+    texts, srcs, scores, refs, X = a.answer(
+        prefix.encode(), prev.encode(), sess, hist, [e[0] for e in extra],
+        [e[1] for e in extra], [e[2] for e in extra], [e[3] for e in extra], NOW, 10, n_model,
+        k, features)
+    if labels is not None:  # the texts written by C are the texts the refs name
+        assert texts == [text_of(r, labels, history, session, extra) for r in refs]
+    assert len(texts) == len(refs)
+    return refs, srcs, scores, X
 
 
 def text_of(ref: int, labels: list[str], history: list, session: list, extra: list) -> str:
@@ -107,7 +113,8 @@ def test_pool_features_and_scores_match_the_reference(labels: list[str], data: s
     a = answerer(labels, popularity, forest, counts=counts, recent=recent)
     ref_rows = answer_pool(labels, popularity, prefix, prev, [], history, session, extra, NOW,
                            counts, recent)
-    refs, srcs, scores, X = run(a, prefix, prev, history, session, extra, features=True)
+    refs, srcs, scores, X = run(a, prefix, prev, history, session, extra, features=True,
+                                labels=labels)
     assert X is not None
     got = [text_of(r, labels, history, session, extra) for r in refs]
     assert got == [r["text"] for r in ref_rows]
@@ -119,7 +126,8 @@ def test_pool_features_and_scores_match_the_reference(labels: list[str], data: s
     assert all(t.startswith(prefix) and t != prev for t in got) and len(set(got)) == len(got)
     # the top-k path: the same rows, best first (ties: pool order)
     k = data.draw(st.integers(1, 12))
-    top_refs, top_srcs, top_scores, _ = run(a, prefix, prev, history, session, extra, k=k)
+    top_refs, top_srcs, top_scores, _ = run(a, prefix, prev, history, session, extra, k=k,
+                                            labels=labels)
     order = sorted(range(len(got)), key=lambda i: (-scores[i], i))[:k]
     assert top_refs == [refs[i] for i in order]
     assert top_scores == [scores[i] for i in order]
