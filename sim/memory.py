@@ -4,7 +4,8 @@
 
 Starts N fresh processes (spawned, so nothing is inherited from this one). Each opens the
 model directory with ``qac.storage.open_model_dir`` (checksums verified, as a server
-does), builds the engine with ``Engine.from_model_dir`` (every array memory-mapped), reads
+does), builds what a server answers with (a completer with ``Completer.load``, else the
+engine with ``Engine.from_model_dir``; every array memory-mapped), reads
 every page of every mapped array (``--no-touch`` skips that: then only the pages the
 queries reach are resident), answers the queries, and waits. With all N alive, this
 process reads each one's ``/proc/<pid>/smaps_rollup``:
@@ -82,11 +83,20 @@ def worker(path: str | None, queries: list[str], touch: bool, ready: Any, done: 
     try:
         t0 = time.perf_counter()
         md = open_model_dir(path)
-        engine = Engine.from_model_dir(md)
-        load_s = time.perf_counter() - t0
-        if touch:
-            _touch(md)
-        answers = [len(engine.search(normalize(q), k=10)[0]) for q in queries]
+        if md.kind == "completer":  # the whole answer path, as qac serve loads it
+            from qac.complete import Completer
+
+            completer = Completer.load(path, verify=False)
+            load_s = time.perf_counter() - t0
+            if touch:
+                _touch(md)
+            answers = [len(completer.complete(q, k=10)) for q in queries]
+        else:
+            engine = Engine.from_model_dir(md)
+            load_s = time.perf_counter() - t0
+            if touch:
+                _touch(md)
+            answers = [len(engine.search(normalize(q), k=10)[0]) for q in queries]
         ready.put({"pid": os.getpid(), "load_seconds": load_s, "answers": answers})
     except Exception as exc:  # noqa: BLE001 - reported by the parent
         ready.put({"pid": os.getpid(), "error": f"{type(exc).__name__}: {exc}"})
