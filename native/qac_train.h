@@ -18,6 +18,9 @@ typedef struct {
     double bias;       /* value of the bias feature appended to every instance, >= 0 */
     double threshold;  /* weights with |w| < threshold are dropped (the bias never is) */
     uint64_t seed;     /* per-node RNG seed = f(seed, node id): independent of threads */
+    uint64_t *progress; /* NULL, or a counter the trainer adds 1 to per unit done (a
+                          parent built, a node solved, a parent assembled: 2 x parents
+                          + nodes in all); another thread may read it meanwhile */
 } qac_train_params_t;
 
 typedef struct qac_layer qac_layer_t;

@@ -495,6 +495,7 @@ static void *worker(void *arg) {
         if (W->phase == 0) rc = build_parent(J, W->S, x);
         else if (W->phase == 1) rc = solve_node(J, W->S, x);
         else rc = assemble_parent(J, W->S, x);
+        if (!rc && J->prm->progress) __atomic_fetch_add(J->prm->progress, 1, __ATOMIC_RELAXED);
         if (rc) {
             int zero = 0;
             atomic_compare_exchange_strong(&J->err, &zero, rc);

@@ -285,6 +285,7 @@ def train_layer(
     seed: int,
     threads: int,
     max_chunk_entries: int = 2**31 - 1,
+    on_progress: Any = None,
 ) -> dict[str, np.ndarray]:
     """Train one layer's rankers in C; return the packed LayerWeights arrays by name
     (float32 weights; ``ent_child`` in the narrowest dtype the fan-out allows).
@@ -292,6 +293,9 @@ def train_layer(
     X is CSR (x_ptr int64 [n+1], x_idx int32, x_val float32); pos_* is CSR instance ->
     positive node ids at this layer; route_* is CSR parent -> instance ids (sorted).
     InputError when one parent's chunk would hold more than ``max_chunk_entries``.
+    ``on_progress(done, total)``, if given, is called a few times a second from
+    another thread while C trains, and once at the end with done == total (the units:
+    parents built, nodes solved, parents assembled).
     """
     if solver not in SOLVERS:
         raise InputError(f"solver: expected one of {sorted(SOLVERS)}, got {solver!r}")
@@ -320,9 +324,12 @@ def train_layer(
     params.Cp, params.Cn, params.eps = Cp, Cn, eps
     params.max_iter, params.bias, params.threshold = max_iter, bias, threshold
     params.seed = seed & 0xFFFFFFFFFFFFFFFF
+    done = ffi.new("uint64_t *")
+    params.progress = done if on_progress is not None else ffi.NULL
     out = ffi.new("qac_layer_t **")
-    check(
-        lib.qac_train_layer(
+    watcher = _watch(done, 2 * n_parents + n_nodes, on_progress) if on_progress else None
+    try:
+        code = lib.qac_train_layer(
             params,
             n, n_features, ptr(x_ptr, "int64_t *"), ptr(x_idx, "int32_t *"),
             ptr(x_val, "float *"), x_idx.shape[0],
@@ -330,9 +337,11 @@ def train_layer(
             ptr(pos_ptr, "int64_t *"), ptr(pos_node, "int32_t *"), pos_node.shape[0],
             ptr(route_ptr, "int64_t *"), ptr(route_inst, "int32_t *"), route_inst.shape[0],
             threads, out,
-        ),
-        "train_layer",
-    )
+        )
+    finally:
+        if watcher is not None:
+            watcher()
+    check(code, "train_layer")
     handle = ffi.gc(out[0], lib.qac_layer_free)
     sizes = ffi.new("size_t[4]")
     check(lib.qac_layer_sizes(handle, sizes, sizes + 1, sizes + 2, sizes + 3), "train_layer")
@@ -369,6 +378,29 @@ def train_layer(
     ffi.release(handle)
     arrays["row_fence"] = row_fence(arrays["row_feat"])
     return arrays
+
+
+def _watch(counter: Any, total: int, on_progress: Any) -> Any:
+    """Poll a counter the C trainer adds to (the call runs with the GIL released) and
+    report ``on_progress(done, total)`` a few times a second; returns the function
+    that stops the poller and reports the end."""
+    import threading
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(0.2):
+            on_progress(int(counter[0]), total)
+
+    t = threading.Thread(target=poll, name="qac-train-progress", daemon=True)
+    t.start()
+
+    def finish() -> None:
+        stop.set()
+        t.join()
+        on_progress(int(counter[0]), total)
+
+    return finish
 
 
 # --- features ---

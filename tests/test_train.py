@@ -215,6 +215,42 @@ def test_end_to_end_ranks_own_label_first(solver: str) -> None:
     assert (top == lab).mean() > 0.9
 
 
+def test_progress_inside_a_layer_counts_every_unit(capsys: pytest.CaptureFixture[str]) -> None:
+    """The C trainer's units (parents built, nodes solved, parents assembled) reach the
+    caller while it runs, and add up to 2 x parents + nodes; train_xlinear shows them
+    as a bar inside each layer."""
+    X, Y, _ = _synthetic(n=400, L=20)
+    cps = _tree(20, 3)
+    layers = train_xlinear(X, Y, cps, np.arange(20, dtype=np.int32), progress=True)
+    err = capsys.readouterr().err
+    assert "layer 3/3" in err and "train layers" in err
+    seen: list[tuple[int, int]] = []
+    ref = train_xlinear(X, Y, cps, np.arange(20, dtype=np.int32))
+    # the same layer trained through the wrapper with a counter: the same weights
+    import qac.model.train as tm
+
+    real = tm._kernel.train_layer
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        kw["on_progress"] = lambda done, total: seen.append((done, total))
+        return real(*args, **kw)
+
+    tm._kernel.train_layer = spy  # type: ignore[assignment]
+    try:
+        again = train_xlinear(X, Y, cps, np.arange(20, dtype=np.int32))
+    finally:
+        tm._kernel.train_layer = real  # type: ignore[assignment]
+    for a, b in zip(again, ref, strict=True):
+        assert np.array_equal(a.ent_val, b.ent_val)
+    ends = [t for t in seen if t[0] == t[1]]
+    parents = [len(c) - 1 for c in cps]
+    nodes = [int(c[-1]) for c in cps]
+    assert sorted(t for _, t in ends) == sorted(2 * p + n for p, n in zip(parents, nodes,
+                                                                           strict=True))
+    assert all(0 <= d <= t for d, t in seen)
+    assert layers
+
+
 def test_multilabel_and_unlabeled_instances() -> None:
     X, Y, _ = _synthetic(n=400, L=20)
     Y = sp.lil_matrix(Y)

@@ -168,6 +168,16 @@ def _positive_pairs(
     return out
 
 
+def _advance(bar: Any) -> Any:
+    """An ``on_progress(done, total)`` that moves a tqdm bar to ``done``."""
+
+    def update(done: int, total: int) -> None:
+        if done > bar.n:
+            bar.update(done - bar.n)
+
+    return update
+
+
 def train_xlinear(
     X: sp.csr_matrix,
     Y: sp.csr_matrix,
@@ -224,15 +234,28 @@ def train_xlinear(
                 keep = mask[pinst]
                 pinst, pnode = pinst[keep], pnode[keep]
             route_ptr, route_inst = _pairs_to_csr(pnode, pinst, n_parents, n)
-        arrays = _kernel.train_layer(
-            x_ptr, X.indices, X.data, d, cps[layer - 1], n_nodes,
-            pos_ptr, pos_node, route_ptr, route_inst,
-            solver=config.solver, Cp=float(config.Cp), Cn=float(config.Cn),
-            eps=float(config.eps), max_iter=int(config.max_iter), bias=float(config.bias),
-            threshold=float(config.threshold),
-            seed=(int(config.seed) * 0x9E3779B1 + layer) & 0xFFFFFFFFFFFFFFFF,
-            threads=int(config.threads),
-        )
+        bar: Any = None
+        if progress:
+            from tqdm import tqdm
+
+            # inside the layer: the C trainer's units (parents built, nodes solved,
+            # parents assembled), polled while it runs
+            bar = tqdm(total=2 * n_parents + n_nodes, desc=f"layer {layer}/{D}", unit="unit",
+                       leave=False, position=1)
+        try:
+            arrays = _kernel.train_layer(
+                x_ptr, X.indices, X.data, d, cps[layer - 1], n_nodes,
+                pos_ptr, pos_node, route_ptr, route_inst,
+                solver=config.solver, Cp=float(config.Cp), Cn=float(config.Cn),
+                eps=float(config.eps), max_iter=int(config.max_iter), bias=float(config.bias),
+                threshold=float(config.threshold),
+                seed=(int(config.seed) * 0x9E3779B1 + layer) & 0xFFFFFFFFFFFFFFFF,
+                threads=int(config.threads),
+                on_progress=None if bar is None else _advance(bar),
+            )
+        finally:
+            if bar is not None:
+                bar.close()
         arrays["ent_val"] = _pack_values(arrays["ent_val"], config.values, layer)
         lw = LayerWeights.from_arrays(arrays)
         layers.append(lw)
