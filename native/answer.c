@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "qac.h"
+#include "qac_match.h"
 
 enum {
 #define QAC_ENUM(e, n, d) F_##e,
@@ -20,11 +21,15 @@ static const char *const feature_names[QAC_NF] = {
 #undef QAC_NAME
 };
 
-static const char *const source_names[QAC_NSRC] = {"model", "mpc", "history",
-                                                    "session", "suffix", "word"};
+static const char *const source_names[QAC_NSRC] = {"model", "mpc", "history", "session",
+                                                    "suffix", "word", "typo", "words"};
 /* the source an answer is shown with: the first of these that made it */
 static const int shown_first[QAC_NSRC] = {QAC_SRC_HISTORY, QAC_SRC_MODEL, QAC_SRC_MPC,
-                                          QAC_SRC_SESSION, QAC_SRC_SUFFIX, QAC_SRC_WORD};
+                                          QAC_SRC_SESSION, QAC_SRC_SUFFIX, QAC_SRC_WORD,
+                                          QAC_SRC_WORDS, QAC_SRC_TYPO};
+/* the sources with an is_<source> feature column (IS_MODEL .. IS_WORD, in order) */
+#define N_SRC_FEATURES 6
+_Static_assert(F_IS_WORD - F_IS_MODEL + 1 == N_SRC_FEATURES, "one is_ column per source");
 
 #define MAX_ROWS ((size_t)1 << 24)
 #define NOT_IN_BEAM (-12.0)
@@ -54,6 +59,12 @@ struct qac_answerer {
     node_t *nodes;   /* the forest's nodes and leaves packed (a private copy: small) */
     int32_t *root;   /* n_trees: each tree's root in nodes */
     int32_t *depth;  /* n_trees: the steps from its root to its deepest leaf */
+    qac_rmq_t by_pop; /* the most popular labels of a range */
+    /* every word start of every label (label, byte offset), sorted by the text from
+     * there to the label's end: the labels with a word that starts with a token */
+    int32_t *w_label, *w_off;
+    size_t n_words;
+    qac_rmq_t w_by_pop;
 };
 
 typedef struct {
@@ -70,6 +81,9 @@ typedef struct {
     int32_t hist_order; /* index among the matching history entries, by recency; -1 none */
     double sess_count, sess_rank;
     int64_t recent;     /* times issued in the last days of the training log */
+    int32_t group;      /* 0 starts with the prefix, 1 word-prefix match, 1 + edits typo */
+    int32_t edits;      /* typo corrections (0: none) */
+    int32_t as_mpc;     /* a match: a most popular completion of what was meant */
 } row_t;
 
 typedef struct {
@@ -81,7 +95,18 @@ typedef struct {
 typedef struct {
     double score;
     int32_t row;
+    int32_t group;
 } ranked_t;
+
+/* a range of an array whose entries come out most popular first (typo and word
+ * matches): a heap of these, ordered by group, then popularity */
+typedef struct {
+    int32_t group;
+    int64_t pop;
+    size_t pos, lo, hi;
+} span_t;
+
+#define MAX_SPANS 1024
 
 typedef struct {
     double age; /* < 0 unknown: sorts after known ages, then by index */
@@ -106,6 +131,10 @@ struct qac_answer_scratch {
     uint32_t *stamp; /* max_prev + 1 */
     uint32_t tick;
     uint64_t *grams; /* max_prev + 3: the previous query's 3-gram hashes, sorted */
+    uint64_t *row_key; /* max_rows: the near-duplicate keys of the rows kept */
+    qac_fuzzy_t fuzzy;
+    qac_fuzzy_range ranges[MAX_SPANS];
+    span_t heap[3 * MAX_SPANS];
 };
 
 /* ---- validation ------------------------------------------------------------- */
@@ -168,6 +197,56 @@ static int check_forest(const qac_forest_view *f) {
         if (r >= 0 ? (size_t)r >= f->n_nodes : (size_t)~r >= f->n_leaves) return QAC_E_RANGE;
     }
     return QAC_OK;
+}
+
+/* a word start while the index is built: where its text starts and ends */
+typedef struct {
+    const char *p;
+    uint32_t n;
+    int32_t label, off;
+} wstart_t;
+
+static int by_text(const void *x, const void *y) {
+    const wstart_t *a = x, *b = y;
+    uint32_t k = a->n < b->n ? a->n : b->n;
+    int c = k ? memcmp(a->p, b->p, k) : 0;
+    if (c) return c;
+    if (a->n != b->n) return a->n < b->n ? -1 : 1;
+    return (a->label > b->label) - (a->label < b->label);
+}
+
+/* the word-start index (w_label, w_off sorted by text, and its range maxima) */
+static int build_words(qac_answerer_t *a) {
+    const char *t = a->lab.text;
+    size_t total = 0;
+    for (size_t i = 0; i < a->n_labels; i++) {
+        int64_t s = a->lab.offsets[i], e = a->lab.offsets[i + 1] - 1;
+        for (int64_t j = s; j < e; j++)
+            total += j == s || (t[j - 1] == ' ' && t[j] != ' ');
+    }
+    if (total > (size_t)INT32_MAX) return QAC_E_RANGE;
+    wstart_t *w = malloc((total + 1) * sizeof *w);
+    a->w_label = malloc((total + 1) * sizeof *a->w_label);
+    a->w_off = malloc((total + 1) * sizeof *a->w_off);
+    if (!w || !a->w_label || !a->w_off) {
+        free(w);
+        return QAC_E_NOMEM;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < a->n_labels; i++) {
+        int64_t s = a->lab.offsets[i], e = a->lab.offsets[i + 1] - 1;
+        for (int64_t j = s; j < e; j++)
+            if (j == s || (t[j - 1] == ' ' && t[j] != ' '))
+                w[k++] = (wstart_t){t + j, (uint32_t)(e - j), (int32_t)i, (int32_t)(j - s)};
+    }
+    qsort(w, k, sizeof *w, by_text);
+    for (size_t i = 0; i < k; i++) {
+        a->w_label[i] = w[i].label;
+        a->w_off[i] = w[i].off;
+    }
+    free(w);
+    a->n_words = k;
+    return qac_rmq_init(&a->w_by_pop, a->lab.popularity, a->w_label, k);
 }
 
 int qac_answerer_new(const qac_featurizer_t *featurizer, const qac_model_t *model,
@@ -251,6 +330,12 @@ int qac_answerer_new(const qac_featurizer_t *featurizer, const qac_model_t *mode
         a->depth[t] = deepest;
     }
     free(level);
+    rc = qac_rmq_init(&a->by_pop, a->lab.popularity, NULL, n);
+    if (rc == QAC_OK) rc = build_words(a);
+    if (rc) {
+        qac_answerer_free(a);
+        return rc;
+    }
     *out = a;
     return QAC_OK;
 }
@@ -260,6 +345,10 @@ void qac_answerer_free(qac_answerer_t *answerer) {
     free(answerer->nodes);
     free(answerer->root);
     free(answerer->depth);
+    qac_rmq_free(&answerer->by_pop);
+    qac_rmq_free(&answerer->w_by_pop);
+    free(answerer->w_label);
+    free(answerer->w_off);
     free(answerer);
 }
 
@@ -278,6 +367,7 @@ void qac_answer_scratch_free(qac_answer_scratch_t *s) {
     free(s->pieces);
     free(s->stamp);
     free(s->grams);
+    free(s->row_key);
     free(s);
 }
 
@@ -314,8 +404,9 @@ int qac_answer_scratch_new(const qac_answerer_t *a, size_t max_rows, size_t max_
     s->pieces = malloc((max_prev + 1) * sizeof *s->pieces);
     s->stamp = calloc(max_prev + 1, sizeof *s->stamp);
     s->grams = malloc((max_prev + 3) * sizeof *s->grams);
+    s->row_key = malloc(max_rows * sizeof *s->row_key);
     if (!s->feat_idx || !s->feat_val || !s->ids || !s->scores || !s->rows || !s->slot ||
-        !s->x || !s->order || !s->hm || !s->pieces || !s->stamp || !s->grams) {
+        !s->x || !s->order || !s->hm || !s->pieces || !s->stamp || !s->grams || !s->row_key) {
         qac_answer_scratch_free(s);
         return QAC_E_NOMEM;
     }
@@ -554,6 +645,12 @@ static int by_score(const void *a, const void *b) {
     return (x->row > y->row) - (x->row < y->row);
 }
 
+static int by_rank(const void *a, const void *b) {
+    const ranked_t *x = a, *y = b;
+    if (x->group != y->group) return x->group < y->group ? -1 : 1;
+    return by_score(a, b);
+}
+
 static int by_recency(const void *a, const void *b) {
     const hmatch_t *x = a, *y = b;
     int ux = x->age < 0, uy = y->age < 0;
@@ -680,7 +777,7 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
         size_t n;
         if (next_text(ex->text, ex->text_len, &at, j, ex->n, &t, &n)) return QAC_E_INPUT;
         int32_t g = ex->source[j];
-        if (g <= QAC_SRC_MODEL || g >= QAC_NSRC || g == QAC_SRC_HISTORY || ex->count[j] < 0 ||
+        if (g <= QAC_SRC_MODEL || g >= N_SRC_FEATURES || g == QAC_SRC_HISTORY || ex->count[j] < 0 ||
             ex->popularity[j] < 0)
             return QAC_E_INPUT;
         size_t mpc_at = g == QAC_SRC_MPC ? ++n_mpc : 0;
@@ -722,6 +819,325 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
     return QAC_OK;
 }
 
+/* ---- matching beyond the prefix (qac_match_view) ------------------------------ */
+
+#define MAX_TOKENS 16
+#define GUESS_GROUP (2 + QAC_FUZZY_MAX_EDITS) /* after every match */
+#define WORD_MAX_POPS 2048
+
+typedef struct {
+    const char *p;
+    size_t n;
+    int whole; /* the last word, finished by a space: the whole word */
+} token_t;
+
+/* the typed words (empty ones dropped); 0 when there are too many */
+static size_t split_tokens(const char *t, size_t n, token_t *tok) {
+    size_t k = 0, i = 0;
+    while (i < n) {
+        while (i < n && t[i] == ' ') i++;
+        size_t a = i;
+        while (i < n && t[i] != ' ') i++;
+        if (i > a) {
+            if (k == MAX_TOKENS) return 0;
+            tok[k++] = (token_t){t + a, i - a, 0};
+        }
+    }
+    if (k && n && t[n - 1] == ' ') tok[k - 1].whole = 1;
+    return k;
+}
+
+/* Whether successive words of t start with the tokens, the first at a word of t
+ * that starts at or after byte `from` (0: any word). */
+static int words_match(const char *t, size_t n, const token_t *tok, size_t k, size_t from) {
+    for (size_t at = from; at < n;) {
+        /* at: a word start */
+        size_t w = at, j = 0;
+        for (; j < k && w < n; j++) {
+            size_t e = w;
+            while (e < n && t[e] != ' ') e++;
+            if (!starts_with(t + w, e - w, tok[j].p, tok[j].n) ||
+                (tok[j].whole && e - w != tok[j].n))
+                break;
+            w = e;
+            while (w < n && t[w] == ' ') w++;
+        }
+        if (j == k) return 1;
+        while (at < n && t[at] != ' ') at++;
+        while (at < n && t[at] == ' ') at++;
+    }
+    return 0;
+}
+
+static int span_before(const span_t *x, const span_t *y) {
+    if (x->group != y->group) return x->group < y->group;
+    if (x->pop != y->pop) return x->pop > y->pop;
+    return x->pos < y->pos;
+}
+
+static void heap_push(span_t *h, size_t *n, span_t v) {
+    size_t i = (*n)++;
+    while (i && span_before(&v, &h[(i - 1) / 2])) {
+        h[i] = h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h[i] = v;
+}
+
+static span_t heap_pop(span_t *h, size_t *n) {
+    span_t top = h[0], last = h[--*n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && span_before(&h[c + 1], &h[c])) c++;
+        if (!span_before(&h[c], &last)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n) h[i] = last;
+    return top;
+}
+
+/* push [lo, hi) of an array (by its range maxima) unless empty or the heap is full */
+static void push_span(span_t *h, size_t *n, size_t cap, const qac_rmq_t *r, int32_t group,
+                      size_t lo, size_t hi) {
+    if (lo >= hi || *n >= cap) return;
+    size_t pos = qac_rmq_argmax(r, lo, hi);
+    heap_push(h, n, (span_t){group, qac_rmq_value(r, pos), pos, lo, hi});
+}
+
+/* a row for label id, not yet in the pool or in it from another match: marked with
+ * source g and group, the lower group kept. Returns 1 for a new row, 0 for one
+ * already there, -1 when the pool is full. */
+static int add_match(const qac_answerer_t *a, pool_t *pool, int32_t id, int g, int32_t group,
+                     int32_t edits, size_t rank) {
+    size_t n;
+    const char *t = label_text(a, (size_t)id, &n);
+    size_t before = pool->n;
+    int32_t r = row_of(pool, t, n, id);
+    if (r < 0) return -1;
+    row_t *w = &pool->s->rows[r];
+    if ((size_t)r >= before) {
+        /* most popular first, as MPC lists the completions of a prefix: the ranker
+         * reads it so */
+        w->label = id;
+        w->group = group;
+        w->edits = edits;
+        w->as_mpc = 1;
+        w->mpc_rank = 1.0 / (double)(rank + 1);
+    } else if (group < w->group) {
+        w->group = group;
+        w->edits = edits;
+    }
+    w->sources |= 1u << g;
+    return (size_t)r >= before;
+}
+
+/* the lower bound, in the word-start index, of the words >= t (prefix: compare only
+ * the first len(t) bytes) */
+static size_t word_bound(const qac_answerer_t *a, const char *t, size_t n, int upper) {
+    size_t lo = 0, hi = a->n_words;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        size_t m;
+        const char *l = label_text(a, (size_t)a->w_label[mid], &m);
+        l += a->w_off[mid];
+        m -= (size_t)a->w_off[mid];
+        size_t k = m < n ? m : n;
+        int c = k ? memcmp(l, t, k) : 0;
+        if (c == 0 && m < n) c = -1;
+        if (upper ? c <= 0 : c < 0) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+/* past queries of the user that match by word prefix or within a few edits (the
+ * prefix's own ones are in the pool already) */
+static int match_history(const qac_answerer_t *a, pool_t *pool, const char *prefix,
+                         size_t plen, const qac_context_view *ctx, const qac_extra_view *ex,
+                         const token_t *tok, size_t n_tok, int max_edits, int fix_first,
+                         size_t *n_hm) {
+    qac_answer_scratch_t *s = pool->s;
+    const size_t first = *n_hm;
+    size_t at = 0;
+    for (size_t j = 0; j < ctx->n_history; j++) {
+        const char *t;
+        size_t n;
+        if (next_text(ctx->history, ctx->history_len, &at, j, ctx->n_history, &t, &n))
+            return QAC_E_INPUT;
+        if (n == 0 || starts_with(t, n, prefix, plen) ||
+            (ctx->prev_len && same(t, n, ctx->prev, ctx->prev_len)))
+            continue;
+        int32_t group = -1, edits = 0;
+        if (n_tok && words_match(t, n, tok, n_tok, 0)) {
+            group = 1;
+        } else if (max_edits) {
+            /* without a trailing space (a finished word is not corrected into
+             * another); 0 edits there is a completion of the unfinished word */
+            size_t tl = plen;
+            while (tl && prefix[tl - 1] == ' ') tl--;
+            int e = tl ? qac_prefix_edits((const unsigned char *)t, n,
+                                          (const unsigned char *)prefix, tl, max_edits,
+                                          fix_first)
+                       : max_edits + 1;
+            if (e >= 1 && e <= max_edits) group = 1 + e, edits = e;
+        }
+        if (group < 0) continue;
+        int32_t r = row_of(pool, t, n, -1 - (int32_t)(ex->n + j));
+        if (r < 0) return QAC_E_CAPACITY;
+        row_t *w = &s->rows[r];
+        if (w->sources & (1u << QAC_SRC_HISTORY)) continue; /* a repeated entry */
+        w->sources |= 1u << QAC_SRC_HISTORY | 1u << (group == 1 ? QAC_SRC_WORDS : QAC_SRC_TYPO);
+        w->group = group;
+        w->edits = edits;
+        w->hist_count = log1p((double)ctx->history_count[j]);
+        double age = age_of(ctx, ctx->history_time[j]);
+        w->hist_age = age >= 0 ? log1p(age) : QAC_MISSING_AGE;
+        w->label = find_label(a, t, n, 0, a->n_labels);
+        if (w->label >= 0) w->ref = w->label;
+        s->hm[(*n_hm)++] = (hmatch_t){age, (int32_t)j, r};
+    }
+    qsort(s->hm + first, *n_hm - first, sizeof *s->hm, by_recency);
+    for (size_t i = first; i < *n_hm; i++) s->rows[s->hm[i].row].hist_order = (int32_t)i;
+    return QAC_OK;
+}
+
+/* labels whose successive words start with the typed words, most popular first */
+static int match_words(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_t plen,
+                       const token_t *tok, size_t n_tok, size_t limit) {
+    qac_answer_scratch_t *s = pool->s;
+    if (!n_tok || !a->n_words) return QAC_OK;
+    /* the rarest typed word: its word starts are the fewest to check */
+    size_t best = 0, blo = 0, bhi = 0;
+    for (size_t i = 0; i < n_tok; i++) {
+        size_t lo = word_bound(a, tok[i].p, tok[i].n, 0), hi = word_bound(a, tok[i].p,
+                                                                         tok[i].n, 1);
+        if (i == 0 || hi - lo < bhi - blo) best = i, blo = lo, bhi = hi;
+    }
+    size_t nh = 0, added = 0, pops = 0;
+    push_span(s->heap, &nh, 3 * MAX_SPANS, &a->w_by_pop, 1, blo, bhi);
+    while (nh && added < limit && pops++ < WORD_MAX_POPS) {
+        span_t v = heap_pop(s->heap, &nh);
+        push_span(s->heap, &nh, 3 * MAX_SPANS, &a->w_by_pop, 1, v.lo, v.pos);
+        push_span(s->heap, &nh, 3 * MAX_SPANS, &a->w_by_pop, 1, v.pos + 1, v.hi);
+        const int32_t id = a->w_label[v.pos];
+        size_t n;
+        const char *t = label_text(a, (size_t)id, &n);
+        /* the typed words from `best` on start at this word; the ones before at the
+         * words before it */
+        size_t from = (size_t)a->w_off[v.pos];
+        for (size_t back = 0; back < best && from; back++) {
+            size_t e = from;
+            while (e && t[e - 1] == ' ') e--;
+            while (e && t[e - 1] != ' ') e--;
+            from = e;
+        }
+        if (!words_match(t, n, tok, n_tok, from) || starts_with(t, n, prefix, plen)) continue;
+        int r = add_match(a, pool, id, QAC_SRC_WORDS, 1, 0, added);
+        if (r < 0) return QAC_E_CAPACITY;
+        added += (size_t)r;
+    }
+    return QAC_OK;
+}
+
+/* labels within a few edits of the prefix, fewer edits first, then most popular */
+static int match_typos(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_t plen,
+                       int max_edits, int fix_first, size_t limit, size_t max_visits,
+                       int64_t elo, int64_t ehi, size_t *visited) {
+    qac_answer_scratch_t *s = pool->s;
+    qac_fuzzy_t *z = &s->fuzzy;
+    z->text = a->lab.text;
+    z->offsets = a->lab.offsets;
+    z->n = a->n_labels;
+    z->p = (const unsigned char *)prefix;
+    z->m = plen;
+    z->max_edits = max_edits;
+    z->fix_first = fix_first;
+    z->ranges = s->ranges;
+    z->cap = MAX_SPANS;
+    z->max_visits = max_visits;
+    qac_fuzzy_search(z);
+    *visited = z->visited;
+    size_t nh = 0, added = 0, pops = 0;
+    for (size_t i = 0; i < z->n_ranges; i++)
+        push_span(s->heap, &nh, 3 * MAX_SPANS, &a->by_pop, 1 + z->ranges[i].cost,
+                  z->ranges[i].lo, z->ranges[i].hi);
+    while (nh && added < limit && pops++ < 8 * limit + 64) {
+        span_t v = heap_pop(s->heap, &nh);
+        push_span(s->heap, &nh, 3 * MAX_SPANS, &a->by_pop, v.group, v.lo, v.pos);
+        push_span(s->heap, &nh, 3 * MAX_SPANS, &a->by_pop, v.group, v.pos + 1, v.hi);
+        if ((int64_t)v.pos >= elo && (int64_t)v.pos < ehi) continue; /* starts with it */
+        int r = add_match(a, pool, (int32_t)v.pos, QAC_SRC_TYPO, v.group, v.group - 1, added);
+        if (r < 0) return QAC_E_CAPACITY;
+        added += (size_t)r;
+    }
+    return QAC_OK;
+}
+
+/* the matches beyond the prefix, when its own answers are fewer than wanted */
+static int match_more(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_t plen,
+                      const qac_context_view *ctx, const qac_extra_view *ex,
+                      const qac_match_view *mv, size_t want, int64_t elo, int64_t ehi,
+                      size_t *n_hm, size_t *visited) {
+    *visited = 0;
+    if (!mv || plen == 0) return QAC_OK;
+    /* the prefix's own answers: its labels and the user's queries; a generated
+     * guess (session, suffix, word: a text nobody issued) does not count */
+    const uint32_t guess = 1u << QAC_SRC_SESSION | 1u << QAC_SRC_SUFFIX | 1u << QAC_SRC_WORD;
+    size_t own = 0;
+    for (size_t r = 0; r < pool->n; r++) {
+        row_t *w = &pool->s->rows[r];
+        if (w->label < 0 && elo < ehi) {
+            w->label = find_label(a, w->text, w->len, (size_t)elo, (size_t)ehi);
+            if (w->label >= 0) w->ref = w->label;
+        }
+        own += w->label >= 0 || (w->sources & ~guess);
+    }
+    if (own >= want) return QAC_OK;
+    const size_t before = pool->n, n_own = *n_hm;
+    token_t tok[MAX_TOKENS];
+    size_t n_tok = mv->words ? split_tokens(prefix, plen, tok) : 0;
+    const size_t chars = count_chars(prefix, plen);
+    int edits = mv->typos;
+    if (chars < mv->one_typo_chars) edits = 0;
+    else if (chars < mv->two_typo_chars && edits > 1) edits = 1;
+    if (plen > QAC_FUZZY_MAX_BYTES) edits = 0;
+    const int fix_first = !mv->first_char;
+    /* a trailing space finished the word: the corrections keep it (the search runs
+     * on the text before it, whose own completions are not corrections) */
+    size_t tlen = plen;
+    while (tlen && prefix[tlen - 1] == ' ') tlen--;
+    int rc = match_history(a, pool, prefix, plen, ctx, ex, tok, n_tok, edits, fix_first, n_hm);
+    if (rc == QAC_OK && n_tok) rc = match_words(a, pool, prefix, plen, tok, n_tok, mv->fuzzy);
+    if (rc == QAC_OK && edits && tlen) {
+        int64_t tlo = elo, thi = ehi;
+        if (tlen < plen) {
+            tlo = (int64_t)lower_bound(a, prefix, tlen, 1);
+            thi = (int64_t)upper_prefix(a, prefix, tlen);
+        }
+        rc = match_typos(a, pool, prefix, tlen, edits, fix_first, mv->fuzzy, mv->max_visits,
+                         tlo, thi, visited);
+    }
+    /* Once something matched a prefix that no label or past query starts with, the
+     * guesses made from it are ranked with the matches: with the word-prefix ones
+     * (before corrections) when labels start with its words before the last (the
+     * last word is what it guesses; "miami ct": "miami ctc"), else after every
+     * match (a damaged head: "weathr chan" makes "weathr channel"). */
+    if (rc == QAC_OK && elo == ehi && n_own == 0 && pool->n > before) {
+        size_t head = plen;
+        while (head && prefix[head - 1] != ' ') head--;
+        const int32_t group =
+            head && lower_bound(a, prefix, head, 1) < upper_prefix(a, prefix, head)
+                ? 1 : GUESS_GROUP;
+        for (size_t r = 0; r < before; r++) {
+            row_t *w = &pool->s->rows[r];
+            if (w->label < 0 && !(w->sources & ~guess)) w->group = group;
+        }
+    }
+    return rc;
+}
+
 /* every row's feature vector, then its score */
 static void featurize_rows(const qac_answerer_t *a, pool_t *pool, const char *prefix,
                            size_t plen, const qac_context_view *ctx, size_t n_hm,
@@ -746,7 +1162,8 @@ static void featurize_rows(const qac_answerer_t *a, pool_t *pool, const char *pr
             if (w->label >= 0) w->ref = w->label;
         }
         double pop = w->label >= 0 ? (double)a->lab.popularity[w->label] : (double)w->pop;
-        for (int g = 0; g < QAC_NSRC; g++) x[F_IS_MODEL + g] = (w->sources >> g) & 1u;
+        for (int g = 0; g < N_SRC_FEATURES; g++) x[F_IS_MODEL + g] = (w->sources >> g) & 1u;
+        if (w->as_mpc) x[F_IS_MPC] = 1.0;
         x[F_MODEL_LOGSCORE] = w->model_logscore;
         x[F_MODEL_RANK] = w->model_rank;
         x[F_LOGPOP] = log1p(pop);
@@ -778,17 +1195,86 @@ static void featurize_rows(const qac_answerer_t *a, pool_t *pool, const char *pr
         x[F_RECENT_POP] = log1p((double)w->recent);
         x[F_RECENT_TREND] = log((1.0 + (double)w->recent) / (1.0 + (double)count));
     }
-    /* rank by recent count within the pool (ties: pool order); 0 for none. The order
-     * array is free until the scores fill it. */
+    /* rank by recent count within the row's group of the pool (ties: pool order; so
+     * matches never change the features of the prefix's own answers); 0 for none.
+     * The order array is free until the scores fill it. */
     for (size_t r = 0; r < pool->n; r++)
-        s->order[r] = (ranked_t){(double)s->rows[r].recent, (int32_t)r};
-    qsort(s->order, pool->n, sizeof *s->order, by_score);
-    for (size_t i = 0; i < pool->n; i++) {
+        s->order[r] = (ranked_t){(double)s->rows[r].recent, (int32_t)r, s->rows[r].group};
+    qsort(s->order, pool->n, sizeof *s->order, by_rank);
+    for (size_t i = 0, first = 0; i < pool->n; i++) {
         const int32_t r = s->order[i].row;
+        if (i && s->order[i].group != s->order[i - 1].group) first = i;
         s->x[(size_t)r * QAC_NF + F_RECENT_RANK] =
-            s->rows[r].recent > 0 ? 1.0 / (1.0 + (double)i) : 0.0;
+            s->rows[r].recent > 0 ? 1.0 / (1.0 + (double)(i - first)) : 0.0;
     }
     forest_scores(a, s->x, pool->n, s->order);
+}
+
+/* ---- near-duplicates ------------------------------------------------------------ */
+
+static int decoration(const unsigned char *w, size_t n) {
+    static const char *const words[] = {"www", "http", "https", "com", "net", "org",
+                                        "html", "htm"};
+    for (size_t i = 0; i < sizeof words / sizeof *words; i++)
+        if (strlen(words[i]) == n && memcmp(w, words[i], n) == 0) return 1;
+    return 0;
+}
+
+uint64_t qac_variant_key(const char *text, size_t len) {
+    const unsigned char *t = (const unsigned char *)(text ? text : "");
+    uint64_t h = 1469598103934665603ULL;
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && !(t[i] >= 0x80 || (t[i] >= '0' && t[i] <= '9') ||
+                            (t[i] >= 'a' && t[i] <= 'z') || (t[i] >= 'A' && t[i] <= 'Z')))
+            i++;
+        size_t a = i;
+        while (i < len && (t[i] >= 0x80 || (t[i] >= '0' && t[i] <= '9') ||
+                           (t[i] >= 'a' && t[i] <= 'z') || (t[i] >= 'A' && t[i] <= 'Z')))
+            i++;
+        size_t n = i - a;
+        if (n == 0 || decoration(t + a, n)) continue;
+        if (n > 3 && t[a + n - 1] == 's' && t[a + n - 2] != 's' && t[a + n - 2] != 'u' &&
+            t[a + n - 2] != 'i')
+            n--;
+        for (size_t k = 0; k < n; k++) h = (h ^ t[a + k]) * 1099511628211ULL;
+    }
+    return h;
+}
+
+/* the popularity a row's text has (a label's, or what its source gave) */
+static double row_pop(const qac_answerer_t *a, const row_t *w) {
+    return w->label >= 0 ? (double)a->lab.popularity[w->label] : (double)w->pop;
+}
+
+/* Keep the first row of each near-duplicate group in score order (s->order[0..n)),
+ * dropping the others, until cap rows are kept; the kept row takes the text of the
+ * group's variant to show (the user's own, else the most popular), keeping its
+ * place and score. Returns how many rows are kept at the front of s->order. The
+ * hash slots of s are free here, so they hold (key, kept index) pairs. */
+static size_t collapse_variants(const qac_answerer_t *a, qac_answer_scratch_t *s, size_t n,
+                                size_t cap) {
+    size_t kept = 0;
+    uint64_t *keys = s->row_key;
+    for (size_t i = 0; i < n && kept < cap; i++) {
+        row_t *w = &s->rows[s->order[i].row];
+        uint64_t key = qac_variant_key(w->text, w->len);
+        size_t j = 0;
+        while (j < kept && keys[j] != key) j++;
+        if (j == kept) {
+            keys[kept] = key;
+            s->order[kept++] = s->order[i];
+            continue;
+        }
+        /* a variant of kept row j: show it instead when it is the user's own, or
+         * more popular and the kept one is not the user's */
+        row_t *k = &s->rows[s->order[j].row];
+        const uint32_t mine = 1u << QAC_SRC_HISTORY;
+        if ((w->sources & mine && !(k->sources & mine)) ||
+            (!(k->sources & mine) && !(w->sources & mine) && row_pop(a, w) > row_pop(a, k)))
+            s->order[j].row = s->order[i].row;
+    }
+    return kept;
 }
 
 static int shown_source(uint32_t sources) {
@@ -799,10 +1285,15 @@ static int shown_source(uint32_t sources) {
 
 int qac_answer(const qac_answerer_t *a, qac_answer_scratch_t *s, const char *prefix,
                size_t prefix_len, const qac_context_view *ctx, const qac_extra_view *ex,
-               size_t beam, size_t n_model, qac_answer_out *out) {
+               size_t beam, size_t n_model, const qac_match_view *match,
+               qac_answer_out *out) {
     if (!out) return QAC_E_INPUT;
     out->n = 0;
     out->text_len = 0;
+    out->visited = 0;
+    if (match && (match->typos < 0 || match->typos > QAC_FUZZY_MAX_EDITS ||
+                  match->fuzzy > MAX_ROWS))
+        return QAC_E_INPUT;
     if (!a || !s || !ctx || !ex || (prefix_len && !prefix)) return QAC_E_INPUT;
     if ((ctx->prev_len && !ctx->prev) ||
         ((ctx->session_len || ctx->n_session) && !ctx->session) ||
@@ -826,15 +1317,22 @@ int qac_answer(const qac_answerer_t *a, qac_answer_scratch_t *s, const char *pre
     pool_t pool = {s, 0};
     size_t n_hm = 0;
     int rc = fill(a, &pool, prefix, prefix_len, ctx, ex, beam, n_model, lo, hi, &n_hm);
+    const size_t n_own_hm = n_hm; /* the features count the prefix's own history only */
+    if (rc == QAC_OK)
+        rc = match_more(a, &pool, prefix, prefix_len, ctx, ex, match, out->cap, lo, hi, &n_hm,
+                        &out->visited);
     if (rc == QAC_OK) {
-        featurize_rows(a, &pool, prefix, prefix_len, ctx, n_hm, lo, hi);
+        featurize_rows(a, &pool, prefix, prefix_len, ctx, n_own_hm, lo, hi);
         size_t n = pool.n, m;
         if (out->features) {
             /* every row, in pool order */
             m = n;
             if (n > out->cap) rc = QAC_E_CAPACITY;
         } else {
-            qsort(s->order, n, sizeof *s->order, by_score);
+            /* the prefix's own answers, then word matches, then fewer edits first */
+            for (size_t i = 0; i < n; i++) s->order[i].group = s->rows[s->order[i].row].group;
+            qsort(s->order, n, sizeof *s->order, by_rank);
+            if (out->collapse) n = collapse_variants(a, s, n, out->cap);
             m = n < out->cap ? n : out->cap;
         }
         size_t bytes = 0;
@@ -851,6 +1349,7 @@ int qac_answer(const qac_answerer_t *a, qac_answer_scratch_t *s, const char *pre
                 out->ref[i] = w->ref;
                 out->sources[i] = w->sources;
                 out->source[i] = shown_source(w->sources);
+                if (out->edits) out->edits[i] = w->edits;
                 if (out->features) {
                     /* the scores are in row order until sorted: order[r] is row r's */
                     out->score[i] = s->order[r].score;

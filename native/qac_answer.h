@@ -65,13 +65,15 @@
 
 /* QAC_CDEF_BEGIN */
 #define QAC_NF 30    /* features per pool row (QAC_FEATURES) */
-#define QAC_NSRC 6   /* candidate sources */
+#define QAC_NSRC 8   /* candidate sources */
 #define QAC_SRC_MODEL 0
 #define QAC_SRC_MPC 1
 #define QAC_SRC_HISTORY 2
 #define QAC_SRC_SESSION 3
 #define QAC_SRC_SUFFIX 4
 #define QAC_SRC_WORD 5
+#define QAC_SRC_TYPO 6  /* a label or past query within a few edits of the prefix */
+#define QAC_SRC_WORDS 7 /* successive words start with the typed words */
 #define QAC_MISSING_AGE 20 /* HIST_AGE of a query never issued */
 
 typedef struct qac_answerer qac_answerer_t;
@@ -125,7 +127,7 @@ typedef struct {
 } qac_context_view;
 
 /* Candidates generated outside the kernel: n texts joined by '\n', each with its
- * source (QAC_SRC_MPC or a later one), a count (>= 0: for MPC the popularity,
+ * source (QAC_SRC_MPC .. QAC_SRC_WORD, not history), a count (>= 0: for MPC the popularity,
  * for the generators the count of the pieces they joined) and the popularity of
  * the whole text (>= 0). Texts that do not start with the prefix are skipped. */
 typedef struct {
@@ -136,18 +138,58 @@ typedef struct {
 /* What comes back: up to cap rows, best first. ref[i] >= 0 is a label id; else
  * -1 - j for extra text j, or -1 - n_extra - j for history entry j. source[i]
  * is the source the answer is shown with (history, then model, mpc, session,
- * suffix, word: the first that made it), sources[i] the bitmask of all that made
+ * suffix, word, words, typo: the first that made it), sources[i] the bitmask of all that made
  * it. The rows' texts, joined by '\n', go to text (text_len bytes written) when
- * text is non-NULL; QAC_E_CAPACITY if they do not fit in text_cap. With features
+ * text is non-NULL; QAC_E_CAPACITY if they do not fit in text_cap. With collapse
+ * non-zero, near-duplicates are one answer (qac_variant_key: the same words but for
+ * spacing, punctuation, web decorations and a plural s): the best-ranked one holds
+ * the place, shown as the user's own variant if they issued one, else the most
+ * popular variant among those ranked. With features
  * non-NULL (features_cap >= cap * QAC_NF), every row of the pool comes back, in
  * pool order rather than best first, with its feature row: the fitting path. *n is
  * set to the rows written. */
 typedef struct {
     int32_t *ref; int32_t *source; uint32_t *sources; double *score; size_t cap;
+    int32_t *edits; /* NULL, or cap: each answer's typo corrections (0: none) */
     double *features; size_t features_cap;
     char *text; size_t text_cap; size_t text_len;
+    int collapse;
     size_t n;
+    size_t visited; /* trie nodes the typo search visited */
 } qac_answer_out;
+
+/* Matching beyond the labels that start with the prefix, done only when those are
+ * fewer than the answers asked for (they always come first: a match below never
+ * pushes one down):
+ *   - words (non-zero): word-prefix matches, each typed word the start of successive
+ *     words of a label or past query ("app wat": "apple watch"; "york": "new york
+ *     times"), most popular first; after the prefix's own answers;
+ *   - typos (0..2): labels and past queries whose beginning is within this many
+ *     edits of the prefix (Damerau: insert, delete, change or swap neighbours, over
+ *     UTF-8 bytes), most popular first: 0 for prefixes under one_typo_chars
+ *     characters, 1 under two_typo_chars, else typos; after the word-prefix
+ *     matches, fewer edits first; first_char non-zero lets the first byte change;
+ *   - at most `fuzzy` labels from each (past queries: all that match);
+ *   - max_visits bounds the trie nodes the typo search visits (out->visited).
+ * Within a group the ranker orders. Generated guesses (session, suffix and word
+ * candidates that are no label: texts nobody issued) do not count as the prefix's
+ * own answers; once anything matched, they come after it. */
+typedef struct {
+    int words;
+    int typos;
+    size_t one_typo_chars, two_typo_chars;
+    int first_char;
+    size_t fuzzy;
+    size_t max_visits;
+} qac_match_view;
+
+/* The key that names a text's near-duplicates: its words (runs of letters and
+ * digits; bytes of 0x80 and up count as letters) without "www", "http", "https",
+ * "com", "net", "org", "html", "htm", each with a trailing "s" dropped (not after
+ * "s", "u" or "i", nor from a word of 3 letters or fewer), joined with nothing, then
+ * hashed. "woot" / "woot.com", "dress up" / "dressup", "yahoo groups" / "yahoo
+ * group", "ebay com" / "ebay . com" share a key. */
+uint64_t qac_variant_key(const char *text, size_t len);
 
 /* Wrap what a keystroke needs. The handle keeps the pointers (the caller keeps
  * every array alive and unchanged); it checks them once, in O(labels + nodes):
@@ -171,13 +213,14 @@ int qac_label_range(const qac_answerer_t *answerer, const char *prefix, size_t p
                     int64_t *lo, int64_t *hi);
 
 /* One keystroke (see the top of this header). beam: beam width; n_model: beam
- * answers put into the pool (0: no search). QAC_E_CAPACITY when the scratch or
+ * answers put into the pool (0: no search). match: NULL for the prefix's own
+ * answers only, else see qac_match_view. QAC_E_CAPACITY when the scratch or
  * out is too small for the pool (out->n is then 0 and nothing is half-written
  * that a caller could mistake for an answer). */
 int qac_answer(const qac_answerer_t *answerer, qac_answer_scratch_t *scratch,
                const char *prefix, size_t prefix_len, const qac_context_view *context,
                const qac_extra_view *extra, size_t beam, size_t n_model,
-               qac_answer_out *out);
+               const qac_match_view *match, qac_answer_out *out);
 /* QAC_CDEF_END */
 
 #endif

@@ -8,7 +8,7 @@ non-zero status from C becomes a typed exception from :mod:`qac.errors`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -661,6 +661,24 @@ SOURCES: tuple[str, ...] = tuple(
     ffi.string(lib.qac_source_name(i)).decode() for i in range(int(lib.QAC_NSRC)))
 
 
+def variant_key(text: str) -> int:
+    """The key that names a text's near-duplicates (``qac_variant_key``)."""
+    b = text.encode("utf-8", "surrogatepass")
+    return int(lib.qac_variant_key(b, len(b)))
+
+
+class Answer(NamedTuple):
+    """What one ``qac_answer`` call gives back (see :meth:`Answerer.answer`)."""
+
+    texts: list[str]
+    sources: list[int]
+    scores: list[float]
+    refs: list[int]
+    edits: list[int]   # typo corrections of each answer (0: none)
+    visited: int       # trie nodes the typo search visited
+    features: np.ndarray | None
+
+
 def _grown(n: int, at_least: int) -> int:
     """A capacity >= n: the next power of two, at least ``at_least``."""
     return max(at_least, 1 << max(n - 1, 0).bit_length())
@@ -692,9 +710,9 @@ class Texts:
 class _Buffers:
     """One thread's scratch and input/output arrays for an :class:`Answerer`."""
 
-    __slots__ = ("cap", "ctx", "ex", "ex_count", "ex_pop", "ex_src", "features", "max_beam",
-                 "max_model", "max_prev", "n_in", "out", "ref", "score", "scratch", "source",
-                 "sources", "text", "text_cap")
+    __slots__ = ("cap", "ctx", "edits", "ex", "ex_count", "ex_pop", "ex_src", "features",
+                 "match", "max_beam", "max_model", "max_prev", "n_in", "out", "ref", "score",
+                 "scratch", "source", "sources", "text", "text_cap")
     cap: int
     text: Any
     text_cap: int
@@ -708,6 +726,8 @@ class _Buffers:
     ex_count: Any
     ex_pop: Any
     ex_src: Any
+    edits: Any
+    match: Any
     out: Any
     ref: Any
     score: Any
@@ -809,6 +829,8 @@ class Answerer:
             nb.source = ffi.new("int32_t[]", cap)
             nb.sources = ffi.new("uint32_t[]", cap)
             nb.score = ffi.new("double[]", cap)
+            nb.edits = ffi.new("int32_t[]", cap)
+            nb.match = ffi.new("qac_match_view *")
             nb.features = None
             nb.ex_src = ffi.new("int32_t[]", n_in)
             nb.ex_count = ffi.new("int64_t[]", n_in)
@@ -817,7 +839,7 @@ class Answerer:
             nb.ex = ffi.new("qac_extra_view *")
             nb.out = ffi.new("qac_answer_out *")
             nb.out.ref, nb.out.source, nb.out.sources = nb.ref, nb.source, nb.sources
-            nb.out.score = nb.score
+            nb.out.score, nb.out.edits = nb.score, nb.edits
             nb.ex.source, nb.ex.count, nb.ex.popularity = nb.ex_src, nb.ex_count, nb.ex_pop
             nb.cap, nb.max_beam, nb.max_model, nb.max_prev, nb.n_in = (
                 cap, max_beam, max_model, max_prev, n_in)
@@ -835,18 +857,21 @@ class Answerer:
     def answer(self, prefix: bytes, prev: bytes, session: Texts, history: Texts,
                extra: list[str], extra_source: list[int], extra_count: list[int],
                extra_pop: list[int], now: float, beam: int, n_model: int, k: int,
-               features: bool = False
-               ) -> tuple[list[str], list[int], list[float], list[int], np.ndarray | None]:
-        """One keystroke (see native/qac_answer.h): (text, source, score, ref) of the k
-        best rows, best first; with ``features``, every row in pool order, and the
-        feature rows (float64 [n, len(FEATURES)]). ``ref`` >= 0 is a label id, else
-        -1 - j indexes ``extra + history.texts``."""
+               features: bool = False, collapse: bool = False, match: Any = None
+               ) -> Answer:
+        """One keystroke (see native/qac_answer.h): the k best rows, best first
+        (``collapse``: near-duplicates as one answer; ``match``: a
+        :class:`qac.match.MatchConfig` for typo and word-prefix matches, None for
+        none); with ``features``, every row in pool order, and the feature rows
+        (float64 [n, len(FEATURES)]). ``ref`` >= 0 is a label id, else -1 - j indexes
+        ``extra + history.texts``."""
         n_x = len(extra)
         if not len(extra_source) == len(extra_count) == len(extra_pop) == n_x:
             raise InputError("answer: extra texts and their numbers differ in length")
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}")
-        rows = n_model + history.n + session.n + n_x
+        fuzzy = 0 if match is None or features else 2 * match.fuzzy
+        rows = n_model + history.n + session.n + n_x + fuzzy
         b = self._buffers(rows if features else max(rows, k), beam, n_model, len(prev), n_x,
                           features)
         ext = "\n".join(extra).encode("utf-8", "surrogatepass")
@@ -870,11 +895,20 @@ class Answerer:
             cap = _grown(need, 4096)
             b.text, b.text_cap = ffi.new("char[]", cap), cap
         out.text, out.text_cap = b.text, b.text_cap
+        out.collapse = 1 if collapse and not features else 0
+        mv = ffi.NULL
+        if fuzzy:
+            mv = b.match
+            mv.words, mv.typos, mv.first_char = int(match.words), match.typos, \
+                int(match.first_char)
+            mv.one_typo_chars, mv.two_typo_chars = match.one_typo_chars, match.two_typo_chars
+            mv.fuzzy, mv.max_visits = match.fuzzy, match.max_visits
         check(lib.qac_answer(self.handle, b.scratch, prefix, len(prefix), ctx, ex, beam,
-                             n_model, out), "qac_answer")
+                             n_model, mv, out), "qac_answer")
         del keep
         n = out.n
         X = b.features[:n].copy() if features and b.features is not None else None
         texts = ffi.unpack(b.text, out.text_len).decode("utf-8", "surrogatepass").split(
             "\n") if n else []
-        return texts, ffi.unpack(b.source, n), ffi.unpack(b.score, n), ffi.unpack(b.ref, n), X
+        return Answer(texts, ffi.unpack(b.source, n), ffi.unpack(b.score, n),
+                      ffi.unpack(b.ref, n), ffi.unpack(b.edits, n), int(out.visited), X)

@@ -131,7 +131,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
     history = [q for q in (normalize(h) for h in args.history) if q]
     got = c.complete(args.prefix, args.previous, k=args.k, history=history,
-                     session=[args.previous] if args.previous else ())
+                     session=[args.previous] if args.previous else (), typos=args.typos)
     if args.json:
         _print_json([asdict(g) for g in got])
     elif not got:
@@ -140,7 +140,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
               file=sys.stderr)
     else:
         for g in got:
-            print(f"{g.score:9.4f}  {g.source:7}  {g.text}")
+            fixed = f"  ({g.edits} edit{'s' if g.edits > 1 else ''})" if g.edits else ""
+            print(f"{g.score:9.4f}  {g.source:7}  {g.text}{fixed}")
     return 0
 
 
@@ -404,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocklist", metavar="FILE",
                    help="also drop answers this blocklist file matches")
     p.add_argument("-k", type=_positive, default=10, help="how many completions")
+    p.add_argument("--typos", type=int, choices=(0, 1, 2),
+                   help="the most typo corrections (0: none; default: the model's)")
     _add_json(p)
     p.set_defaults(func=cmd_complete)
 

@@ -54,6 +54,7 @@ from qac.index.kmeans import build_kmeans_tree, pifa
 from qac.index.tree import LabelTree
 from qac.index.trie import build_hybrid_tree, build_trie_tree
 from qac.logs import LogEvent, previous_queries
+from qac.match import MatchConfig, spans
 from qac.mpc import MostPopular
 from qac.rank import FEATURES, SOURCES, Forest
 from qac.sources import GENERATORS, MPC, SourcesConfig, Tables, check_generators
@@ -81,11 +82,17 @@ class Completion:
     """One suggestion. ``score`` is the ranker's (the same scale for every source);
     ``source`` the source it is shown with: "history" (a past query of the user),
     "model" (the XMR beam), "mpc" (most popular), "session", "suffix" or "word"
-    (generated)."""
+    (generated), "words" (its successive words start with the typed words) or "typo"
+    (a correction of the prefix). ``edits``: the typo corrections it took (0: none).
+    ``spans``: the ``[start, end)`` character ranges of ``text`` that match what was
+    typed (:func:`qac.match.spans`): where a correction is, the corrected characters
+    are outside them."""
 
     text: str
     score: float
     source: str
+    edits: int = 0
+    spans: tuple[tuple[int, int], ...] = ()
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
@@ -122,6 +129,11 @@ class CompleterConfig:
     recent_days:     a label's "recent" count is its count in the last this many days
                      of the training log (the ranker's recent_* features: what is
                      popular now beside what was popular overall).
+    collapse:        near-duplicates ("woot" / "woot.com", "dress up" / "dressup",
+                     "yahoo groups" / "yahoo group") are one answer, shown as the
+                     user's own variant if they issued one, else the most popular
+                     (``qac_variant_key`` in native/qac_answer.h).
+    match:           typo and word-prefix matching (:class:`qac.match.MatchConfig`).
     """
 
     index: str = "hybrid"
@@ -139,6 +151,8 @@ class CompleterConfig:
     fit_no_context: float = 0.5
     min_fit: int = 2000
     recent_days: float = 7.0
+    collapse: bool = True
+    match: MatchConfig = field(default_factory=MatchConfig)
 
     def __post_init__(self) -> None:
         if self.index not in INDEXES:
@@ -162,6 +176,10 @@ class CompleterConfig:
         if self.beam is not None:
             _check_int("beam", self.beam, 1, 1000)
         _check_int("min_fit", self.min_fit, 0)
+        if not isinstance(self.collapse, bool):
+            raise InputError(f"CompleterConfig.collapse: a bool, got {self.collapse!r}")
+        if not isinstance(self.match, MatchConfig):
+            raise InputError("CompleterConfig.match: a MatchConfig needed")
         if not isinstance(self.sources, SourcesConfig):
             raise InputError("CompleterConfig.sources: a SourcesConfig needed")
         check_generators(self.generators)
@@ -191,6 +209,7 @@ class CompleterConfig:
         d["fit_lengths"] = list(self.fit_lengths)
         d["generators"] = list(self.generators)
         d["sources"] = asdict(self.sources)
+        d["match"] = asdict(self.match)
         d["engine"] = self.engine_config().to_dict()
         return d
 
@@ -215,6 +234,8 @@ class CompleterConfig:
                 if not isinstance(out["sources"], Mapping):
                     raise InputError("completer config: sources must be a mapping")
                 out["sources"] = SourcesConfig(**out["sources"])
+            if "match" in out:
+                out["match"] = MatchConfig.from_dict(out["match"])
             if "engine" in out:
                 out["engine"] = EngineConfig.from_dict(out["engine"])
             return cls(**out)
@@ -585,8 +606,9 @@ class Completer:
         return "history" in self.config.generators
 
     def with_options(self, **changes: Any) -> Completer:
-        """A view with other answer-time options (beam, generators, sources)."""
-        allowed = {"beam", "generators", "sources"}
+        """A view with other answer-time options (beam, generators, sources, collapse,
+        match)."""
+        allowed = {"beam", "generators", "sources", "collapse", "match"}
         bad = sorted(set(changes) - allowed)
         if bad:
             raise InputError(f"with_options: only {sorted(allowed)} change at answer time, "
@@ -675,11 +697,34 @@ class Completer:
         pops = counts + [count(t) for t in gt]
         return texts + gt, srcs + gs, counts + gc, pops
 
+    def _match(self, typos: int | None) -> MatchConfig:
+        m = self.config.match
+        if typos is None or typos == m.typos:
+            return m
+        if isinstance(typos, bool) or not isinstance(typos, int) or not 0 <= typos <= 2:
+            raise InputError(f"typos must be an int in 0..2, got {typos!r}")
+        return replace(m, typos=typos)
+
+    def history_prefix(self, prefix: str, typos: int | None = None) -> str:
+        """What a session store selects the user's past queries by for this keystroke
+        (those that start with it): the prefix itself when only its own completions
+        count; its first character when past queries may match with typos or by word
+        prefix (a correction keeps the first character); all of them ("") when the
+        first character may be corrected too. Word-prefix matches of a later word
+        ("york": "new york times") then come from the labels only."""
+        m = self._match(typos)
+        if not (m.words or m.typos):
+            return prefix
+        if m.first_char:
+            return ""
+        return normalize_prefix(prefix)[:1]
+
     def _answer(self, prefix: str | bytes, previous: str | bytes | None, k: int,
-                history: Any, session: Any, now: float | None, features: bool
-                ) -> tuple[list[str], list[int], list[float], np.ndarray | None]:
+                history: Any, session: Any, now: float | None, features: bool,
+                typos: int | None = None) -> tuple[str, _kernel.Answer]:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise InputError(f"k must be an int in 1..{MAX_K}, got {k!r}")
+        match = None if features else self._match(typos)
         if isinstance(prefix, bytes):
             prefix = prefix.decode("utf-8", "replace")
         p = normalize_prefix(prefix)
@@ -693,14 +738,14 @@ class Completer:
         at = time.time() if now is None else float(now)
         cfg = self.config.sources
         want = k if self.extra_blocklist is None else 2 * k + 10
-        texts_out, got, scores, _, X = self.answerer.answer(
+        return p, self.answerer.answer(
             p.encode("utf-8", "surrogatepass"), prev.encode("utf-8", "surrogatepass"),
-            sess, hist, texts, srcs, counts, pops, at, self._beam, cfg.model, want, features)
-        return texts_out, got, scores, X
+            sess, hist, texts, srcs, counts, pops, at, self._beam, cfg.model, want, features,
+            self.config.collapse, match)
 
     def complete(self, prefix: str | bytes, previous: str | bytes | None = None, k: int = 10,
                  history: HistoryLike = (), session: SessionLike = (),
-                 now: float | None = None) -> list[Completion]:
+                 now: float | None = None, typos: int | None = None) -> list[Completion]:
         """Top-k completions of ``prefix`` (the empty prefix too) for the user's context.
 
         previous: the session's last query. history: the user's past queries
@@ -708,10 +753,12 @@ class Completer:
         recent first); a store that holds many hands over those that start with the
         prefix. session: this session's queries, most recent first, as (query, Unix
         time) or plain queries. now: the Unix time of the keystroke (default: now).
+        typos: the most typo corrections for this call (0: none; default: the
+        model's ``match.typos``).
         """
-        texts, srcs, scores, _ = self._answer(prefix, previous, k, history, session, now,
-                                              False)
-        out = [Completion(t, s, SOURCES[g]) for t, g, s in zip(texts, srcs, scores, strict=True)]
+        p, a = self._answer(prefix, previous, k, history, session, now, False, typos)
+        out = [Completion(t, s, SOURCES[g], e, tuple(spans(p, t, e)))
+               for t, g, s, e in zip(a.texts, a.sources, a.scores, a.edits, strict=True)]
         if self.extra_blocklist is not None:
             out = [c for c in out if not self.extra_blocklist.blocks_normalized(c.text)][:k]
         return out
@@ -721,9 +768,9 @@ class Completer:
              ) -> tuple[list[str], list[str], np.ndarray]:
         """Every candidate of a keystroke's pool, in pool order, with its source and its
         feature row (X float64 [n, len(FEATURES)]): what the ranker is fitted on."""
-        texts, srcs, _, X = self._answer(prefix, previous, 1, history, session, now, True)
-        assert X is not None
-        return texts, [SOURCES[g] for g in srcs], X
+        _, a = self._answer(prefix, previous, 1, history, session, now, True)
+        assert a.features is not None
+        return a.texts, [SOURCES[g] for g in a.sources], a.features
 
     def complete_batch(self, prefixes: Iterable[str], previous: Iterable[str | None] | None
                        = None, k: int = 10) -> list[list[Completion]]:

@@ -7,9 +7,13 @@
 2. Unicode NFKC (full-width forms, ligatures and compatibility characters fold to
    their plain forms);
 3. ``str.casefold`` (stronger than lower(): "ß" -> "ss");
-4. control, format and surrogate characters (Unicode categories Cc, Cf, Cs) and the
+4. folding (:func:`fold`): accents and other combining marks go ("wéather" ->
+   "weather"), typographic quotes and dashes become plain ones, and letters that
+   do not decompose are spelled out ("æ" -> "ae"), so what people type matches
+   however they type it;
+5. control, format and surrogate characters (Unicode categories Cc, Cf, Cs) and the
    replacement character become spaces;
-5. runs of whitespace collapse to one space; leading and trailing spaces go.
+6. runs of whitespace collapse to one space; leading and trailing spaces go.
 
 Text longer than ``MAX_TEXT_CHARS`` after step 1 raises :class:`InputError`:
 nobody types a 1,000-character query, and the limit bounds the work of one call.
@@ -28,6 +32,33 @@ _DROP = {"Cc", "Cf", "Cs", "Co", "Cn"}
 _SPACES = re.compile(r"\s+")
 
 
+# Typographic characters people paste, as the plain ones they stand for. NFKC (in
+# qac.text.normalize) has already mapped full-width forms; casefold maps "ß" to "ss".
+_PUNCT = str.maketrans({
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
+    "\u00ab": '"', "\u00bb": '"',
+    "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-",
+    "\u2015": "-", "\u2212": "-",
+    "\u00e6": "ae", "\u0153": "oe", "\u00f8": "o", "\u0142": "l", "\u0111": "d",
+    "\u00f0": "d", "\u00fe": "th", "\u0131": "i",
+})
+
+
+_ACCENTS = re.compile("[\u0300-\u036f]+")  # the combining diacritical marks
+
+
+def fold(text: str) -> str:
+    """Step 4 of :func:`normalize` alone, for text already through steps 1-3: the
+    diacritics of Latin, Greek and Cyrillic letters go (only U+0300..U+036F, so the
+    vowel signs of other scripts stay), the characters of ``_PUNCT`` are replaced.
+    ASCII text is returned as it is, at no cost."""
+    if text.isascii():
+        return text
+    t = unicodedata.normalize("NFD", text.translate(_PUNCT))
+    return unicodedata.normalize("NFC", _ACCENTS.sub("", t))
+
+
 def _clean_char(ch: str) -> str:
     if ch == "\ufffd" or unicodedata.category(ch) in _DROP:
         return " "
@@ -44,7 +75,7 @@ def normalize(text: str | bytes, *, max_chars: int = MAX_TEXT_CHARS) -> str:
         raise InputError(f"text is {len(text)} characters long; the limit is {max_chars}")
     if text.isascii() and text.isprintable():
         return " ".join(text.lower().split())
-    text = unicodedata.normalize("NFKC", text).casefold()
+    text = fold(unicodedata.normalize("NFKC", text).casefold())
     if not text.isprintable():
         text = "".join(_clean_char(ch) for ch in text)
     elif "\ufffd" in text:

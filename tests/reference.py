@@ -329,7 +329,8 @@ def answer_pool(labels: Sequence[str], popularity: Sequence[int], prefix: str, p
         pop = float(popularity[r["label"]]) if r["label"] >= 0 else float(r["pop"])
         x = [0.0] * len(FEATURES)
         for s, i in S.items():
-            x[F[f"is_{s}"]] = float(bool(r["sources"] & (1 << i)))
+            if f"is_{s}" in F:  # the sources with a column (not the match sources)
+                x[F[f"is_{s}"]] = float(bool(r["sources"] & (1 << i)))
         x[F["model_logscore"]] = r["model_logscore"]
         x[F["model_rank"]] = r["model_rank"]
         x[F["logpop"]] = math.log1p(pop)

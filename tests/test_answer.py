@@ -66,7 +66,7 @@ def run(a: _kernel.Answerer, prefix: str, prev: str, history: list, session: lis
     hist = _kernel.Texts([h[0] for h in history], [h[1] for h in history],
                          [h[2] for h in history])
     sess = _kernel.Texts([s[0] for s in session], None, [s[1] for s in session])
-    texts, srcs, scores, refs, X = a.answer(
+    texts, srcs, scores, refs, _, _, X = a.answer(
         prefix.encode(), prev.encode(), sess, hist, [e[0] for e in extra],
         [e[1] for e in extra], [e[2] for e in extra], [e[3] for e in extra], NOW, 10, n_model,
         k, features)
@@ -234,5 +234,8 @@ def test_label_range() -> None:
 
 def test_schema_names_come_from_the_header() -> None:
     assert len(FEATURES) == len(set(FEATURES)) and FEATURES[0] == "is_model"
-    assert SOURCES == ("model", "mpc", "history", "session", "suffix", "word")
-    assert [f"is_{s}" for s in SOURCES] == list(FEATURES[:len(SOURCES)])
+    assert SOURCES == ("model", "mpc", "history", "session", "suffix", "word", "typo",
+                       "words")
+    # the pool's own sources have an is_ column each; the match sources group instead
+    assert [f"is_{s}" for s in SOURCES[:6]] == list(FEATURES[:6])
+    assert "is_typo" not in FEATURES

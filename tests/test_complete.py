@@ -15,6 +15,7 @@ from qac.complete import Completer, CompleterConfig
 from qac.errors import InputError, ModelFormatError
 from qac.history import Past
 from qac.logs import LogEvent, previous_queries
+from qac.match import MatchConfig
 
 NOW = time.time()
 
@@ -64,15 +65,26 @@ def test_previous_query_changes_the_completion_with_the_shipped_ranker(completer
 
 def test_answers_start_with_the_prefix_are_distinct_and_best_first(completer: Completer
                                                                     ) -> None:
+    exact_only = completer.with_options(match=MatchConfig(words=False, typos=0))
     for prefix in ["", "p", "pl", "pla", "new", "new ", "ro", "g"]:
         for prev in [None, "rose of jericho", "game console", "unknown words"]:
-            got = completer.complete(prefix, prev, k=10, history=["planet earth", "paris"])
+            got = exact_only.complete(prefix, prev, k=10, history=["planet earth", "paris"])
             texts = _texts(got)
             assert all(t.startswith(prefix) for t in texts), (prefix, prev, texts)
             assert len(set(texts)) == len(texts) and prev not in texts
             assert [c.score for c in got] == sorted((c.score for c in got), reverse=True)
             assert {c.source for c in got} <= {"model", "mpc", "history", "session",
                                                "suffix", "word"}
+            # with matching on, the prefix's own answers lead and matches fill the list;
+            # only generated guesses (texts nobody issued) may come after matches
+            more = completer.complete(prefix, prev, k=10, history=["planet earth", "paris"])
+            lead = 0
+            while lead < len(more) and more[lead].text.startswith(prefix):
+                lead += 1
+            assert all(c.edits or c.source in {"typo", "words"} or not c.text.startswith(prefix)
+                       or c.source in {"session", "suffix", "word"} for c in more[lead:]), more
+            assert [c.text for c in more[:lead]] == [t for t in texts if t in
+                                                    {c.text for c in more[:lead]}]
 
 
 def test_trailing_space_ends_the_word(completer: Completer) -> None:
@@ -213,7 +225,17 @@ def test_prefix_property(hybrid: Completer, prefix: str, prev: str | None) -> No
     got = hybrid.complete(prefix, prev, k=5, history=["planet x", "new york"])
     p = " ".join(prefix.split()) + (" " if prefix[-1:].isspace() and prefix.strip() else "")
     assert len(got) <= 5
-    assert all(c.text.startswith(p) for c in got)
+    # the answers that start with the prefix lead; the rest are matches (a word prefix or
+    # a correction), or generated guesses pushed after them; spans lie inside the text
+    lead = 0
+    while lead < len(got) and got[lead].text.startswith(p):
+        lead += 1
+    assert all(c.source in {"typo", "words", "history"} or c.edits or (
+        c.text.startswith(p) and c.source in {"session", "suffix", "word"})
+        for c in got[lead:]), got
+    assert all(0 <= a < b <= len(c.text) for c in got for a, b in c.spans)
+    plain = hybrid.complete(prefix, prev, k=5, history=["planet x", "new york"], typos=0)
+    assert all(c.text.startswith(p) or c.source in {"words", "history"} for c in plain)
 
 
 def test_a_blocklist_given_at_load_filters_too(tmp_path: Path) -> None:

@@ -19,10 +19,10 @@ from starlette.testclient import TestClient
 
 from qac.complete import Completer, CompleterConfig
 from qac.errors import InputError
+from qac.match import spans as highlight
 from qac.retrieve import Retriever
 from qac.server import ServerConfig, create_app
 from qac.server.docs import PAGES, ApiSchema, operations
-from qac.server.highlight import highlight
 from qac.server.serve import add_serve_arguments, config_from_args
 from qac.text import normalize_prefix
 
@@ -81,7 +81,9 @@ def response_schema(spec: dict[str, Any], path: str, method: str, status: str) -
     ("STRAẞE", "strasse berlin", [(0, 7)]),     # casefold: ẞ -> ss
     ("ｎｅｗ", "new york", [(0, 3)]),             # NFKC: full-width letters
     ("", "new york", []),                       # next-query or popular: nothing typed
-    ("york", "new york", []),                   # not a prefix: no span (yet)
+    ("Wéather", "weather channel", [(0, 7)]),   # accents fold
+    ("york", "new york", [(4, 8)]),             # a later word typed first
+    ("App  Wat", "apple watch", [(0, 3), (6, 9)]),  # word prefixes
     ("new york times x", "new york times", []),
 ])
 def test_highlight_uses_the_servers_normalization(typed: str, text: str,
@@ -106,13 +108,13 @@ def test_openapi_is_valid_and_describes_complete(spec: dict[str, Any]) -> None:
     assert spec["openapi"].startswith("3.1")
     op = spec["paths"]["/v1/complete"]["get"]
     params = {p["name"]: p for p in op["parameters"]}
-    assert set(params) == {"q", "session", "k"}
+    assert set(params) == {"q", "session", "k", "typos"}
     assert params["k"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 50,
                                      "default": 10}
     assert params["q"]["schema"]["maxLength"] == 256
     assert response_schema(spec, "/v1/complete", "get", "200") == "CompleteResponse"
     completion = spec["components"]["schemas"]["Completion"]
-    assert set(completion["required"]) == {"text", "score", "source", "highlight"}
+    assert set(completion["required"]) == {"text", "score", "source", "edits", "highlight"}
 
 
 def test_openapi_is_generated_from_the_routes(client: TestClient,

@@ -79,7 +79,7 @@ def test_complete_answers_with_texts_scores_sources_and_time(client: TestClient)
     assert body["took_ms"] >= 0
     assert len(body["completions"]) == 3
     for c in body["completions"]:
-        assert set(c) == {"text", "score", "source", "highlight"}
+        assert set(c) == {"text", "score", "source", "edits", "highlight"}
         assert c["text"].startswith("pl") and c["source"] in {"model", "mpc"}
     assert body["completions"][0]["text"] == "playstation"
 
@@ -144,10 +144,36 @@ class RecordingCompleter:
         self.calls: list[tuple[str, str | None, int, Any]] = []
 
     def complete(self, prefix: str, previous: str | None = None, k: int = 10,
-                 history: Any = (), session: Any = (), now: Any = None) -> list[Any]:
+                 history: Any = (), session: Any = (), now: Any = None,
+                 typos: int | None = None) -> list[Any]:
         # the store's past queries, most recent first, as their texts
         self.calls.append((prefix, previous, k, [p.query for p in history]))
         return []
+
+    def history_prefix(self, prefix: str, typos: int | None = None) -> str:
+        return prefix  # only the past queries that start with the prefix
+
+
+def test_typos_are_corrected_unless_turned_off(client: TestClient) -> None:
+    got = client.get("/v1/complete", params={"q": "plyastation", "k": 5}).json()["completions"]
+    fixed = [c for c in got if c["text"] == "playstation"]
+    assert fixed and fixed[0]["source"] == "typo" and fixed[0]["edits"] == 1
+    # the characters the correction kept are highlighted, the swapped ones are not
+    assert fixed[0]["highlight"] == [[0, 2], [4, 11]]
+    assert "playstation" not in _texts(client.get("/v1/complete", params={
+        "q": "plyastation", "typos": "0"}))
+    for bad in ("3", "-1", "x", "1.5"):
+        r = client.get("/v1/complete", params={"q": "pl", "typos": bad})
+        assert r.status_code == 400 and "typos" in r.json()["error"]
+
+
+def test_past_queries_match_with_typos_through_the_store(models: dict[str, Path]) -> None:
+    for client in _client(ServerConfig(model_dir=str(models["history"]))):
+        client.post("/v1/sessions/u-9/queries", json={"query": "corvallis racquetball"})
+        client.post("/v1/sessions/u-9/queries", json={"query": "rose of jericho"})
+        got = client.get("/v1/complete", params={"q": "corvalis", "session": "u-9"}).json()
+        assert got["completions"][0]["text"] == "corvallis racquetball"
+        assert got["completions"][0]["edits"] == 1
 
 
 def test_history_reaches_the_completer(models: dict[str, Path]) -> None:

@@ -13,6 +13,12 @@ from qac.text import MAX_TEXT_CHARS, normalize
         ("  leading and trailing\t", "leading and trailing"),
         ("Ｆｕｌｌ　ＷＩＤＴＨ", "full width"),  # NFKC folds full-width forms
         ("Straße", "strasse"),  # casefold, not lower
+        ("Wéather", "weather"),  # accents fold
+        ("naïve CAFÉ", "naive cafe"),
+        ("ｗｅａｔｈｅｒ", "weather"),  # full-width forms
+        ("\u201cquoted\u201d \u2013 it\u2019s", '"quoted" - it\'s'),  # pasted typography
+        ("Ærøskøbing", "aeroskobing"),  # letters that do not decompose
+        ("हिन्दी", "हिन्दी"),  # other scripts' vowel signs stay
         ("a\x00b\x07c", "a b c"),  # control characters become spaces
         ("zero\u200bwidth", "zero width"),  # format characters too
         ("", ""),
@@ -24,7 +30,7 @@ def test_normalize_examples(raw: str, want: str) -> None:
 
 
 def test_invalid_utf8_bytes_become_spaces_not_errors() -> None:
-    assert normalize(b"caf\xc3\xa9 \xff\xfeshop") == "café shop"
+    assert normalize(b"caf\xc3\xa9 \xff\xfeshop") == "cafe shop"  # folded, too
 
 
 def test_text_over_the_limit_is_an_input_error() -> None:

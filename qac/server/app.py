@@ -75,7 +75,6 @@ from qac.history import SessionContext
 from qac.retrieve import Retriever
 from qac.server.config import ServerConfig
 from qac.server.docs import install as install_docs
-from qac.server.highlight import highlight
 from qac.server.reload import (
     POLL_SECONDS,
     ControlDir,
@@ -85,7 +84,6 @@ from qac.server.reload import (
     check_model_dir,
     load_completer,
 )
-from qac.text import normalize_prefix
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +118,14 @@ class ApiError(Exception):
         self.message = message
 
 
-def _answer(completer: Completer, q: str, ctx: SessionContext, k: int) -> Sequence[Any]:
+def _answer(completer: Completer, q: str, ctx: SessionContext, k: int,
+            typos: int | None = None) -> Sequence[Any]:
     """The one call from the service into the completer (the per-keystroke path): the
-    store's context as it comes (the past queries that start with the prefix, with
-    their counts and times; this session's queries with their times)."""
-    return completer.complete(q, ctx.previous, k=k, history=ctx.history, session=ctx.session)
+    store's context as it comes (the past queries the completer asked for with
+    :meth:`Completer.history_prefix`, with their counts and times; this session's
+    queries with their times)."""
+    return completer.complete(q, ctx.previous, k=k, history=ctx.history, session=ctx.session,
+                              typos=typos)
 
 
 # -- request parsing ---------------------------------------------------------------
@@ -162,6 +163,15 @@ def _k_param(params: dict[str, str], config: ServerConfig) -> int:
     if not 1 <= k <= config.max_k:
         raise ApiError(400, f"k: an integer in 1..{config.max_k}, got {k}")
     return k
+
+
+def _typos_param(params: dict[str, str]) -> int | None:
+    raw = params.get("typos")
+    if raw is None or raw == "":
+        return None
+    if raw not in ("0", "1", "2"):
+        raise ApiError(400, f"typos: 0, 1 or 2, got {raw[:20]!r}")
+    return int(raw)
 
 
 async def _json_body(request: Request, limit: int) -> Any:
@@ -392,18 +402,19 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
         params = _query_params(query_string)
         prefix = _text_param(params, "q", config.max_query_chars)
         k = _k_param(params, config)
+        typos = _typos_param(params)
         session = params.get("session")
         completer = state.current[0]
         ctx = _NO_CONTEXT
         if session:
             n = config.history if completer.uses_history else 0
-            ctx = await session_context(session, prefix, n)
-        got = _answer(completer, prefix, ctx, k)
+            by = completer.history_prefix(prefix, typos) if n else prefix
+            ctx = await session_context(session, by, n)
+        got = _answer(completer, prefix, ctx, k, typos)
         took = (time.perf_counter() - t0) * 1e3
         return dumps({
             "completions": [{"text": c.text, "score": c.score, "source": c.source,
-                             "highlight": highlight(normalize_prefix(prefix), c.text)}
-                            for c in got],
+                             "edits": c.edits, "highlight": c.spans} for c in got],
             "took_ms": round(took, 4),
         }).encode()
 

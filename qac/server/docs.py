@@ -69,20 +69,26 @@ def components(config: ServerConfig) -> dict[str, Any]:
                                      "description": "what was wrong, naming the parameter"}},
         },
         "Completion": {
-            "type": "object", "required": ["text", "score", "source", "highlight"],
+            "type": "object", "required": ["text", "score", "source", "edits", "highlight"],
             "properties": {
                 "text": {"type": "string", "description": "the suggested query, normalized"},
                 "score": {"type": "number",
                           "description": "ranking score; higher ranks first within one answer"},
                 "source": {"type": "string",
-                           "description": "what produced it: model (the XMR ranker), mpc "
-                                          "(most popular completion), or with a long-tail "
-                                          "model history, session, word or suffix"},
+                           "description": "what it is shown with: history (a past query "
+                                          "of the user), model (the XMR beam), mpc (most "
+                                          "popular completion), session, suffix or word "
+                                          "(generated), words (its successive words start "
+                                          "with the typed words) or typo (a correction)"},
+                "edits": {"type": "integer", "minimum": 0, "maximum": 2,
+                          "description": "typo corrections it took (0: none)"},
                 "highlight": {
                     "type": "array",
                     "description": "[start, end) character offsets of the parts of text "
                                    "that match what was typed, after the server's "
-                                   "normalization (case, spaces, Unicode)",
+                                   "normalization (case, spaces, Unicode, accents): a "
+                                   "prefix, the starts of the words typed, or the "
+                                   "characters a correction kept",
                     "items": {"type": "array", "prefixItems": [{"type": "integer",
                                                                  "minimum": 0},
                                                                 {"type": "integer",
@@ -177,11 +183,15 @@ def operations(config: ServerConfig) -> dict[tuple[str, str], dict[str, Any]]:
                 {"name": "session", "in": "query", "required": False,
                  "description": "session (or stable user/device) id", "schema": session},
                 k,
+                {"name": "typos", "in": "query", "required": False,
+                 "description": "the most typo corrections (0 turns them off); default: "
+                                "the model's (one edit from 3 characters, two from 8)",
+                 "schema": {"type": "integer", "minimum": 0, "maximum": 2}},
             ],
             "responses": {
                 "200": _json("CompleteResponse", "completions, best first", {
                     "completions": [{"text": "new york", "score": 0.91, "source": "model",
-                                     "highlight": [[0, 5]]}],
+                                     "edits": 0, "highlight": [[0, 5]]}],
                     "took_ms": 0.12}),
                 "400": _error("a bad parameter", bad_k),
             },

@@ -62,9 +62,12 @@
     if (status.textContent !== text) status.textContent = text;
   }
 
-  // The text with the server's highlight spans ([start, end) offsets) in <mark>.
-  function highlighted(text, spans) {
+  // The text with the server's highlight spans ([start, end) offsets in code points,
+  // as Python counts them; JS strings count UTF-16 units) in <mark>.
+  function highlighted(raw, spans) {
     const frag = document.createDocumentFragment();
+    const chars = Array.from(raw);
+    const text = { length: chars.length, slice: (a, b) => chars.slice(a, b).join("") };
     let at = 0;
     const clean = (Array.isArray(spans) ? spans : [])
       .filter((s) => Array.isArray(s) && s.length === 2 && s[0] < s[1])

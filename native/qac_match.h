@@ -1,0 +1,81 @@
+/* qac native kernel: matching what people actually type, for the answerer.
+ *
+ * Internal to the kernel (no cffi block): the answerer (answer.c) uses these to
+ * find candidates beyond the labels that start with the typed prefix:
+ *
+ *   - range maxima: the most popular entries of any range of a sorted array, in
+ *     popularity order, without scanning the range (blocks of 32 plus a sparse
+ *     table over the blocks' maxima);
+ *   - the typo search: the ranges of sorted labels whose first bytes are within a
+ *     few edits (Damerau: a swap of neighbours is one) of the prefix, found by
+ *     walking the trie the sorted labels imply (children are sub-ranges found by
+ *     bisection), carrying one row of the edit-distance table per depth and
+ *     pruning a branch once every cell of its row is over the limit;
+ *   - the distance of one text's best prefix to the typed prefix (the user's past
+ *     queries).
+ *
+ * Distances are over UTF-8 bytes: a changed ASCII letter is one edit; the typed
+ * text is folded (accents, quotes, dashes) before it gets here.
+ */
+#ifndef QAC_MATCH_H
+#define QAC_MATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define QAC_FUZZY_MAX_BYTES 64 /* longer prefixes are not corrected */
+#define QAC_FUZZY_MAX_EDITS 2
+
+/* The most popular entry of [lo, hi) of an array whose entry i has popularity
+ * pop[id ? id[i] : i]; ties go to the lower position. */
+typedef struct {
+    const int64_t *pop;
+    const int32_t *id;
+    size_t n, n_blocks;
+    int levels;
+    int32_t *table; /* levels * n_blocks: argmax over blocks [b, b + 2^level) */
+} qac_rmq_t;
+
+int qac_rmq_init(qac_rmq_t *r, const int64_t *pop, const int32_t *id, size_t n);
+void qac_rmq_free(qac_rmq_t *r);
+size_t qac_rmq_argmax(const qac_rmq_t *r, size_t lo, size_t hi); /* lo < hi <= n */
+
+static inline int64_t qac_rmq_value(const qac_rmq_t *r, size_t i) {
+    return r->pop[r->id ? (size_t)r->id[i] : i];
+}
+
+/* A range of sorted labels whose first `depth` bytes are `cost` edits from the
+ * prefix. */
+typedef struct {
+    size_t lo, hi;
+    int cost;
+} qac_fuzzy_range;
+
+/* What the typo search works with: the sorted labels (text, offsets as in
+ * qac_labels_view), the prefix p (m <= QAC_FUZZY_MAX_BYTES bytes), the most edits,
+ * whether p[0] may change, room for the ranges found, and a limit on the trie nodes
+ * visited (the work of one keystroke is bounded; `truncated` says it was hit). */
+typedef struct {
+    const char *text;
+    const int64_t *offsets;
+    size_t n;
+    const unsigned char *p;
+    size_t m;
+    int max_edits, fix_first;
+    qac_fuzzy_range *ranges;
+    size_t cap, n_ranges;
+    size_t visited, max_visits;
+    int truncated;
+    uint8_t dp[(QAC_FUZZY_MAX_BYTES + QAC_FUZZY_MAX_EDITS + 1) * (QAC_FUZZY_MAX_BYTES + 1)];
+    unsigned char chars[QAC_FUZZY_MAX_BYTES + QAC_FUZZY_MAX_EDITS + 1];
+} qac_fuzzy_t;
+
+/* Fill z->ranges (cost >= 1; the exact prefix's range is not one of them). */
+void qac_fuzzy_search(qac_fuzzy_t *z);
+
+/* The fewest edits between p and a prefix of t (p[0] kept when fix_first), or
+ * max_edits + 1 when more. */
+int qac_prefix_edits(const unsigned char *t, size_t n, const unsigned char *p, size_t m,
+                     int max_edits, int fix_first);
+
+#endif

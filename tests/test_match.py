@@ -1,0 +1,196 @@
+"""Matching what people actually type (native/match.c, the match step of native/answer.c,
+qac/match.py): typo corrections against a brute-force reference, the order of the
+groups, word-prefix matches, near-duplicate collapsing, highlight spans, bad input."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_answer import NOW, answerer
+
+from qac import _kernel
+from qac.complete import CompleterConfig
+from qac.errors import InputError
+from qac.match import MatchConfig, prefix_alignment, spans
+from qac.rank import SOURCES, Forest
+
+S = {s: i for i, s in enumerate(SOURCES)}
+EMPTY = _kernel.Texts([])
+
+
+def osa_prefix(p: str, t: str) -> int:
+    """The fewest edits (Damerau, optimal string alignment) between p and any prefix of
+    t: the plain definition, every prefix of t tried."""
+    def osa(a: str, b: str) -> int:
+        d = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+        for i in range(len(a) + 1):
+            d[i][0] = i
+        for j in range(len(b) + 1):
+            d[0][j] = j
+        for i, j in itertools.product(range(1, len(a) + 1), range(1, len(b) + 1)):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1,
+                          d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+        return d[len(a)][len(b)]
+    return min(osa(p, t[:i]) for i in range(len(t) + 1))
+
+
+def ask(a: _kernel.Answerer, prefix: str, match: MatchConfig | None, k: int = 50,
+        history: _kernel.Texts = EMPTY, extra: tuple[list[str], list[int]] = ([], []),
+        collapse: bool = False) -> _kernel.Answer:
+    """One keystroke with the prefix's labels given as MPC candidates (as Completer does:
+    a model with no beam here), most popular first, before ``extra``."""
+    lo, hi = a.label_range(prefix.encode())
+    mine = sorted(range(lo, hi), key=lambda i: (-a.popularity[i], i))
+    texts = [a.labels[i] for i in mine] + extra[0]
+    srcs = [S["mpc"]] * len(mine) + extra[1]
+    n = len(texts)
+    return a.answer(prefix.encode(), b"", EMPTY, history, texts, srcs, [1] * n, [1] * n,
+                    NOW, 10, 0, k, False, collapse, match)
+
+
+def labelled(labels: list[str], popularity: list[int]) -> _kernel.Answerer:
+    a = answerer(labels, popularity, Forest.empty())
+    a.labels, a.popularity = labels, popularity  # type: ignore[attr-defined]
+    return a
+
+
+words = st.text(alphabet="abcd ", min_size=1, max_size=7).map(lambda s: " ".join(s.split()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(labels=st.sets(words.filter(bool), min_size=1, max_size=40),
+       prefix=st.text(alphabet="abcd", min_size=1, max_size=6),
+       typos=st.integers(1, 2), first_char=st.booleans())
+def test_typo_matches_are_exactly_the_labels_within_the_edits(
+        labels: set[str], prefix: str, typos: int, first_char: bool) -> None:
+    ls = sorted(labels)
+    a = labelled(ls, [1] * len(ls))
+    m = MatchConfig(words=False, typos=typos, one_typo_chars=1, two_typo_chars=1,
+                    first_char=first_char, fuzzy=1000)
+    got = ask(a, prefix, m, k=len(ls) + 1)
+    corrected = {t: e for t, e, g in zip(got.texts, got.edits, got.sources, strict=True)
+                 if g == S["typo"]}
+    want = {t: osa_prefix(prefix, t) for t in ls if not t.startswith(prefix)
+            and (first_char or t[:1] == prefix[:1])}
+    want = {t: e for t, e in want.items() if e <= typos}
+    assert corrected == want
+    # the prefix's own labels first, then fewer edits first
+    kinds = [0 if t.startswith(prefix) else 1 + corrected[t] for t in got.texts]
+    assert kinds == sorted(kinds)
+    assert {t for t in got.texts if t.startswith(prefix)} == {t for t in ls
+                                                             if t.startswith(prefix)}
+
+
+def test_corrections_fill_the_list_and_never_push_an_exact_answer_down() -> None:
+    labels = sorted(["google", "google maps", "google earth", "goolge", "gogle", "good"])
+    a = labelled(labels, [5, 30, 100, 40, 50, 1])
+    m = MatchConfig()
+    got = ask(a, "goolge", m, k=10)
+    assert got.texts[0] == "goolge" and got.edits[0] == 0  # the exact label holds its place
+    assert set(got.texts[1:]) >= {"google", "google maps", "google earth"}
+    assert all(e == 1 for e in got.edits[1:4])
+    # enough exact answers: no corrections at all
+    got = ask(a, "goo", MatchConfig(one_typo_chars=1), k=2)
+    assert len(got.texts) == 2 and all(t.startswith("goo") for t in got.texts)
+    assert ask(a, "gooogle", MatchConfig(typos=0), k=10).texts == []
+
+
+def test_short_prefixes_allow_fewer_edits_and_the_first_letter_is_kept() -> None:
+    labels = sorted(["cat", "car", "bat", "at"])
+    a = labelled(labels, [1] * 4)
+    m = MatchConfig(words=False, one_typo_chars=3, two_typo_chars=8)
+    assert ask(a, "cbt", m).texts == ["cat"]  # one edit
+    assert ask(a, "xat", m).texts == []  # the first letter is kept
+    assert set(ask(a, "xat", MatchConfig(words=False, first_char=True)).texts) == {
+        "cat", "bat", "at"}
+    assert ask(a, "xa", MatchConfig(words=False, first_char=True)).texts == []  # too short
+
+
+def test_past_queries_match_with_typos_and_by_word_prefix() -> None:
+    a = labelled(["zzz"], [1])
+    hist = _kernel.Texts(["rose of jericho", "apple watch", "new york times"], [1, 2, 1],
+                         [NOW - 10, NOW - 20, NOW - 30])
+    got = ask(a, "rsoe", MatchConfig(), history=hist)
+    assert got.texts == ["rose of jericho"] and got.edits == [1]
+    assert got.sources == [S["history"]]
+    got = ask(a, "app wat", MatchConfig(), history=hist)
+    assert got.texts == ["apple watch"] and got.edits == [0]
+    assert ask(a, "york", MatchConfig(), history=hist).texts == ["new york times"]
+
+
+def test_word_prefix_matches_most_popular_first_after_the_prefix_answers() -> None:
+    labels = sorted(["apple watch", "apple watch band", "apple water", "new york times",
+                     "new york", "york college", "app", "big apple watch sale"])
+    pop = {"apple watch": 50, "apple watch band": 20, "apple water": 5, "new york times": 90,
+           "new york": 80, "york college": 3, "app": 7, "big apple watch sale": 1}
+    a = labelled(labels, [pop[t] for t in labels])
+    m = MatchConfig(typos=0)
+    got = ask(a, "app wat", m)
+    assert got.texts == ["apple watch", "apple watch band", "apple water",
+                         "big apple watch sale"]
+    assert all(g == S["words"] for g in got.sources)
+    got = ask(a, "york", m)
+    assert got.texts == ["york college", "new york times", "new york"]
+    assert ask(a, "york", MatchConfig(words=False, typos=0)).texts == ["york college"]
+
+
+def test_generated_guesses_go_after_matches() -> None:
+    labels = sorted(["weather channel", "weather"])
+    a = labelled(labels, [10, 20])
+    got = ask(a, "weathr chan", MatchConfig(), extra=(["weathr channel"], [S["suffix"]]))
+    assert got.texts == ["weather channel", "weathr channel"]
+    assert got.sources == [S["typo"], S["suffix"]]
+
+
+def test_collapse_shows_the_users_variant_else_the_most_popular() -> None:
+    assert _kernel.variant_key("woot") == _kernel.variant_key("woot.com")
+    for x, y in [("dress up", "dressup"), ("yahoo groups", "yahoo group"),
+                 ("ebay com", "ebay . com"), ("www.woot.com", "woot")]:
+        assert _kernel.variant_key(x) == _kernel.variant_key(y), (x, y)
+    for x, y in [("bus", "bu"), ("yahoo", "yahoo mail"), ("gas", "ga")]:
+        assert _kernel.variant_key(x) != _kernel.variant_key(y), (x, y)
+    labels = sorted(["woot", "woot.com", "wood"])
+    a = labelled(labels, [1, 5, 9])
+
+    def top(history: _kernel.Texts, collapse: bool = True) -> list[str]:
+        return ask(a, "wo", None, 10, history, collapse=collapse).texts
+
+    assert sorted(top(EMPTY, False)) == ["wood", "woot", "woot.com"]
+    assert sorted(top(EMPTY)) == ["wood", "woot.com"]  # the most popular variant
+    mine = _kernel.Texts(["woot"], [1], [NOW - 5])
+    assert sorted(top(mine)) == ["wood", "woot"]  # the user's own
+
+
+def test_spans() -> None:
+    assert spans("new y", "new york") == [(0, 5)]
+    assert spans("app wat", "apple watch") == [(0, 3), (6, 9)]
+    assert spans("york", "new york times") == [(4, 8)]
+    assert spans("goolge", "google maps", 1) == [(0, 3), (5, 6)]  # "lg" swapped: not lit
+    assert spans("", "anything") == [] and spans("zzz", "next query") == []
+    assert prefix_alignment("goolge", "google maps")[0] == 1
+
+
+def test_match_config_is_validated_and_saved() -> None:
+    for bad in ({"typos": 3}, {"typos": True}, {"fuzzy": -1}, {"words": "yes"},
+                {"max_visits": 0}):
+        with pytest.raises(InputError):
+            MatchConfig(**bad)  # type: ignore[arg-type]
+    c = CompleterConfig(match=MatchConfig(typos=1, first_char=True))
+    assert CompleterConfig.from_dict(c.to_dict()).match == c.match
+    with pytest.raises(InputError, match="unknown match keys"):
+        CompleterConfig.from_dict({**c.to_dict(), "match": {"typoz": 1}})
+
+
+@pytest.mark.parametrize("prefix", ["a" * 200, "!!!!!!!!", "🙂🙂🙂🙂", "e\u0301\u0301\u0301",
+                                    "xqzjxqzjxqzj", "g" + "o" * 63 + "gle"])
+def test_bad_input_answers_or_is_empty_never_an_error(prefix: str) -> None:
+    labels = sorted(["google", "goo", "aaaa", "e"])
+    a = labelled(labels, [1] * 4)
+    got = ask(a, prefix, MatchConfig(first_char=True))
+    assert got.visited <= MatchConfig().max_visits
+    assert all(isinstance(t, str) for t in got.texts)
