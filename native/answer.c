@@ -21,10 +21,11 @@ static const char *const feature_names[QAC_NF] = {
 };
 
 static const char *const source_names[QAC_NSRC] = {"model", "mpc", "history",
-                                                    "session", "suffix", "word"};
+                                                    "session", "suffix", "word", "fresh"};
 /* the source an answer is shown with: the first of these that made it */
 static const int shown_first[QAC_NSRC] = {QAC_SRC_HISTORY, QAC_SRC_MODEL, QAC_SRC_MPC,
-                                          QAC_SRC_SESSION, QAC_SRC_SUFFIX, QAC_SRC_WORD};
+                                          QAC_SRC_FRESH, QAC_SRC_SESSION, QAC_SRC_SUFFIX,
+                                          QAC_SRC_WORD};
 
 #define MAX_ROWS ((size_t)1 << 24)
 #define NOT_IN_BEAM (-12.0)
@@ -69,7 +70,8 @@ typedef struct {
     double hist_count, hist_age;
     int32_t hist_order; /* index among the matching history entries, by recency; -1 none */
     double sess_count, sess_rank;
-    int64_t recent;     /* times issued in the last days of the training log */
+    double recent;      /* times issued in the last days of the training log, + live */
+    double live;        /* live: the decayed count an extra text came with (not a label) */
 } row_t;
 
 typedef struct {
@@ -691,6 +693,11 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
         row_t *w = &s->rows[r];
         w->sources |= 1u << g;
         if (ex->popularity[j] > w->pop) w->pop = ex->popularity[j];
+        /* live: a fresh query's decayed count */
+        if (ex->live) {
+            if (!(ex->live[j] >= 0) || !isfinite(ex->live[j])) return QAC_E_INPUT;
+            if (ex->live[j] > w->live) w->live = ex->live[j];
+        }
         if (g == QAC_SRC_MPC) {
             if (w->mpc_rank == 0.0) w->mpc_rank = 1.0 / (double)mpc_at;
         } else {
@@ -746,7 +753,7 @@ static void featurize_rows(const qac_answerer_t *a, pool_t *pool, const char *pr
             if (w->label >= 0) w->ref = w->label;
         }
         double pop = w->label >= 0 ? (double)a->lab.popularity[w->label] : (double)w->pop;
-        for (int g = 0; g < QAC_NSRC; g++) x[F_IS_MODEL + g] = (w->sources >> g) & 1u;
+        for (int g = 0; g <= QAC_SRC_WORD; g++) x[F_IS_MODEL + g] = (w->sources >> g) & 1u;
         x[F_MODEL_LOGSCORE] = w->model_logscore;
         x[F_MODEL_RANK] = w->model_rank;
         x[F_LOGPOP] = log1p(pop);
@@ -773,15 +780,22 @@ static void featurize_rows(const qac_answerer_t *a, pool_t *pool, const char *pr
         x[F_HIST_RANK] = w->hist_order >= 0 ? 1.0 / (1.0 + (double)w->hist_order) : 0.0;
         x[F_SESS_COUNT] = w->sess_count;
         x[F_SESS_RANK] = w->sess_rank;
-        const int64_t count = w->label >= 0 ? a->lab.counts[w->label] : 0;
-        w->recent = w->label >= 0 ? a->lab.recent[w->label] : 0;
-        x[F_RECENT_POP] = log1p((double)w->recent);
-        x[F_RECENT_TREND] = log((1.0 + (double)w->recent) / (1.0 + (double)count));
+        /* live: decayed counts since training add to the recent and whole-log counts */
+        double live = w->live;
+        if (w->label >= 0 && ctx->label_live) {
+            live = ctx->label_live[w->label] * ctx->live_scale;
+            if (!(live > 0)) live = 0.0; /* NaN or negative: none */
+        }
+        const double count =
+            (w->label >= 0 ? (double)a->lab.counts[w->label] : 0.0) + live;
+        w->recent = (w->label >= 0 ? (double)a->lab.recent[w->label] : 0.0) + live;
+        x[F_RECENT_POP] = log1p(w->recent);
+        x[F_RECENT_TREND] = log((1.0 + w->recent) / (1.0 + count));
     }
     /* rank by recent count within the pool (ties: pool order); 0 for none. The order
      * array is free until the scores fill it. */
     for (size_t r = 0; r < pool->n; r++)
-        s->order[r] = (ranked_t){(double)s->rows[r].recent, (int32_t)r};
+        s->order[r] = (ranked_t){s->rows[r].recent, (int32_t)r};
     qsort(s->order, pool->n, sizeof *s->order, by_score);
     for (size_t i = 0; i < pool->n; i++) {
         const int32_t r = s->order[i].row;
@@ -816,6 +830,10 @@ int qac_answer(const qac_answerer_t *a, qac_answer_scratch_t *s, const char *pre
         (out->text_cap && !out->text) ||
         ex->n > (size_t)INT32_MAX / 4 || ctx->n_history > (size_t)INT32_MAX / 4 ||
         ctx->n_session > (size_t)INT32_MAX / 4)
+        return QAC_E_INPUT;
+    /* live */
+    if (ctx->label_live && (ctx->n_label_live != a->n_labels || !isfinite(ctx->live_scale) ||
+                            !(ctx->live_scale >= 0)))
         return QAC_E_INPUT;
     if (n_model > s->max_model || beam > s->max_beam || ctx->prev_len > s->max_prev ||
         (n_model && beam == 0))

@@ -65,13 +65,14 @@
 
 /* QAC_CDEF_BEGIN */
 #define QAC_NF 30    /* features per pool row (QAC_FEATURES) */
-#define QAC_NSRC 6   /* candidate sources */
+#define QAC_NSRC 7   /* candidate sources */
 #define QAC_SRC_MODEL 0
 #define QAC_SRC_MPC 1
 #define QAC_SRC_HISTORY 2
 #define QAC_SRC_SESSION 3
 #define QAC_SRC_SUFFIX 4
 #define QAC_SRC_WORD 5
+#define QAC_SRC_FRESH 6 /* live: a query the model never saw, from the event stream */
 #define QAC_MISSING_AGE 20 /* HIST_AGE of a query never issued */
 
 typedef struct qac_answerer qac_answerer_t;
@@ -122,6 +123,11 @@ typedef struct {
     const char *history; size_t history_len; size_t n_history;
     const int32_t *history_count; const double *history_time;
     double now;
+    /* live (qac/live.py): label_live[i] * live_scale is label i's time-decayed count
+     * of submissions since the model was trained (label_live NULL: none; else
+     * n_label_live == labels, live_scale finite >= 0). It adds to the recent and
+     * whole-log counts of the recent_* features. */
+    const double *label_live; size_t n_label_live; double live_scale;
 } qac_context_view;
 
 /* Candidates generated outside the kernel: n texts joined by '\n', each with its
@@ -131,12 +137,13 @@ typedef struct {
 typedef struct {
     const char *text; size_t text_len; size_t n;
     const int32_t *source; const int64_t *count; const int64_t *popularity;
+    const double *live; /* NULL, or n live decayed counts (>= 0) of texts not labels */
 } qac_extra_view;
 
 /* What comes back: up to cap rows, best first. ref[i] >= 0 is a label id; else
  * -1 - j for extra text j, or -1 - n_extra - j for history entry j. source[i]
- * is the source the answer is shown with (history, then model, mpc, session,
- * suffix, word: the first that made it), sources[i] the bitmask of all that made
+ * is the source the answer is shown with (history, then model, mpc, fresh,
+ * session, suffix, word: the first that made it), sources[i] the bitmask of all that made
  * it. The rows' texts, joined by '\n', go to text (text_len bytes written) when
  * text is non-NULL; QAC_E_CAPACITY if they do not fit in text_cap. With features
  * non-NULL (features_cap >= cap * QAC_NF), every row of the pool comes back, in
