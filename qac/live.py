@@ -804,7 +804,9 @@ class StreamTail:
         self.stream._sync = None
 
     def _apply(self, overlay: Overlay, key: str, entries: Any, last: dict[str, str]) -> None:
-        for raw_id, fields_ in entries:
+        for i, (raw_id, fields_) in enumerate(entries):
+            if i and not i % 64:
+                _time.sleep(0)  # hand the GIL to the event loop: keystrokes come first
             sid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
             last[key] = sid
             ev = parse_entry(fields_)
