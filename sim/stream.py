@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         procs[1] = start_replica(args.model, rurl, pb, tmp / "b2.log")
         bars["B_restart_s"] = round(time.perf_counter() - t0, 1)
-        probe = f"zqfresh 0"
+        probe = "zqfresh 0"
         bars["restarted_B_keeps_fresh"] = any(t.startswith(probe) for t in B.top(probe, "f9"))
         bars["restarted_B_applies_blocklist"] = "hurricane sandy" not in B.top("hurr", k=10)
         A.call("POST", "/v1/admin/blocklist", {"remove": ["sandy"]})

@@ -45,13 +45,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "POST /v1/admin/reload (unset: reload is off)")
     live = LiveConfig()
     parser.add_argument("--stream-key", default=live.key,
-                        help="the live event stream's Redis key (with --redis-url; "
-                             f"default {live.key})")
+                        help="the live event stream's Redis key (with --redis-url) "
+                             f"(default: {live.key})")
     parser.add_argument("--stream-shards", type=int, default=live.shards, metavar="N",
-                        help="streams the events are spread over, by query (Redis Cluster)")
+                        help="streams the events are spread over, by query (Redis Cluster) "
+                             f"(default: {live.shards})")
     parser.add_argument("--half-life", type=float, default=live.half_life, metavar="SECONDS",
-                        help="half-life of the live counts (default: "
-                             f"{live.half_life:.0f} s)")
+                        help="half-life of the live counts, in seconds (default: "
+                             f"{live.half_life})")
     parser.add_argument("--privacy-floor", type=int, default=live.privacy_floor, metavar="N",
                         help="distinct sessions before a query no model saw is suggested to "
                              f"others (default {live.privacy_floor})")
