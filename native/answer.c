@@ -23,8 +23,8 @@ static const char *const feature_names[QAC_NF] = {
 static const char *const source_names[QAC_NSRC] = {"model", "mpc", "history",
                                                     "session", "suffix", "word", "fresh"};
 /* the source an answer is shown with: the first of these that made it */
-static const int shown_first[QAC_NSRC] = {QAC_SRC_HISTORY, QAC_SRC_MODEL, QAC_SRC_MPC,
-                                          QAC_SRC_FRESH, QAC_SRC_SESSION, QAC_SRC_SUFFIX,
+static const int shown_first[QAC_NSRC] = {QAC_SRC_HISTORY, QAC_SRC_MODEL, QAC_SRC_FRESH,
+                                          QAC_SRC_MPC, QAC_SRC_SESSION, QAC_SRC_SUFFIX,
                                           QAC_SRC_WORD};
 
 #define MAX_ROWS ((size_t)1 << 24)

@@ -142,7 +142,7 @@ typedef struct {
 
 /* What comes back: up to cap rows, best first. ref[i] >= 0 is a label id; else
  * -1 - j for extra text j, or -1 - n_extra - j for history entry j. source[i]
- * is the source the answer is shown with (history, then model, mpc, fresh,
+ * is the source the answer is shown with (history, then model, fresh, mpc,
  * session, suffix, word: the first that made it), sources[i] the bitmask of all that made
  * it. The rows' texts, joined by '\n', go to text (text_len bytes written) when
  * text is non-NULL; QAC_E_CAPACITY if they do not fit in text_cap. With features
