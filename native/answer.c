@@ -22,11 +22,12 @@ static const char *const feature_names[QAC_NF] = {
 };
 
 static const char *const source_names[QAC_NSRC] = {"model", "mpc", "history", "session",
-                                                    "suffix", "word", "typo", "words"};
+                                                    "suffix", "word", "fresh", "typo",
+                                                    "words"};
 /* the source an answer is shown with: the first of these that made it */
-static const int shown_first[QAC_NSRC] = {QAC_SRC_HISTORY, QAC_SRC_MODEL, QAC_SRC_MPC,
-                                          QAC_SRC_SESSION, QAC_SRC_SUFFIX, QAC_SRC_WORD,
-                                          QAC_SRC_WORDS, QAC_SRC_TYPO};
+static const int shown_first[QAC_NSRC] = {QAC_SRC_HISTORY, QAC_SRC_MODEL, QAC_SRC_FRESH,
+                                          QAC_SRC_MPC, QAC_SRC_SESSION, QAC_SRC_SUFFIX,
+                                          QAC_SRC_WORD, QAC_SRC_WORDS, QAC_SRC_TYPO};
 /* the sources with an is_<source> feature column (IS_MODEL .. IS_WORD, in order) */
 #define N_SRC_FEATURES 6
 _Static_assert(F_IS_WORD - F_IS_MODEL + 1 == N_SRC_FEATURES, "one is_ column per source");
@@ -80,7 +81,8 @@ typedef struct {
     double hist_count, hist_age;
     int32_t hist_order; /* index among the matching history entries, by recency; -1 none */
     double sess_count, sess_rank;
-    int64_t recent;     /* times issued in the last days of the training log */
+    double recent;      /* times issued in the last days of the training log, + live */
+    double live;        /* live: the decayed count an extra text came with (not a label) */
     int32_t group;      /* 0 starts with the prefix, 1 word-prefix match, 1 + edits typo */
     int32_t edits;      /* typo corrections (0: none) */
     int32_t as_mpc;     /* a match: a most popular completion of what was meant */
@@ -777,7 +779,8 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
         size_t n;
         if (next_text(ex->text, ex->text_len, &at, j, ex->n, &t, &n)) return QAC_E_INPUT;
         int32_t g = ex->source[j];
-        if (g <= QAC_SRC_MODEL || g >= N_SRC_FEATURES || g == QAC_SRC_HISTORY || ex->count[j] < 0 ||
+        if (g <= QAC_SRC_MODEL || (g >= N_SRC_FEATURES && g != QAC_SRC_FRESH) ||
+            g == QAC_SRC_HISTORY || ex->count[j] < 0 ||
             ex->popularity[j] < 0)
             return QAC_E_INPUT;
         size_t mpc_at = g == QAC_SRC_MPC ? ++n_mpc : 0;
@@ -788,6 +791,11 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
         row_t *w = &s->rows[r];
         w->sources |= 1u << g;
         if (ex->popularity[j] > w->pop) w->pop = ex->popularity[j];
+        /* live: a fresh query's decayed count */
+        if (ex->live) {
+            if (!(ex->live[j] >= 0) || !isfinite(ex->live[j])) return QAC_E_INPUT;
+            if (ex->live[j] > w->live) w->live = ex->live[j];
+        }
         if (g == QAC_SRC_MPC) {
             if (w->mpc_rank == 0.0) w->mpc_rank = 1.0 / (double)mpc_at;
         } else {
@@ -1190,16 +1198,23 @@ static void featurize_rows(const qac_answerer_t *a, pool_t *pool, const char *pr
         x[F_HIST_RANK] = w->hist_order >= 0 ? 1.0 / (1.0 + (double)w->hist_order) : 0.0;
         x[F_SESS_COUNT] = w->sess_count;
         x[F_SESS_RANK] = w->sess_rank;
-        const int64_t count = w->label >= 0 ? a->lab.counts[w->label] : 0;
-        w->recent = w->label >= 0 ? a->lab.recent[w->label] : 0;
-        x[F_RECENT_POP] = log1p((double)w->recent);
-        x[F_RECENT_TREND] = log((1.0 + (double)w->recent) / (1.0 + (double)count));
+        /* live: decayed counts since training add to the recent and whole-log counts */
+        double live = w->live;
+        if (w->label >= 0 && ctx->label_live) {
+            live = ctx->label_live[w->label] * ctx->live_scale;
+            if (!(live > 0)) live = 0.0; /* NaN or negative: none */
+        }
+        const double count =
+            (w->label >= 0 ? (double)a->lab.counts[w->label] : 0.0) + live;
+        w->recent = (w->label >= 0 ? (double)a->lab.recent[w->label] : 0.0) + live;
+        x[F_RECENT_POP] = log1p(w->recent);
+        x[F_RECENT_TREND] = log((1.0 + w->recent) / (1.0 + count));
     }
     /* rank by recent count within the row's group of the pool (ties: pool order; so
      * matches never change the features of the prefix's own answers); 0 for none.
      * The order array is free until the scores fill it. */
     for (size_t r = 0; r < pool->n; r++)
-        s->order[r] = (ranked_t){(double)s->rows[r].recent, (int32_t)r, s->rows[r].group};
+        s->order[r] = (ranked_t){s->rows[r].recent, (int32_t)r, s->rows[r].group};
     qsort(s->order, pool->n, sizeof *s->order, by_rank);
     for (size_t i = 0, first = 0; i < pool->n; i++) {
         const int32_t r = s->order[i].row;
@@ -1307,6 +1322,10 @@ int qac_answer(const qac_answerer_t *a, qac_answer_scratch_t *s, const char *pre
         (out->text_cap && !out->text) ||
         ex->n > (size_t)INT32_MAX / 4 || ctx->n_history > (size_t)INT32_MAX / 4 ||
         ctx->n_session > (size_t)INT32_MAX / 4)
+        return QAC_E_INPUT;
+    /* live */
+    if (ctx->label_live && (ctx->n_label_live != a->n_labels || !isfinite(ctx->live_scale) ||
+                            !(ctx->live_scale >= 0)))
         return QAC_E_INPUT;
     if (n_model > s->max_model || beam > s->max_beam || ctx->prev_len > s->max_prev ||
         (n_model && beam == 0))

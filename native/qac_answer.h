@@ -65,15 +65,16 @@
 
 /* QAC_CDEF_BEGIN */
 #define QAC_NF 30    /* features per pool row (QAC_FEATURES) */
-#define QAC_NSRC 8   /* candidate sources */
+#define QAC_NSRC 9   /* candidate sources */
 #define QAC_SRC_MODEL 0
 #define QAC_SRC_MPC 1
 #define QAC_SRC_HISTORY 2
 #define QAC_SRC_SESSION 3
 #define QAC_SRC_SUFFIX 4
 #define QAC_SRC_WORD 5
-#define QAC_SRC_TYPO 6  /* a label or past query within a few edits of the prefix */
-#define QAC_SRC_WORDS 7 /* successive words start with the typed words */
+#define QAC_SRC_FRESH 6 /* live: a query the model never saw, from the event stream */
+#define QAC_SRC_TYPO 7  /* a label or past query within a few edits of the prefix */
+#define QAC_SRC_WORDS 8 /* successive words start with the typed words */
 #define QAC_MISSING_AGE 20 /* HIST_AGE of a query never issued */
 
 typedef struct qac_answerer qac_answerer_t;
@@ -124,20 +125,26 @@ typedef struct {
     const char *history; size_t history_len; size_t n_history;
     const int32_t *history_count; const double *history_time;
     double now;
+    /* live (qac/live.py): label_live[i] * live_scale is label i's time-decayed count
+     * of submissions since the model was trained (label_live NULL: none; else
+     * n_label_live == labels, live_scale finite >= 0). It adds to the recent and
+     * whole-log counts of the recent_* features. */
+    const double *label_live; size_t n_label_live; double live_scale;
 } qac_context_view;
 
 /* Candidates generated outside the kernel: n texts joined by '\n', each with its
- * source (QAC_SRC_MPC .. QAC_SRC_WORD, not history), a count (>= 0: for MPC the popularity,
+ * source (QAC_SRC_MPC .. QAC_SRC_WORD but history, or QAC_SRC_FRESH), a count (>= 0: for MPC the popularity,
  * for the generators the count of the pieces they joined) and the popularity of
  * the whole text (>= 0). Texts that do not start with the prefix are skipped. */
 typedef struct {
     const char *text; size_t text_len; size_t n;
     const int32_t *source; const int64_t *count; const int64_t *popularity;
+    const double *live; /* NULL, or n live decayed counts (>= 0) of texts not labels */
 } qac_extra_view;
 
 /* What comes back: up to cap rows, best first. ref[i] >= 0 is a label id; else
  * -1 - j for extra text j, or -1 - n_extra - j for history entry j. source[i]
- * is the source the answer is shown with (history, then model, mpc, session,
+ * is the source the answer is shown with (history, then model, fresh, mpc, session,
  * suffix, word, words, typo: the first that made it), sources[i] the bitmask of all that made
  * it. The rows' texts, joined by '\n', go to text (text_len bytes written) when
  * text is non-NULL; QAC_E_CAPACITY if they do not fit in text_cap. With collapse

@@ -710,9 +710,9 @@ class Texts:
 class _Buffers:
     """One thread's scratch and input/output arrays for an :class:`Answerer`."""
 
-    __slots__ = ("cap", "ctx", "edits", "ex", "ex_count", "ex_pop", "ex_src", "features",
-                 "match", "max_beam", "max_model", "max_prev", "n_in", "out", "ref", "score",
-                 "scratch", "source", "sources", "text", "text_cap")
+    __slots__ = ("cap", "ctx", "edits", "ex", "ex_count", "ex_live", "ex_pop", "ex_src",
+                 "features", "match", "max_beam", "max_model", "max_prev", "n_in", "out", "ref",
+                 "score", "scratch", "source", "sources", "text", "text_cap")
     cap: int
     text: Any
     text_cap: int
@@ -724,6 +724,7 @@ class _Buffers:
     ctx: Any
     ex: Any
     ex_count: Any
+    ex_live: Any
     ex_pop: Any
     ex_src: Any
     edits: Any
@@ -835,6 +836,7 @@ class Answerer:
             nb.ex_src = ffi.new("int32_t[]", n_in)
             nb.ex_count = ffi.new("int64_t[]", n_in)
             nb.ex_pop = ffi.new("int64_t[]", n_in)
+            nb.ex_live = ffi.new("double[]", n_in)
             nb.ctx = ffi.new("qac_context_view *")
             nb.ex = ffi.new("qac_extra_view *")
             nb.out = ffi.new("qac_answer_out *")
@@ -857,14 +859,19 @@ class Answerer:
     def answer(self, prefix: bytes, prev: bytes, session: Texts, history: Texts,
                extra: list[str], extra_source: list[int], extra_count: list[int],
                extra_pop: list[int], now: float, beam: int, n_model: int, k: int,
-               features: bool = False, collapse: bool = False, match: Any = None
-               ) -> Answer:
+               features: bool = False, collapse: bool = False, match: Any = None,
+               extra_live: list[float] | None = None, label_live: np.ndarray | None = None,
+               live_scale: float = 1.0) -> Answer:
         """One keystroke (see native/qac_answer.h): the k best rows, best first
         (``collapse``: near-duplicates as one answer; ``match``: a
         :class:`qac.match.MatchConfig` for typo and word-prefix matches, None for
         none); with ``features``, every row in pool order, and the feature rows
         (float64 [n, len(FEATURES)]). ``ref`` >= 0 is a label id, else -1 - j indexes
-        ``extra + history.texts``."""
+        ``extra + history.texts``.
+
+        Live (:mod:`qac.live`): ``extra_live`` a decayed count per extra text (fresh
+        queries), ``label_live`` float64 [labels] decayed counts that
+        ``live_scale`` brings to now (read in place by C; None: no live counts)."""
         n_x = len(extra)
         if not len(extra_source) == len(extra_count) == len(extra_pop) == n_x:
             raise InputError("answer: extra texts and their numbers differ in length")
@@ -883,7 +890,25 @@ class Answerer:
         ctx.session, ctx.session_len, ctx.n_session = session.blob, session.nbytes, session.n
         ctx.session_time = session.times
         ctx.now = now
+        if label_live is not None:
+            if (label_live.dtype != np.float64 or label_live.ndim != 1
+                    or not label_live.flags.c_contiguous):
+                raise InputError("answer: label_live must be a contiguous float64 vector")
+            live_buf = ffi.from_buffer("double[]", label_live)
+            ctx.label_live, ctx.n_label_live, ctx.live_scale = (
+                live_buf, label_live.size, live_scale)
+        else:
+            live_buf = None
+            ctx.label_live, ctx.n_label_live, ctx.live_scale = ffi.NULL, 0, 1.0
         ex.text, ex.text_len, ex.n = keep[1], len(ext), n_x
+        if extra_live is not None:
+            if len(extra_live) != n_x:
+                raise InputError("answer: extra texts and their live counts differ in length")
+            if n_x:
+                b.ex_live[0:n_x] = extra_live
+            ex.live = b.ex_live
+        else:
+            ex.live = ffi.NULL
         if n_x:
             b.ex_src[0:n_x] = extra_source
             b.ex_count[0:n_x] = extra_count
@@ -905,7 +930,7 @@ class Answerer:
             mv.fuzzy, mv.max_visits = match.fuzzy, match.max_visits
         check(lib.qac_answer(self.handle, b.scratch, prefix, len(prefix), ctx, ex, beam,
                              n_model, mv, out), "qac_answer")
-        del keep
+        del keep, live_buf
         n = out.n
         X = b.features[:n].copy() if features and b.features is not None else None
         texts = ffi.unpack(b.text, out.text_len).decode("utf-8", "surrogatepass").split(

@@ -121,6 +121,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from qac.live import EventStream, LiveConfig
+    from qac.logs import read_log
+
+    with _naming(args.log):
+        events = read_log(args.log)
+    if not events:
+        raise InputError(f"{args.log}: no queries: the log is empty")
+    now = time.time()
+    times = [e.time.timestamp() if e.time is not None else now for e in events]
+    shift = now - max(times) if args.now else 0.0
+    stream = EventStream(args.redis_url, LiveConfig(key=args.stream_key, shards=args.shards))
+    t0 = time.perf_counter()
+    try:
+        n = stream.append(((e.query, (e.user or e.session)[:64], t + shift)
+                           for e, t in zip(events, times, strict=True)), batch=args.batch)
+    finally:
+        stream.close()
+    took = time.perf_counter() - t0
+    out = {"events": n, "seconds": round(took, 3), "events_per_second": round(n / took, 1),
+           "stream": args.stream_key, "shards": args.shards}
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"appended {n} events to {args.stream_key} in {took:.2f}s "
+              f"({n / took:.0f} events/s)")
+    return 0
+
+
 def cmd_complete(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
@@ -371,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "train", "train a session-aware completer from a query log")
     p.add_argument("--log", required=True,
                    help="sessions TSV (user, session, query, time) or one query per line; "
-                        "may be gzipped")
+                        "may be gzipped; or a Redis URL (redis://host:port/db): the live "
+                        "event stream, whose last ids the model records")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--index", choices=["hybrid", "trie", "tree"], default="hybrid",
                    help="label tree: trie levels then k-means (hybrid), trie levels only, "
@@ -395,6 +425,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "(same format)")
     _add_engine_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = _command(sub, "ingest", "append a query log to the live event stream (backfill)")
+    p.add_argument("--log", required=True,
+                   help="sessions TSV (user, session, query, time) or one query per line; "
+                        "may be gzipped")
+    p.add_argument("--redis-url", required=True,
+                   help="the stream's Redis, e.g. redis://localhost:6379/0 "
+                        "(redis+cluster://host:port for Redis Cluster)")
+    p.add_argument("--stream-key", default="qac:events", help="the stream's key")
+    p.add_argument("--shards", type=_positive, default=1,
+                   help="streams the events are spread over (as the servers use)")
+    p.add_argument("--now", action="store_true",
+                   help="stamp the events with the time now (spaced as in the log, ending "
+                        "now) instead of the log's times")
+    p.add_argument("--batch", type=_positive, default=1000, help="events per round trip")
+    _add_json(p)
+    p.set_defaults(func=cmd_ingest)
 
     p = _command(sub, "complete", "complete one prefix")
     p.add_argument("model", help="completer model directory")

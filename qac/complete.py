@@ -25,6 +25,12 @@ model is trained on the whole log.
 
 The blocklist is part of the model: no label, popular completion, table entry,
 generated query or past query of the user that it matches is ever a candidate.
+
+Live (:mod:`qac.live`): a completer may carry an overlay of what users submitted since
+it was trained (:meth:`Completer.observe` in-process, or a stream tail in a server):
+live decayed counts per label feed the ranker's recent_* features, and queries the
+model never saw, once past the privacy floor, join the pool as "fresh" candidates. The
+live blocklist filters every answer, beside the model's own.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from qac.history import Past, UserLog
 from qac.index.kmeans import build_kmeans_tree, pifa
 from qac.index.tree import LabelTree
 from qac.index.trie import build_hybrid_tree, build_trie_tree
+from qac.live import LiveBlocklist, LiveConfig, Overlay
 from qac.logs import LogEvent, previous_queries
 from qac.match import MatchConfig, spans
 from qac.mpc import MostPopular
@@ -64,6 +71,7 @@ from qac.text import normalize, normalize_prefix
 log = logging.getLogger(__name__)
 
 KIND = "completer"
+FRESH = SOURCES.index("fresh")
 INDEXES = ("hybrid", "trie", "tree")
 #: most answers one keystroke may ask for
 MAX_K = 1000
@@ -81,12 +89,12 @@ SessionLike = Iterable[tuple[str, float] | str] | _kernel.Texts
 class Completion:
     """One suggestion. ``score`` is the ranker's (the same scale for every source);
     ``source`` the source it is shown with: "history" (a past query of the user),
-    "model" (the XMR beam), "mpc" (most popular), "session", "suffix" or "word"
-    (generated), "words" (its successive words start with the typed words) or "typo"
-    (a correction of the prefix). ``edits``: the typo corrections it took (0: none).
-    ``spans``: the ``[start, end)`` character ranges of ``text`` that match what was
-    typed (:func:`qac.match.spans`): where a correction is, the corrected characters
-    are outside them."""
+    "model" (the XMR beam), "mpc" (most popular), "fresh" (a live query the model
+    never saw), "session", "suffix" or "word" (generated), "words" (its successive
+    words start with the typed words) or "typo" (a correction of the prefix).
+    ``edits``: the typo corrections it took (0: none). ``spans``: the ``[start, end)``
+    character ranges of ``text`` that match what was typed (:func:`qac.match.spans`):
+    where a correction is, the corrected characters are outside them."""
 
     text: str
     score: float
@@ -338,6 +346,28 @@ def _build_index(config: CompleterConfig, labels: list[str]) -> Any:
     return index
 
 
+def _with_fresh(texts: list[str], srcs: list[int], counts: list[int], pops: list[int],
+                fresh: list[str], live: list[float], n_mpc: int
+                ) -> tuple[list[str], list[int], list[int], list[int]]:
+    """The extras with the fresh queries: merged into the most popular completions
+    by their live counts (MPC over the training log and the live stream: a burst is
+    popular now), then each once more as source "fresh" (its live count read by the
+    recent_* features), last."""
+    m = 0
+    while m < len(srcs) and srcs[m] == MPC:
+        m += 1
+    merged = sorted([(c, i, t) for i, (t, c) in enumerate(zip(texts[:m], counts[:m],
+                                                               strict=True))]
+                    + [(int(c), -1 - j, t) for j, (t, c) in enumerate(zip(fresh, live,
+                                                                           strict=True))],
+                    key=lambda x: (-x[0], x[1] if x[1] >= 0 else m - x[1]))[:n_mpc]
+    mt = [t for _, _, t in merged]
+    mc = [c for c, _, _ in merged]
+    fc = [int(c) for c in live]
+    return (mt + texts[m:] + fresh, [MPC] * len(mt) + srcs[m:] + [FRESH] * len(fresh),
+            mc + counts[m:] + fc, mc + pops[m:] + fc)
+
+
 def _clean(text: Any) -> str | None:
     """A stored query as a candidate: a non-empty str without a newline, else None."""
     return text if isinstance(text, str) and text and "\n" not in text else None
@@ -349,7 +379,8 @@ class Completer:
     def __init__(self, config: CompleterConfig, engine: Engine, labels: LabelSet,
                  mpc: MostPopular, tables: Tables, forest: Forest,
                  blocklist: Blocklist | None = None, extra_blocklist: Blocklist | None = None,
-                 fit: Mapping[str, Any] | None = None) -> None:
+                 fit: Mapping[str, Any] | None = None,
+                 stream: Mapping[str, str] | None = None) -> None:
         if engine.n_labels != len(labels):
             raise InputError(f"engine has {engine.n_labels} labels, label set {len(labels)}")
         self.config = config
@@ -361,6 +392,11 @@ class Completer:
         self.blocklist = blocklist or Blocklist.empty()
         self.extra_blocklist = extra_blocklist
         self.fit = dict(fit or {})
+        #: the last event-stream id per stream key this model learnt from
+        #: (``qac train --log redis://...``), or None
+        self.stream = dict(stream) if stream else None
+        #: the live overlay the answers read (None: none; see :meth:`observe`)
+        self.live: Overlay | None = None
         self.answerer = _kernel.Answerer(engine.vectorizer.handle, engine.model.handle,
                                          labels.arrays(), forest.arrays(), forest.base,
                                          keep=(engine, labels, forest))
@@ -561,6 +597,7 @@ class Completer:
         arrays.update({f"ranker.{k}": v for k, v in self.forest.arrays().items()})
         config = {"completer": self.config.to_dict(), **self.engine.manifest_config(),
                   "ranker": self.forest.manifest(), "fit": self.fit,
+                  **({"stream": self.stream} if self.stream else {}),
                   "blocklist": {"words": sorted(self.blocklist.words),
                                 "stems": sorted(self.blocklist.stems)}}
         tries = {"mpc": self.mpc.trie}
@@ -587,9 +624,13 @@ class Completer:
                                        md.arrays("tables."))
             forest = Forest.from_parts(md.config["ranker"], md.arrays("ranker."))
             fit = md.config.get("fit", {})
+            stream = md.config.get("stream")
+            if stream is not None and (not isinstance(stream, Mapping) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in stream.items())):
+                raise InputError("stream: a mapping of stream key -> last id needed")
             engine = Engine.from_model_dir(md)
             return cls(config, engine, labels, mpc, tables, forest, model_blocklist, blocklist,
-                       fit if isinstance(fit, dict) else {})
+                       fit if isinstance(fit, dict) else {}, stream)
         except ModelFormatError as exc:
             if where in str(exc):
                 raise
@@ -613,21 +654,47 @@ class Completer:
         if bad:
             raise InputError(f"with_options: only {sorted(allowed)} change at answer time, "
                              f"not {bad}")
-        return Completer(replace(self.config, **changes), self.engine, self.labels, self.mpc,
-                         self.tables, self.forest, self.blocklist, self.extra_blocklist,
-                         self.fit)
+        c = Completer(replace(self.config, **changes), self.engine, self.labels, self.mpc,
+                      self.tables, self.forest, self.blocklist, self.extra_blocklist,
+                      self.fit, self.stream)
+        c.live = self.live
+        return c
 
     def with_forest(self, forest: Forest) -> Completer:
         """The same model ranked by another forest."""
-        return Completer(self.config, self.engine, self.labels, self.mpc, self.tables,
-                         forest, self.blocklist, self.extra_blocklist, self.fit)
+        c = Completer(self.config, self.engine, self.labels, self.mpc, self.tables,
+                      forest, self.blocklist, self.extra_blocklist, self.fit, self.stream)
+        c.live = self.live
+        return c
+
+    # -- live ----------------------------------------------------------------------
+    def label_id(self, text: str) -> int:
+        """The label id of a normalized text, or -1."""
+        if not text:
+            return -1
+        lo, hi = self.answerer.label_range(text.encode("utf-8", "surrogatepass"))
+        return lo if lo < hi and self.labels.text_of(lo) == text else -1
+
+    def new_overlay(self, config: LiveConfig | None = None,
+                    blocklist: LiveBlocklist | None = None) -> Overlay:
+        """An empty live overlay bound to this model's labels (not attached)."""
+        config = config or LiveConfig()
+        return Overlay(self.label_id, len(self.labels), config, blocklist,
+                       config.weight_for(self.config.recent_days))
+
+    def observe(self, query: str, session: str | None = None, time: float | None = None
+                ) -> bool:
+        """Feed one submitted query to this completer's live overlay (made on first use
+        with :class:`~qac.live.LiveConfig` defaults): embedded use without a stream.
+        ``time``: Unix seconds (default now). False when the query is not one (empty
+        after normalization, too long)."""
+        if self.live is None:
+            self.live = self.new_overlay()
+        return self.live.add(query, session or "", time)
 
     def __contains__(self, text: object) -> bool:
         """Whether ``text`` (normalized) is a label."""
-        if not isinstance(text, str) or not text:
-            return False
-        lo, hi = self.answerer.label_range(text.encode("utf-8", "surrogatepass"))
-        return lo < hi and self.labels.text_of(lo) == text
+        return isinstance(text, str) and self.label_id(text) >= 0
 
     # -- the user's context, packed for the kernel -------------------------------
     def pack_history(self, history: HistoryLike) -> _kernel.Texts:
@@ -737,11 +804,32 @@ class Completer:
         texts, srcs, counts, pops = self._extras_of(p, prev, gens)
         at = time.time() if now is None else float(now)
         cfg = self.config.sources
-        want = k if self.extra_blocklist is None else 2 * k + 10
+        live = self.live
+        label_live = extra_live = None
+        scale = 1.0
+        filtered = self.extra_blocklist is not None
+        if live is not None:
+            label_live, scale = live.label_view(at)
+            ft, fc = live.fresh(p, live.config.fresh, at, self._blocks)
+            if ft:
+                texts, srcs, counts, pops = _with_fresh(texts, srcs, counts, pops, ft, fc,
+                                                        cfg.mpc)
+                extra_live = [0.0] * (len(texts) - len(ft)) + fc
+            filtered = filtered or live.blocklist.blocklist is not None
+        want = 2 * k + 10 if filtered else k
         return p, self.answerer.answer(
             p.encode("utf-8", "surrogatepass"), prev.encode("utf-8", "surrogatepass"),
             sess, hist, texts, srcs, counts, pops, at, self._beam, cfg.model, want, features,
-            self.config.collapse, match)
+            self.config.collapse, match, extra_live, label_live, scale)
+
+    def _blocked(self, text: str) -> bool:
+        """Whether the blocklists applied to answers (the extra one and the live one)
+        block a normalized text."""
+        if self.extra_blocklist is not None and self.extra_blocklist.blocks_normalized(text):
+            return True
+        live = self.live
+        bl = live.blocklist.blocklist if live is not None else None
+        return bl is not None and bl.blocks_normalized(text)
 
     def complete(self, prefix: str | bytes, previous: str | bytes | None = None, k: int = 10,
                  history: HistoryLike = (), session: SessionLike = (),
@@ -759,8 +847,8 @@ class Completer:
         p, a = self._answer(prefix, previous, k, history, session, now, False, typos)
         out = [Completion(t, s, SOURCES[g], e, tuple(spans(p, t, e)))
                for t, g, s, e in zip(a.texts, a.sources, a.scores, a.edits, strict=True)]
-        if self.extra_blocklist is not None:
-            out = [c for c in out if not self.extra_blocklist.blocks_normalized(c.text)][:k]
+        if len(out) > k or self.extra_blocklist is not None or self.live is not None:
+            out = [c for c in out if not self._blocked(c.text)][:k]
         return out
 
     def pool(self, prefix: str, previous: str | None = None, history: HistoryLike = (),
@@ -786,12 +874,24 @@ def train_completer(log_path: str | os.PathLike[str], out: str | os.PathLike[str
                     config: CompleterConfig | None = None, until: Any = None,
                     background: str | os.PathLike[str] | None = None,
                     progress: bool = False, blocklist: Blocklist | None = None) -> Completer:
-    """Read a log (and an optional background query log), train, optionally save."""
+    """Read a log (and an optional background query log), train, optionally save.
+    ``log_path`` may be a Redis URL (``redis://host:port/db``, ``redis+cluster://``):
+    the event stream (default key) is the log, and the manifest records its last ids."""
+    from qac.live import is_stream_url, read_stream_log
     from qac.logs import query_counts, read_log
 
-    events = read_log(log_path, until=until)
+    stream = None
+    if is_stream_url(log_path):
+        # the live event stream as the log; the model records the last ids it saw, so
+        # a server's overlay counts only the events after them
+        events, stream = read_stream_log(str(log_path), until=until)
+        if not events:
+            raise InputError(f"{log_path}: the event stream holds no events")
+    else:
+        events = read_log(log_path, until=until)
     bg = query_counts(read_log(background)) if background else None
     c = Completer.train(events, config, background=bg, progress=progress, blocklist=blocklist)
+    c.stream = stream
     if out is not None:
         c.save(out)
     return c

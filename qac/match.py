@@ -141,6 +141,8 @@ def spans(prefix: str, text: str, edits: int = 0) -> list[tuple[int, int]]:
     t = fold(text)  # a stored text from before folding: match as its prefix was
     if len(t) != len(text):  # folding changed the length: offsets would not line up
         return []
+    if t.startswith(prefix):  # a finished word keeps its space
+        return [(0, len(prefix))]
     if t.startswith(p):
         return [(0, len(p))]
     if edits <= 0:

@@ -238,7 +238,9 @@ def answer_pool(labels: Sequence[str], popularity: Sequence[int], prefix: str, p
                 beam: Sequence[tuple[int, float]], history: Sequence[tuple[str, int, float]],
                 session: Sequence[tuple[str, float]], extra: Sequence[tuple[str, int, int, int]],
                 now: float, counts: Sequence[int] | None = None,
-                recent: Sequence[int] | None = None) -> list[dict]:
+                recent: Sequence[int] | None = None,
+                label_live: Sequence[float] | None = None, live_scale: float = 1.0,
+                extra_live: Sequence[float] | None = None) -> list[dict]:
     """The rows ``qac_answer`` builds, in pool order: each a dict with text, ref,
     sources (bitmask) and x (the feature vector, by qac.rank.FEATURES). ``beam`` is
     (label id, engine score) best first; history (text, count, time); session (text,
@@ -258,7 +260,7 @@ def answer_pool(labels: Sequence[str], popularity: Sequence[int], prefix: str, p
             r = {"text": t, "ref": ref, "label": -1, "sources": 0, "pop": 0,
                  "model_logscore": -12.0, "model_rank": 0.0, "mpc_rank": 0.0, "gen": 0.0,
                  "hist_count": 0.0, "hist_age": 20.0, "order": -1,
-                 "sess_count": 0.0, "sess_rank": 0.0}
+                 "sess_count": 0.0, "sess_rank": 0.0, "live": 0.0}
             by_text[t] = r
             rows.append(r)
         return r
@@ -304,6 +306,8 @@ def answer_pool(labels: Sequence[str], popularity: Sequence[int], prefix: str, p
         r = row(t, -1 - j)
         r["sources"] |= 1 << g
         r["pop"] = max(r["pop"], p)
+        if extra_live is not None:
+            r["live"] = max(r["live"], extra_live[j])
         if g == S["mpc"]:
             if r["mpc_rank"] == 0:
                 r["mpc_rank"] = 1.0 / n_mpc
@@ -329,7 +333,7 @@ def answer_pool(labels: Sequence[str], popularity: Sequence[int], prefix: str, p
         pop = float(popularity[r["label"]]) if r["label"] >= 0 else float(r["pop"])
         x = [0.0] * len(FEATURES)
         for s, i in S.items():
-            if f"is_{s}" in F:  # the sources with a column (not the match sources)
+            if f"is_{s}" in F:  # fresh and the match sources have no column
                 x[F[f"is_{s}"]] = float(bool(r["sources"] & (1 << i)))
         x[F["model_logscore"]] = r["model_logscore"]
         x[F["model_rank"]] = r["model_rank"]
@@ -355,8 +359,11 @@ def answer_pool(labels: Sequence[str], popularity: Sequence[int], prefix: str, p
         x[F["sess_count"]] = r["sess_count"]
         x[F["sess_rank"]] = r["sess_rank"]
         lab = r["label"]
-        r["recent"] = recent[lab] if recent is not None and lab >= 0 else 0
-        count = counts[lab] if counts is not None and lab >= 0 else 0
+        live = r["live"]
+        if lab >= 0 and label_live is not None:
+            live = max(label_live[lab] * live_scale, 0.0)
+        r["recent"] = (recent[lab] if recent is not None and lab >= 0 else 0) + live
+        count = (counts[lab] if counts is not None and lab >= 0 else 0) + live
         x[F["recent_pop"]] = math.log1p(r["recent"])
         x[F["recent_trend"]] = math.log((1 + r["recent"]) / (1 + count))
         r["x"] = x

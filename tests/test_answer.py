@@ -61,7 +61,8 @@ def answerer(labels: list[str], popularity: list[int], forest: Forest,
 
 def run(a: _kernel.Answerer, prefix: str, prev: str, history: list, session: list,
         extra: list, k: int = 10, features: bool = False, n_model: int = 0,
-        labels: list[str] | None = None
+        labels: list[str] | None = None, extra_live: list[float] | None = None,
+        label_live: np.ndarray | None = None, live_scale: float = 1.0
         ) -> tuple[list[int], list[int], list[float], np.ndarray | None]:
     hist = _kernel.Texts([h[0] for h in history], [h[1] for h in history],
                          [h[2] for h in history])
@@ -69,7 +70,7 @@ def run(a: _kernel.Answerer, prefix: str, prev: str, history: list, session: lis
     texts, srcs, scores, refs, _, _, X = a.answer(
         prefix.encode(), prev.encode(), sess, hist, [e[0] for e in extra],
         [e[1] for e in extra], [e[2] for e in extra], [e[3] for e in extra], NOW, 10, n_model,
-        k, features)
+        k, features, extra_live=extra_live, label_live=label_live, live_scale=live_scale)
     if labels is not None:  # the texts written by C are the texts the refs name
         assert texts == [text_of(r, labels, history, session, extra) for r in refs]
     assert len(texts) == len(refs)
@@ -105,16 +106,26 @@ def test_pool_features_and_scores_match_the_reference(labels: list[str], data: s
     history = data.draw(st.lists(st.tuples(texts, st.integers(1, 9), times), max_size=6))
     session = data.draw(st.lists(st.tuples(texts, times), max_size=4))
     extra = data.draw(st.lists(st.tuples(
-        texts, st.sampled_from([S["mpc"], S["session"], S["suffix"], S["word"]]),
+        texts, st.sampled_from([S["mpc"], S["session"], S["suffix"], S["word"], S["fresh"]]),
         st.integers(0, 100), st.integers(0, 100)), max_size=8))
     counts = data.draw(st.lists(st.integers(0, 60), min_size=len(labels), max_size=len(labels)))
     recent = [data.draw(st.integers(0, c)) for c in counts]
+    # live counts (qac.live): per label (scaled to now) and per extra text, or none
+    live = data.draw(st.booleans())
+    label_live = (np.array(data.draw(st.lists(st.floats(0, 1e3), min_size=len(labels),
+                                               max_size=len(labels))), dtype=np.float64)
+                  if live else None)
+    live_scale = data.draw(st.floats(0, 4)) if live else 1.0
+    extra_live = (data.draw(st.lists(st.floats(0, 1e3), min_size=len(extra),
+                                     max_size=len(extra))) if live else None)
     forest = random_forest(np.random.default_rng(len(labels)))
     a = answerer(labels, popularity, forest, counts=counts, recent=recent)
     ref_rows = answer_pool(labels, popularity, prefix, prev, [], history, session, extra, NOW,
-                           counts, recent)
+                           counts, recent, None if label_live is None else label_live.tolist(),
+                           live_scale, extra_live)
     refs, srcs, scores, X = run(a, prefix, prev, history, session, extra, features=True,
-                                labels=labels)
+                                labels=labels, extra_live=extra_live, label_live=label_live,
+                                live_scale=live_scale)
     assert X is not None
     got = [text_of(r, labels, history, session, extra) for r in refs]
     assert got == [r["text"] for r in ref_rows]
@@ -127,7 +138,8 @@ def test_pool_features_and_scores_match_the_reference(labels: list[str], data: s
     # the top-k path: the same rows, best first (ties: pool order)
     k = data.draw(st.integers(1, 12))
     top_refs, top_srcs, top_scores, _ = run(a, prefix, prev, history, session, extra, k=k,
-                                            labels=labels)
+                                            labels=labels, extra_live=extra_live,
+                                            label_live=label_live, live_scale=live_scale)
     order = sorted(range(len(got)), key=lambda i: (-scores[i], i))[:k]
     assert top_refs == [refs[i] for i in order]
     assert top_scores == [scores[i] for i in order]
@@ -234,8 +246,10 @@ def test_label_range() -> None:
 
 def test_schema_names_come_from_the_header() -> None:
     assert len(FEATURES) == len(set(FEATURES)) and FEATURES[0] == "is_model"
-    assert SOURCES == ("model", "mpc", "history", "session", "suffix", "word", "typo",
-                       "words")
-    # the pool's own sources have an is_ column each; the match sources group instead
+    assert SOURCES == ("model", "mpc", "history", "session", "suffix", "word", "fresh",
+                       "typo", "words")
+    # the pool's own sources have an is_ column each; "fresh" rows are told apart by
+    # is_label = 0 and their live counts (so the shipped ranker reads them unchanged),
+    # the match sources by their group
     assert [f"is_{s}" for s in SOURCES[:6]] == list(FEATURES[:6])
-    assert "is_typo" not in FEATURES
+    assert not {"is_fresh", "is_typo", "is_words"} & set(FEATURES)

@@ -9,6 +9,8 @@ store and returns a Starlette app. Endpoints::
     GET  /healthz                                     liveness + model version
     GET  /metrics                                     Prometheus text
     POST /v1/admin/reload  (Bearer token)  {"model_dir": "..."}  swap the completer
+    GET  /v1/admin/blocklist  (Bearer token)          the live blocklist
+    POST /v1/admin/blocklist  (Bearer token)  {"add": [...], "remove": [...]}
     GET  /                                            demo page
 
 Every error is JSON ``{"error": "..."}`` with a 4xx status (a 5xx only for a failure of
@@ -31,6 +33,12 @@ Reload (:mod:`qac.server.reload`): the new directory is checked in a child proce
 loaded in a worker thread while requests keep flowing, swapped in as one reference
 (each request sees the old or the new model, never a mix), and published to the other
 worker processes of the replica, which swap within about a second.
+
+Live (:mod:`qac.live`): a recorded query is also an event. With a Redis URL it is
+appended to the event stream, which every worker of every replica tails into its live
+overlay (one background thread each); without, it goes to this worker's overlay. The
+live blocklist is kept in Redis (or in this worker) and filters every answer; every
+worker picks up a change within ``live.blocklist_poll`` seconds.
 
 Metrics live in a registry per app, hence per worker process; /healthz names the
 process (``pid``) so a scraper can tell workers apart.
@@ -72,6 +80,7 @@ from starlette.routing import Route
 from qac.complete import Completer
 from qac.errors import InputError, KernelError, ModelFormatError, QacError, StoreUnavailable
 from qac.history import SessionContext
+from qac.live import EventStream, LiveBlocklist, StreamTail, parse_entries
 from qac.retrieve import Retriever
 from qac.server.config import ServerConfig
 from qac.server.docs import install as install_docs
@@ -205,6 +214,7 @@ _ENDPOINTS = {
     "/healthz": "/healthz",
     "/metrics": "/metrics",
     "/v1/admin/reload": "/v1/admin/reload",
+    "/v1/admin/blocklist": "/v1/admin/blocklist",
     "/": "/",
     "/app.js": "/app.js",
 }
@@ -246,6 +256,12 @@ class Metrics:
             "qac_session_store_failures",
             "Session store calls that raised in the server (served without context, or "
             "a query not recorded)", registry=r)
+        self.live = Gauge("qac_live", "Live stream and overlay counters of this worker "
+                          "(applied, skipped: stream entries of the wrong shape, errors, "
+                          "fresh, ...)", ["stat"], registry=r)
+        self.live_publish_failures = Counter(
+            "qac_live_publish_failures", "Submitted queries not appended to the event "
+            "stream (Redis down: answered 503)", registry=r)
         # the hot path's children, bound once
         self.complete_ok = self.requests.labels("/v1/complete", "200")
         self.complete_latency = self.latency.labels("/v1/complete")
@@ -344,6 +360,35 @@ class _State:
         self.metrics.set_model(model, generation)
         self.reload_lock = asyncio.Lock()
         self.control = ControlDir(config.control_dir) if config.control_dir else None
+        self.blocklist = LiveBlocklist()
+        url = config.redis_url
+        self.stream = EventStream(url, config.live) if url else None
+        self.tail = StreamTail(url, self.blocklist, config.live) if url else None
+        self.live_ready = self.attach(completer)
+
+    def attach(self, completer: Completer) -> Any:
+        """Give ``completer`` a live overlay (rebuilt from the stream after the ids its
+        manifest records, by the tail's thread); returns the event set once it caught
+        up."""
+        import threading
+
+        overlay = completer.new_overlay(self.config.live, self.blocklist)
+        completer.live = overlay
+        if self.tail is None:
+            done = threading.Event()
+            done.set()
+            return done
+        return self.tail.attach(overlay, completer.stream)
+
+    def live_stats(self) -> dict[str, Any]:
+        if self.tail is not None:
+            out = self.tail.stats()
+        else:
+            live = self.current[0].live
+            out = live.stats() if live is not None else {}
+        out["blocklist_version"] = self.blocklist.version
+        out["blocklist_entries"] = len(self.blocklist)
+        return out
 
 
 def _make_store(config: ServerConfig) -> SessionStore:
@@ -433,16 +478,28 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
         if len(query) > config.max_query_chars:
             raise ApiError(400, f"query: at most {config.max_query_chars} characters, "
                                 f"got {len(query)}")
+        t = time.time()
         try:
             # InputError (a bad session id, a lone surrogate, ...) is raised before any
             # write and answers 400
-            recorded = await state.store.record(session, query)
+            recorded = await state.store.record(session, query, t)
         except StoreUnavailable as exc:
             m.store_failures.inc()
             raise ApiError(503, f"session store unavailable, the query was not recorded "
                                 f"({exc})") from None
         if not recorded:
             raise ApiError(400, "query: nothing left after normalization")
+        if state.stream is not None:
+            try:
+                await state.stream.publish(recorded, session, t)
+            except StoreUnavailable as exc:
+                m.live_publish_failures.inc()
+                raise ApiError(503, f"the query was recorded in the session but not "
+                                    f"appended to the live event stream ({exc})") from None
+        else:
+            observe = getattr(state.current[0], "observe", None)  # a stand-in may lack it
+            if observe is not None:
+                observe(recorded, session, t)
         return JSONResponse({"session": session, "recorded": recorded})
 
     async def search(request: Request) -> Response:
@@ -472,17 +529,70 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
         for key, value in (stats or {}).items():
             if isinstance(value, int | float):  # bools too: "available" -> 1/0
                 m.store_stat.labels(str(key)).set(float(value))
+        for key, value in state.live_stats().items():
+            if isinstance(value, int | float):
+                m.live.labels(str(key)).set(float(value))
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def reload(request: Request) -> Response:
+    def check_admin(request: Request, what: str) -> None:
         token = config.admin_token
         if token is None:
-            raise ApiError(404, "reload is off (start the server with --admin-token-env)")
+            raise ApiError(404, f"{what} is off (start the server with --admin-token-env)")
         auth = request.headers.get("authorization", "")
         if not auth.startswith("Bearer "):
             raise ApiError(401, "Authorization: Bearer <token> required")
         if not hmac.compare_digest(auth[len("Bearer "):].encode(), token.encode()):
             raise ApiError(403, "bad admin token")
+
+    def blocklist_answer(took: float | None = None) -> dict[str, Any]:
+        bl = state.blocklist
+        out: dict[str, Any] = {"entries": sorted(bl.entries), "version": bl.version,
+                               "shared": state.stream is not None}
+        if took is not None:
+            out["took_ms"] = round(took * 1e3, 2)
+        return out
+
+    async def blocklist_get(request: Request) -> Response:
+        check_admin(request, "the admin blocklist")
+        if state.stream is not None:
+            try:
+                entries, version = await anyio.to_thread.run_sync(
+                    state.stream.get_blocklist)
+            except Exception as exc:  # noqa: BLE001 - Redis down: say so
+                raise ApiError(503, f"live blocklist unavailable ({type(exc).__name__}: "
+                                    f"{exc})") from None
+            state.blocklist.set(entries, version)
+        return JSONResponse(blocklist_answer())
+
+    async def blocklist_post(request: Request) -> Response:
+        check_admin(request, "the admin blocklist")
+        t0 = time.perf_counter()
+        body = await _json_body(request, config.max_body_bytes)
+        if not isinstance(body, dict) or set(body) - {"add", "remove"} or not body:
+            raise ApiError(400, 'body: a JSON object {"add": [...], "remove": [...]} '
+                                "(blocklist entries: a word, or a stem ending in *)")
+        add = parse_entries(body.get("add", []), "add")
+        remove = parse_entries(body.get("remove", []), "remove")
+        if state.stream is not None:
+            entries, version = await state.stream.update_blocklist(add, remove)
+        else:
+            bl = state.blocklist
+            entries = sorted((set(bl.entries) - set(remove)) | set(add))
+            version = bl.version + 1
+        state.blocklist.set(entries, version)
+        log.info("live blocklist: +%s -%s, version %d", add, remove, version)
+        return JSONResponse(blocklist_answer(time.perf_counter() - t0))
+
+    async def ready(completer: Completer) -> None:
+        """Attach a live overlay to a newly loaded completer and wait (bounded) until
+        it caught up with the stream."""
+        done = state.attach(completer)
+        if not await anyio.to_thread.run_sync(done.wait, config.live_wait):
+            log.warning("live overlay of %s not caught up with the stream after %ss; "
+                        "serving while it fills", state.current[1].path, config.live_wait)
+
+    async def reload(request: Request) -> Response:
+        check_admin(request, "reload")
         body = await _json_body(request, config.max_body_bytes)
         if body is None:
             body = {}
@@ -502,6 +612,7 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
                 if new[1].sha != checked.sha:
                     raise ReloadRefused(f"{path}: the manifest changed during the reload "
                                         f"(checked {checked.sha}, loaded {new[1].sha})")
+                await ready(new[0])
             except (ReloadRefused, ModelFormatError, InputError, OSError, ValueError) as exc:
                 m.reloads.labels("error").inc()
                 log.warning("reload of %s refused, keeping %s: %s", path,
@@ -544,6 +655,8 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
                 if new[1].sha != published.sha:
                     error = (f"{published.model_dir} changed since it was published "
                              f"({published.sha}, now {new[1].sha})")
+                else:
+                    await ready(new[0])
             except (ModelFormatError, InputError, OSError, ValueError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             state.generation = published.generation  # a failed one is not retried
@@ -589,6 +702,8 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/admin/reload", reload, methods=["POST"]),
+        Route("/v1/admin/blocklist", blocklist_get, methods=["GET"]),
+        Route("/v1/admin/blocklist", blocklist_post, methods=["POST"]),
         Route("/", index, methods=["GET"]),
         Route("/app.js", app_js, methods=["GET"]),
     ]
@@ -596,6 +711,12 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         watcher = asyncio.create_task(watch()) if state.control is not None else None
+        if state.tail is not None:
+            state.tail.start()
+            # a worker that starts (or restarts) answers once its overlay caught up
+            if not await anyio.to_thread.run_sync(state.live_ready.wait, config.live_wait):
+                log.warning("live overlay not caught up with the stream after %ss; "
+                            "serving while it fills", config.live_wait)
         try:
             yield
         finally:
@@ -603,6 +724,10 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            if state.tail is not None:
+                await anyio.to_thread.run_sync(state.tail.stop)
+            if state.stream is not None:
+                await state.stream.aclose()
             await state.store.close()
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={

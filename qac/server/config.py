@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qac.errors import InputError
+from qac.live import LiveConfig
 from qac.session import MAX_HISTORY
 
 ENV_CONFIG = "QAC_SERVER_CONFIG"
@@ -47,6 +48,11 @@ class ServerConfig:
                       the new model) may take, and a reload waits for the workers.
     cors_origins:     origins (``scheme://host[:port]``, or ``*`` for any) whose pages
                       may call the API from a browser (CORS); empty: same origin only.
+    live:             the event stream and live overlay (:class:`qac.live.LiveConfig`):
+                      with ``redis_url`` every submitted query is appended to the stream
+                      and every worker tails it; without, each worker feeds its own.
+    live_wait:        seconds a worker waits at start (and a reload) for its overlay to
+                      catch up with the stream before it answers with it.
     """
 
     model_dir: str
@@ -64,8 +70,18 @@ class ServerConfig:
     workers: int = 1
     control_dir: str | None = None
     reload_timeout: float = 60.0
+    live: LiveConfig = field(default_factory=LiveConfig)
+    live_wait: float = 30.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.live, dict):  # from_env hands back a JSON object
+            object.__setattr__(self, "live", LiveConfig.from_dict(self.live))
+        if not isinstance(self.live, LiveConfig):
+            raise InputError("ServerConfig.live: a LiveConfig needed")
+        if (isinstance(self.live_wait, bool) or not isinstance(self.live_wait, int | float)
+                or not 0 <= self.live_wait <= 3600):
+            raise InputError(f"ServerConfig.live_wait: seconds in 0..3600, "
+                             f"got {self.live_wait!r}")
         if not self.model_dir:
             raise InputError("ServerConfig.model_dir: a completer model directory is needed")
         if self.admin_token is not None and not self.admin_token.strip():

@@ -63,6 +63,8 @@ def components(config: ServerConfig) -> dict[str, Any]:
     """The JSON schemas of the bodies (OpenAPI 3.1, i.e. JSON Schema 2020-12)."""
     text = {"type": "string", "maxLength": config.max_query_chars}
     return {"schemas": {
+        "Blocklist": BLOCKLIST_SCHEMA,
+        "BlocklistRequest": BLOCKLIST_REQUEST,
         "Error": {
             "type": "object", "required": ["error"],
             "properties": {"error": {"type": "string",
@@ -155,6 +157,15 @@ def components(config: ServerConfig) -> dict[str, Any]:
                   "description": "the token in the environment variable that "
                                  "qac serve --admin-token-env names"},
     }}
+
+
+BLOCKLIST_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["entries", "version", "shared"], "properties": {
+        "entries": {"type": "array", "items": {"type": "string"}},
+        "version": {"type": "integer"}, "shared": {"type": "boolean"}}}
+BLOCKLIST_REQUEST: dict[str, Any] = {"type": "object", "properties": {
+                    "add": {"type": "array", "items": {"type": "string"}},
+                    "remove": {"type": "array", "items": {"type": "string"}}}}
 
 
 def operations(config: ServerConfig) -> dict[tuple[str, str], dict[str, Any]]:
@@ -270,6 +281,45 @@ def operations(config: ServerConfig) -> dict[tuple[str, str], dict[str, Any]]:
                               "reload is off (start the server with --admin-token-env)"),
                 "422": _error("the directory is not a loadable model; the old one stays",
                               "model not loaded, the old one stays: ..."),
+            },
+        },
+        ("/v1/admin/blocklist", "get"): {
+            "operationId": "getBlocklist",
+            "summary": "The live blocklist",
+            "description": "The entries (blocklist file syntax: a word, or a stem ending "
+                           "in *) and their version. Kept in Redis with --redis-url (shared "
+                           "by every replica), else in the worker. It filters every answer, "
+                           "whatever its source, beside the model's own blocklist.",
+            "security": [{"admin": []}],
+            "responses": {
+                "200": {"description": "the live blocklist", "content": {
+                    "application/json": {"schema": _ref("Blocklist"),
+                                         "example": {"entries": ["sandy"], "version": 3,
+                                                     "shared": True}}}},
+                "401": _error("no bearer token", "Authorization: Bearer <token> required"),
+                "403": _error("a wrong token", "bad admin token"),
+                "503": _error("Redis is unavailable", "live blocklist unavailable (...)"),
+            },
+        },
+        ("/v1/admin/blocklist", "post"): {
+            "operationId": "updateBlocklist",
+            "summary": "Add to or remove from the live blocklist",
+            "description": "Body {\"add\": [...], \"remove\": [...]}; entries in the "
+                           "blocklist file syntax. Every worker of every replica applies "
+                           "the change within a second.",
+            "security": [{"admin": []}],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("BlocklistRequest"), "example": {"add": ["sandy"], "remove": []}}}},
+            "responses": {
+                "200": {"description": "the live blocklist after the change", "content": {
+                    "application/json": {"schema": _ref("Blocklist"),
+                                         "example": {"entries": ["sandy"], "version": 4,
+                                                     "shared": True}}}},
+                "400": _error("a bad body or entry", "add: 'two words' is not a blocklist "
+                                                      "entry"),
+                "401": _error("no bearer token", "Authorization: Bearer <token> required"),
+                "403": _error("a wrong token", "bad admin token"),
+                "503": _error("Redis is unavailable", "event stream unavailable (...)"),
             },
         },
     }

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from qac.errors import InputError
+from qac.live import LiveConfig
 from qac.server.config import ServerConfig
 from qac.session import MAX_HISTORY
 
@@ -42,6 +43,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-token-env", metavar="VAR",
                         help="environment variable holding the bearer token of "
                              "POST /v1/admin/reload (unset: reload is off)")
+    live = LiveConfig()
+    parser.add_argument("--stream-key", default=live.key,
+                        help="the live event stream's Redis key (with --redis-url) "
+                             f"(default: {live.key})")
+    parser.add_argument("--stream-shards", type=int, default=live.shards, metavar="N",
+                        help="streams the events are spread over, by query (Redis Cluster) "
+                             f"(default: {live.shards})")
+    parser.add_argument("--half-life", type=float, default=live.half_life, metavar="SECONDS",
+                        help="half-life of the live counts, in seconds (default: "
+                             f"{live.half_life})")
+    parser.add_argument("--privacy-floor", type=int, default=live.privacy_floor, metavar="N",
+                        help="distinct sessions before a query no model saw is suggested to "
+                             f"others (default {live.privacy_floor})")
     parser.add_argument("--access-log", action="store_true",
                         help="log every request (one line per keystroke; off by default)")
     parser.add_argument("--log-level", default="info",
@@ -79,11 +93,17 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     workers = getattr(args, "workers", 1)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"--workers: must be >= 1, got {workers}")
+    base = LiveConfig()
+    live = LiveConfig(key=getattr(args, "stream_key", base.key),
+                      shards=getattr(args, "stream_shards", base.shards),
+                      half_life=getattr(args, "half_life", base.half_life),
+                      privacy_floor=getattr(args, "privacy_floor", base.privacy_floor))
     return ServerConfig(model_dir=args.model_dir, retrieval_dir=args.retrieval_dir,
                         redis_url=args.redis_url, admin_token=token,
                         admin_token_env=args.admin_token_env, history=history,
                         workers=workers,
-                        cors_origins=tuple(getattr(args, "cors_origin", None) or ()))
+                        cors_origins=tuple(getattr(args, "cors_origin", None) or ()),
+                        live=live)
 
 
 def run_serve(args: argparse.Namespace) -> int:
