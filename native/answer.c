@@ -83,7 +83,7 @@ typedef struct {
     double sess_count, sess_rank;
     double recent;      /* times issued in the last days of the training log, + live */
     double live;        /* live: the decayed count an extra text came with (not a label) */
-    int32_t group;      /* 0 starts with the prefix, 1 word-prefix match, 1 + edits typo */
+    int32_t group;      /* the group it is ranked in (WORDS_GROUP, GUESS_GROUP, 1 + edits) */
     int32_t edits;      /* typo corrections (0: none) */
     int32_t as_mpc;     /* a match: a most popular completion of what was meant */
 } row_t;
@@ -830,7 +830,12 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
 /* ---- matching beyond the prefix (qac_match_view) ------------------------------ */
 
 #define MAX_TOKENS 16
-#define GUESS_GROUP (2 + QAC_FUZZY_MAX_EDITS) /* after every match */
+/* The groups answers are ranked in, in order (the ranker orders within one; see
+ * qac_match_view): the prefix's own answers with the word-prefix matches; one-edit
+ * corrections; the guesses of a damaged head; two-edit corrections. */
+#define WORDS_GROUP 0
+#define TYPO_GROUP(edits) (2 * (edits))
+#define GUESS_GROUP 3
 #define WORD_MAX_POPS 2048
 
 typedef struct {
@@ -979,7 +984,7 @@ static int match_history(const qac_answerer_t *a, pool_t *pool, const char *pref
             continue;
         int32_t group = -1, edits = 0;
         if (n_tok && words_match(t, n, tok, n_tok, 0)) {
-            group = 1;
+            group = WORDS_GROUP;
         } else if (max_edits) {
             /* without a trailing space (a finished word is not corrected into
              * another); 0 edits there is a completion of the unfinished word */
@@ -989,14 +994,14 @@ static int match_history(const qac_answerer_t *a, pool_t *pool, const char *pref
                                           (const unsigned char *)prefix, tl, max_edits,
                                           fix_first)
                        : max_edits + 1;
-            if (e >= 1 && e <= max_edits) group = 1 + e, edits = e;
+            if (e >= 1 && e <= max_edits) group = TYPO_GROUP(e), edits = e;
         }
         if (group < 0) continue;
         int32_t r = row_of(pool, t, n, -1 - (int32_t)(ex->n + j));
         if (r < 0) return QAC_E_CAPACITY;
         row_t *w = &s->rows[r];
         if (w->sources & (1u << QAC_SRC_HISTORY)) continue; /* a repeated entry */
-        w->sources |= 1u << QAC_SRC_HISTORY | 1u << (group == 1 ? QAC_SRC_WORDS : QAC_SRC_TYPO);
+        w->sources |= 1u << QAC_SRC_HISTORY | 1u << (edits ? QAC_SRC_TYPO : QAC_SRC_WORDS);
         w->group = group;
         w->edits = edits;
         w->hist_count = log1p((double)ctx->history_count[j]);
@@ -1042,7 +1047,7 @@ static int match_words(const qac_answerer_t *a, pool_t *pool, const char *prefix
             from = e;
         }
         if (!words_match(t, n, tok, n_tok, from) || starts_with(t, n, prefix, plen)) continue;
-        int r = add_match(a, pool, id, QAC_SRC_WORDS, 1, 0, added);
+        int r = add_match(a, pool, id, QAC_SRC_WORDS, WORDS_GROUP, 0, added);
         if (r < 0) return QAC_E_CAPACITY;
         added += (size_t)r;
     }
@@ -1069,14 +1074,14 @@ static int match_typos(const qac_answerer_t *a, pool_t *pool, const char *prefix
     *visited = z->visited;
     size_t nh = 0, added = 0, pops = 0;
     for (size_t i = 0; i < z->n_ranges; i++)
-        push_span(s->heap, &nh, 3 * MAX_SPANS, &a->by_pop, 1 + z->ranges[i].cost,
+        push_span(s->heap, &nh, 3 * MAX_SPANS, &a->by_pop, TYPO_GROUP(z->ranges[i].cost),
                   z->ranges[i].lo, z->ranges[i].hi);
     while (nh && added < limit && pops++ < 8 * limit + 64) {
         span_t v = heap_pop(s->heap, &nh);
         push_span(s->heap, &nh, 3 * MAX_SPANS, &a->by_pop, v.group, v.lo, v.pos);
         push_span(s->heap, &nh, 3 * MAX_SPANS, &a->by_pop, v.group, v.pos + 1, v.hi);
         if ((int64_t)v.pos >= elo && (int64_t)v.pos < ehi) continue; /* starts with it */
-        int r = add_match(a, pool, (int32_t)v.pos, QAC_SRC_TYPO, v.group, v.group - 1, added);
+        int r = add_match(a, pool, (int32_t)v.pos, QAC_SRC_TYPO, v.group, v.group / 2, added);
         if (r < 0) return QAC_E_CAPACITY;
         added += (size_t)r;
     }
@@ -1128,19 +1133,17 @@ static int match_more(const qac_answerer_t *a, pool_t *pool, const char *prefix,
                          tlo, thi, visited);
     }
     /* Once something matched a prefix that no label or past query starts with, the
-     * guesses made from it are ranked with the matches: with the word-prefix ones
-     * (before corrections) when labels start with its words before the last (the
-     * last word is what it guesses; "miami ct": "miami ctc"), else after every
-     * match (a damaged head: "weathr chan" makes "weathr channel"). */
-    if (rc == QAC_OK && elo == ehi && n_own == 0 && pool->n > before) {
-        size_t head = plen;
-        while (head && prefix[head - 1] != ' ') head--;
-        const int32_t group =
-            head && lower_bound(a, prefix, head, 1) < upper_prefix(a, prefix, head)
-                ? 1 : GUESS_GROUP;
+     * guesses made from it stay with its own answers when it is one word or labels
+     * start with its words before the last (the last word is what it guesses; "miami
+     * ct": "miami ctc"); from a damaged head ("weathr chan" makes "weathr channel")
+     * they come after the one-edit corrections. */
+    size_t head = plen;
+    while (head && prefix[head - 1] != ' ') head--;
+    if (rc == QAC_OK && elo == ehi && n_own == 0 && pool->n > before && head &&
+        lower_bound(a, prefix, head, 1) == upper_prefix(a, prefix, head)) {
         for (size_t r = 0; r < before; r++) {
             row_t *w = &pool->s->rows[r];
-            if (w->label < 0 && !(w->sources & ~guess)) w->group = group;
+            if (w->label < 0 && !(w->sources & ~guess)) w->group = GUESS_GROUP;
         }
     }
     return rc;

@@ -166,21 +166,23 @@ typedef struct {
 } qac_answer_out;
 
 /* Matching beyond the labels that start with the prefix, done only when those are
- * fewer than the answers asked for (they always come first: a match below never
- * pushes one down):
+ * fewer than the answers asked for (a correction never pushes one of them down):
  *   - words (non-zero): word-prefix matches, each typed word the start of successive
  *     words of a label or past query ("app wat": "apple watch"; "york": "new york
- *     times"), most popular first; after the prefix's own answers;
+ *     times"), most popular first;
  *   - typos (0..2): labels and past queries whose beginning is within this many
  *     edits of the prefix (Damerau: insert, delete, change or swap neighbours, over
  *     UTF-8 bytes), most popular first: 0 for prefixes under one_typo_chars
- *     characters, 1 under two_typo_chars, else typos; after the word-prefix
- *     matches, fewer edits first; first_char non-zero lets the first byte change;
+ *     characters, 1 under two_typo_chars, else typos; fewer edits first;
+ *     first_char non-zero lets the first byte change;
  *   - at most `fuzzy` labels from each (past queries: all that match);
  *   - max_visits bounds the trie nodes the typo search visits (out->visited).
- * Within a group the ranker orders. Generated guesses (session, suffix and word
- * candidates that are no label: texts nobody issued) do not count as the prefix's
- * own answers; once anything matched, they come after it. */
+ * The groups, in order (the ranker orders within one): the prefix's own answers
+ * with the word-prefix matches (which are only looked for when those are scarce);
+ * one-edit corrections; then, for a prefix that is several words of which no label
+ * starts with the ones before the last (a damaged head), the generated guesses
+ * (session, suffix and word candidates that are no label: texts nobody issued; they
+ * do not count as the prefix's own answers); two-edit corrections. */
 typedef struct {
     int words;
     int typos;

@@ -308,6 +308,28 @@ def main() -> None:
             dup["mpc"].append(has_near_dup([t for t, _ in mpc.top(p, 10)]))
             dup["hist+mpc"].append(has_near_dup(systems["hist+mpc"](p, cs, 10)))
     result["near_dup_share_1_3"] = {k: sum(v) / len(v) for k, v in dup.items()}
+    # bad input: long, all-symbol, emoji, combining marks, many typos; each must answer
+    # (or answer nothing) within the same budget, never raise
+    bad = ["a" * 256, "!" * 40, "\U0001f642" * 12, "e" + "\u0301" * 30, "xqzjxqzjxqzj",
+           "w" * 64 + " york", " ".join(["qu"] * 40), "\u202e\u200bweather"]
+    for cs in cases[:300]:
+        t = cs.target
+        for _ in range(4):
+            t = typo(t, rng) or t
+        bad.append(t[:12])
+    bad_lat, errors = [], 0
+    for round_ in range(2):
+        for text in bad:
+            t0 = time.perf_counter()
+            try:
+                c.complete(text, None, 10)
+            except Exception:  # noqa: BLE001 - counted: the bar is none
+                errors += 1
+            if round_:
+                bad_lat.append(time.perf_counter() - t0)
+    result["bad_input"] = {"inputs": len(bad), "errors": errors,
+                           "p50_ms": 1e3 * statistics.median(bad_lat),
+                           "p99_ms": 1e3 * q(bad_lat, 0.99)}
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
