@@ -124,6 +124,9 @@ class Retriever:
         all_items.update(item for item, _ in titles)
         if not all_items:
             raise InputError("no training pairs or items: nothing to learn")
+        bad = next((i for i in all_items if not isinstance(i, str) or "\n" in i), None)
+        if bad is not None:
+            raise InputError(f"item id {bad!r:.40}: a str without a newline needed")
         trie = marisa_trie.Trie(all_items)
         texts = list(by_query) + [t for _, t in titles if t]
         label_sets = [[trie[i] for i in s] for s in by_query.values()]
