@@ -311,8 +311,14 @@ def _check_labels(text: np.ndarray, offsets: np.ndarray, counts: np.ndarray,
     if off.size == 0 or off[0] != 0 or (np.diff(off) < 1).any() or off[-1] != (
             len(text) + 1 if len(off) > 1 else 0):
         raise bad("offsets", "must start at 0, grow, and end one past the text")
-    if len(off) > 2 and (text.view(np.ndarray)[off[1:-1] - 1] != ord("\n")).any():
+    raw = text.view(np.ndarray)
+    if len(off) > 2 and (raw[off[1:-1] - 1] != ord("\n")).any() or int(
+            np.count_nonzero(raw == ord("\n"))) != max(len(off) - 2, 0):
         raise bad("text", "labels are not separated by newlines where offsets say")
+    try:  # answers are decoded from it (tests/fuzz/fuzz_loader.py found this one)
+        raw.tobytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad("text", f"not UTF-8 at byte {exc.start}") from None
     for name, arr in (("counts", counts), ("popularity", popularity), ("recent", recent)):
         if arr.size and int(arr.min()) < 0:
             raise bad(name, "a negative count")

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from qac import _kernel
-from qac.errors import InputError, ModelFormatError
+from qac.errors import InputError, KernelError, ModelFormatError
 from qac.features import BlockConfig, Vectorizer
 from qac.index.kmeans import build_kmeans_tree, pifa
 from qac.index.tree import LabelTree
@@ -227,7 +227,8 @@ class Engine:
             return cls(config, vec, tree, layers, md.array("model.spans"))
         except ModelFormatError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:  # InputError is a ValueError
+        # InputError is a ValueError; KernelError: the kernel's own checks of the arrays
+        except (KeyError, TypeError, ValueError, KernelError) as exc:
             raise ModelFormatError(
                 f"{md.path}: model arrays or config inconsistent ({exc})", str(md.path)
             ) from exc

@@ -110,8 +110,10 @@ class MostPopular:
             if name not in arrays:
                 raise bad(name, "missing")
         counts, prefix, top = arrays["counts"], arrays["heavy_prefix"], arrays["heavy_top"]
-        if counts.ndim != 1 or counts.dtype.kind not in "iu" or len(counts) != len(trie):
-            raise bad("counts", f"1-D integers of length {len(trie)} (the trie size) needed, "
+        # int64 exactly: the lookups negate counts, which wraps in an unsigned or narrow
+        # dtype (a uint8 copy answered negative counts: tests/fuzz/fuzz_loader.py)
+        if counts.ndim != 1 or counts.dtype != np.int64 or len(counts) != len(trie):
+            raise bad("counts", f"1-D int64 of length {len(trie)} (the trie size) needed, "
                                 f"got {counts.dtype} {counts.shape}")
         if counts.size and int(counts.min()) < 0:
             raise bad("counts", "a negative count")

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from qac.engine import Engine, EngineConfig
-from qac.errors import InputError
+from qac.errors import InputError, ModelFormatError
 from qac.features import BlockConfig
 from qac.model.train import TrainConfig
 from qac.model.xlinear import XLinearModel
@@ -162,7 +162,12 @@ class Retriever:
     def load(cls, path: str | os.PathLike[str], verify: bool = True) -> Retriever:
         """Load a model directory written by :meth:`save` (arrays memory-mapped)."""
         md = open_model_dir(path, kind=KIND, verify=verify)
-        return cls(Engine.from_model_dir(md), md.trie("items"))
+        engine, items = Engine.from_model_dir(md), md.trie("items")
+        if len(items) != engine.n_labels:  # found by tests/fuzz/fuzz_loader.py
+            where = md.path / "items.keys.npy"
+            raise ModelFormatError(f"{where}: {len(items)} items, the engine has "
+                                   f"{engine.n_labels} labels", str(where))
+        return cls(engine, items)
 
     def search(self, text: str | bytes, k: int = 10) -> list[tuple[str, float]]:
         """The top-k (item_id, score) for one query; empty text gives [].

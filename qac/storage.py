@@ -109,7 +109,10 @@ class ModelDir:
             raise ModelFormatError(f"{self.path / file}: not listed in the manifest", str(file))
         try:
             arr = np.load(self.path / file, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        # numpy's header parser raises what it meets: EOFError for a cut file,
+        # SyntaxError or tokenize.TokenError for a mangled header (all found by
+        # tests/fuzz/fuzz_loader.py); any of them means the file is not a valid .npy
+        except Exception as exc:
             raise ModelFormatError(f"{self.path / file}: not a valid .npy file ({exc})",
                                    str(self.path / file)) from exc
         return arr

@@ -158,3 +158,55 @@ def test_a_bad_ranker_column_is_refused_before_any_allocation(
 def test_an_untouched_copy_loads_and_answers(completer_dir: Path, tmp_path: Path) -> None:
     same = _copy(completer_dir, tmp_path / "m", config=lambda c: None)
     assert Completer.load(same).complete("pl", previous="game console")
+
+
+# -- what tests/fuzz/fuzz_loader.py found (each also kept in tests/fuzz/corpus/loader) --
+
+def _replace_file(path: Path, file: str, data: bytes) -> None:
+    (path / file).write_bytes(data)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"][file].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("data", [
+    b"",                                                   # EOFError from numpy
+    b"\x93NUMPY\x01\x00\x10\x00{'descr': '<i8', (\n",      # tokenize.TokenError
+    b"\x93NUMPY\x01\x00\x10\x00{'descr': '<i8' +}\n",      # SyntaxError
+    b"\x93NUMPY\x09\x00",                                  # unknown version
+])
+def test_a_mangled_npy_file_is_a_model_format_error(completer_dir: Path, tmp_path: Path,
+                                                    data: bytes) -> None:
+    bad = _copy(completer_dir, tmp_path / "m")
+    _replace_file(bad, "labels.counts.npy", data)
+    with pytest.raises(ModelFormatError, match="labels.counts.npy: not a valid .npy"):
+        Completer.load(bad)
+
+
+def test_a_retriever_whose_items_and_labels_differ_in_number(retriever_dir: Path,
+                                                             tmp_path: Path) -> None:
+    bad = _copy(retriever_dir, tmp_path / "m", array=("items.keys", lambda a: a[:0]))
+    with pytest.raises(ModelFormatError, match="items.keys.npy: 0 items, the engine has"):
+        Retriever.load(bad)
+
+
+@pytest.mark.parametrize("name", ["mpc.counts", "tables.words.counts",
+                                  "tables.suffixes.counts"])
+def test_counts_of_another_dtype_are_refused(completer_dir: Path, tmp_path: Path,
+                                             name: str) -> None:
+    """uint8 counts used to load, and then every keystroke failed (negated counts
+    wrapped around)."""
+    bad = _copy(completer_dir, tmp_path / "m", array=(name, lambda a: a.astype(np.uint8)))
+    with pytest.raises(ModelFormatError, match=f"{name}.npy: 1-D int64"):
+        Completer.load(bad)
+
+
+def test_label_text_that_is_not_utf8_is_refused(completer_dir: Path, tmp_path: Path) -> None:
+    def change(a: np.ndarray) -> np.ndarray:
+        a = a.copy()
+        a[0] = 0xFF
+        return a
+
+    bad = _copy(completer_dir, tmp_path / "m", array=("labels.text", change))
+    with pytest.raises(ModelFormatError, match="labels.text.npy: not UTF-8 at byte 0"):
+        Completer.load(bad)
