@@ -595,8 +595,10 @@ class Completer:
             forest = Forest.from_parts(md.config["ranker"], md.arrays("ranker."))
             fit = md.config.get("fit", {})
             engine = Engine.from_model_dir(md)
-            return cls(config, engine, labels, mpc, tables, forest, model_blocklist, blocklist,
-                       fit if isinstance(fit, dict) else {})
+            completer = cls(config, engine, labels, mpc, tables, forest, model_blocklist,
+                            blocklist, fit if isinstance(fit, dict) else {})
+            md.check_same()  # one whole model, not parts of two (a save swapped it)
+            return completer
         except ModelFormatError as exc:
             if where in str(exc):
                 raise

@@ -167,6 +167,7 @@ class Retriever:
             where = md.path / "items.keys.npy"
             raise ModelFormatError(f"{where}: {len(items)} items, the engine has "
                                    f"{engine.n_labels} labels", str(where))
+        md.check_same()  # one whole model, not parts of two (a save swapped it)
         return cls(engine, items)
 
     def search(self, text: str | bytes, k: int = 10) -> list[tuple[str, float]]:

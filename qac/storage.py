@@ -69,10 +69,35 @@ def _sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class ModelDir:
-    """A loaded model directory: its manifest plus lazily opened files."""
+    """A loaded model directory: its manifest plus lazily opened files.
+
+    ``ident``: the directory's identity when it was opened (see :meth:`check_same`).
+    """
 
     path: Path
     manifest: dict[str, Any]
+    ident: tuple[int, int, str] | None = None
+
+    def check_same(self) -> None:
+        """Raise ModelFormatError if the directory was replaced since it was opened.
+
+        A save swaps a whole new directory in (two renames); a load that straddles
+        one has read some files of each model, which may fit together well enough to
+        pass every other check. Loaders call this last: a load either read one whole
+        model or is refused (and can simply be retried). The identity is the
+        directory's device and inode and the manifest's SHA-256 (an inode number can
+        be reused by a later save; its manifest differs).
+        """
+        if self.ident is None:
+            return
+        try:
+            now = _identity(self.path)
+        except OSError:
+            now = None
+        if now != self.ident:
+            raise ModelFormatError(f"{self.path}: replaced while it was being loaded (a "
+                                   "save swapped a new model in); load it again",
+                                   str(self.path))
 
     @property
     def kind(self) -> str:
@@ -330,6 +355,29 @@ def _encode_keys(trie: marisa_trie.Trie, name: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8)
 
 
+def _identity(root: Path) -> tuple[int, int, str]:
+    """(device, inode, manifest SHA-256) of a model directory, for ModelDir.check_same.
+    The manifest is hashed through a descriptor opened in the directory that was
+    stat'ed, so the two belong to the same directory."""
+    dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        st = os.fstat(dfd)
+        try:
+            fd = os.open(MANIFEST, os.O_RDONLY | os.O_NONBLOCK, dir_fd=dfd)
+        except FileNotFoundError:
+            return st.st_dev, st.st_ino, ""
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return st.st_dev, st.st_ino, ""
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                digest = hashlib.sha256(f.read(MAX_MANIFEST_BYTES + 1)).hexdigest()
+        finally:
+            os.close(fd)
+        return st.st_dev, st.st_ino, digest
+    finally:
+        os.close(dfd)
+
+
 #: the largest manifest a model directory may have (a real one is a few KiB)
 MAX_MANIFEST_BYTES = 16 << 20
 
@@ -366,6 +414,7 @@ def open_model_dir(
         raise ModelFormatError(f"{root}: model directory not found", str(root))
     mpath = root / MANIFEST
     try:
+        ident = _identity(root)
         manifest = json.loads(_read_manifest(mpath))
     except FileNotFoundError as exc:
         raise ModelFormatError(f"{mpath}: missing", str(mpath)) from exc
@@ -401,14 +450,18 @@ def open_model_dir(
             raise ModelFormatError(f"{mpath}: malformed entry for {file!r} in files",
                                    str(mpath))
         fpath = root / file
-        if not fpath.is_file():
-            raise ModelFormatError(f"{fpath}: missing", str(fpath))
-        size = fpath.stat().st_size
+        try:
+            if not fpath.is_file():
+                raise FileNotFoundError(file)
+            size = fpath.stat().st_size
+            digest = _sha256(fpath) if verify else None
+        except OSError as exc:  # missing, or gone since (the directory was replaced)
+            raise ModelFormatError(f"{fpath}: missing or unreadable ({exc})", str(fpath)) from None
         if size != meta.get("bytes"):
             raise ModelFormatError(
                 f"{fpath}: {size} bytes, the manifest says {meta.get('bytes')} (truncated?)",
                 str(fpath),
             )
-        if verify and _sha256(fpath) != meta.get("sha256"):
+        if verify and digest != meta.get("sha256"):
             raise ModelFormatError(f"{fpath}: checksum mismatch (altered or corrupt)", str(fpath))
-    return ModelDir(root, manifest)
+    return ModelDir(root, manifest, ident)

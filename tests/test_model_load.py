@@ -210,3 +210,25 @@ def test_label_text_that_is_not_utf8_is_refused(completer_dir: Path, tmp_path: P
     bad = _copy(completer_dir, tmp_path / "m", array=("labels.text", change))
     with pytest.raises(ModelFormatError, match="labels.text.npy: not UTF-8 at byte 0"):
         Completer.load(bad)
+
+
+def test_a_directory_swapped_mid_load_is_refused_then_loads(
+        completer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save that swaps a new model in while a load runs: the load is refused (it may
+    have read files of both), and the next load gets the new model whole."""
+    from sessionlog import weeks_log
+
+    live = tmp_path / "live"
+    shutil.copytree(completer_dir, live)
+    other = Completer.train(weeks_log(1).events, CompleterConfig(trie_depth=1, fit_days=0))
+    real = Completer.__init__
+
+    def swapping(self: Completer, *args: Any, **kwargs: Any) -> None:
+        other.save(live)  # what `qac train --out live` does meanwhile, after every read
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Completer, "__init__", swapping)
+    with pytest.raises(ModelFormatError, match="replaced while it was being loaded"):
+        Completer.load(live, verify=False)
+    monkeypatch.undo()
+    assert Completer.load(live).complete("p") == other.complete("p")
