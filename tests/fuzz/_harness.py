@@ -156,8 +156,12 @@ def small_models(cache: Path) -> dict[str, Path]:
 def model_cache() -> Path:
     """Where the fuzz targets keep their tiny models (per process: each run trains its
     own in well under a second)."""
+    import atexit
+    import shutil
     import tempfile
 
     path = Path(tempfile.gettempdir()) / f"qac-fuzz-models-{os.getpid()}"
-    path.mkdir(exist_ok=True)
+    if not path.exists():
+        path.mkdir()
+        atexit.register(shutil.rmtree, path, True)
     return path

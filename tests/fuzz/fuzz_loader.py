@@ -11,6 +11,7 @@ ModelFormatError; a model that loads must then answer without any error.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ def setup() -> None:
     m["manifests"] = {k: json.loads((d / "manifest.json").read_text())
                       for k, d in m["dirs"].items()}
     m["work"] = Path(tempfile.mkdtemp(prefix="qac-fuzz-loader-"))
+    atexit.register(shutil.rmtree, m["work"], True)
 
 
 def _leaves(obj: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -73,9 +75,9 @@ def _mutate_array(inp: Input, path: Path) -> None:
             i = inp.int(0, flat.size - 1)
             if flat.dtype.kind in "iu":
                 info = np.iinfo(flat.dtype)
-                flat[i] = inp.choice([info.min, info.max, -1, 0, 1, flat.size,
-                                      flat.size + 1, inp.int(-100, 100)]) \
-                    if flat.dtype.kind == "i" else inp.choice([0, 1, info.max, flat.size])
+                value = inp.choice([info.min, info.max, -1, 0, 1, flat.size, flat.size + 1,
+                                    inp.int(-100, 100)])
+                flat[i] = max(int(info.min), min(int(info.max), int(value)))
             elif flat.dtype.kind == "f":
                 flat[i] = inp.choice([np.nan, np.inf, -np.inf, 0.0, -1.0, 1e30, inp.float()])
             elif flat.dtype.kind == "U":

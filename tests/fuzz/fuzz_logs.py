@@ -7,6 +7,7 @@ non-empty query without a newline, and a session id.
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import shutil
 import sys
@@ -33,6 +34,7 @@ def setup() -> None:
 
     mods = import_qac(load)
     work = Path(tempfile.mkdtemp(prefix="qac-fuzz-logs-"))
+    atexit.register(shutil.rmtree, work, True)
 
 
 # Seed-like pieces the input may start a file with, so the fuzzer reaches the TSV
@@ -73,11 +75,6 @@ def one_input(data: bytes) -> None:
             mods.blocklist.Blocklist.from_file(path)
         except errors:
             pass
-
-
-def teardown() -> None:
-    if work is not None:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
