@@ -3,7 +3,9 @@
 The cdef is read from native/qac.h and the part headers it includes: every
 block between ``QAC_CDEF_BEGIN`` and ``QAC_CDEF_END``. All ``native/*.c`` files
 are compiled. ``QAC_SANITIZE=1`` builds the same sources with AddressSanitizer
-and UBSan instead of -O3 (CI runs the kernel tests under that build).
+and UBSan instead of -O3 (CI runs the kernel tests under that build);
+``QAC_FUZZ=1`` (with ``CC=clang``) with clang's coverage instrumentation for the
+fuzz targets of tests/fuzz.
 
 Run directly (``python native/build_ffi.py``) to build the module in place.
 """
@@ -38,6 +40,16 @@ def read_cdef() -> str:
 
 def _flags() -> tuple[list[str], list[str]]:
     common = ["-std=c11", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    fuzz = os.environ.get("QAC_FUZZ", "")
+    if fuzz:
+        # tests/fuzz: clang's coverage instrumentation for atheris (libFuzzer): what
+        # -fsanitize=fuzzer-no-link adds but its stack-depth tracing, whose symbol
+        # atheris's libFuzzer does not export; plus the sanitizers QAC_FUZZ names
+        # ("1": coverage only)
+        cov = ["-fsanitize-coverage=inline-8bit-counters,pc-table,trace-cmp",
+               "-fno-omit-frame-pointer"]
+        san = [] if fuzz == "1" else [f"-fsanitize={fuzz}"]
+        return common + ["-O1", "-g"] + cov + san, ["-pthread"] + san
     if os.environ.get("QAC_SANITIZE") == "1":
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
                "-fno-sanitize-recover=undefined"]

@@ -276,9 +276,11 @@ class LabelSet:
                                       ("popcum", popcum, n + 1, "i"),
                                       ("recent", recent, n, "i")):
             if arr.ndim != 1 or arr.dtype.kind != kind or (size is not None and len(arr) != size):
-                raise ModelFormatError(f"labels.{name}: a 1-d array{f' of {size}' if size else ''}"
+                raise ModelFormatError(f"labels.{name}.npy: a 1-d array"
+                                       f"{f' of {size}' if size else ''}"
                                        f" ({'uint8' if kind == 'u' else 'int64'}) needed, got "
-                                       f"{arr.dtype} {arr.shape}", f"labels.{name}")
+                                       f"{arr.dtype} {arr.shape}", f"labels.{name}.npy")
+        _check_labels(text, offsets, counts, popularity, popcum, recent)
         self.text = text
         self.offsets = offsets
         self.counts = counts
@@ -325,6 +327,32 @@ class LabelSet:
         if missing:
             raise ModelFormatError(f"labels: arrays {missing} missing", "labels")
         return cls(*(arrays[n] for n in cls.ARRAYS))
+
+
+def _check_labels(text: np.ndarray, offsets: np.ndarray, counts: np.ndarray,
+                  popularity: np.ndarray, popcum: np.ndarray, recent: np.ndarray) -> None:
+    """The values of a :class:`LabelSet` (issue 15: a saved one is checked at load, so
+    a crafted array is a ModelFormatError naming its file, not an error per keystroke)."""
+    def bad(name: str, what: str) -> ModelFormatError:
+        return ModelFormatError(f"labels.{name}.npy: {what}", f"labels.{name}.npy")
+
+    off = offsets.view(np.ndarray)
+    if off.size == 0 or off[0] != 0 or (np.diff(off) < 1).any() or off[-1] != (
+            len(text) + 1 if len(off) > 1 else 0):
+        raise bad("offsets", "must start at 0, grow, and end one past the text")
+    raw = text.view(np.ndarray)
+    if len(off) > 2 and (raw[off[1:-1] - 1] != ord("\n")).any() or int(
+            np.count_nonzero(raw == ord("\n"))) != max(len(off) - 2, 0):
+        raise bad("text", "labels are not separated by newlines where offsets say")
+    try:  # answers are decoded from it (tests/fuzz/fuzz_loader.py found this one)
+        raw.tobytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad("text", f"not UTF-8 at byte {exc.start}") from None
+    for name, arr in (("counts", counts), ("popularity", popularity), ("recent", recent)):
+        if arr.size and int(arr.min()) < 0:
+            raise bad(name, "a negative count")
+    if popcum[0] != 0 or (np.diff(popcum.view(np.ndarray)) != popularity).any():
+        raise bad("popcum", "not the running sum of popularity")
 
 
 def _build_index(config: CompleterConfig, labels: list[str]) -> Any:
@@ -612,7 +640,7 @@ class Completer:
         md = open_model_dir(path, kind=KIND, verify=verify)
         where = str(md.path)
         try:
-            config = CompleterConfig.from_dict(md.config["completer"])
+            config = md.parse_config("completer", CompleterConfig.from_dict)
             bl = md.config["blocklist"]
             if not isinstance(bl, Mapping):
                 raise InputError("blocklist: a mapping needed")
@@ -629,14 +657,17 @@ class Completer:
                     isinstance(k, str) and isinstance(v, str) for k, v in stream.items())):
                 raise InputError("stream: a mapping of stream key -> last id needed")
             engine = Engine.from_model_dir(md)
-            return cls(config, engine, labels, mpc, tables, forest, model_blocklist, blocklist,
-                       fit if isinstance(fit, dict) else {}, stream)
+            completer = cls(config, engine, labels, mpc, tables, forest, model_blocklist,
+                            blocklist, fit if isinstance(fit, dict) else {}, stream)
+            md.check_same()  # one whole model, not parts of two (a save swapped it)
+            return completer
         except ModelFormatError as exc:
             if where in str(exc):
                 raise
             raise ModelFormatError(f"{where}: {exc}", exc.path if hasattr(exc, "path")
                                    else where) from exc
-        except (KeyError, TypeError, ValueError, InputError, UnicodeDecodeError) as exc:
+        except (KeyError, TypeError, ValueError, InputError, UnicodeDecodeError,
+                _kernel.KernelError) as exc:  # the kernel checks the arrays once more
             raise ModelFormatError(f"{where}: completer data inconsistent ({exc})",
                                    where) from exc
 

@@ -11,14 +11,14 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from qac import _kernel
-from qac.errors import InputError, ModelFormatError
+from qac.errors import InputError, KernelError, ModelFormatError
 from qac.features import BlockConfig, Vectorizer
 from qac.index.kmeans import build_kmeans_tree, pifa
 from qac.index.tree import LabelTree
@@ -30,6 +30,8 @@ from qac.storage import ModelDir
 log = logging.getLogger(__name__)
 
 POSTS = ("l3-hinge", "sigmoid")
+#: the widest beam a configuration may ask for (the completer's own limit too)
+MAX_BEAM = 1000
 
 #: Builds the label tree from the fitted vectorizer, the features X and labels Y.
 IndexFn = Callable[[Vectorizer, sp.csr_matrix, sp.csr_matrix], LabelTree]
@@ -62,19 +64,29 @@ class EngineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if not self.blocks:
+        if not isinstance(self.blocks, tuple) or not self.blocks or not all(
+                isinstance(b, BlockConfig) for b in self.blocks):
             raise InputError("EngineConfig.blocks: at least one feature block is needed")
-        if self.beam < 1:
-            raise InputError(f"EngineConfig.beam: must be >= 1, got {self.beam}")
-        if self.post not in POSTS:
+        # every int here also comes from a manifest: a float, a bool or a huge value
+        # must fail at load, not on every search
+        for name, lo, hi in (("branching", 2, 1 << 16), ("max_leaf_size", 1, None),
+                             ("seed", 0, None), ("beam", 1, MAX_BEAM), ("threads", 1, 1024)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo or (
+                    hi is not None and v > hi):
+                bound = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+                raise InputError(f"EngineConfig.{name}: an int {bound}, got {v!r}")
+        if self.branching & (self.branching - 1):
+            raise InputError(f"EngineConfig.branching: a power of 2, got {self.branching}")
+        if not isinstance(self.train, TrainConfig):
+            raise InputError("EngineConfig.train: a TrainConfig needed")
+        if not isinstance(self.post, str) or self.post not in POSTS:
             raise InputError(f"EngineConfig.post: one of {POSTS}, got {self.post!r}")
         lp = self.label_power
         if isinstance(lp, bool) or not isinstance(lp, int | float) or not (
             math.isfinite(lp) and lp > 0
         ):
             raise InputError(f"EngineConfig.label_power: a finite number > 0, got {lp!r}")
-        if self.threads < 1:
-            raise InputError(f"EngineConfig.threads: must be >= 1, got {self.threads}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k not in ("blocks", "train")}
@@ -84,10 +96,23 @@ class EngineConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EngineConfig:
+        """The inverse of :meth:`to_dict`; bad or unknown keys raise :class:`InputError`."""
+        if not isinstance(d, dict):
+            raise InputError(f"EngineConfig: a mapping needed, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InputError(f"EngineConfig: unknown keys {unknown}")
         d = dict(d)
+        if not isinstance(d.get("blocks"), list | tuple) or not isinstance(
+                d.get("train", {}), dict):
+            raise InputError("EngineConfig: blocks must be a list and train a mapping")
         d["blocks"] = tuple(BlockConfig.from_dict(b) for b in d["blocks"])
-        d["train"] = TrainConfig.from_dict(d["train"])
-        return cls(**d)
+        if "train" in d:
+            d["train"] = TrainConfig.from_dict(d["train"])
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise InputError(f"EngineConfig: {exc}") from None
 
 
 class Engine:
@@ -192,7 +217,7 @@ class Engine:
     def from_model_dir(cls, md: ModelDir) -> Engine:
         cfg = md.config
         try:
-            config = EngineConfig.from_dict(cfg["engine"])
+            config = md.parse_config("engine", EngineConfig.from_dict)
             vec = Vectorizer.from_parts(cfg["features"], md.arrays("features."))
             tree = LabelTree.from_arrays(md.arrays("tree."))
             layers = [
@@ -202,7 +227,8 @@ class Engine:
             return cls(config, vec, tree, layers, md.array("model.spans"))
         except ModelFormatError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:  # InputError is a ValueError
+        # InputError is a ValueError; KernelError: the kernel's own checks of the arrays
+        except (KeyError, TypeError, ValueError, KernelError) as exc:
             raise ModelFormatError(
                 f"{md.path}: model arrays or config inconsistent ({exc})", str(md.path)
             ) from exc

@@ -72,12 +72,25 @@ class LogEvent:
     user: str | None
 
 
+#: bytes looked at to tell a file whose lines end in a lone CR (old Mac style)
+_SNIFF = 1 << 16
+
+
 def _open_text(path: Path) -> io.TextIOBase:
-    # Invalid UTF-8 becomes U+FFFD, which normalize() turns into a space.
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace",
-                                newline="\n")
-    return open(path, encoding="utf-8", errors="replace", newline="\n")
+    """``path`` as text. Invalid UTF-8 becomes U+FFFD, which normalize() turns into a
+    space; a UTF-8 byte order mark is dropped (else it would be part of the first
+    column's name, and the header would lose that column). Lines end at "\\n" (a
+    "\\r" before it is stripped by the reader), or at a lone "\\r" in a file whose
+    first 64 KiB hold a "\\r" and no "\\n"."""
+    raw: gzip.GzipFile | io.BufferedReader = (
+        gzip.GzipFile(path, "rb") if path.suffix == ".gz"
+        else io.BufferedReader(io.FileIO(path, "rb"), buffer_size=_SNIFF))
+    try:
+        head = raw.peek(_SNIFF)[:_SNIFF]
+    except (OSError, EOFError):
+        head = b""  # reading fails again, and is reported, where the lines are read
+    newline = "\r" if b"\r" in head and b"\n" not in head else "\n"
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline=newline)
 
 
 def _lines(f: io.TextIOBase) -> Iterator[str]:

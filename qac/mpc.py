@@ -93,32 +93,39 @@ class MostPopular:
         })
 
     @classmethod
-    def from_parts(cls, trie: marisa_trie.Trie, arrays: Mapping[str, np.ndarray]) -> MostPopular:
-        """Rebuild from ``trie`` and ``arrays()`` output (arrays may be read-only memmaps)."""
+    def from_parts(cls, trie: marisa_trie.Trie, arrays: Mapping[str, np.ndarray],
+                   where: str = "mpc") -> MostPopular:
+        """Rebuild from ``trie`` and ``arrays()`` output (arrays may be read-only memmaps);
+        errors name the files as ``<where>.<array>.npy``."""
         self = cls.__new__(cls)
-        self._attach(trie, arrays)
+        self._attach(trie, arrays, where)
         return self
 
-    def _attach(self, trie: marisa_trie.Trie, arrays: Mapping[str, np.ndarray]) -> None:
+    def _attach(self, trie: marisa_trie.Trie, arrays: Mapping[str, np.ndarray],
+                where: str = "mpc") -> None:
+        def bad(name: str, what: str) -> ModelFormatError:
+            return ModelFormatError(f"{where}.{name}.npy: {what}", f"{where}.{name}.npy")
+
         for name in ("counts", "heavy_prefix", "heavy_top"):
             if name not in arrays:
-                raise ModelFormatError(f"MostPopular: array {name!r} missing", name)
+                raise bad(name, "missing")
         counts, prefix, top = arrays["counts"], arrays["heavy_prefix"], arrays["heavy_top"]
-        if counts.ndim != 1 or counts.dtype.kind not in "iu" or len(counts) != len(trie):
-            raise ModelFormatError(
-                f"MostPopular: counts must be 1-D integers of length {len(trie)} (the trie "
-                f"size), got {counts.dtype} {counts.shape}", "counts")
+        # int64 exactly: the lookups negate counts, which wraps in an unsigned or narrow
+        # dtype (a uint8 copy answered negative counts: tests/fuzz/fuzz_loader.py)
+        if counts.ndim != 1 or counts.dtype != np.int64 or len(counts) != len(trie):
+            raise bad("counts", f"1-D int64 of length {len(trie)} (the trie size) needed, "
+                                f"got {counts.dtype} {counts.shape}")
+        if counts.size and int(counts.min()) < 0:
+            raise bad("counts", "a negative count")
         if prefix.ndim != 1 or prefix.dtype.kind != "U":
-            raise ModelFormatError(f"MostPopular: heavy_prefix must be a 1-D str array, got "
-                                   f"{prefix.dtype} {prefix.shape}", "heavy_prefix")
+            raise bad("heavy_prefix", f"a 1-D str array needed, got {prefix.dtype} "
+                                      f"{prefix.shape}")
         if (top.ndim != 2 or top.dtype.kind not in "iu" or top.shape[0] != len(prefix)
                 or top.shape[1] < 1):
-            raise ModelFormatError(f"MostPopular: heavy_top must be 2-D integers with "
-                                   f"{len(prefix)} rows, got {top.dtype} {top.shape}",
-                                   "heavy_top")
+            raise bad("heavy_top", f"2-D integers with {len(prefix)} rows needed, got "
+                                   f"{top.dtype} {top.shape}")
         if top.size and (int(top.min()) < -1 or int(top.max()) >= len(trie)):
-            raise ModelFormatError("MostPopular: heavy_top holds key ids out of range",
-                                   "heavy_top")
+            raise bad("heavy_top", "key ids out of range")
         self.trie = trie
         # plain ndarray views of the (memory-mapped) arrays: np.memmap's per-index
         # bookkeeping costs more than the lookups themselves

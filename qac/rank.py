@@ -38,6 +38,8 @@ FEATURES: tuple[str, ...] = _kernel.FEATURES
 #: the candidate sources, in the kernel's numbering
 SOURCES: tuple[str, ...] = _kernel.SOURCES
 ARRAYS = ("feature", "threshold", "left", "right", "leaf", "roots")
+#: the most feature columns a saved forest may name (a bound on its column ids)
+MAX_COLUMNS = 4096
 _DTYPES = {"feature": np.int32, "threshold": np.float64, "left": np.int32,
            "right": np.int32, "leaf": np.float64, "roots": np.int32}
 
@@ -91,6 +93,30 @@ class Forest:
             if arr.ndim != 1 or arr.dtype != _DTYPES[name]:
                 raise InputError(f"Forest.{name}: 1-d {np.dtype(_DTYPES[name]).name} needed, "
                                  f"got {arr.ndim}-d {arr.dtype}")
+        self._check_links()
+
+    def _check_links(self) -> None:
+        """Every link names a later node or a leaf, every split a known column and a
+        number (what the kernel's walk relies on; a saved forest is checked too)."""
+        n, n_leaf = len(self.feature), len(self.leaf)
+        if n and (int(self.feature.min()) < 0 or int(self.feature.max()) >= len(FEATURES)):
+            raise InputError("Forest.feature: a column outside FEATURES")
+        if np.isnan(self.threshold).any() or not np.isfinite(self.leaf).all():
+            raise InputError("Forest.threshold/leaf: NaN threshold or non-finite leaf")
+        if isinstance(self.base, bool) or not isinstance(self.base, int | float) or \
+                not np.isfinite(self.base):
+            raise InputError(f"Forest.base: a finite number needed, got {self.base!r}")
+        node = np.arange(n, dtype=np.int64)
+        for name, links, parent in (("left", self.left, node), ("right", self.right, node),
+                                    ("roots", self.roots, None)):
+            links = links.astype(np.int64)
+            inner = links >= 0
+            leaf = ~links[~inner]
+            if leaf.size and int(leaf.max()) >= n_leaf:
+                raise InputError(f"Forest.{name}: a leaf beyond the {n_leaf} leaves")
+            if inner.any() and (int(links[inner].max()) >= n or (
+                    parent is not None and bool((links[inner] <= parent[inner]).any()))):
+                raise InputError(f"Forest.{name}: a node out of range or not after its parent")
 
     @property
     def n_trees(self) -> int:
@@ -135,12 +161,17 @@ class Forest:
         if unknown:
             raise ModelFormatError(f"ranker: fitted on features this qac does not compute: "
                                    f"{unknown}; retrain the model", "ranker")
+        for name, old in names.items():
+            if isinstance(old, bool) or not isinstance(old, int) or not 0 <= old < MAX_COLUMNS:
+                raise ModelFormatError(f"ranker: bad column {old!r} for {name} (an int "
+                                       f"0..{MAX_COLUMNS - 1} needed)", "ranker")
         remap = np.arange(max([*names.values(), len(FEATURES) - 1]) + 1, dtype=np.int32)
         for name, old in names.items():
-            if not isinstance(old, int) or old < 0:
-                raise ModelFormatError(f"ranker: bad column {old!r} for {name}", "ranker")
             remap[old] = FEATURES.index(name)
         feat = parts["feature"]
+        if feat.dtype.kind not in "iu":
+            raise ModelFormatError(f"ranker: feature must hold integers, got {feat.dtype}",
+                                   "ranker")
         if feat.size and (feat.min() < 0 or feat.max() >= len(remap)
                           or not set(feat.tolist()) <= set(names.values())):
             raise ModelFormatError("ranker: a split on a column the manifest does not name",

@@ -22,12 +22,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from qac.engine import Engine, EngineConfig
-from qac.errors import InputError
+from qac.errors import InputError, ModelFormatError
 from qac.features import BlockConfig
 from qac.model.train import TrainConfig
 from qac.model.xlinear import XLinearModel
 from qac.storage import open_model_dir, save_model_dir
-from qac.text import normalize
+from qac.text import MAX_TEXT_CHARS, normalize
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +59,20 @@ def default_config(**overrides: Any) -> EngineConfig:
     return EngineConfig(blocks=DEFAULT_BLOCKS, **{**base, **overrides})
 
 
+#: the longest item id (characters) a training file may hold
+MAX_ITEM_ID = 4096
+
+
 def read_tsv(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """Read ``id<TAB>text`` lines; '#' comment lines and blank lines are skipped.
 
-    Bytes that are not UTF-8 become U+FFFD (normalization turns them into spaces).
-    A line without a tab raises :class:`InputError` naming the file and line.
+    Bytes that are not UTF-8 become U+FFFD (normalization turns them into spaces); a
+    UTF-8 byte order mark is dropped; lines may end in LF, CRLF or CR. A line without
+    a tab, a text over :data:`qac.text.MAX_TEXT_CHARS` or an id over
+    :data:`MAX_ITEM_ID` characters raises :class:`InputError` naming the file and line.
     """
     rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if not line or line.startswith("#"):
@@ -74,6 +80,11 @@ def read_tsv(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
             key, sep, text = line.partition("\t")
             if not sep or not key:
                 raise InputError(f"{path}:{lineno}: expected 'id<TAB>text'")
+            if len(text) > MAX_TEXT_CHARS or len(key) > MAX_ITEM_ID:
+                what, n, limit = (("text", len(text), MAX_TEXT_CHARS) if len(text) >
+                                  MAX_TEXT_CHARS else ("id", len(key), MAX_ITEM_ID))
+                raise InputError(f"{path}:{lineno}: the {what} is {n} characters long; "
+                                 f"the limit is {limit}")
             rows.append((key, text))
     return rows
 
@@ -124,6 +135,9 @@ class Retriever:
         all_items.update(item for item, _ in titles)
         if not all_items:
             raise InputError("no training pairs or items: nothing to learn")
+        bad = next((i for i in all_items if not isinstance(i, str) or "\n" in i), None)
+        if bad is not None:
+            raise InputError(f"item id {bad!r:.40}: a str without a newline needed")
         trie = marisa_trie.Trie(all_items)
         texts = list(by_query) + [t for _, t in titles if t]
         label_sets = [[trie[i] for i in s] for s in by_query.values()]
@@ -148,7 +162,13 @@ class Retriever:
     def load(cls, path: str | os.PathLike[str], verify: bool = True) -> Retriever:
         """Load a model directory written by :meth:`save` (arrays memory-mapped)."""
         md = open_model_dir(path, kind=KIND, verify=verify)
-        return cls(Engine.from_model_dir(md), md.trie("items"))
+        engine, items = Engine.from_model_dir(md), md.trie("items")
+        if len(items) != engine.n_labels:  # found by tests/fuzz/fuzz_loader.py
+            where = md.path / "items.keys.npy"
+            raise ModelFormatError(f"{where}: {len(items)} items, the engine has "
+                                   f"{engine.n_labels} labels", str(where))
+        md.check_same()  # one whole model, not parts of two (a save swapped it)
+        return cls(engine, items)
 
     def search(self, text: str | bytes, k: int = 10) -> list[tuple[str, float]]:
         """The top-k (item_id, score) for one query; empty text gives [].

@@ -144,10 +144,12 @@ class Tables:
                    arrays: Mapping[str, np.ndarray]) -> Tables:
         try:
             words = MostPopular.from_parts(
-                tries["words"], {k[6:]: v for k, v in arrays.items() if k.startswith("words.")})
+                tries["words"], {k[6:]: v for k, v in arrays.items() if k.startswith("words.")},
+                "tables.words")
             ends = MostPopular.from_parts(
                 tries["suffixes"],
-                {k[9:]: v for k, v in arrays.items() if k.startswith("suffixes.")})
+                {k[9:]: v for k, v in arrays.items() if k.startswith("suffixes.")},
+                "tables.suffixes")
         except KeyError as exc:
             raise ModelFormatError(f"tables: {exc} missing", "tables") from exc
         return cls(words, ends, config)

@@ -137,3 +137,39 @@ def test_bad_errors_option_and_missing_file(tmp_path: Path) -> None:
 
 def test_empty_file(tmp_path: Path) -> None:
     assert read_log(write(tmp_path / "e.txt", "")) == []
+
+
+# -- issue 15's minor items: a byte order mark, CR-only line endings ---------------
+
+@pytest.mark.parametrize("name", ["log.tsv", "log.tsv.gz"])
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("bom", ["", "\ufeff"])
+def test_a_bom_and_any_line_ending_keep_every_column(tmp_path: Path, name: str, eol: str,
+                                                     bom: str) -> None:
+    """A UTF-8 BOM must not hide the AnonID column (which merged users' sessions),
+    and a file whose lines end in a lone CR is read line by line."""
+    text = bom + (AOL_HEADER + "".join(AOL_ROWS)).replace("\n", eol)
+    events = read_log(write(tmp_path / name, text))
+    assert [(e.session, e.user, e.query) for e in events] == [
+        ("1/0", "1", "weather nyc"), ("1/0", "1", "weather boston"),
+        ("1/1", "1", "weather boston"), ("2/0", "2", "pizza")]
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_plain_lines_with_any_ending_and_a_bom(tmp_path: Path, eol: str) -> None:
+    text = "\ufeff" + eol.join(["new york", "new jersey", "", "pizza"]) + eol
+    events = read_log(write(tmp_path / "q.txt", text))
+    assert [(e.session, e.query) for e in events] == [
+        ("0", "new york"), ("0", "new jersey"), ("1", "pizza")]
+
+
+def test_a_query_only_header_after_a_bom(tmp_path: Path) -> None:
+    events = read_log(write(tmp_path / "q.txt", "\ufeffQuery\r\nfoo\r\nbar\r\n"))
+    assert [e.query for e in events] == ["foo", "bar"]
+
+
+def test_a_huge_line_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "log.tsv", AOL_HEADER + AOL_ROWS[0]
+                 + "1\t0\t" + "x" * 10_000_000 + "\t2006-03-01 10:00:00\t\n")
+    with pytest.raises(InputError, match=r"log.tsv:3: text is 10000000 characters"):
+        read_log(path)

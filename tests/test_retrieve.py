@@ -127,3 +127,37 @@ def test_a_format_1_directory_says_retrain(model_dir: Path, tmp_path: Path) -> N
     (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
     with pytest.raises(ModelFormatError, match="older qac: retrain"):
         Retriever.load(old)
+
+
+def test_read_tsv_names_file_and_line_of_a_huge_line(tmp_path: Path) -> None:
+    """Issue 15: a 10 MB line used to fail training with no file:line."""
+    path = tmp_path / "pairs.tsv"
+    path.write_text("a\tred shoes\nb\t" + "x" * 10_000_000 + "\nc\tblue\n")
+    with pytest.raises(InputError, match=r"pairs.tsv:2: the text is 10000000 characters"):
+        read_tsv(path)
+    path.write_text("a\tred shoes\n" + "i" * 10_000 + "\tblue\n")
+    with pytest.raises(InputError, match=r"pairs.tsv:2: the id is 10000 characters"):
+        read_tsv(path)
+
+
+def test_retrieve_train_cli_names_file_and_line(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from qac.cli import main
+
+    path = tmp_path / "pairs.tsv"
+    path.write_text("a\tred shoes\nb\t" + "x" * 10_000_000 + "\n")
+    assert main(["retrieve", "train", "--pairs", str(path), "--out",
+                 str(tmp_path / "m")]) != 0
+    assert f"{path}:2: the text is 10000000 characters long" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_read_tsv_drops_a_bom_and_reads_any_line_ending(tmp_path: Path, eol: str) -> None:
+    path = tmp_path / "pairs.tsv"
+    path.write_bytes(("\ufeffa\tred shoes" + eol + "b\tblue" + eol).encode("utf-8"))
+    assert read_tsv(path) == [("a", "red shoes"), ("b", "blue")]
+
+
+def test_an_item_id_with_a_newline_is_refused_at_training() -> None:
+    with pytest.raises(InputError, match="without a newline"):
+        Retriever.train([("a\nb", "red shoes")])

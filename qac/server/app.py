@@ -309,6 +309,13 @@ class Front:
             await send(message)
 
         try:
+            if not _is_utf8(scope.get("query_string", b"")):
+                # Starlette decodes the query string strictly wherever it builds a URL
+                # (the trailing-slash redirect, the error handler's log line) and then
+                # fails without answering; refuse it here (issue 15, tests/fuzz)
+                status = 400
+                await _send_json(send, 400, _error_body("query string is not valid UTF-8"))
+                return
             await self.app(scope, receive, send_status)
         finally:
             endpoint = _endpoint(scope["path"])
@@ -334,6 +341,14 @@ class Front:
         await _send_json(send, status, body)
         m.requests.labels("/v1/complete", str(status)).inc()
         m.complete_latency.observe(time.perf_counter() - t0)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _error_body(message: str) -> bytes:
