@@ -55,8 +55,9 @@ def fold(text: str) -> str:
     ASCII text is returned as it is, at no cost."""
     if text.isascii():
         return text
-    t = unicodedata.normalize("NFD", text.translate(_PUNCT))
-    return unicodedata.normalize("NFC", _ACCENTS.sub("", t))
+    # decompose first, so a letter with an accent ("ǽ") meets the table as its base
+    t = _ACCENTS.sub("", unicodedata.normalize("NFD", text)).translate(_PUNCT)
+    return unicodedata.normalize("NFC", t)
 
 
 def _clean_char(ch: str) -> str:

@@ -226,14 +226,19 @@ def test_answerer_refuses_inconsistent_arrays() -> None:
     with pytest.raises(InputError, match="recent"):
         _kernel.Answerer(None, None, {k: v for k, v in ok.arrays().items() if k != "recent"},
                          f.arrays(), 0.0)
-    cyc = Forest(np.array([0, 0], np.int32), np.zeros(2), np.array([1, 0], np.int32),
-                 np.array([-1, -1], np.int32), np.zeros(1), np.array([0], np.int32))
+    # Forest checks its arrays in Python too; the kernel must refuse them on its own
+    def trees(feature: list[int], left: list[int]) -> dict[str, np.ndarray]:
+        n = len(feature)
+        return {"feature": np.array(feature, np.int32), "threshold": np.zeros(n),
+                "left": np.array(left, np.int32), "right": np.full(n, -1, np.int32),
+                "leaf": np.zeros(1), "roots": np.array([0], np.int32)}
+
+    with pytest.raises(InputError):
+        Forest(*trees([0, 0], [1, 0]).values())
     with pytest.raises(KernelError):  # a child before its parent: a cycle
-        _kernel.Answerer(None, None, ok.arrays(), cyc.arrays(), 0.0)
-    far = Forest(np.array([len(FEATURES)], np.int32), np.zeros(1), np.array([-1], np.int32),
-                 np.array([-1], np.int32), np.zeros(1), np.array([0], np.int32))
+        _kernel.Answerer(None, None, ok.arrays(), trees([0, 0], [1, 0]), 0.0)
     with pytest.raises(KernelError):  # a split on a column beyond the schema
-        _kernel.Answerer(None, None, ok.arrays(), far.arrays(), 0.0)
+        _kernel.Answerer(None, None, ok.arrays(), trees([len(FEATURES)], [-1]), 0.0)
 
 
 def test_label_range() -> None:
