@@ -3,11 +3,13 @@
 ``normalize`` applies, in order:
 
 1. bytes are decoded as UTF-8; invalid sequences become U+FFFD (the replacement
-   character) rather than an error, so a malformed keystroke never fails a request;
+   character) rather than an error (the HTTP service refuses a query string that is
+   not UTF-8 with a 400 before it gets here; bytes given to the Python API and log
+   lines are decoded this way);
 2. Unicode NFKC (full-width forms, ligatures and compatibility characters fold to
    their plain forms);
 3. ``str.casefold`` (stronger than lower(): "ß" -> "ss");
-4. folding (:func:`fold`): accents and other combining marks go ("wéather" ->
+4. folding (:func:`fold`): the diacritics of Latin letters go ("wéather" ->
    "weather"), typographic quotes and dashes become plain ones, and letters that
    do not decompose are spelled out ("æ" -> "ae"), so what people type matches
    however they type it;
