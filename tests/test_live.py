@@ -76,8 +76,25 @@ def test_privacy_floor_counts_distinct_sessions() -> None:
     assert ov.fresh("new", 5, now) == ([], [])
     ov.add("new thing", "", now)  # the anonymous session: one session, whoever sends it
     texts, counts = ov.fresh("new", 5, now)
-    assert texts == ["new thing"] and counts[0] == pytest.approx(5.0)
+    # a session repeating its last query is the same search: a, b and "" count once each
+    assert texts == ["new thing"] and counts[0] == pytest.approx(3.0)
     assert ov.fresh("x", 5, now) == ([], [])
+
+
+def test_a_session_repeating_its_last_query_counts_once() -> None:
+    ov = _overlay(privacy_floor=1)
+    ov.add("alpha", "s", 1000.0)
+    ov.add("alpha", "s", 1001.0)  # a retried submit, or another click on the same search
+    assert ov.label_count(0, 1001.0) == pytest.approx(1.0, rel=1e-3)
+    assert ov.repeats == 1
+    ov.add("beta", "s", 1002.0)
+    ov.add("alpha", "s", 1003.0)  # not the session's last query: a new search
+    ov.add("alpha", "t", 1003.0)  # another session
+    ov.add("alpha", "", 1003.0)  # anonymous events are never taken for repeats
+    ov.add("alpha", "", 1003.0)
+    assert ov.label_count(0, 1003.0) == pytest.approx(5.0, rel=1e-3)
+    ov.add("alpha", "t", 1003.0 + 3600)  # the same query an hour later: a new search
+    assert ov.stats()["repeats"] == 1
 
 
 def test_counts_decay_with_the_half_life_and_survive_a_rebase() -> None:
@@ -206,7 +223,7 @@ def test_tail_applies_every_event_once_in_order_and_skips_bad_entries(
     try:
         assert tail.attach(ov).wait(5)
         assert ov.events == 2 and tail.skipped == 2
-        stream.append([("alpha", "s2", now)] * 3)
+        stream.append([("alpha", s, now) for s in ("s2", "s3", "s4")])
         _wait(lambda: ov.events == 5)
         assert ov.label_count(0, now) == pytest.approx(4.0)
         time.sleep(0.3)  # nothing applied twice
@@ -222,7 +239,7 @@ def test_tail_keeps_serving_when_redis_is_down_and_resumes(
     cfg = LiveConfig(key=_key(), privacy_floor=1, block_ms=50, socket_timeout=0.5)
     stream = EventStream(server.url, cfg)
     now = time.time()
-    stream.append([("alpha", "s", now)] * 2)
+    stream.append([("alpha", "s", now), ("alpha", "t", now)])
     ov = _overlay(privacy_floor=1)
     tail = StreamTail(server.url, LiveBlocklist(), cfg).start()
     try:
@@ -234,7 +251,7 @@ def test_tail_keeps_serving_when_redis_is_down_and_resumes(
         assert ov.label_count(0, now) == pytest.approx(2.0)  # the overlay still serves
         server.start()
         stream = EventStream(server.url, cfg)
-        stream.append([("alpha", "s", now)])
+        stream.append([("alpha", "u", now)])
         _wait(lambda: ov.events == 3, timeout=10)
         assert ov.label_count(0, now) == pytest.approx(3.0) and tail.available
     finally:
