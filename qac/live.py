@@ -72,8 +72,9 @@ _REBASE_HALF_LIVES = 40.0
 REPEAT_SECONDS = 1800.0
 #: sessions whose last query an overlay remembers (the least recent are forgotten)
 _LAST_SESSIONS = 50_000
-#: normalized texts whose label id an overlay caches
-_LABEL_CACHE = 200_000
+#: label ids an overlay caches by text, and raw queries a tail caches normalized
+#: (each cleared when full: about 10 MB each at most)
+_LABEL_CACHE = 100_000
 
 
 @dataclass(frozen=True)
@@ -369,9 +370,10 @@ class Overlay:
         label = self._label_ids.get(q)
         if label is None:
             label = self._label_of(q)
-            if len(self._label_ids) >= _LABEL_CACHE:
-                self._label_ids.clear()
-            self._label_ids[q] = label
+            if label >= 0:  # labels only: the fresh table holds the others already
+                if len(self._label_ids) >= _LABEL_CACHE:
+                    self._label_ids.clear()
+                self._label_ids[q] = label
         return label
 
     def _add(self, q: str, s: str, t: float) -> None:
@@ -832,7 +834,9 @@ def read_stream_log(url: str, config: LiveConfig | None = None, until: Any = Non
                     ) -> tuple[list[Any], dict[str, str]]:
     """The event stream as a training log: (LogEvents in time order, the last id read
     per stream key). The session id is the user too (a server's session ids are
-    stable user or device ids). ``until`` (a datetime) keeps the events before it."""
+    stable user or device ids). ``until`` (a datetime) keeps the events before it. A
+    session repeating its last query within :data:`REPEAT_SECONDS` is dropped, as the
+    logs drop a repeat and the overlays count it once."""
     from datetime import datetime
 
     from qac.logs import LogEvent
@@ -849,7 +853,19 @@ def read_stream_log(url: str, config: LiveConfig | None = None, until: Any = Non
     finally:
         stream.close()
     events.sort(key=lambda e: (e.time, e.session))
-    return events, tip
+    # a session repeating its last query is the same search (a retried submit), as
+    # the overlays count it
+    last: dict[str, tuple[str, float]] = {}
+    kept: list[LogEvent] = []
+    for e in events:
+        t = e.time.timestamp() if e.time is not None else 0.0
+        prev = last.get(e.session)
+        last[e.session] = (e.query, t)
+        if e.session and prev is not None and prev[0] == e.query and \
+                abs(t - prev[1]) < REPEAT_SECONDS:
+            continue
+        kept.append(e)
+    return kept, tip
 
 
 class StreamTail:

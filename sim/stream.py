@@ -3,9 +3,11 @@ throwaway Redis, driven over HTTP.
 
 1. load, with replica A alone (B starts after it): 500 completions/s (open loop,
    latency from each request's due time) on A for ``--duration`` s without ingestion;
-   the same load while another process appends the dev log to the stream at
-   ``--ingest-rate`` events/s (paced); and while it appends as fast as it can. For
-   each: p50/p99 and the events/s A's tail applied (its /metrics);
+   the same load while A's tail works through a backlog of ``--backlog`` events of
+   the dev log (appended beforehand to another key and renamed into the stream as
+   the load starts: no appender competes for the cores); and while another process
+   appends at ``--ingest-rate`` events/s (paced). For each: p50/p99 and the events/s
+   A's tail applied (its /metrics);
 2. freshness: ``--fresh`` new queries, each submitted on A by 3 sessions, polled on B
    by a fourth every 10 ms: submit (the third) to suggested, p50/p95/p99;
 3. the bars: one session's query is not suggested; "hurricane sandy" by 25 sessions in
@@ -154,9 +156,11 @@ for i, e in enumerate(events):
     ev = clean_event(e.query, (e.user or e.session)[:64], now)
     if ev: evs.append(ev)
 s = EventStream(sys.argv[1], LiveConfig(key=sys.argv[5]))
-limit, rate = float(sys.argv[3]), float(sys.argv[4])
+limit, rate, most = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[6])
+print("ready", flush=True)  # the log is read: the timed part starts on a line of stdin
+sys.stdin.readline()
 t0 = time.perf_counter(); n = 0
-while time.perf_counter() - t0 < limit:
+while time.perf_counter() - t0 < limit and (not most or n < most):
     if rate > 0:  # paced: every 20 ms, the events due by then
         due = int((time.perf_counter() - t0) * rate) - n
         if due <= 0:
@@ -164,7 +168,7 @@ while time.perf_counter() - t0 < limit:
             continue
         k = min(due, 2000)
     else:
-        k = 2000
+        k = 2000 if not most else min(2000, most - n)
     i = n % len(evs)
     n += s.append(evs[i:i + k], batch=500)
 print(n, time.perf_counter() - t0)
@@ -247,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=500.0)
     ap.add_argument("--fresh", type=int, default=15)
     ap.add_argument("--memory", type=int, default=1_000_000)
+    ap.add_argument("--backlog", type=int, default=600_000,
+                    help="events A's tail finds waiting as the backlog phase starts")
     ap.add_argument("--ingest-rate", type=float, default=2000.0,
                     help="events/s of the paced ingestion phase")
     ap.add_argument("--code", type=Path, default=ROOT,
@@ -275,30 +281,45 @@ def main(argv: list[str] | None = None) -> int:
         # 1. load without, then with ingestion (paced, then full speed), A alone
         out["load_without_ingest"] = asyncio.run(load_phase(a_url, args.rate, args.duration,
                                                             keys))
-        # the control: the appender at full speed on a key A does not tail (what the
-        # appender and Redis cost the machine); then paced and full speed on A's key
-        for name, rate, key in (("control", 0.0, "qac:elsewhere"),
-                                ("paced", args.ingest_rate, "qac:events"),
-                                ("full_speed", 0.0, "qac:events")):
-            applied0 = metric(a_url, 'qac_live{stat="applied"}')
-            ing = subprocess.Popen([sys.executable, "-c", INGEST, rurl, str(AOL),
-                                    str(args.duration), str(rate), key], cwd=ROOT,
-                                   stdout=subprocess.PIPE, text=True)
-            t_ing = time.perf_counter()
-            got = asyncio.run(load_phase(a_url, args.rate, args.duration, keys))
-            produced = ing.communicate(timeout=120)[0].split()
-            applied1 = metric(a_url, 'qac_live{stat="applied"}')
-            span = time.perf_counter() - t_ing
-            caught = 0.0 if name == "control" else until(lambda a=applied0, p=produced: metric(
-                a_url, 'qac_live{stat="applied"}') >= a + float(p[0]), 300, 0.2)
-            got["ingest"] = {
-                "target_events_per_s": rate or None, "appended": int(produced[0]),
-                "appender_events_per_s": round(int(produced[0]) / float(produced[1])),
-                "applied_by_A_during_load": int(applied1 - applied0),
-                "A_events_per_s_while_serving": round((applied1 - applied0) / span),
-                "A_caught_up_after_s": None if caught is None else round(caught, 2)}
-            out[f"load_with_{name}_ingest"] = got
-        redis_cli(rurl, "DEL", "qac:elsewhere")
+        # with a backlog: the events appended beforehand to a key A does not tail, then
+        # renamed into the stream as the load starts, so A's tail works through them
+        # while it serves and no appender competes for the cores; then the appender
+        # paced at --ingest-rate events/s
+        ing = subprocess.run([sys.executable, "-c", INGEST, rurl, str(AOL), "600", "0",
+                              "qac:staging", str(args.backlog)], cwd=ROOT, input="go\n",
+                             capture_output=True, text=True, check=True)
+        backlog = int(ing.stdout.split()[1])
+        applied0 = metric(a_url, 'qac_live{stat="applied"}')
+        redis_cli(rurl, "RENAME", "qac:staging", "qac:events")
+        t_ing = time.perf_counter()
+        got = asyncio.run(load_phase(a_url, args.rate, args.duration, keys))
+        applied1 = metric(a_url, 'qac_live{stat="applied"}')
+        span = time.perf_counter() - t_ing
+        caught = until(lambda: metric(a_url, 'qac_live{stat="applied"}') >= applied0 + backlog,
+                       300, 0.2)
+        got["ingest"] = {"backlog": backlog,
+                         "applied_by_A_during_load": int(applied1 - applied0),
+                         "A_events_per_s_while_serving": round((applied1 - applied0) / span),
+                         "backlog_left_at_the_end": int(backlog - (applied1 - applied0)),
+                         "A_caught_up_after_s": None if caught is None else round(caught, 2)}
+        out["load_with_backlog_ingest"] = got
+        applied0 = metric(a_url, 'qac_live{stat="applied"}')
+        ing2 = subprocess.Popen([sys.executable, "-c", INGEST, rurl, str(AOL),
+                                 str(args.duration), str(args.ingest_rate), "qac:events", "0"],
+                                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        assert ing2.stdin is not None and ing2.stdout is not None
+        ing2.stdout.readline()  # "ready": the appender read the log
+        ing2.stdin.write("go\n")
+        ing2.stdin.flush()
+        t_ing = time.perf_counter()
+        got = asyncio.run(load_phase(a_url, args.rate, args.duration, keys))
+        produced = ing2.communicate(timeout=120)[0].split()
+        applied1 = metric(a_url, 'qac_live{stat="applied"}')
+        span = time.perf_counter() - t_ing
+        got["ingest"] = {"target_events_per_s": args.ingest_rate, "appended": int(produced[0]),
+                         "A_events_per_s_while_serving": round((applied1 - applied0) / span)}
+        out["load_with_paced_ingest"] = got
         t0 = time.perf_counter()
         procs.append(start_replica(args.model, rurl, pb, tmp / "b.log", extra, args.code))
         out["B_up_s_replaying_the_stream"] = round(time.perf_counter() - t0, 1)

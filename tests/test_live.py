@@ -369,6 +369,92 @@ def test_bad_input_is_a_clear_4xx_and_redis_down_is_a_503(
         assert a.get("/v1/complete", params={"q": "fi"}).status_code == 200
 
 
+def test_a_retried_submit_is_counted_once(model: Path, redis_server: RedisServer) -> None:
+    key = _key()
+    with _app(model, redis_server.url, key) as a:
+        state = a.app.state.qac  # type: ignore[attr-defined]
+        store, stream = state.store, state.stream
+        real_record, real_publish = store.record, stream.publish
+        calls: list[str] = []
+
+        async def record_fails_once(session: str, query: str, t: float) -> str:
+            calls.append(query)
+            if len(calls) == 1:
+                raise StoreUnavailable("session store down (test)")
+            return await real_record(session, query, t)
+
+        async def publish_fails(query: str, session: str, t: float) -> str:
+            raise StoreUnavailable("event stream down (test)")
+
+        # the stream fails: nothing is written at all
+        stream.publish = publish_fails
+        r = a.post("/v1/sessions/rt1/queries", json={"query": "zq retried query"})
+        assert r.status_code == 503 and not calls
+        stream.publish = real_publish
+        # the stream takes it, the session store fails; the client retries
+        store.record = record_fails_once
+        r = a.post("/v1/sessions/rt1/queries", json={"query": "zq retried query"})
+        assert r.status_code == 503 and "counted once" in r.json()["error"]
+        r = a.post("/v1/sessions/rt1/queries", json={"query": "zq retried query"})
+        assert r.status_code == 200 and len(calls) == 2
+        ov = state.current[0].live
+        _wait(lambda: ov.events == 2)
+        assert ov.fresh_events == 1 and ov.repeats == 1  # two events, one search
+        ctx = a.portal.call(real_record.__self__.context, "rt1", "zq", 10)
+        assert [(h.query, h.count) for h in ctx.history] == [("zq retried query", 1)]
+        # and retraining from the stream counts it once too
+        events, _ = read_stream_log(redis_server.url, LiveConfig(key=key))
+        assert [e.query for e in events] == ["zq retried query"]
+
+
+def test_without_redis_the_overlay_survives_a_reload(model: Path) -> None:
+    cfg = ServerConfig(model_dir=str(model), admin_token=TOKEN,
+                       live=LiveConfig(privacy_floor=2))
+    with TestClient(create_app(cfg)) as c:
+        for s in ("x1", "x2"):
+            c.post(f"/v1/sessions/{s}/queries", json={"query": "zyxwv local query"})
+        c.post("/v1/sessions/x3/queries", json={"query": "zyxwv once"})
+        old = c.app.state.qac.current[0].live  # type: ignore[attr-defined]
+        r = c.post("/v1/admin/reload", json={}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200, r.text
+        new = c.app.state.qac.current[0].live  # type: ignore[attr-defined]
+        assert new is not old and new.events == 3
+        assert _suggested(c, "zyx", "zyxwv local query")
+        assert not _suggested(c, "zyx", "zyxwv once")  # still below the floor
+        c.post("/v1/sessions/x4/queries", json={"query": "zyxwv once"})
+        assert _suggested(c, "zyx", "zyxwv once")  # x3 was carried over: two sessions
+
+
+def test_published_label_counts_are_never_written(completer: Completer) -> None:
+    c = completer.with_options()
+    text = completer.labels.text_of(0)
+    c.observe(text, "s1", 1000.0)
+    arr, scale = c.live.label_view(1000.0)  # type: ignore[union-attr]
+    before = arr.copy()
+    for i in range(50):
+        c.observe(text, f"s{i + 2}", 1000.0)
+    assert (arr == before).all()  # what a reader (the C answerer) holds stays as it was
+    arr2, scale2 = c.live.label_view(1000.0)  # type: ignore[union-attr]
+    assert arr2 is not arr and arr2[0] * scale2 == pytest.approx(51 * scale)
+
+
+def test_carry_maps_counts_to_another_model(completer: Completer) -> None:
+    a = completer.labels.text_of(0)
+    labels = {a: 5}
+    old = completer.new_overlay(LiveConfig(privacy_floor=2))
+    old.add(a, "s1", 1000.0)
+    old.add("brand new thing", "s1", 1000.0)
+    old.add("brand new thing", "s2", 1000.0)
+    old.add("another new one", "s1", 1000.0)
+    new = Overlay(lambda q: labels.get(q, -1), 10, LiveConfig(privacy_floor=2))
+    new.carry(old)
+    assert new.label_count(5, 1000.0) == pytest.approx(1.0)
+    assert new.fresh("brand", 5, 1000.0)[0] == ["brand new thing"]
+    assert new.fresh_count("another new one", 1000.0) == (pytest.approx(1.0), False)
+    new.add("another new one", "s2", 1000.0)
+    assert new.fresh_count("another new one", 1000.0)[1]  # s1 carried: two sessions now
+
+
 def test_without_redis_a_server_feeds_its_own_overlay(model: Path) -> None:
     cfg = ServerConfig(model_dir=str(model), live=LiveConfig(privacy_floor=2))
     with TestClient(create_app(cfg)) as c:
