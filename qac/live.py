@@ -47,6 +47,7 @@ import math
 import threading
 import time as _time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -343,7 +344,7 @@ class Overlay:
         self._label_ids: dict[str, int] = {}  # a cache of label_of
         # each session's last (query, time): a session repeating its last query is the
         # same search (the logs' rule), so a retried submit is counted once
-        self._last: dict[str, tuple[str, float]] = {}
+        self._last: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._fresh: dict[str, _Fresh] = {}
         self._eligible: list[str] = []   # sorted texts of the fresh queries past the floor
         self._lock = threading.Lock()
@@ -379,13 +380,16 @@ class Overlay:
     def _add(self, q: str, s: str, t: float) -> None:
         self.events += 1
         if s:
-            prev = self._last.pop(s, None)
-            self._last[s] = (q, t)  # now the most recent (dicts keep insertion order)
-            if prev is not None and prev[0] == q and abs(t - prev[1]) < REPEAT_SECONDS:
-                self.repeats += 1
-                return
-            if len(self._last) > _LAST_SESSIONS:
-                del self._last[next(iter(self._last))]
+            last = self._last
+            prev = last.get(s)
+            last[s] = (q, t)
+            if prev is not None:
+                last.move_to_end(s)  # the most recent: the least recent are forgotten
+                if prev[0] == q and abs(t - prev[1]) < REPEAT_SECONDS:
+                    self.repeats += 1
+                    return
+            elif len(last) > _LAST_SESSIONS:
+                last.popitem(last=False)
         self._add_weight(q, s, t, 1.0)
 
     def _add_weight(self, q: str, s: str, t: float, count: float) -> None:
