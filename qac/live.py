@@ -74,7 +74,7 @@ REPEAT_SECONDS = 1800.0
 #: sessions whose last query an overlay remembers (the least recent are forgotten)
 _LAST_SESSIONS = 50_000
 #: label ids an overlay caches by text, and raw queries a tail caches normalized
-#: (each cleared when full: about 10 MB each at most)
+#: (each cleared when full: about 15 MB each at most)
 _LABEL_CACHE = 100_000
 
 
