@@ -1059,12 +1059,14 @@ class StreamTail:
                     cpu = _time.thread_time()
                     got = self.stream.sync.xread({key: self.last.get(key, START)},
                                                  count=1000, block=block)
+                    if not self.available:  # before applying: a reader seeing the
+                        # events applied sees the stream reachable
+                        log.info("event stream reachable again; resumed after %s",
+                                 self.last)
+                        self.available = True
                     for _, entries in got or ():
                         self._apply(current, key, entries, self.last)
                     self._rest(_time.thread_time() - cpu)
-                if not self.available:
-                    log.info("event stream reachable again; resumed after %s", self.last)
-                self.available = True
             except Exception as exc:  # noqa: BLE001 - the tail must outlive any failure
                 self._fail(exc)
 

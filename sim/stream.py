@@ -19,7 +19,11 @@ throwaway Redis, driven over HTTP.
 
 Usage::
 
-    python sim/stream.py --model /tmp/m/v4 [--duration 20] [--json out.json]
+    python sim/stream.py --model /tmp/m/v4 [--duration 15] [--backlog 1000000]
+        [--ingest-rate 2000] [--tail-share F] [--code OTHER_CHECKOUT] [--json out.json]
+
+``--code`` runs the replicas from another checkout (``python -m qac`` imports from the
+working directory), so the same program measures the code before a change.
 """
 
 from __future__ import annotations

@@ -490,3 +490,21 @@ def test_train_from_the_stream_records_the_last_id_and_reload_trims_the_overlay(
         assert ov2 is not ov and ov2.events == 3
         assert _suggested(a, "after", "after the model")
     stream.close()
+
+
+def test_serve_flags_reach_the_live_config() -> None:
+    import argparse
+
+    from qac.server.serve import add_serve_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_serve_arguments(p)
+    cfg = config_from_args(p.parse_args(["m", "--live-weight", "5", "--tail-share", "0.5"]))
+    assert cfg.live.weight == 5.0 and cfg.live.tail_share == 0.5
+    assert ServerConfig.from_env(cfg.to_env()) == cfg  # what the workers get
+    default = config_from_args(p.parse_args(["m"])).live
+    assert default.weight is None and default.tail_share == LiveConfig().tail_share
+    with pytest.raises(InputError, match="tail_share"):
+        config_from_args(p.parse_args(["m", "--tail-share", "0"]))
+    with pytest.raises(InputError, match="weight"):
+        config_from_args(p.parse_args(["m", "--live-weight", "-1"]))
