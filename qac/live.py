@@ -962,14 +962,14 @@ class StreamTail:
             if len(self._queries) >= _LABEL_CACHE:
                 self._queries.clear()
             self._queries[qb] = q
-        if not q or len(sb) > MAX_EVENT_SESSION:
+        if not q or len(sb) > 4 * MAX_EVENT_SESSION:
             return None
         try:
             session = sb.decode("utf-8")
             t = float(tb)
         except (UnicodeDecodeError, ValueError):
             return None
-        if not (math.isfinite(t) and t >= 0):
+        if len(session) > MAX_EVENT_SESSION or not (math.isfinite(t) and t >= 0):
             return None
         return q, session, t
 
