@@ -711,7 +711,7 @@ class Completer:
         """An empty live overlay bound to this model's labels (not attached)."""
         config = config or LiveConfig()
         return Overlay(self.label_id, len(self.labels), config, blocklist,
-                       config.weight_for(self.config.recent_days))
+                       config.weight_for(self.config.recent_days), self.labels.text_of)
 
     def observe(self, query: str, session: str | None = None, time: float | None = None
                 ) -> bool:

@@ -47,6 +47,7 @@ import math
 import threading
 import time as _time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -67,6 +68,14 @@ MAX_EVENT_SESSION = 64
 START = "0-0"
 #: rebase the decayed weights when the reference time is this many half-lives old
 _REBASE_HALF_LIVES = 40.0
+#: a session repeating its last query within this many seconds is the same search
+#: (the logs drop such a repeat too; a retried submit is one): counted once
+REPEAT_SECONDS = 1800.0
+#: sessions whose last query an overlay remembers (the least recent are forgotten)
+_LAST_SESSIONS = 50_000
+#: label ids an overlay caches by text, and raw queries a tail caches normalized
+#: (each cleared when full: about 15 MB each at most)
+_LABEL_CACHE = 100_000
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,9 @@ class LiveConfig:
     blocklist_key:   the Redis set of live blocklist entries (``<key>:version`` beside it).
     blocklist_poll:  seconds between a tail's checks of the blocklist version.
     block_ms:        how long one XREAD waits for new entries.
+    tail_share:      the most of the time a tail spends applying events while its
+                     process serves (it rests after each batch in proportion; 1: no
+                     limit). Events wait in the stream meanwhile.
     socket_timeout:  seconds a Redis call of the stream may take.
     """
 
@@ -105,6 +117,7 @@ class LiveConfig:
     blocklist_key: str = "qac:{blocklist}"
     blocklist_poll: float = 0.25
     block_ms: int = 200
+    tail_share: float = 0.25
     socket_timeout: float = 2.0
 
     def __post_init__(self) -> None:
@@ -117,6 +130,10 @@ class LiveConfig:
                 self.weight, int | float) or not (math.isfinite(self.weight)
                                                   and self.weight > 0)):
             raise InputError(f"LiveConfig.weight: a finite number > 0, got {self.weight!r}")
+        if isinstance(self.tail_share, bool) or not isinstance(self.tail_share, int | float) \
+                or not 0 < self.tail_share <= 1:
+            raise InputError(f"LiveConfig.tail_share: a number in (0, 1], got "
+                             f"{self.tail_share!r}")
         for name in ("max_age", "trim_seconds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not (
@@ -306,15 +323,28 @@ class Overlay:
 
     def __init__(self, label_of: Callable[[str], int], n_labels: int,
                  config: LiveConfig | None = None,
-                 blocklist: LiveBlocklist | None = None, weight: float = 1.0) -> None:
+                 blocklist: LiveBlocklist | None = None, weight: float = 1.0,
+                 text_of: Callable[[int], str] | None = None) -> None:
         self.config = config or LiveConfig()
         self.weight = float(weight)
         self.blocklist = blocklist if blocklist is not None else LiveBlocklist()
         self._label_of = label_of
+        self._text_of = text_of
         self._lam = math.log(2.0) / self.config.half_life
         self._t0: float | None = None
-        # (weights scaled to t0, t0): swapped as one reference on a rebase
+        # (weights scaled to t0, t0), published as one reference: a published array is
+        # never written again (the C answerer reads it without the GIL); new events
+        # wait in _pending until flush() publishes a copy with them added
         self._labels: tuple[np.ndarray, float] = (np.zeros(n_labels, dtype=np.float64), 0.0)
+        self._pending: list[tuple[int, float]] = []
+        self._pending_lock = threading.Lock()
+        #: whether a read publishes pending events itself (embedded use); a stream tail
+        #: turns it off and publishes after every batch
+        self.autoflush = True
+        self._label_ids: dict[str, int] = {}  # a cache of label_of
+        # each session's last (query, time): a session repeating its last query is the
+        # same search (the logs' rule), so a retried submit is counted once
+        self._last: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._fresh: dict[str, _Fresh] = {}
         self._eligible: list[str] = []   # sorted texts of the fresh queries past the floor
         self._lock = threading.Lock()
@@ -323,6 +353,7 @@ class Overlay:
         self.events = 0
         self.label_events = 0
         self.fresh_events = 0
+        self.repeats = 0
         self.evicted = 0
         self.last_ids: dict[str, str] = {}
 
@@ -336,38 +367,128 @@ class Overlay:
         self._add(q, s, t)
         return True
 
+    def _label(self, q: str) -> int:
+        label = self._label_ids.get(q)
+        if label is None:
+            label = self._label_of(q)
+            if label >= 0:  # labels only: the fresh table holds the others already
+                if len(self._label_ids) >= _LABEL_CACHE:
+                    self._label_ids.clear()
+                self._label_ids[q] = label
+        return label
+
     def _add(self, q: str, s: str, t: float) -> None:
+        self.events += 1
+        if s:
+            last = self._last
+            prev = last.get(s)
+            last[s] = (q, t)
+            if prev is not None:
+                last.move_to_end(s)  # the most recent: the least recent are forgotten
+                if prev[0] == q and abs(t - prev[1]) < REPEAT_SECONDS:
+                    self.repeats += 1
+                    return
+            elif len(last) > _LAST_SESSIONS:
+                last.popitem(last=False)
+        self._add_weight(q, s, t, 1.0)
+
+    def _add_weight(self, q: str, s: str, t: float, count: float) -> None:
         if self._t0 is None:
             self._t0 = t
             self._labels = (self._labels[0], t)
-        arr, t0 = self._labels
+        t0 = self._labels[1]
         if self._lam * (t - t0) > _REBASE_HALF_LIVES:
             self._rebase(t)
-            arr, t0 = self._labels
-        w = math.exp(self._lam * (t - t0))
-        self.events += 1
-        label = self._label_of(q)
+            t0 = self._labels[1]
+        w = count * math.exp(self._lam * (t - t0))
+        label = self._label(q)
         if label >= 0:
-            arr[label] += w
+            with self._pending_lock:
+                self._pending.append((label, w))
             self.label_events += 1
             return
         self.fresh_events += 1
+        self._add_fresh(q, (s,), w)
+
+    def _add_fresh(self, q: str, sessions: tuple[str, ...], w: float,
+                   eligible: bool = False) -> None:
         with self._lock:
             f = self._fresh.get(q)
+            floor = self.config.privacy_floor
+            if eligible or len(sessions) >= floor:
+                sessions = ()
+                eligible = True
             if f is None:
-                floor = self.config.privacy_floor
-                f = self._fresh[q] = _Fresh(w, (s,) if floor > 1 else None)
+                f = self._fresh[q] = _Fresh(w, None if eligible else sessions)
                 if f.sessions is None:
                     self._make_eligible(q)
                 if len(self._fresh) > self.config.max_fresh:
                     self._evict()
                 return
             f.weight += w
-            if f.sessions is not None and s not in f.sessions:
-                f.sessions = (*f.sessions, s)
-                if len(f.sessions) >= self.config.privacy_floor:
-                    f.sessions = None
-                    self._make_eligible(q)
+            if f.sessions is not None and eligible:
+                f.sessions = None
+                self._make_eligible(q)
+            elif f.sessions is not None:
+                new = tuple(x for x in sessions if x not in f.sessions)
+                if new:
+                    f.sessions = (*f.sessions, *new)
+                    if len(f.sessions) >= floor:
+                        f.sessions = None
+                        self._make_eligible(q)
+
+    def flush(self) -> None:
+        """Publish the pending label events: a copy of the label array with them added
+        (vectorized), swapped in as one reference."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+            if not pending:
+                return
+            arr, t0 = self._labels
+            idx = np.fromiter((p[0] for p in pending), dtype=np.intp, count=len(pending))
+            w = np.fromiter((p[1] for p in pending), dtype=np.float64, count=len(pending))
+            new = arr.copy()
+            np.add.at(new, idx, w)
+            self._labels = (new, t0)
+
+    def carry(self, old: Overlay) -> None:
+        """Take over ``old``'s state (an overlay of another model, say before a reload
+        without a stream): its decayed counts by text (a label of this model, or a
+        fresh query), the fresh queries' sessions and each session's last query. A text
+        that was a label of the old model and is none of this one starts with no
+        sessions: the privacy floor counts from now."""
+        old.flush()
+        arr, t0 = old._labels
+        if old._t0 is None:
+            return
+        if self._t0 is None:
+            self._t0 = old._t0
+            self._labels = (self._labels[0], t0)
+        factor = math.exp(self._lam * (t0 - self._labels[1]))
+        if old._text_of is not None:
+            for i in np.flatnonzero(arr).tolist():
+                q = old._text_of(i)
+                label = self._label(q)
+                if label >= 0:
+                    with self._pending_lock:
+                        self._pending.append((label, float(arr[i]) * factor))
+                else:
+                    self._add_fresh(q, (), float(arr[i]) * factor)
+        with old._lock:
+            items = list(old._fresh.items())
+        for q, f in items:
+            label = self._label(q)
+            if label >= 0:
+                with self._pending_lock:
+                    self._pending.append((label, f.weight * factor))
+            else:
+                self._add_fresh(q, f.sessions or (), f.weight * factor, f.sessions is None)
+        self._last.update(old._last)
+        self.events += old.events
+        self.label_events += old.label_events
+        self.fresh_events += old.fresh_events
+        self.repeats += old.repeats
+        self.flush()
 
     def _make_eligible(self, q: str) -> None:
         bisect.insort(self._eligible, q)
@@ -391,6 +512,7 @@ class Overlay:
 
     def _rebase(self, t: float) -> None:
         """Bring every weight to reference time ``t`` (a new array, swapped in)."""
+        self.flush()
         arr, t0 = self._labels
         factor = math.exp(-self._lam * (t - t0))
         self._labels = (arr * factor, t)
@@ -401,7 +523,10 @@ class Overlay:
     # -- reading (per keystroke) -----------------------------------------------------
     def label_view(self, now: float) -> tuple[np.ndarray, float]:
         """(weights float64 [labels], scale): label i's decayed count at ``now`` is
-        weights[i] * scale."""
+        weights[i] * scale. The array is never written once returned (pending events
+        go to a copy)."""
+        if self.autoflush and self._pending:
+            self.flush()
         arr, t0 = self._labels
         if self._t0 is None:
             return arr, 0.0
@@ -476,7 +601,8 @@ class Overlay:
 
     def stats(self) -> dict[str, Any]:
         return {"events": self.events, "label_events": self.label_events,
-                "fresh_events": self.fresh_events, "fresh": len(self._fresh),
+                "fresh_events": self.fresh_events, "repeats": self.repeats,
+                "fresh": len(self._fresh),
                 "fresh_eligible": len(self._eligible), "fresh_evicted": self.evicted}
 
 
@@ -712,7 +838,9 @@ def read_stream_log(url: str, config: LiveConfig | None = None, until: Any = Non
                     ) -> tuple[list[Any], dict[str, str]]:
     """The event stream as a training log: (LogEvents in time order, the last id read
     per stream key). The session id is the user too (a server's session ids are
-    stable user or device ids). ``until`` (a datetime) keeps the events before it."""
+    stable user or device ids). ``until`` (a datetime) keeps the events before it. A
+    session repeating its last query within :data:`REPEAT_SECONDS` is dropped, as the
+    logs drop a repeat and the overlays count it once."""
     from datetime import datetime
 
     from qac.logs import LogEvent
@@ -729,7 +857,19 @@ def read_stream_log(url: str, config: LiveConfig | None = None, until: Any = Non
     finally:
         stream.close()
     events.sort(key=lambda e: (e.time, e.session))
-    return events, tip
+    # a session repeating its last query is the same search (a retried submit), as
+    # the overlays count it
+    last: dict[str, tuple[str, float]] = {}
+    kept: list[LogEvent] = []
+    for e in events:
+        t = e.time.timestamp() if e.time is not None else 0.0
+        prev = last.get(e.session)
+        last[e.session] = (e.query, t)
+        if e.session and prev is not None and prev[0] == e.query and \
+                abs(t - prev[1]) < REPEAT_SECONDS:
+            continue
+        kept.append(e)
+    return kept, tip
 
 
 class StreamTail:
@@ -759,12 +899,14 @@ class StreamTail:
         self.last_error: str | None = None
         self._last_log = float("-inf")
         self._last_poll = float("-inf")
+        self._queries: dict[bytes, str] = {}
 
     def attach(self, overlay: Overlay, since: Mapping[str, str] | None = None
                ) -> threading.Event:
         """Feed ``overlay`` from now on, after replaying the events after ``since``
         (per stream key; default: the whole stream)."""
         done = threading.Event()
+        overlay.autoflush = False  # this thread publishes after every batch
         self._pending = (overlay, dict(since or {}), done)
         return done
 
@@ -803,19 +945,60 @@ class StreamTail:
             self.stream.close()
         self.stream._sync = None
 
+    def _event(self, fields_: Any) -> tuple[str, str, float] | None:
+        """A stream entry as an event (see :func:`parse_entry`), the query's
+        normalization cached by its raw bytes (the same popular queries recur)."""
+        try:
+            qb, tb = fields_[b"q"], fields_[b"t"]
+            sb = fields_.get(b"s", b"")
+        except (KeyError, TypeError, AttributeError):
+            return parse_entry(fields_)
+        if not (isinstance(qb, bytes) and isinstance(tb, bytes) and isinstance(sb, bytes)):
+            return parse_entry(fields_)
+        q = self._queries.get(qb)
+        if q is None:
+            ev = clean_event(qb, "", 0.0)
+            q = ev[0] if ev is not None else ""
+            if len(self._queries) >= _LABEL_CACHE:
+                self._queries.clear()
+            self._queries[qb] = q
+        if not q or len(sb) > 4 * MAX_EVENT_SESSION:
+            return None
+        try:
+            session = sb.decode("utf-8")
+            t = float(tb)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if len(session) > MAX_EVENT_SESSION or not (math.isfinite(t) and t >= 0):
+            return None
+        return q, session, t
+
     def _apply(self, overlay: Overlay, key: str, entries: Any, last: dict[str, str]) -> None:
-        for i, (raw_id, fields_) in enumerate(entries):
-            if i and not i % 64:
-                _time.sleep(0)  # hand the GIL to the event loop: keystrokes come first
-            sid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        """Apply a batch of entries, then publish the overlay's label counts once."""
+        add, event = overlay._add, self._event
+        sid = last.get(key, START)
+        try:
+            for i, (raw_id, fields_) in enumerate(entries):
+                if i and not i % 128:
+                    _time.sleep(0)  # hand the GIL to the event loop: keystrokes come first
+                sid = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+                ev = event(fields_)
+                if ev is None:
+                    self.skipped += 1
+                    continue
+                add(ev[0], ev[1], ev[2])
+                self.applied += 1
+        finally:
             last[key] = sid
-            ev = parse_entry(fields_)
-            if ev is None:
-                self.skipped += 1
-                continue
-            overlay._add(ev[0], ev[1], ev[2])
-            self.applied += 1
-        overlay.last_ids = dict(last)
+            overlay.flush()
+            overlay.last_ids = dict(last)
+
+    def _rest(self, cpu: float) -> None:
+        """Rest after a batch that took ``cpu`` seconds of this thread's CPU, so the tail
+        takes at most ``tail_share`` of the time while the process serves."""
+        share = self.config.tail_share
+        if share < 1.0 and cpu > 0:
+            self._stop.wait(min(1.0, cpu * (1.0 / share - 1.0)))
 
     def _poll_blocklist(self, force: bool = False) -> None:
         now = _time.monotonic()
@@ -837,11 +1020,14 @@ class StreamTail:
         tip = self.stream.last_ids()
         for key in self.stream.keys:
             while id_after(tip[key], last[key]) and not self._stop.is_set():
+                cpu = _time.thread_time()
                 got = self.stream.sync.xrange(key, min=f"({last[key]}", max=tip[key],
                                               count=5000)
                 if not got:
                     break
                 self._apply(overlay, key, got, last)
+                if self.overlay is not None:  # a reload: the old overlay serves meanwhile
+                    self._rest(_time.thread_time() - cpu)
                 self._poll_blocklist()
         return last
 
@@ -869,13 +1055,18 @@ class StreamTail:
                 keys = self.stream.keys
                 block = max(1, self.config.block_ms // len(keys))
                 for key in keys:
+                    # this thread's CPU time: the reply's parsing counts, waiting not
+                    cpu = _time.thread_time()
                     got = self.stream.sync.xread({key: self.last.get(key, START)},
                                                  count=1000, block=block)
+                    if not self.available:  # before applying: a reader seeing the
+                        # events applied sees the stream reachable
+                        log.info("event stream reachable again; resumed after %s",
+                                 self.last)
+                        self.available = True
                     for _, entries in got or ():
                         self._apply(current, key, entries, self.last)
-                if not self.available:
-                    log.info("event stream reachable again; resumed after %s", self.last)
-                self.available = True
+                    self._rest(_time.thread_time() - cpu)
             except Exception as exc:  # noqa: BLE001 - the tail must outlive any failure
                 self._fail(exc)
 

@@ -1,10 +1,13 @@
 """The live stream, measured in one run (issue 13): two ``qac serve`` replicas on one
 throwaway Redis, driven over HTTP.
 
-1. load: 500 completions/s (open loop, latency from each request's due time) on
-   replica A for ``--duration`` s without ingestion, then the same load while another
-   process appends the dev log to the stream as fast as it can: the events/s A's tail
-   applies (its /metrics) and the p50/p99 of both phases;
+1. load, with replica A alone (B starts after it): 500 completions/s (open loop,
+   latency from each request's due time) on A for ``--duration`` s without ingestion;
+   the same load while A's tail works through a backlog of ``--backlog`` events of
+   the dev log (appended beforehand to another key and renamed into the stream as
+   the load starts: no appender competes for the cores); and while another process
+   appends at ``--ingest-rate`` events/s (paced). For each: p50/p99 and the events/s
+   A's tail applied (its /metrics);
 2. freshness: ``--fresh`` new queries, each submitted on A by 3 sessions, polled on B
    by a fourth every 10 ms: submit (the third) to suggested, p50/p95/p99;
 3. the bars: one session's query is not suggested; "hurricane sandy" by 25 sessions in
@@ -16,7 +19,11 @@ throwaway Redis, driven over HTTP.
 
 Usage::
 
-    python sim/stream.py --model /tmp/m/v4 [--duration 20] [--json out.json]
+    python sim/stream.py --model /tmp/m/v4 [--duration 15] [--backlog 1000000]
+        [--ingest-rate 2000] [--tail-share F] [--code OTHER_CHECKOUT] [--json out.json]
+
+``--code`` runs the replicas from another checkout (``python -m qac`` imports from the
+working directory), so the same program measures the code before a change.
 """
 
 from __future__ import annotations
@@ -56,12 +63,20 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("redis-server did not start")
 
 
-def start_replica(model: str, redis_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def redis_cli(url: str, *args: str) -> str:
+    port = urllib.parse.urlsplit(url).port
+    return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def start_replica(model: str, redis_url: str, port: int, log: Path,
+                  extra: tuple[str, ...] = (), code: Path = ROOT) -> subprocess.Popen[bytes]:
+    """``code``: the checkout whose qac serves (``-m qac`` imports from the cwd)."""
     env = dict(os.environ, QAC_SIM_TOKEN=TOKEN)
     cmd = [sys.executable, "-m", "qac", "serve", model, "--redis-url", redis_url,
            "--port", str(port), "--workers", "1", "--admin-token-env", "QAC_SIM_TOKEN",
-           "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "ab"),
+           "--log-level", "warning", *extra]
+    proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=open(log, "ab"),
                             stderr=subprocess.STDOUT)
     wait_http(f"http://127.0.0.1:{port}/healthz", 120)
     return proc
@@ -144,11 +159,22 @@ evs = []
 for i, e in enumerate(events):
     ev = clean_event(e.query, (e.user or e.session)[:64], now)
     if ev: evs.append(ev)
-s = EventStream(sys.argv[1], LiveConfig())
-limit = float(sys.argv[3])
+s = EventStream(sys.argv[1], LiveConfig(key=sys.argv[5]))
+limit, rate, most = float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[6])
+print("ready", flush=True)  # the log is read: the timed part starts on a line of stdin
+sys.stdin.readline()
 t0 = time.perf_counter(); n = 0
-while time.perf_counter() - t0 < limit:
-    n += s.append(evs[n % len(evs):n % len(evs) + 2000], batch=500)
+while time.perf_counter() - t0 < limit and (not most or n < most):
+    if rate > 0:  # paced: every 20 ms, the events due by then
+        due = int((time.perf_counter() - t0) * rate) - n
+        if due <= 0:
+            time.sleep(0.02)
+            continue
+        k = min(due, 2000)
+    else:
+        k = 2000 if not most else min(2000, most - n)
+    i = n % len(evs)
+    n += s.append(evs[i:i + k], batch=500)
 print(n, time.perf_counter() - t0)
 """
 
@@ -229,6 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=500.0)
     ap.add_argument("--fresh", type=int, default=15)
     ap.add_argument("--memory", type=int, default=1_000_000)
+    ap.add_argument("--backlog", type=int, default=600_000,
+                    help="events A's tail finds waiting as the backlog phase starts")
+    ap.add_argument("--ingest-rate", type=float, default=2000.0,
+                    help="events/s of the paced ingestion phase")
+    ap.add_argument("--code", type=Path, default=ROOT,
+                    help="the checkout whose qac the replicas run (default: this one)")
+    ap.add_argument("--tail-share", type=float, default=None,
+                    help="qac serve --tail-share for both replicas (default: serve's)")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args(argv)
     if shutil.which("redis-server") is None:
@@ -241,32 +275,58 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         t0 = time.perf_counter()
-        procs.append(start_replica(args.model, rurl, pa, tmp / "a.log"))
-        procs.append(start_replica(args.model, rurl, pb, tmp / "b.log"))
-        out["replicas_up_s"] = round(time.perf_counter() - t0, 1)
+        extra = () if args.tail_share is None else ("--tail-share", str(args.tail_share))
+        out["tail_share"] = args.tail_share
+        procs.append(start_replica(args.model, rurl, pa, tmp / "a.log", extra, args.code))
+        out["A_up_s"] = round(time.perf_counter() - t0, 1)
         A, B = Http(a_url), Http(b_url)
         keys = prefixes()
 
-        # 1. load without, then with ingestion
+        # 1. load without, then with ingestion (paced, then full speed), A alone
         out["load_without_ingest"] = asyncio.run(load_phase(a_url, args.rate, args.duration,
                                                             keys))
+        # with a backlog: the events appended beforehand to a key A does not tail, then
+        # renamed into the stream as the load starts, so A's tail works through them
+        # while it serves and no appender competes for the cores; then the appender
+        # paced at --ingest-rate events/s
+        ing = subprocess.run([sys.executable, "-c", INGEST, rurl, str(AOL), "600", "0",
+                              "qac:staging", str(args.backlog)], cwd=ROOT, input="go\n",
+                             capture_output=True, text=True, check=True)
+        backlog = int(ing.stdout.split()[1])
         applied0 = metric(a_url, 'qac_live{stat="applied"}')
-        ing = subprocess.Popen([sys.executable, "-c", INGEST, rurl, str(AOL),
-                                str(args.duration)], cwd=ROOT, stdout=subprocess.PIPE,
-                               text=True)
+        redis_cli(rurl, "RENAME", "qac:staging", "qac:events")
         t_ing = time.perf_counter()
-        out["load_with_ingest"] = asyncio.run(load_phase(a_url, args.rate, args.duration,
-                                                         keys))
-        produced = ing.communicate(timeout=120)[0].split()
+        got = asyncio.run(load_phase(a_url, args.rate, args.duration, keys))
         applied1 = metric(a_url, 'qac_live{stat="applied"}')
         span = time.perf_counter() - t_ing
-        caught = until(lambda: metric(a_url, 'qac_live{stat="applied"}')
-                       >= applied0 + float(produced[0]), 120, 0.2)
-        out["ingest"] = {"appended": int(produced[0]),
-                         "appender_events_per_s": round(int(produced[0]) / float(produced[1])),
+        caught = until(lambda: metric(a_url, 'qac_live{stat="applied"}') >= applied0 + backlog,
+                       300, 0.2)
+        got["ingest"] = {"backlog": backlog,
                          "applied_by_A_during_load": int(applied1 - applied0),
                          "A_events_per_s_while_serving": round((applied1 - applied0) / span),
+                         "backlog_left_at_the_end": int(backlog - (applied1 - applied0)),
                          "A_caught_up_after_s": None if caught is None else round(caught, 2)}
+        out["load_with_backlog_ingest"] = got
+        applied0 = metric(a_url, 'qac_live{stat="applied"}')
+        ing2 = subprocess.Popen([sys.executable, "-c", INGEST, rurl, str(AOL),
+                                 str(args.duration), str(args.ingest_rate), "qac:events", "0"],
+                                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        assert ing2.stdin is not None and ing2.stdout is not None
+        ing2.stdout.readline()  # "ready": the appender read the log
+        ing2.stdin.write("go\n")
+        ing2.stdin.flush()
+        t_ing = time.perf_counter()
+        got = asyncio.run(load_phase(a_url, args.rate, args.duration, keys))
+        produced = ing2.communicate(timeout=120)[0].split()
+        applied1 = metric(a_url, 'qac_live{stat="applied"}')
+        span = time.perf_counter() - t_ing
+        got["ingest"] = {"target_events_per_s": args.ingest_rate, "appended": int(produced[0]),
+                         "A_events_per_s_while_serving": round((applied1 - applied0) / span)}
+        out["load_with_paced_ingest"] = got
+        t0 = time.perf_counter()
+        procs.append(start_replica(args.model, rurl, pb, tmp / "b.log", extra, args.code))
+        out["B_up_s_replaying_the_stream"] = round(time.perf_counter() - t0, 1)
 
         # 2. freshness
         lags: list[float] = []
@@ -308,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         # B restarted
         stop(procs[1])
         t0 = time.perf_counter()
-        procs[1] = start_replica(args.model, rurl, pb, tmp / "b2.log")
+        procs[1] = start_replica(args.model, rurl, pb, tmp / "b2.log", extra, args.code)
         bars["B_restart_s"] = round(time.perf_counter() - t0, 1)
         probe = "zqfresh 0"
         bars["restarted_B_keeps_fresh"] = any(t.startswith(probe) for t in B.top(probe, "f9"))

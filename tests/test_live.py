@@ -76,8 +76,25 @@ def test_privacy_floor_counts_distinct_sessions() -> None:
     assert ov.fresh("new", 5, now) == ([], [])
     ov.add("new thing", "", now)  # the anonymous session: one session, whoever sends it
     texts, counts = ov.fresh("new", 5, now)
-    assert texts == ["new thing"] and counts[0] == pytest.approx(5.0)
+    # a session repeating its last query is the same search: a, b and "" count once each
+    assert texts == ["new thing"] and counts[0] == pytest.approx(3.0)
     assert ov.fresh("x", 5, now) == ([], [])
+
+
+def test_a_session_repeating_its_last_query_counts_once() -> None:
+    ov = _overlay(privacy_floor=1)
+    ov.add("alpha", "s", 1000.0)
+    ov.add("alpha", "s", 1001.0)  # a retried submit, or another click on the same search
+    assert ov.label_count(0, 1001.0) == pytest.approx(1.0, rel=1e-3)
+    assert ov.repeats == 1
+    ov.add("beta", "s", 1002.0)
+    ov.add("alpha", "s", 1003.0)  # not the session's last query: a new search
+    ov.add("alpha", "t", 1003.0)  # another session
+    ov.add("alpha", "", 1003.0)  # anonymous events are never taken for repeats
+    ov.add("alpha", "", 1003.0)
+    assert ov.label_count(0, 1003.0) == pytest.approx(5.0, rel=1e-3)
+    ov.add("alpha", "t", 1003.0 + 3600)  # the same query an hour later: a new search
+    assert ov.stats()["repeats"] == 1
 
 
 def test_counts_decay_with_the_half_life_and_survive_a_rebase() -> None:
@@ -206,7 +223,7 @@ def test_tail_applies_every_event_once_in_order_and_skips_bad_entries(
     try:
         assert tail.attach(ov).wait(5)
         assert ov.events == 2 and tail.skipped == 2
-        stream.append([("alpha", "s2", now)] * 3)
+        stream.append([("alpha", s, now) for s in ("s2", "s3", "s4")])
         _wait(lambda: ov.events == 5)
         assert ov.label_count(0, now) == pytest.approx(4.0)
         time.sleep(0.3)  # nothing applied twice
@@ -222,7 +239,7 @@ def test_tail_keeps_serving_when_redis_is_down_and_resumes(
     cfg = LiveConfig(key=_key(), privacy_floor=1, block_ms=50, socket_timeout=0.5)
     stream = EventStream(server.url, cfg)
     now = time.time()
-    stream.append([("alpha", "s", now)] * 2)
+    stream.append([("alpha", "s", now), ("alpha", "t", now)])
     ov = _overlay(privacy_floor=1)
     tail = StreamTail(server.url, LiveBlocklist(), cfg).start()
     try:
@@ -234,7 +251,7 @@ def test_tail_keeps_serving_when_redis_is_down_and_resumes(
         assert ov.label_count(0, now) == pytest.approx(2.0)  # the overlay still serves
         server.start()
         stream = EventStream(server.url, cfg)
-        stream.append([("alpha", "s", now)])
+        stream.append([("alpha", "u", now)])
         _wait(lambda: ov.events == 3, timeout=10)
         assert ov.label_count(0, now) == pytest.approx(3.0) and tail.available
     finally:
@@ -352,6 +369,92 @@ def test_bad_input_is_a_clear_4xx_and_redis_down_is_a_503(
         assert a.get("/v1/complete", params={"q": "fi"}).status_code == 200
 
 
+def test_a_retried_submit_is_counted_once(model: Path, redis_server: RedisServer) -> None:
+    key = _key()
+    with _app(model, redis_server.url, key) as a:
+        state = a.app.state.qac  # type: ignore[attr-defined]
+        store, stream = state.store, state.stream
+        real_record, real_publish = store.record, stream.publish
+        calls: list[str] = []
+
+        async def record_fails_once(session: str, query: str, t: float) -> str:
+            calls.append(query)
+            if len(calls) == 1:
+                raise StoreUnavailable("session store down (test)")
+            return await real_record(session, query, t)
+
+        async def publish_fails(query: str, session: str, t: float) -> str:
+            raise StoreUnavailable("event stream down (test)")
+
+        # the stream fails: nothing is written at all
+        stream.publish = publish_fails
+        r = a.post("/v1/sessions/rt1/queries", json={"query": "zq retried query"})
+        assert r.status_code == 503 and not calls
+        stream.publish = real_publish
+        # the stream takes it, the session store fails; the client retries
+        store.record = record_fails_once
+        r = a.post("/v1/sessions/rt1/queries", json={"query": "zq retried query"})
+        assert r.status_code == 503 and "counted once" in r.json()["error"]
+        r = a.post("/v1/sessions/rt1/queries", json={"query": "zq retried query"})
+        assert r.status_code == 200 and len(calls) == 2
+        ov = state.current[0].live
+        _wait(lambda: ov.events == 2)
+        assert ov.fresh_events == 1 and ov.repeats == 1  # two events, one search
+        ctx = a.portal.call(real_record.__self__.context, "rt1", "zq", 10)
+        assert [(h.query, h.count) for h in ctx.history] == [("zq retried query", 1)]
+        # and retraining from the stream counts it once too
+        events, _ = read_stream_log(redis_server.url, LiveConfig(key=key))
+        assert [e.query for e in events] == ["zq retried query"]
+
+
+def test_without_redis_the_overlay_survives_a_reload(model: Path) -> None:
+    cfg = ServerConfig(model_dir=str(model), admin_token=TOKEN,
+                       live=LiveConfig(privacy_floor=2))
+    with TestClient(create_app(cfg)) as c:
+        for s in ("x1", "x2"):
+            c.post(f"/v1/sessions/{s}/queries", json={"query": "zyxwv local query"})
+        c.post("/v1/sessions/x3/queries", json={"query": "zyxwv once"})
+        old = c.app.state.qac.current[0].live  # type: ignore[attr-defined]
+        r = c.post("/v1/admin/reload", json={}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200, r.text
+        new = c.app.state.qac.current[0].live  # type: ignore[attr-defined]
+        assert new is not old and new.events == 3
+        assert _suggested(c, "zyx", "zyxwv local query")
+        assert not _suggested(c, "zyx", "zyxwv once")  # still below the floor
+        c.post("/v1/sessions/x4/queries", json={"query": "zyxwv once"})
+        assert _suggested(c, "zyx", "zyxwv once")  # x3 was carried over: two sessions
+
+
+def test_published_label_counts_are_never_written(completer: Completer) -> None:
+    c = completer.with_options()
+    text = completer.labels.text_of(0)
+    c.observe(text, "s1", 1000.0)
+    arr, scale = c.live.label_view(1000.0)  # type: ignore[union-attr]
+    before = arr.copy()
+    for i in range(50):
+        c.observe(text, f"s{i + 2}", 1000.0)
+    assert (arr == before).all()  # what a reader (the C answerer) holds stays as it was
+    arr2, scale2 = c.live.label_view(1000.0)  # type: ignore[union-attr]
+    assert arr2 is not arr and arr2[0] * scale2 == pytest.approx(51 * scale)
+
+
+def test_carry_maps_counts_to_another_model(completer: Completer) -> None:
+    a = completer.labels.text_of(0)
+    labels = {a: 5}
+    old = completer.new_overlay(LiveConfig(privacy_floor=2))
+    old.add(a, "s1", 1000.0)
+    old.add("brand new thing", "s1", 1000.0)
+    old.add("brand new thing", "s2", 1000.0)
+    old.add("another new one", "s1", 1000.0)
+    new = Overlay(lambda q: labels.get(q, -1), 10, LiveConfig(privacy_floor=2))
+    new.carry(old)
+    assert new.label_count(5, 1000.0) == pytest.approx(1.0)
+    assert new.fresh("brand", 5, 1000.0)[0] == ["brand new thing"]
+    assert new.fresh_count("another new one", 1000.0) == (pytest.approx(1.0), False)
+    new.add("another new one", "s2", 1000.0)
+    assert new.fresh_count("another new one", 1000.0)[1]  # s1 carried: two sessions now
+
+
 def test_without_redis_a_server_feeds_its_own_overlay(model: Path) -> None:
     cfg = ServerConfig(model_dir=str(model), live=LiveConfig(privacy_floor=2))
     with TestClient(create_app(cfg)) as c:
@@ -387,3 +490,21 @@ def test_train_from_the_stream_records_the_last_id_and_reload_trims_the_overlay(
         assert ov2 is not ov and ov2.events == 3
         assert _suggested(a, "after", "after the model")
     stream.close()
+
+
+def test_serve_flags_reach_the_live_config() -> None:
+    import argparse
+
+    from qac.server.serve import add_serve_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_serve_arguments(p)
+    cfg = config_from_args(p.parse_args(["m", "--live-weight", "5", "--tail-share", "0.5"]))
+    assert cfg.live.weight == 5.0 and cfg.live.tail_share == 0.5
+    assert ServerConfig.from_env(cfg.to_env()) == cfg  # what the workers get
+    default = config_from_args(p.parse_args(["m"])).live
+    assert default.weight is None and default.tail_share == LiveConfig().tail_share
+    with pytest.raises(InputError, match="tail_share"):
+        config_from_args(p.parse_args(["m", "--tail-share", "0"]))
+    with pytest.raises(InputError, match="weight"):
+        config_from_args(p.parse_args(["m", "--live-weight", "-1"]))

@@ -93,6 +93,7 @@ from qac.server.reload import (
     check_model_dir,
     load_completer,
 )
+from qac.session import check_session, clean_query
 
 log = logging.getLogger(__name__)
 
@@ -388,11 +389,17 @@ class _State:
         import threading
 
         overlay = completer.new_overlay(self.config.live, self.blocklist)
-        completer.live = overlay
         if self.tail is None:
+            # no stream to rebuild from: the new overlay takes over the old one's state
+            current: tuple[Completer, ModelInfo] | None = getattr(self, "current", None)
+            old_live = getattr(current[0], "live", None) if current is not None else None
+            if old_live is not None and current is not None and current[0] is not completer:
+                overlay.carry(old_live)
+            completer.live = overlay
             done = threading.Event()
             done.set()
             return done
+        completer.live = overlay
         return self.tail.attach(overlay, completer.stream)
 
     def live_stats(self) -> dict[str, Any]:
@@ -494,24 +501,32 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
             raise ApiError(400, f"query: at most {config.max_query_chars} characters, "
                                 f"got {len(query)}")
         t = time.time()
-        try:
-            # InputError (a bad session id, a lone surrogate, ...) is raised before any
-            # write and answers 400
-            recorded = await state.store.record(session, query, t)
-        except StoreUnavailable as exc:
-            m.store_failures.inc()
-            raise ApiError(503, f"session store unavailable, the query was not recorded "
-                                f"({exc})") from None
+        # InputError (a bad session id, a lone surrogate, ...) is raised before any
+        # write and answers 400
+        check_session(session)
+        recorded = clean_query(query)
         if not recorded:
             raise ApiError(400, "query: nothing left after normalization")
+        # The event stream first: if it fails, nothing is written and a retry counts
+        # once. If the session store then fails, the event is in the stream; a retry
+        # appends the session's same query again, which the overlays (and training
+        # from the stream) take for the same search, as the logs do: counted once.
         if state.stream is not None:
             try:
                 await state.stream.publish(recorded, session, t)
             except StoreUnavailable as exc:
                 m.live_publish_failures.inc()
-                raise ApiError(503, f"the query was recorded in the session but not "
-                                    f"appended to the live event stream ({exc})") from None
-        else:
+                raise ApiError(503, f"live event stream unavailable, the query was not "
+                                    f"recorded ({exc})") from None
+        try:
+            recorded = await state.store.record(session, query, t) or recorded
+        except StoreUnavailable as exc:
+            m.store_failures.inc()
+            where = " (it is in the live event stream; a retry is counted once)" \
+                if state.stream is not None else ""
+            raise ApiError(503, f"session store unavailable, the query was not recorded "
+                                f"in the session{where} ({exc})") from None
+        if state.stream is None:
             observe = getattr(state.current[0], "observe", None)  # a stand-in may lack it
             if observe is not None:
                 observe(recorded, session, t)
@@ -602,6 +617,8 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
         """Attach a live overlay to a newly loaded completer and wait (bounded) until
         it caught up with the stream."""
         done = state.attach(completer)
+        if done.is_set():  # no await: no submit reaches the old overlay after the carry
+            return
         if not await anyio.to_thread.run_sync(done.wait, config.live_wait):
             log.warning("live overlay of %s not caught up with the stream after %ss; "
                         "serving while it fills", state.current[1].path, config.live_wait)

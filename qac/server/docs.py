@@ -210,9 +210,12 @@ def operations(config: ServerConfig) -> dict[tuple[str, str], dict[str, Any]]:
         ("/v1/sessions/{session}/queries", "post"): {
             "operationId": "recordQuery",
             "summary": "Record a submitted query",
-            "description": "Appends the query to the session's recent list (its head is "
+            "description": "Appends the query to the live event stream (with a Redis "
+                           "URL), then to the session's recent list (its head is "
                            "the previous query of later completions, for 30 minutes) and "
-                           "to its history list (kept 30 days).",
+                           "to its history list (kept 30 days). A retry after a 503 is "
+                           "safe: a session repeating its last query is one search to the "
+                           "live counts.",
             "parameters": [{"name": "session", "in": "path", "required": True,
                             "description": "session id", "schema": session}],
             "requestBody": {"required": True, "content": {"application/json": {
@@ -224,7 +227,7 @@ def operations(config: ServerConfig) -> dict[tuple[str, str], dict[str, Any]]:
                               "query: empty"),
                 "413": _error(f"a body over {config.max_body_bytes} bytes",
                               f"body larger than {config.max_body_bytes} bytes"),
-                "503": _error("the session store is unavailable",
+                "503": _error("the event stream or the session store is unavailable",
                               "session store unavailable (timeout)"),
             },
         },

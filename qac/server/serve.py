@@ -56,6 +56,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--privacy-floor", type=int, default=live.privacy_floor, metavar="N",
                         help="distinct sessions before a query no model saw is suggested to "
                              f"others (default {live.privacy_floor})")
+    parser.add_argument("--live-weight", type=float, default=live.weight, metavar="W",
+                        help="what one live submission counts for beside the training "
+                             "log's counts (default: the decayed count extrapolated to "
+                             "the model's recent window, recent_days * 86400 * ln 2 / "
+                             "half-life)" if live.weight is None else
+                             f"what one live submission counts for beside the training "
+                             f"log's counts (default {live.weight})")
+    parser.add_argument("--tail-share", type=float, default=live.tail_share, metavar="F",
+                        help="the most of the time a worker's stream tail spends applying "
+                             "events while it serves, in (0, 1] (default "
+                             f"{live.tail_share})")
     parser.add_argument("--access-log", action="store_true",
                         help="log every request (one line per keystroke; off by default)")
     parser.add_argument("--log-level", default="info",
@@ -97,7 +108,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     live = LiveConfig(key=getattr(args, "stream_key", base.key),
                       shards=getattr(args, "stream_shards", base.shards),
                       half_life=getattr(args, "half_life", base.half_life),
-                      privacy_floor=getattr(args, "privacy_floor", base.privacy_floor))
+                      privacy_floor=getattr(args, "privacy_floor", base.privacy_floor),
+                      weight=getattr(args, "live_weight", base.weight),
+                      tail_share=getattr(args, "tail_share", base.tail_share))
     return ServerConfig(model_dir=args.model_dir, retrieval_dir=args.retrieval_dir,
                         redis_url=args.redis_url, admin_token=token,
                         admin_token_env=args.admin_token_env, history=history,
