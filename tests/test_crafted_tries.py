@@ -241,3 +241,30 @@ def test_a_key_with_a_newline_cannot_be_saved(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="holds a newline"):
         _save_trie(tmp_path / "m", ["a\nb"])
+
+
+def test_a_server_asked_to_reload_twelve_crafted_copies_stays_up(
+        completer_dir: Path, tmp_path: Path) -> None:
+    """Each crafted copy is loaded (and smoke-queried in a child) before a swap: a copy
+    that loads answers, one that does not is refused with a 4xx; either way the server
+    keeps answering, and the original model reloads at the end."""
+    from starlette.testclient import TestClient
+
+    from qac.server import ServerConfig, create_app
+
+    token = "crafted-reload-token"
+    rng = random.Random(12)
+    cfg = ServerConfig(model_dir=str(completer_dir), admin_token=token)
+    with TestClient(create_app(cfg)) as client:
+        auth = {"Authorization": f"Bearer {token}"}
+        for i in range(12):
+            copy = tmp_path / f"copy{i}"
+            _craft(completer_dir, copy, rng)
+            r = client.post("/v1/admin/reload", json={"model_dir": str(copy)}, headers=auth)
+            assert r.status_code == 200 or 400 <= r.status_code < 500, r.text
+            got = client.get("/v1/complete", params={"q": "pl"})
+            assert got.status_code == 200 and got.json()["completions"], got.text
+        r = client.post("/v1/admin/reload", json={"model_dir": str(completer_dir)},
+                        headers=auth)
+        assert r.status_code == 200, r.text
+        assert client.get("/v1/complete", params={"q": "pl"}).json()["completions"]
