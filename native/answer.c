@@ -710,6 +710,33 @@ static int next_text(const char *blob, size_t len, size_t *at, size_t j, size_t 
     return QAC_OK;
 }
 
+/* Past query j of the user (text t, n bytes) as a row of the pool, marked as the
+ * user's with its count and age and recorded among the history matches (s->hm).
+ * *row is NULL for an entry whose text is already the user's (a repeat: the first
+ * stands). QAC_E_CAPACITY when the pool is full. */
+static int mark_past(pool_t *pool, const qac_context_view *ctx, size_t n_extra, size_t j,
+                     const char *t, size_t n, size_t *n_hm, row_t **row) {
+    qac_answer_scratch_t *s = pool->s;
+    *row = NULL;
+    int32_t r = row_of(pool, t, n, -1 - (int32_t)(n_extra + j));
+    if (r < 0) return QAC_E_CAPACITY;
+    row_t *w = &s->rows[r];
+    if (w->sources & (1u << QAC_SRC_HISTORY)) return QAC_OK;
+    const double age = age_of(ctx, ctx->history_time[j]);
+    w->sources |= 1u << QAC_SRC_HISTORY;
+    w->hist_count = log1p((double)ctx->history_count[j]);
+    w->hist_age = age >= 0 ? log1p(age) : QAC_MISSING_AGE;
+    s->hm[(*n_hm)++] = (hmatch_t){age, (int32_t)j, r};
+    *row = w;
+    return QAC_OK;
+}
+
+/* the history matches [first, n_hm) by recency, each row given its place */
+static void order_past(qac_answer_scratch_t *s, size_t first, size_t n_hm) {
+    qsort(s->hm + first, n_hm - first, sizeof *s->hm, by_recency);
+    for (size_t i = first; i < n_hm; i++) s->rows[s->hm[i].row].hist_order = (int32_t)i;
+}
+
 static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_t plen,
                 const qac_context_view *ctx, const qac_extra_view *ex, size_t beam,
                 size_t n_model, int64_t lo, int64_t hi, size_t *n_hist) {
@@ -753,23 +780,15 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
         size_t n;
         if (next_text(ctx->history, ctx->history_len, &at, j, ctx->n_history, &t, &n))
             return QAC_E_INPUT;
-        int32_t c = ctx->history_count[j];
-        double age = age_of(ctx, ctx->history_time[j]);
-        if (c < 1 || isnan(age)) return QAC_E_INPUT;
+        if (ctx->history_count[j] < 1 || isnan(ctx->history_time[j])) return QAC_E_INPUT;
         if (!starts_with(t, n, prefix, plen) || n == 0 || (prev_len && same(t, n, prev, prev_len)))
             continue;
-        int32_t r = row_of(pool, t, n, -1 - (int32_t)(ex->n + j));
-        if (r < 0) return QAC_E_CAPACITY;
-        row_t *w = &s->rows[r];
-        if (w->sources & (1u << QAC_SRC_HISTORY)) continue; /* a repeated entry: the first */
-        w->sources |= 1u << QAC_SRC_HISTORY;
-        w->hist_count = log1p((double)c);
-        w->hist_age = age >= 0 ? log1p(age) : QAC_MISSING_AGE;
-        s->hm[n_hm++] = (hmatch_t){age, (int32_t)j, r};
+        row_t *w;
+        int rc = mark_past(pool, ctx, ex->n, j, t, n, &n_hm, &w);
+        if (rc) return rc;
     }
     if (at != ctx->history_len + (ctx->n_history ? 1 : 0)) return QAC_E_INPUT;
-    qsort(s->hm, n_hm, sizeof *s->hm, by_recency);
-    for (size_t i = 0; i < n_hm; i++) s->rows[s->hm[i].row].hist_order = (int32_t)i;
+    order_past(s, 0, n_hm);
 
     /* the generated candidates */
     at = 0;
@@ -968,12 +987,12 @@ static size_t word_bound(const qac_answerer_t *a, const char *t, size_t n, int u
 /* past queries of the user that match by word prefix or within a few edits (the
  * prefix's own ones are in the pool already) */
 static int match_history(const qac_answerer_t *a, pool_t *pool, const char *prefix,
-                         size_t plen, const qac_context_view *ctx, const qac_extra_view *ex,
-                         const token_t *tok, size_t n_tok, int max_edits, int fix_first,
-                         size_t *n_hm) {
-    qac_answer_scratch_t *s = pool->s;
+                         size_t plen, size_t tlen, const qac_context_view *ctx,
+                         const qac_extra_view *ex, const token_t *tok, size_t n_tok,
+                         int max_edits, int fix_first, size_t *n_hm) {
     const size_t first = *n_hm;
     size_t at = 0;
+    /* (fill has checked every entry's count and time already) */
     for (size_t j = 0; j < ctx->n_history; j++) {
         const char *t;
         size_t n;
@@ -985,34 +1004,26 @@ static int match_history(const qac_answerer_t *a, pool_t *pool, const char *pref
         int32_t group = -1, edits = 0;
         if (n_tok && words_match(t, n, tok, n_tok, 0)) {
             group = WORDS_GROUP;
-        } else if (max_edits) {
-            /* without a trailing space (a finished word is not corrected into
-             * another); 0 edits there is a completion of the unfinished word */
-            size_t tl = plen;
-            while (tl && prefix[tl - 1] == ' ') tl--;
-            int e = tl ? qac_prefix_edits((const unsigned char *)t, n,
-                                          (const unsigned char *)prefix, tl, max_edits,
-                                          fix_first)
-                       : max_edits + 1;
+        } else if (max_edits && tlen) {
+            /* against the prefix without a trailing space (a finished word is not
+             * corrected into another); 0 edits there is a completion of the
+             * unfinished word, not a match */
+            int e = qac_prefix_edits((const unsigned char *)t, n, (const unsigned char *)prefix,
+                                     tlen, max_edits, fix_first);
             if (e >= 1 && e <= max_edits) group = TYPO_GROUP(e), edits = e;
         }
         if (group < 0) continue;
-        int32_t r = row_of(pool, t, n, -1 - (int32_t)(ex->n + j));
-        if (r < 0) return QAC_E_CAPACITY;
-        row_t *w = &s->rows[r];
-        if (w->sources & (1u << QAC_SRC_HISTORY)) continue; /* a repeated entry */
-        w->sources |= 1u << QAC_SRC_HISTORY | 1u << (edits ? QAC_SRC_TYPO : QAC_SRC_WORDS);
+        row_t *w;
+        int rc = mark_past(pool, ctx, ex->n, j, t, n, n_hm, &w);
+        if (rc) return rc;
+        if (!w) continue; /* a repeated entry */
+        w->sources |= 1u << (edits ? QAC_SRC_TYPO : QAC_SRC_WORDS);
         w->group = group;
         w->edits = edits;
-        w->hist_count = log1p((double)ctx->history_count[j]);
-        double age = age_of(ctx, ctx->history_time[j]);
-        w->hist_age = age >= 0 ? log1p(age) : QAC_MISSING_AGE;
         w->label = find_label(a, t, n, 0, a->n_labels);
         if (w->label >= 0) w->ref = w->label;
-        s->hm[(*n_hm)++] = (hmatch_t){age, (int32_t)j, r};
     }
-    qsort(s->hm + first, *n_hm - first, sizeof *s->hm, by_recency);
-    for (size_t i = first; i < *n_hm; i++) s->rows[s->hm[i].row].hist_order = (int32_t)i;
+    order_past(pool->s, first, *n_hm);
     return QAC_OK;
 }
 
@@ -1121,7 +1132,8 @@ static int match_more(const qac_answerer_t *a, pool_t *pool, const char *prefix,
      * on the text before it, whose own completions are not corrections) */
     size_t tlen = plen;
     while (tlen && prefix[tlen - 1] == ' ') tlen--;
-    int rc = match_history(a, pool, prefix, plen, ctx, ex, tok, n_tok, edits, fix_first, n_hm);
+    int rc = match_history(a, pool, prefix, plen, tlen, ctx, ex, tok, n_tok, edits, fix_first,
+                           n_hm);
     if (rc == QAC_OK && n_tok) rc = match_words(a, pool, prefix, plen, tok, n_tok, mv->fuzzy);
     if (rc == QAC_OK && edits && tlen) {
         int64_t tlo = elo, thi = ehi;
