@@ -53,7 +53,7 @@ import scipy.sparse as sp
 from qac import _kernel
 from qac.blocklist import Blocklist
 from qac.engine import Engine, EngineConfig
-from qac.errors import InputError, ModelFormatError
+from qac.errors import InputError, ModelFormatError, check_fields
 from qac.features import BlockConfig, Vectorizer
 from qac.history import Past, UserLog
 from qac.index.kmeans import build_kmeans_tree, pifa
@@ -225,12 +225,7 @@ class CompleterConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> CompleterConfig:
         """The inverse of :meth:`to_dict`; unknown or missing keys and bad values
         raise :class:`InputError` naming them."""
-        if not isinstance(d, Mapping):
-            raise InputError(f"completer config: a mapping needed, got {type(d).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"completer config: unknown keys {unknown}")
+        check_fields(cls, d, "completer config")
         out = dict(d)
         try:
             for key in ("prefix_lengths", "fit_lengths", "generators"):

@@ -11,14 +11,14 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from qac import _kernel
-from qac.errors import InputError, KernelError, ModelFormatError
+from qac.errors import InputError, KernelError, ModelFormatError, check_fields
 from qac.features import BlockConfig, Vectorizer
 from qac.index.kmeans import build_kmeans_tree, pifa
 from qac.index.tree import LabelTree
@@ -97,11 +97,7 @@ class EngineConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EngineConfig:
         """The inverse of :meth:`to_dict`; bad or unknown keys raise :class:`InputError`."""
-        if not isinstance(d, dict):
-            raise InputError(f"EngineConfig: a mapping needed, got {type(d).__name__}")
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise InputError(f"EngineConfig: unknown keys {unknown}")
+        check_fields(cls, d, "EngineConfig")
         d = dict(d)
         if not isinstance(d.get("blocks"), list | tuple) or not isinstance(
                 d.get("train", {}), dict):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
 
 class QacError(Exception):
     """Base class of every error qac raises on purpose."""
@@ -32,3 +36,14 @@ class KernelError(QacError):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+def check_fields(cls: Any, d: Any, what: str) -> None:
+    """Raise :class:`InputError` (its message starting with ``what``) unless ``d`` is a
+    mapping whose keys are all fields of the dataclass ``cls``: what every config's
+    ``from_dict`` checks first."""
+    if not isinstance(d, Mapping):
+        raise InputError(f"{what}: a mapping needed, got {type(d).__name__}")
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        raise InputError(f"{what}: unknown keys {unknown}")

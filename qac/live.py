@@ -49,13 +49,13 @@ import time as _time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from qac.blocklist import Blocklist
-from qac.errors import InputError, StoreUnavailable
+from qac.errors import InputError, StoreUnavailable, check_fields
 from qac.text import normalize
 
 log = logging.getLogger(__name__)
@@ -169,10 +169,7 @@ class LiveConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LiveConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise InputError(f"live config: unknown keys {unknown}")
+        check_fields(cls, d, "live config")
         return cls(**d)
 
 

@@ -12,10 +12,10 @@ computed from that same normalization.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from qac.errors import InputError
+from qac.errors import InputError, check_fields
 from qac.text import fold
 
 
@@ -58,11 +58,7 @@ class MatchConfig:
 
     @classmethod
     def from_dict(cls, d: Any) -> MatchConfig:
-        if not isinstance(d, dict):
-            raise InputError("completer config: match must be a mapping")
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise InputError(f"completer config: unknown match keys {unknown}")
+        check_fields(cls, d, "completer config: match")
         return cls(**d)
 
 

@@ -182,7 +182,7 @@ def test_match_config_is_validated_and_saved() -> None:
             MatchConfig(**bad)  # type: ignore[arg-type]
     c = CompleterConfig(match=MatchConfig(typos=1, first_char=True))
     assert CompleterConfig.from_dict(c.to_dict()).match == c.match
-    with pytest.raises(InputError, match="unknown match keys"):
+    with pytest.raises(InputError, match=r"match: unknown keys \['typoz'\]"):
         CompleterConfig.from_dict({**c.to_dict(), "match": {"typoz": 1}})
 
 

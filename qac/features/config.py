@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from qac.errors import InputError
+from qac.errors import InputError, check_fields
 
 Kind = Literal["word", "char", "prefix_char"]
 KINDS: tuple[str, ...] = ("word", "char", "prefix_char")
@@ -115,12 +115,7 @@ class BlockConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> BlockConfig:
-        if not isinstance(data, dict):
-            raise InputError(f"BlockConfig: expected a dict, got {type(data).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise InputError(f"BlockConfig: unknown keys {unknown}")
+        check_fields(cls, data, "BlockConfig")
         if "kind" not in data:
             raise InputError("BlockConfig: missing key 'kind'")
         args = dict(data)

@@ -15,14 +15,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from qac import _kernel
-from qac.errors import InputError
+from qac.errors import InputError, check_fields
 from qac.model.weights import VALUE_DTYPES, LayerWeights
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from a dict (e.g. a manifest); unknown keys are an InputError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"TrainConfig: unknown field(s) {unknown}")
+        check_fields(cls, d, "TrainConfig")
         return cls(**d)
 
 
