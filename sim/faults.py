@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -94,11 +95,9 @@ class Redis:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(OSError, subprocess.CalledProcessError):  # not up yet
                 if self.cli("PING") == "PONG":
                     return
-            except (OSError, subprocess.CalledProcessError):
-                pass
             time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
 

@@ -10,6 +10,7 @@ is a crash (run with ``run.py --sanitize`` the kernel is built with ASan + UBSan
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from typing import Any
@@ -54,7 +55,7 @@ def one_input(data: bytes) -> None:
     np, c, r, InputError = m["np"], m["c"], m["r"], m["InputError"]
     inp = Input(data)
     op = inp.byte() % 8
-    try:
+    with contextlib.suppress(InputError):  # a clean error is an answer too
         if op == 0:
             history = [m["Past"](_text(inp), inp.int(-5, 1 << 40), inp.float())
                        if inp.byte() & 1 else _text(inp) for _ in range(inp.byte() % 6)]
@@ -109,8 +110,6 @@ def one_input(data: bytes) -> None:
                             lo=_int(inp), hi=_int(inp) if inp.byte() & 1 else None)
         else:
             c.pool(_text(inp) if inp.byte() & 1 else "", previous=None)
-    except InputError:
-        pass
 
 
 if __name__ == "__main__":
