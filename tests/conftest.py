@@ -180,3 +180,16 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Red
     finally:
         for n in nodes:
             n.stop()
+
+
+@pytest.fixture(scope="session")
+def completer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small completer saved once for the tests that copy, craft or load it (never
+    write to it: copy it first)."""
+    from sessionlog import pl_log
+
+    from qac.complete import Completer, CompleterConfig
+
+    path = tmp_path_factory.mktemp("model") / "completer"
+    Completer.train(pl_log().events, CompleterConfig(trie_depth=1)).save(path)
+    return path

@@ -18,9 +18,8 @@ from pathlib import Path
 import marisa_trie
 import numpy as np
 import pytest
-from sessionlog import pl_log
 
-from qac.complete import Completer, CompleterConfig
+from qac.complete import Completer
 from qac.errors import ModelFormatError
 from qac.retrieve import Retriever, default_config
 from qac.storage import open_model_dir, save_model_dir
@@ -106,13 +105,6 @@ def _ask_copies(kind: str, dirs: list[Path]) -> dict[str, str]:
             results[d] = verdict
     assert set(results) == set(map(str, dirs))
     return results
-
-
-@pytest.fixture(scope="module")
-def completer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "completer"
-    Completer.train(pl_log().events, CompleterConfig(trie_depth=1)).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

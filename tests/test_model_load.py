@@ -13,18 +13,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sessionlog import pl_log
 
 from qac.complete import Completer, CompleterConfig
 from qac.errors import ModelFormatError
 from qac.retrieve import Retriever, default_config
-
-
-@pytest.fixture(scope="module")
-def completer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "completer"
-    Completer.train(pl_log().events, CompleterConfig(trie_depth=1)).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
