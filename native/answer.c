@@ -83,7 +83,7 @@ typedef struct {
     double sess_count, sess_rank;
     double recent;      /* times issued in the last days of the training log, + live */
     double live;        /* live: the decayed count an extra text came with (not a label) */
-    int32_t group;      /* the group it is ranked in (WORDS_GROUP, GUESS_GROUP, 1 + edits) */
+    int32_t group;      /* the group it is ranked in (0, WORDS_GROUP, TYPO_GROUP, GUESS_GROUP) */
     int32_t edits;      /* typo corrections (0: none) */
     int32_t as_mpc;     /* a match: a most popular completion of what was meant */
 } row_t;
@@ -850,9 +850,10 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
 
 #define MAX_TOKENS 16
 /* The groups answers are ranked in, in order (the ranker orders within one; see
- * qac_match_view): the prefix's own answers with the word-prefix matches; one-edit
- * corrections; the guesses of a damaged head; two-edit corrections. */
-#define WORDS_GROUP 0
+ * qac_match_view): the prefix's own answers (0); word-prefix matches; one-edit
+ * corrections; the guesses of a damaged head; two-edit corrections. The ranker is
+ * fitted on the prefix's own answers only, so a match never outranks one of them. */
+#define WORDS_GROUP 1
 #define TYPO_GROUP(edits) (2 * (edits))
 #define GUESS_GROUP 3
 #define WORD_MAX_POPS 2048
@@ -1272,37 +1273,27 @@ uint64_t qac_variant_key(const char *text, size_t len) {
     return h;
 }
 
-/* the popularity a row's text has (a label's, or what its source gave) */
-static double row_pop(const qac_answerer_t *a, const row_t *w) {
-    return w->label >= 0 ? (double)a->lab.popularity[w->label] : (double)w->pop;
-}
-
 /* Keep the first row of each near-duplicate group in score order (s->order[0..n)),
- * dropping the others, until cap rows are kept; the kept row takes the text of the
- * group's variant to show (the user's own, else the most popular), keeping its
- * place and score. Returns how many rows are kept at the front of s->order. The
- * hash slots of s are free here, so they hold (key, kept index) pairs. */
-static size_t collapse_variants(const qac_answerer_t *a, qac_answer_scratch_t *s, size_t n,
-                                size_t cap) {
+ * dropping the others, until cap rows are kept. The kept row is the best-ranked
+ * variant; it shows the text of the user's own variant instead when they issued one
+ * and the best-ranked is not theirs, keeping its place and score. Returns how many
+ * rows are kept at the front of s->order. The hash slots of s are free here, so
+ * they hold the kept rows' keys. */
+static size_t collapse_variants(qac_answer_scratch_t *s, size_t n, size_t cap) {
     size_t kept = 0;
     uint64_t *keys = s->row_key;
+    const uint32_t mine = 1u << QAC_SRC_HISTORY;
     for (size_t i = 0; i < n && kept < cap; i++) {
-        row_t *w = &s->rows[s->order[i].row];
-        uint64_t key = qac_variant_key(w->text, w->len);
+        const row_t *w = &s->rows[s->order[i].row];
+        const uint64_t key = qac_variant_key(w->text, w->len);
         size_t j = 0;
         while (j < kept && keys[j] != key) j++;
         if (j == kept) {
             keys[kept] = key;
             s->order[kept++] = s->order[i];
-            continue;
-        }
-        /* a variant of kept row j: show it instead when it is the user's own, or
-         * more popular and the kept one is not the user's */
-        row_t *k = &s->rows[s->order[j].row];
-        const uint32_t mine = 1u << QAC_SRC_HISTORY;
-        if ((w->sources & mine && !(k->sources & mine)) ||
-            (!(k->sources & mine) && !(w->sources & mine) && row_pop(a, w) > row_pop(a, k)))
+        } else if (w->sources & mine && !(s->rows[s->order[j].row].sources & mine)) {
             s->order[j].row = s->order[i].row;
+        }
     }
     return kept;
 }
@@ -1366,7 +1357,7 @@ int qac_answer(const qac_answerer_t *a, qac_answer_scratch_t *s, const char *pre
             /* the prefix's own answers, then word matches, then fewer edits first */
             for (size_t i = 0; i < n; i++) s->order[i].group = s->rows[s->order[i].row].group;
             qsort(s->order, n, sizeof *s->order, by_rank);
-            if (out->collapse) n = collapse_variants(a, s, n, out->cap);
+            if (out->collapse) n = collapse_variants(s, n, out->cap);
             m = n < out->cap ? n : out->cap;
         }
         size_t bytes = 0;

@@ -139,7 +139,7 @@ class CompleterConfig:
                      popular now beside what was popular overall).
     collapse:        near-duplicates ("woot" / "woot.com", "dress up" / "dressup",
                      "yahoo groups" / "yahoo group") are one answer, shown as the
-                     user's own variant if they issued one, else the most popular
+                     user's own variant if they issued one, else the best-ranked
                      (``qac_variant_key`` in native/qac_answer.h).
     match:           typo and word-prefix matching (:class:`qac.match.MatchConfig`).
     """

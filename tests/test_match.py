@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +16,7 @@ from qac import _kernel
 from qac.complete import CompleterConfig
 from qac.errors import InputError
 from qac.match import MatchConfig, prefix_alignment, spans
-from qac.rank import SOURCES, Forest
+from qac.rank import FEATURES, SOURCES, Forest
 
 S = {s: i for i, s in enumerate(SOURCES)}
 EMPTY = _kernel.Texts([])
@@ -53,10 +54,19 @@ def ask(a: _kernel.Answerer, prefix: str, match: MatchConfig | None, k: int = 50
                     NOW, 10, 0, k, False, collapse, match)
 
 
-def labelled(labels: list[str], popularity: list[int]) -> _kernel.Answerer:
-    a = answerer(labels, popularity, Forest.empty())
+def labelled(labels: list[str], popularity: list[int], forest: Forest | None = None
+             ) -> _kernel.Answerer:
+    a = answerer(labels, popularity, forest or Forest.empty())
     a.labels, a.popularity = labels, popularity  # type: ignore[attr-defined]
     return a
+
+
+def one_split(feature: str, threshold: float, left: float, right: float) -> Forest:
+    """A one-tree forest: ``left`` for rows whose ``feature`` <= threshold, else
+    ``right``."""
+    return Forest(np.array([FEATURES.index(feature)], dtype=np.int32), np.array([threshold]),
+                  np.array([-1], dtype=np.int32), np.array([-2], dtype=np.int32),
+                  np.array([left, right]), np.array([0], dtype=np.int32))
 
 
 words = st.text(alphabet="abcd ", min_size=1, max_size=7).map(lambda s: " ".join(s.split()))
@@ -128,7 +138,8 @@ def test_word_prefix_matches_most_popular_first_after_the_prefix_answers() -> No
                      "new york", "york college", "app", "big apple watch sale"])
     pop = {"apple watch": 50, "apple watch band": 20, "apple water": 5, "new york times": 90,
            "new york": 80, "york college": 3, "app": 7, "big apple watch sale": 1}
-    a = labelled(labels, [pop[t] for t in labels])
+    # a ranker that prefers popular rows still puts the prefix's own answers first
+    a = labelled(labels, [pop[t] for t in labels], one_split("logpop", 2.0, 0.0, 1.0))
     m = MatchConfig(typos=0)
     got = ask(a, "app wat", m)
     assert got.texts == ["apple watch", "apple watch band", "apple water",
@@ -147,7 +158,7 @@ def test_generated_guesses_go_after_matches() -> None:
     assert got.sources == [S["typo"], S["suffix"]]
 
 
-def test_collapse_shows_the_users_variant_else_the_most_popular() -> None:
+def test_collapse_shows_the_users_variant_else_the_best_ranked() -> None:
     assert _kernel.variant_key("woot") == _kernel.variant_key("woot.com")
     for x, y in [("dress up", "dressup"), ("yahoo groups", "yahoo group"),
                  ("ebay com", "ebay . com"), ("www.woot.com", "woot")]:
@@ -155,15 +166,20 @@ def test_collapse_shows_the_users_variant_else_the_most_popular() -> None:
     for x, y in [("bus", "bu"), ("yahoo", "yahoo mail"), ("gas", "ga")]:
         assert _kernel.variant_key(x) != _kernel.variant_key(y), (x, y)
     labels = sorted(["woot", "woot.com", "wood"])
-    a = labelled(labels, [1, 5, 9])
+    # the fewer characters added, the better: the best-ranked variant, "woot", is the
+    # less popular one
+    a = labelled(labels, [1, 5, 9], one_split("added_chars", 2.5, 1.0, 0.0))
 
     def top(history: _kernel.Texts, collapse: bool = True) -> list[str]:
         return ask(a, "wo", None, 10, history, collapse=collapse).texts
 
-    assert sorted(top(EMPTY, False)) == ["wood", "woot", "woot.com"]
-    assert sorted(top(EMPTY)) == ["wood", "woot.com"]  # the most popular variant
-    mine = _kernel.Texts(["woot"], [1], [NOW - 5])
-    assert sorted(top(mine)) == ["wood", "woot"]  # the user's own
+    full = top(EMPTY, False)
+    assert sorted(full) == ["wood", "woot", "woot.com"]
+    assert full.index("woot") < full.index("woot.com")
+    assert top(EMPTY) == [t for t in full if t != "woot.com"]  # in place, best-ranked
+    for own in ("woot", "woot.com"):
+        mine = _kernel.Texts([own], [1], [NOW - 5])
+        assert sorted(top(mine)) == sorted(["wood", own])  # the user's own
 
 
 def test_spans() -> None:
