@@ -850,9 +850,10 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
 
 #define MAX_TOKENS 16
 /* The groups answers are ranked in, in order (the ranker orders within one; see
- * qac_match_view): the prefix's own answers (0); word-prefix matches; one-edit
- * corrections; the guesses of a damaged head; two-edit corrections. The ranker is
- * fitted on the prefix's own answers only, so a match never outranks one of them. */
+ * qac_match_view): the prefix's candidates (0); word-prefix matches (in group 0 when
+ * the prefix has no own answers); one-edit corrections; the guesses of a damaged
+ * head; two-edit corrections. The ranker is fitted on the prefix's candidates only,
+ * so a match never outranks one of its own answers. */
 #define WORDS_GROUP 1
 #define TYPO_GROUP(edits) (2 * (edits))
 #define GUESS_GROUP 3
@@ -987,7 +988,8 @@ static size_t word_bound(const qac_answerer_t *a, const char *t, size_t n, int u
 
 /* past queries of the user that match by word prefix or within a few edits (the
  * prefix's own ones are in the pool already) */
-static int match_history(const qac_answerer_t *a, pool_t *pool, const char *prefix,
+static int match_history(const qac_answerer_t *a, pool_t *pool, int32_t words_group,
+                         const char *prefix,
                          size_t plen, size_t tlen, const qac_context_view *ctx,
                          const qac_extra_view *ex, const token_t *tok, size_t n_tok,
                          int max_edits, int fix_first, size_t *n_hm) {
@@ -1004,7 +1006,7 @@ static int match_history(const qac_answerer_t *a, pool_t *pool, const char *pref
             continue;
         int32_t group = -1, edits = 0;
         if (n_tok && words_match(t, n, tok, n_tok, 0)) {
-            group = WORDS_GROUP;
+            group = words_group;
         } else if (max_edits && tlen) {
             /* against the prefix without a trailing space (a finished word is not
              * corrected into another); 0 edits there is a completion of the
@@ -1029,7 +1031,8 @@ static int match_history(const qac_answerer_t *a, pool_t *pool, const char *pref
 }
 
 /* labels whose successive words start with the typed words, most popular first */
-static int match_words(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_t plen,
+static int match_words(const qac_answerer_t *a, pool_t *pool, int32_t words_group,
+                       const char *prefix, size_t plen,
                        const token_t *tok, size_t n_tok, size_t limit) {
     qac_answer_scratch_t *s = pool->s;
     if (!n_tok || !a->n_words) return QAC_OK;
@@ -1059,7 +1062,7 @@ static int match_words(const qac_answerer_t *a, pool_t *pool, const char *prefix
             from = e;
         }
         if (!words_match(t, n, tok, n_tok, from) || starts_with(t, n, prefix, plen)) continue;
-        int r = add_match(a, pool, id, QAC_SRC_WORDS, WORDS_GROUP, 0, added);
+        int r = add_match(a, pool, id, QAC_SRC_WORDS, words_group, 0, added);
         if (r < 0) return QAC_E_CAPACITY;
         added += (size_t)r;
     }
@@ -1133,9 +1136,12 @@ static int match_more(const qac_answerer_t *a, pool_t *pool, const char *prefix,
      * on the text before it, whose own completions are not corrections) */
     size_t tlen = plen;
     while (tlen && prefix[tlen - 1] == ' ') tlen--;
-    int rc = match_history(a, pool, prefix, plen, tlen, ctx, ex, tok, n_tok, edits, fix_first,
-                           n_hm);
-    if (rc == QAC_OK && n_tok) rc = match_words(a, pool, prefix, plen, tok, n_tok, mv->fuzzy);
+    /* word-prefix matches join the prefix's own answers only when it has none */
+    const int32_t words_group = own ? WORDS_GROUP : 0;
+    int rc = match_history(a, pool, words_group, prefix, plen, tlen, ctx, ex, tok, n_tok, edits,
+                           fix_first, n_hm);
+    if (rc == QAC_OK && n_tok)
+        rc = match_words(a, pool, words_group, prefix, plen, tok, n_tok, mv->fuzzy);
     if (rc == QAC_OK && edits && tlen) {
         int64_t tlo = elo, thi = ehi;
         if (tlen < plen) {

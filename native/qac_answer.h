@@ -178,7 +178,8 @@ typedef struct {
  *   - at most `fuzzy` labels from each (past queries: all that match);
  *   - max_visits bounds the trie nodes the typo search visits (out->visited).
  * The groups, in order (the ranker orders within one): the prefix's own answers;
- * the word-prefix matches; one-edit corrections; then, for a prefix that is several words of which no label
+ * the word-prefix matches (with the former when there are none); one-edit
+ * corrections; then, for a prefix that is several words of which no label
  * starts with the ones before the last (a damaged head), the generated guesses
  * (session, suffix and word candidates that are no label: texts nobody issued; they
  * do not count as the prefix's own answers); two-edit corrections. */

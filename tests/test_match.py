@@ -145,6 +145,10 @@ def test_word_prefix_matches_most_popular_first_after_the_prefix_answers() -> No
     assert got.texts == ["apple watch", "apple watch band", "apple water",
                          "big apple watch sale"]
     assert all(g == S["words"] for g in got.sources)
+    # no label starts with "app wat": its matches are ranked with its generated guess
+    got = ask(a, "app wat", m, extra=(["app watt"], [S["word"]]))
+    assert got.texts[:2] == ["apple watch", "apple watch band"] and "app watt" in got.texts
+    # "york college" starts with "york": the matches come after it
     got = ask(a, "york", m)
     assert got.texts == ["york college", "new york times", "new york"]
     assert ask(a, "york", MatchConfig(words=False, typos=0)).texts == ["york college"]
