@@ -989,10 +989,10 @@ static size_t word_bound(const qac_answerer_t *a, const char *t, size_t n, int u
 /* past queries of the user that match by word prefix or within a few edits (the
  * prefix's own ones are in the pool already) */
 static int match_history(const qac_answerer_t *a, pool_t *pool, int32_t words_group,
-                         const char *prefix,
-                         size_t plen, size_t tlen, const qac_context_view *ctx,
-                         const qac_extra_view *ex, const token_t *tok, size_t n_tok,
-                         int max_edits, int fix_first, size_t *n_hm) {
+                         const char *prefix, size_t plen, size_t tlen,
+                         const qac_context_view *ctx, const qac_extra_view *ex,
+                         const token_t *tok, size_t n_tok, int max_edits, int fix_first,
+                         size_t *n_hm) {
     const size_t first = *n_hm;
     size_t at = 0;
     /* (fill has checked every entry's count and time already) */
@@ -1032,8 +1032,8 @@ static int match_history(const qac_answerer_t *a, pool_t *pool, int32_t words_gr
 
 /* labels whose successive words start with the typed words, most popular first */
 static int match_words(const qac_answerer_t *a, pool_t *pool, int32_t words_group,
-                       const char *prefix, size_t plen,
-                       const token_t *tok, size_t n_tok, size_t limit) {
+                       const char *prefix, size_t plen, const token_t *tok, size_t n_tok,
+                       size_t limit) {
     qac_answer_scratch_t *s = pool->s;
     if (!n_tok || !a->n_words) return QAC_OK;
     /* the rarest typed word: its word starts are the fewest to check */
