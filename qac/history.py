@@ -46,6 +46,11 @@ class SessionContext(NamedTuple):
 
 #: distinct past queries kept per user (the session store's default history size)
 HISTORY_SIZE = 200
+#: a session repeating its last query within this many seconds is the same search,
+#: counted once: the logs drop such a repeat (in AOL, another click on the same
+#: results), and the session stores and the live overlays do not record it again, so
+#: a retried submit (after a timeout that hid a landed write) is counted once too
+REPEAT_SECONDS = 1800.0
 
 
 class UserLog:

@@ -56,6 +56,7 @@ import numpy as np
 
 from qac.blocklist import Blocklist
 from qac.errors import InputError, StoreUnavailable, check_fields
+from qac.history import REPEAT_SECONDS
 from qac.text import normalize
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,6 @@ MAX_EVENT_SESSION = 64
 START = "0-0"
 #: rebase the decayed weights when the reference time is this many half-lives old
 _REBASE_HALF_LIVES = 40.0
-#: a session repeating its last query within this many seconds is the same search
-#: (the logs drop such a repeat too; a retried submit is one): counted once
-REPEAT_SECONDS = 1800.0
 #: sessions whose last query an overlay remembers (the least recent are forgotten)
 _LAST_SESSIONS = 50_000
 #: label ids an overlay caches by text, and raw queries a tail caches normalized
@@ -836,8 +834,8 @@ def read_stream_log(url: str, config: LiveConfig | None = None, until: Any = Non
     """The event stream as a training log: (LogEvents in time order, the last id read
     per stream key). The session id is the user too (a server's session ids are
     stable user or device ids). ``until`` (a datetime) keeps the events before it. A
-    session repeating its last query within :data:`REPEAT_SECONDS` is dropped, as the
-    logs drop a repeat and the overlays count it once."""
+    session repeating its last query within :data:`qac.history.REPEAT_SECONDS` is
+    dropped, as the logs drop a repeat and the overlays count it once."""
     from datetime import datetime
 
     from qac.logs import LogEvent

@@ -76,7 +76,7 @@ from typing import Any, NamedTuple, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from qac.errors import InputError, StoreUnavailable
-from qac.history import Past, SessionContext
+from qac.history import REPEAT_SECONDS, Past, SessionContext
 from qac.text import normalize, normalize_prefix
 
 log = logging.getLogger(__name__)
@@ -337,6 +337,8 @@ class MemorySessionStore(SessionStore):
                 entry = _Entry(self.max_queries)
             elif entry.recent_until <= now:
                 entry.recent.clear()  # the history lives on
+            elif entry.recent and _repeat(entry.recent[0], q, t):
+                return q  # the same search (a retried submit): recorded already
             entry.recent.appendleft((q, t))
             entry.recent_until = now + self.ttl_seconds
             if self.history_size:
@@ -542,9 +544,11 @@ end
 return {bad, recent, qs, counts, times}
 """
 
-#: ARGV: query, time, recent entry, max_queries, ttl, history_size, history ttl.
-#: Reads and repairs first; after the first write nothing can fail, so a write is
-#: all or nothing (Redis refuses an out-of-memory script at its first write).
+#: ARGV: query, time, recent entry, max_queries, ttl, history_size, history ttl,
+#: repeat seconds. Reads and repairs first; after the first write nothing can fail,
+#: so a write is all or nothing (Redis refuses an out-of-memory script at its first
+#: write). A session repeating its last query within the repeat seconds writes
+#: nothing (see :data:`qac.history.REPEAT_SECONDS`).
 #: Returns {repaired keys, the query's count}.
 WRITE_SCRIPT = _TYPES + r"""
 local okr = usable(KEYS[1], 'list')
@@ -561,6 +565,15 @@ if size > 0 then
   end
   local old = redis.call('ZSCORE', KEYS[4], q)
   if old and tonumber(old) > tonumber(t) then t = old end
+end
+if okr then  -- the same search again: nothing to write
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  local tab = head and string.find(head, '\t', 1, true)
+  local last = tab and tonumber(string.sub(head, 1, tab - 1))
+  if last and string.sub(head, tab + 1) == q and
+      math.abs(tonumber(ARGV[2]) - last) < tonumber(ARGV[8]) then
+    return {bad, count}
+  end
 end
 redis.call('LPUSH', KEYS[1], ARGV[3])
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[4]) - 1)
@@ -586,6 +599,12 @@ if size > 0 then
 end
 return {bad, count}
 """
+
+
+def _repeat(last: tuple[str, float], q: str, t: float) -> bool:
+    """Whether recording ``q`` at ``t`` after the session's ``last`` (query, time) is
+    the same search again (:data:`qac.history.REPEAT_SECONDS`)."""
+    return last[0] == q and abs(t - last[1]) < REPEAT_SECONDS
 
 
 def _sha1(text: str) -> str:
@@ -1003,7 +1022,7 @@ class RedisSessionStore(SessionStore):
                                    f"after: {self._last_error}); the query was not recorded")
         stamp = repr(t)
         args = (q, stamp, f"{stamp}\t{q}", self.max_queries, self.ttl_seconds,
-                self.history_size, self.history_ttl_seconds)
+                self.history_size, self.history_ttl_seconds, REPEAT_SECONDS)
         try:
             async with asyncio.timeout(self.deadline_seconds):
                 got = await self._run(WRITE_SCRIPT, keys, args)

@@ -15,7 +15,7 @@ import pytest
 from conftest import RedisServer, free_port
 
 from qac.errors import InputError, StoreUnavailable
-from qac.history import Past, SessionContext
+from qac.history import REPEAT_SECONDS, Past, SessionContext
 from qac.session import (
     MAX_QUERY_CHARS,
     MAX_SESSION_CHARS,
@@ -410,18 +410,48 @@ def test_a_keystroke_moves_only_the_prefix_matches(redis_server: RedisServer) ->
     with_store(lambda: RedisSessionStore(redis_server.url), body)  # type: ignore[arg-type]
 
 
-def test_concurrent_records_of_one_query_count_twice_and_stay_distinct(
-    redis_server: RedisServer,
-) -> None:
-    s = sid("race")
+def test_concurrent_records_of_one_query_are_one_search(redis_server: RedisServer) -> None:
+    s, other = sid("race"), sid("race")
 
     async def body(store: SessionStore) -> None:
+        # twenty submits at once (a client retrying): the same search, counted once
         await asyncio.gather(*(store.record(s, "same query") for _ in range(20)))
         ctx = await store.context(s, "same", 10)
-        assert len(ctx.history) == 1 and ctx.history[0].count == 20
-        assert len(ctx.session) == 10
+        assert ctx.history == (Past("same query", 1, ctx.history[0].last),)
+        assert [q for q, _ in ctx.session] == ["same query"]
+        # twenty distinct queries at once: every one written, each once
+        await asyncio.gather(*(store.record(other, f"query {i}") for i in range(20)))
+        ctx = await store.context(other, "query", 50)
+        assert sorted(p.query for p in ctx.history) == sorted(f"query {i}" for i in range(20))
+        assert all(p.count == 1 for p in ctx.history) and len(ctx.session) == 10
 
     with_store(lambda: RedisSessionStore(redis_server.url), body)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_repeated_query_is_the_same_search(kind: str, redis_server: RedisServer) -> None:
+    """A session submitting its last query again within REPEAT_SECONDS (a retry after a
+    timeout that hid a landed write, another click) is not recorded again, as the logs
+    training reads drop such a repeat; later, or after another query, it counts."""
+    s = sid("again")
+
+    async def body(store: SessionStore) -> None:
+        await store.record(s, "red shoes", time=100.0)
+        await store.record(s, "Red  Shoes", time=100.0 + REPEAT_SECONDS - 1)
+        ctx = await store.context(s, "red", 10)
+        assert ctx.history == (Past("red shoes", 1, 100.0),)
+        assert ctx.session == (("red shoes", 100.0),)
+        await store.record(s, "blue hat", time=200.0)
+        await store.record(s, "red shoes", time=300.0)  # not the last one: counted
+        later = 300.0 + REPEAT_SECONDS
+        await store.record(s, "red shoes", time=later)  # the last one, but long after
+        ctx = await store.context(s, "red", 10)
+        assert ctx.history == (Past("red shoes", 3, later),)
+        assert [q for q, _ in ctx.session] == ["red shoes", "red shoes", "blue hat",
+                                               "red shoes"]
+
+    # a long recent-list TTL: the store's own clock never expires it here
+    with_store(store_of(kind, redis_server, ttl_seconds=10 * int(REPEAT_SECONDS)), body)
 
 
 BAD_HISTORY_OPTIONS: list[dict[str, Any]] = [

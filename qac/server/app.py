@@ -509,8 +509,9 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
             raise ApiError(400, "query: nothing left after normalization")
         # The event stream first: if it fails, nothing is written and a retry counts
         # once. If the session store then fails, the event is in the stream; a retry
-        # appends the session's same query again, which the overlays (and training
-        # from the stream) take for the same search, as the logs do: counted once.
+        # appends the session's same query again, which the overlays, training from
+        # the stream and the store (if the timed-out write landed) take for the same
+        # search, as the logs do: counted once (qac.history.REPEAT_SECONDS).
         if state.stream is not None:
             try:
                 await state.stream.publish(recorded, session, t)
