@@ -63,7 +63,7 @@ struct qac_answerer {
     qac_rmq_t by_pop; /* the most popular labels of a range */
     /* every word start of every label (label, byte offset), sorted by the text from
      * there to the label's end: the labels with a word that starts with a token */
-    int32_t *w_label, *w_off;
+    const int32_t *w_label, *w_off; /* the caller's (lab.word_label, lab.word_off) */
     size_t n_words;
     qac_rmq_t w_by_pop;
 };
@@ -208,47 +208,91 @@ typedef struct {
     int32_t label, off;
 } wstart_t;
 
-static int by_text(const void *x, const void *y) {
-    const wstart_t *a = x, *b = y;
-    uint32_t k = a->n < b->n ? a->n : b->n;
-    int c = k ? memcmp(a->p, b->p, k) : 0;
+/* compare the texts from two word starts to their labels' ends, then the labels */
+static int cmp_starts(const char *pa, size_t na, int32_t la, const char *pb, size_t nb,
+                      int32_t lb) {
+    size_t k = na < nb ? na : nb;
+    int c = k ? memcmp(pa, pb, k) : 0;
     if (c) return c;
-    if (a->n != b->n) return a->n < b->n ? -1 : 1;
-    return (a->label > b->label) - (a->label < b->label);
+    if (na != nb) return na < nb ? -1 : 1;
+    return (la > lb) - (la < lb);
 }
 
-/* the word-start index (w_label, w_off sorted by text, and its range maxima) */
-static int build_words(qac_answerer_t *a) {
-    const char *t = a->lab.text;
+static int by_text(const void *x, const void *y) {
+    const wstart_t *a = x, *b = y;
+    return cmp_starts(a->p, a->n, a->label, b->p, b->n, b->label);
+}
+
+static inline int word_start(const char *t, int64_t s, int64_t j) {
+    return j == s || (t[j - 1] == ' ' && t[j] != ' ');
+}
+
+int qac_words_index(const char *text, size_t text_len, const int64_t *offsets,
+                    size_t n_offsets, int32_t *word_label, int32_t *word_off, size_t cap,
+                    size_t *n_words) {
+    if (!offsets || !n_words || n_offsets < 1 || (text_len && !text) ||
+        (cap && (!word_label || !word_off)))
+        return QAC_E_INPUT;
+    *n_words = 0;
+    const size_t n = n_offsets - 1;
+    if (n > (size_t)INT32_MAX - 1 || offsets[0] != 0) return QAC_E_RANGE;
     size_t total = 0;
-    for (size_t i = 0; i < a->n_labels; i++) {
-        int64_t s = a->lab.offsets[i], e = a->lab.offsets[i + 1] - 1;
-        for (int64_t j = s; j < e; j++)
-            total += j == s || (t[j - 1] == ' ' && t[j] != ' ');
+    for (size_t i = 0; i < n; i++) {
+        int64_t s = offsets[i], e = offsets[i + 1] - 1;
+        if (e < s || e > (int64_t)text_len || e - s > (int64_t)INT32_MAX) return QAC_E_RANGE;
+        for (int64_t j = s; j < e; j++) total += word_start(text, s, j);
     }
     if (total > (size_t)INT32_MAX) return QAC_E_RANGE;
+    *n_words = total;
+    if (cap < total) return QAC_E_CAPACITY;
     wstart_t *w = malloc((total + 1) * sizeof *w);
-    a->w_label = malloc((total + 1) * sizeof *a->w_label);
-    a->w_off = malloc((total + 1) * sizeof *a->w_off);
-    if (!w || !a->w_label || !a->w_off) {
-        free(w);
-        return QAC_E_NOMEM;
-    }
+    if (!w) return QAC_E_NOMEM;
     size_t k = 0;
-    for (size_t i = 0; i < a->n_labels; i++) {
-        int64_t s = a->lab.offsets[i], e = a->lab.offsets[i + 1] - 1;
+    for (size_t i = 0; i < n; i++) {
+        int64_t s = offsets[i], e = offsets[i + 1] - 1;
         for (int64_t j = s; j < e; j++)
-            if (j == s || (t[j - 1] == ' ' && t[j] != ' '))
-                w[k++] = (wstart_t){t + j, (uint32_t)(e - j), (int32_t)i, (int32_t)(j - s)};
+            if (word_start(text, s, j))
+                w[k++] = (wstart_t){text + j, (uint32_t)(e - j), (int32_t)i, (int32_t)(j - s)};
     }
     qsort(w, k, sizeof *w, by_text);
     for (size_t i = 0; i < k; i++) {
-        a->w_label[i] = w[i].label;
-        a->w_off[i] = w[i].off;
+        word_label[i] = w[i].label;
+        word_off[i] = w[i].off;
     }
     free(w);
-    a->n_words = k;
-    return qac_rmq_init(&a->w_by_pop, a->lab.popularity, a->w_label, k);
+    return QAC_OK;
+}
+
+/* the given word-start index is exactly qac_words_index's for these labels: every
+ * entry a word start, strictly increasing (so no start twice), as many as there
+ * are word starts (so none missing); then its range maxima */
+static int check_words(qac_answerer_t *a) {
+    const qac_labels_view *l = &a->lab;
+    if (l->n_words && (!l->word_label || !l->word_off)) return QAC_E_INPUT;
+    const char *t = l->text;
+    size_t total = 0;
+    for (size_t i = 0; i < a->n_labels; i++) {
+        int64_t s = l->offsets[i], e = l->offsets[i + 1] - 1;
+        for (int64_t j = s; j < e; j++) total += word_start(t, s, j);
+    }
+    if (total != l->n_words) return QAC_E_RANGE;
+    for (size_t i = 0; i < total; i++) {
+        int32_t id = l->word_label[i], off = l->word_off[i];
+        if (id < 0 || (size_t)id >= a->n_labels || off < 0) return QAC_E_RANGE;
+        int64_t s = l->offsets[id], e = l->offsets[id + 1] - 1;
+        if (off >= e - s || !word_start(t, s, s + off)) return QAC_E_RANGE;
+        if (i) {
+            int32_t pid = l->word_label[i - 1], poff = l->word_off[i - 1];
+            int64_t ps = l->offsets[pid] + poff, pe = l->offsets[pid + 1] - 1;
+            if (cmp_starts(t + ps, (size_t)(pe - ps), pid, t + s + off,
+                           (size_t)(e - s - off), id) >= 0)
+                return QAC_E_RANGE;
+        }
+    }
+    a->w_label = l->word_label;
+    a->w_off = l->word_off;
+    a->n_words = total;
+    return qac_rmq_init(&a->w_by_pop, l->popularity, a->w_label, total);
 }
 
 int qac_answerer_new(const qac_featurizer_t *featurizer, const qac_model_t *model,
@@ -333,7 +377,7 @@ int qac_answerer_new(const qac_featurizer_t *featurizer, const qac_model_t *mode
     }
     free(level);
     rc = qac_rmq_init(&a->by_pop, a->lab.popularity, NULL, n);
-    if (rc == QAC_OK) rc = build_words(a);
+    if (rc == QAC_OK) rc = check_words(a);
     if (rc) {
         qac_answerer_free(a);
         return rc;
@@ -349,8 +393,6 @@ void qac_answerer_free(qac_answerer_t *answerer) {
     free(answerer->depth);
     qac_rmq_free(&answerer->by_pop);
     qac_rmq_free(&answerer->w_by_pop);
-    free(answerer->w_label);
-    free(answerer->w_off);
     free(answerer);
 }
 

@@ -96,7 +96,19 @@ typedef struct {
     const int64_t *popcum; size_t n_popcum;       /* n + 1 */
     const int64_t *counts; size_t n_counts;       /* n */
     const int64_t *recent; size_t n_recent;       /* n */
+    /* the word-start index (qac_words_index), saved with the model so workers
+     * share it: every word start once, sorted by the text from there on */
+    const int32_t *word_label; const int32_t *word_off; size_t n_words;
 } qac_labels_view;
+
+/* The word-start index of labels joined as in qac_labels_view: (label id, byte
+ * offset) of every word start (a label's first byte, and each byte other than a
+ * space that follows a space), sorted by the bytes from there to the label's end,
+ * then by label id. *n_words gets their number; QAC_E_CAPACITY (nothing written)
+ * when cap is smaller. */
+int qac_words_index(const char *text, size_t text_len, const int64_t *offsets,
+                    size_t n_offsets, int32_t *word_label, int32_t *word_off, size_t cap,
+                    size_t *n_words);
 
 /* A forest of binary regression trees over the features: score = base + the sum
  * over trees of the leaf a row reaches. Node j splits on feature[j] (a column,
@@ -203,7 +215,8 @@ uint64_t qac_variant_key(const char *text, size_t len);
 /* Wrap what a keystroke needs. The handle keeps the pointers (the caller keeps
  * every array alive and unchanged); it checks them once, in O(labels + nodes):
  * QAC_E_RANGE for arrays that disagree (unsorted labels, offsets out of the text,
- * negative popularity, a tree child or feature out of range, a cycle),
+ * negative popularity, a word-start index other than qac_words_index's, a tree
+ * child or feature out of range, a cycle),
  * QAC_E_INPUT for NULL pointers. featurizer and model may be NULL (no beam
  * search: a model with no labels to search). */
 int qac_answerer_new(const qac_featurizer_t *featurizer, const qac_model_t *model,

@@ -23,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
         "(or `python native/build_ffi.py` in a source checkout)"
     ) from exc
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 
 def check(code: int, what: str) -> None:
@@ -661,6 +661,25 @@ SOURCES: tuple[str, ...] = tuple(
     ffi.string(lib.qac_source_name(i)).decode() for i in range(int(lib.QAC_NSRC)))
 
 
+def words_index(text: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The labels' word-start index (``qac_words_index``): (label ids, byte offsets),
+    int32, of every word start, sorted by the text from there to the label's end."""
+    t = as_c(text, np.uint8, "labels.text")
+    off = as_c(offsets, np.int64, "labels.offsets")
+    tp = ffi.from_buffer("char[]", t) if t.size else ffi.NULL
+    n = ffi.new("size_t *")
+    code = lib.qac_words_index(tp, t.size, ptr(off, "int64_t *"), off.size, ffi.NULL,
+                               ffi.NULL, 0, n)
+    if code != lib.QAC_E_CAPACITY:
+        check(code, "qac_words_index")
+    label = np.empty(n[0], dtype=np.int32)
+    at = np.empty(n[0], dtype=np.int32)
+    check(lib.qac_words_index(tp, t.size, ptr(off, "int64_t *"), off.size,
+                              ptr(label, "int32_t *"), ptr(at, "int32_t *"), label.size, n),
+          "qac_words_index")
+    return label, at
+
+
 def variant_key(text: str) -> int:
     """The key that names a text's near-duplicates (``qac_variant_key``)."""
     b = text.encode("utf-8", "surrogatepass")
@@ -745,7 +764,8 @@ class Answerer:
     :class:`qac.complete.LabelSet` (``text`` uint8, UTF-8 of the sorted labels joined
     by "\\n"; ``offsets`` int64 [n+1]; ``popularity`` int64 [n]; ``popcum`` int64
     [n+1] its running sum; ``counts`` int64 [n] the times each was issued in the
-    training log, ``recent`` int64 [n] those in its last days). ``forest``: the arrays of
+    training log, ``recent`` int64 [n] those in its last days; ``word_label`` and
+    ``word_off`` int32, the word-start index of :func:`words_index`). ``forest``: the arrays of
     :class:`qac.rank.Forest` (feature int32, threshold float64, left/right int32,
     leaf float64, roots int32) and its ``base``. The arrays may be read-only
     memory maps; they are kept alive here and C reads them in place.
@@ -755,8 +775,8 @@ class Answerer:
                  forest: Mapping[str, np.ndarray], base: float, keep: Any = None) -> None:
         import threading
 
-        missing = [k for k in ("text", "offsets", "popularity", "popcum", "counts", "recent")
-                   if k not in labels]
+        missing = [k for k in ("text", "offsets", "popularity", "popcum", "counts", "recent",
+                               "word_label", "word_off") if k not in labels]
         if missing:
             raise InputError(f"Answerer: label arrays {missing} missing")
         a = self._arrays = {
@@ -766,6 +786,8 @@ class Answerer:
             "popcum": as_c(labels["popcum"], np.int64, "labels.popcum"),
             "counts": as_c(labels["counts"], np.int64, "labels.counts"),
             "recent": as_c(labels["recent"], np.int64, "labels.recent"),
+            "word_label": as_c(labels["word_label"], np.int32, "labels.word_label"),
+            "word_off": as_c(labels["word_off"], np.int32, "labels.word_off"),
             "feature": as_c(forest["feature"], np.int32, "forest feature"),
             "threshold": as_c(forest["threshold"], np.float64, "forest threshold"),
             "left": as_c(forest["left"], np.int32, "forest left"),
@@ -784,6 +806,11 @@ class Answerer:
         lab.popcum, lab.n_popcum = ptr(a["popcum"], "int64_t *"), a["popcum"].size
         lab.counts, lab.n_counts = ptr(a["counts"], "int64_t *"), a["counts"].size
         lab.recent, lab.n_recent = ptr(a["recent"], "int64_t *"), a["recent"].size
+        if a["word_label"].size != a["word_off"].size:
+            raise InputError("labels: word_label and word_off differ in length")
+        lab.word_label, lab.word_off = (ptr(a["word_label"], "int32_t *"),
+                                        ptr(a["word_off"], "int32_t *"))
+        lab.n_words = a["word_label"].size
         f = ffi.new("qac_forest_view *")
         f.feature, f.threshold = ptr(a["feature"], "int32_t *"), ptr(a["threshold"], "double *")
         f.left, f.right = ptr(a["left"], "int32_t *"), ptr(a["right"], "int32_t *")

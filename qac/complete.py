@@ -258,12 +258,19 @@ class LabelSet:
                 prefix's labels is one subtraction).
     recent:     int64 [n], occurrences in the last ``recent_days`` of the training log
                 (what is popular now, beside what was popular overall).
+    word_label, word_off: int32, the word-start index (:func:`qac._kernel.words_index`:
+                every word start of every label, sorted by the text from there on),
+                built once with the labels and saved, so workers map one copy. The
+                kernel checks it against the labels when an answerer is made.
     """
 
-    ARRAYS = ("text", "offsets", "counts", "popularity", "popcum", "recent")
+    ARRAYS = ("text", "offsets", "counts", "popularity", "popcum", "recent", "word_label",
+              "word_off")
 
     def __init__(self, text: np.ndarray, offsets: np.ndarray, counts: np.ndarray,
-                 popularity: np.ndarray, popcum: np.ndarray, recent: np.ndarray) -> None:
+                 popularity: np.ndarray, popcum: np.ndarray, recent: np.ndarray,
+                 word_label: np.ndarray | None = None, word_off: np.ndarray | None = None
+                 ) -> None:
         n = len(offsets) - 1
         for name, arr, size, kind in (("text", text, None, "u"), ("offsets", offsets, None, "i"),
                                       ("counts", counts, n, "i"),
@@ -276,12 +283,21 @@ class LabelSet:
                                        f" ({'uint8' if kind == 'u' else 'int64'}) needed, got "
                                        f"{arr.dtype} {arr.shape}", f"labels.{name}.npy")
         _check_labels(text, offsets, counts, popularity, popcum, recent)
+        if word_label is None or word_off is None:
+            word_label, word_off = _kernel.words_index(text, offsets)
+        for name, arr in (("word_label", word_label), ("word_off", word_off)):
+            if arr.ndim != 1 or arr.dtype != np.int32 or len(arr) != len(word_label):
+                raise ModelFormatError(f"labels.{name}.npy: a 1-d int32 array of "
+                                       f"{len(word_label)} needed, got {arr.dtype} {arr.shape}",
+                                       f"labels.{name}.npy")
         self.text = text
         self.offsets = offsets
         self.counts = counts
         self.popularity = popularity
         self.popcum = popcum
         self.recent = recent
+        self.word_label = word_label
+        self.word_off = word_off
         self._off = offsets.view(np.ndarray)
         self._text = text.view(np.ndarray)
 

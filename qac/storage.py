@@ -56,8 +56,9 @@ FORMAT = "qac-model"
 #: 2: packed weights (int32 relative row ends, local child ids, float16 values), the
 #: featurizer's vocabulary directory and the tree's label-id spans saved as arrays;
 #: the completer's one answer path (labels with offsets and popularity sums, the pool
-#: ranker's forest, the blocklist in the manifest)
-FORMAT_VERSION = 2
+#: ranker's forest, the blocklist in the manifest); 3: the completer's word-start
+#: index saved with its labels
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
 

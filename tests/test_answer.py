@@ -241,6 +241,36 @@ def test_answerer_refuses_inconsistent_arrays() -> None:
         _kernel.Answerer(None, None, ok.arrays(), trees([len(FEATURES)], [-1]), 0.0)
 
 
+def test_word_start_index_is_its_definition_and_is_checked() -> None:
+    labels = sorted(["new york times", "new  york", "york", "yorkshire tea", "a b a", "ü ber",
+                     "times new"])
+    ls = LabelSet.build(labels, [1] * len(labels), [1] * len(labels))
+    # the definition: (text from each word start, label id), sorted; UTF-8 bytes
+    raw = [t.encode() for t in labels]
+    want = sorted((b[j:], i, j) for i, b in enumerate(raw) for j in range(len(b))
+                  if b[j:j + 1] != b" " and (j == 0 or b[j - 1:j] == b" "))
+    assert ls.word_label.tolist() == [i for _, i, _ in want]
+    assert ls.word_off.tolist() == [j for _, _, j in want]
+    f = Forest.empty()
+    _kernel.Answerer(None, None, ls.arrays(), f.arrays(), 0.0)  # accepted as built
+
+    def refused(label: list[int], off: list[int]) -> None:
+        with pytest.raises(KernelError):
+            _kernel.Answerer(None, None, {**ls.arrays(), "word_label": np.array(label, np.int32),
+                                          "word_off": np.array(off, np.int32)}, f.arrays(), 0.0)
+
+    lab, off = ls.word_label.tolist(), ls.word_off.tolist()
+    refused(lab[1:], off[1:])                                    # one start missing
+    refused(lab[:1] + lab[:-1], off[:1] + off[:-1])              # one twice, one missing
+    refused(lab[1:] + lab[:1], off[1:] + off[:1])                # out of order
+    refused([len(labels)] + lab[1:], off)                        # a label out of range
+    refused(lab, [off[0] + 1] + off[1:])                         # not a word start
+    refused(lab, [-1] + off[1:])
+    with pytest.raises(InputError, match="differ in length"):
+        _kernel.Answerer(None, None, {**ls.arrays(), "word_off": ls.word_off[1:]},
+                         f.arrays(), 0.0)
+
+
 def test_label_range() -> None:
     labels = sorted(["new", "new york", "newark", "news", "nexus", "über", "ü"])
     a = answerer(labels, [1] * len(labels), Forest.empty())
