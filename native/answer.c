@@ -1346,6 +1346,169 @@ static size_t collapse_variants(qac_answer_scratch_t *s, size_t n, size_t cap) {
     return kept;
 }
 
+/* ---- highlight spans (qac_answer_out.spans) ------------------------------------- */
+
+#define SPAN_BAND QAC_FUZZY_MAX_EDITS      /* an alignment of at most this many edits */
+#define SPAN_CHARS 1024                    /* longest prefix aligned, in bytes */
+
+static inline int cont_byte(char c) { return ((unsigned char)c & 0xC0) == 0x80; }
+
+/* code points in t[0, n) */
+static int32_t cps(const char *t, size_t n) {
+    int32_t k = 0;
+    for (size_t i = 0; i < n; i++) k += !cont_byte(t[i]);
+    return k;
+}
+
+/* byte offsets of the code points of t[0, n) (at most cap), at[k] after them. Only
+ * the first 4 * cap + 4 bytes are read, so the offsets fit whatever the bytes. */
+static size_t char_starts(const char *t, size_t n, size_t cap, uint16_t *at) {
+    if (n > 4 * cap + 4) n = 4 * cap + 4;
+    size_t k = 0;
+    for (size_t i = 0; i < n && k < cap; i++)
+        if (!cont_byte(t[i])) at[k++] = (uint16_t)i;
+    size_t end = n;
+    if (k == cap) { /* cut: end the last code point kept */
+        end = at[k - 1] + 1u;
+        while (end < n && cont_byte(t[end])) end++;
+    }
+    at[k] = (uint16_t)end;
+    return k;
+}
+
+static inline int same_char(const char *a, const uint16_t *ai, size_t i, const char *b,
+                            const uint16_t *bi, size_t j) {
+    size_t na = (size_t)(ai[i + 1] - ai[i]), nb = (size_t)(bi[j + 1] - bi[j]);
+    return na == nb && memcmp(a + ai[i], b + bi[j], na) == 0;
+}
+
+/* Damerau (optimal string alignment) of the typed prefix p against a beginning of
+ * text t, over code points, in a band of SPAN_BAND edits: the code points of t
+ * equal to the typed ones they align with, as runs; returns the number of spans. */
+static size_t align_spans(const char *p, size_t np, const char *t, size_t nt, int32_t *sp) {
+    enum { B = SPAN_BAND, W = 2 * SPAN_BAND + 1, INF = SPAN_BAND + 1 };
+    if (np > SPAN_CHARS) return 0;
+    uint16_t pi[SPAN_CHARS + 1], ti[SPAN_CHARS + 8];
+    const size_t m = char_starts(p, np, SPAN_CHARS, pi);
+    const size_t n = char_starts(t, nt, m + 4, ti); /* a beginning: up to 4 more */
+    uint8_t d[SPAN_CHARS + 8][W];                   /* d[i][j - i + B] */
+#define D(i, j) ((j) + B < (i) || (j) > (i) + B ? INF : d[i][(j) - (i) + B])
+    for (size_t i = 0; i <= n; i++)
+        for (size_t c = 0; c < W; c++) {
+            const size_t j = i + c;
+            if (j < B) { d[i][c] = INF; continue; }
+            const size_t jj = j - B; /* the prefix column */
+            if (jj > m) { d[i][c] = INF; continue; }
+            int v;
+            if (i == 0) v = (int)jj;
+            else if (jj == 0) v = (int)i;
+            else {
+                v = D(i - 1, jj) + 1;
+                const int ins = D(i, jj - 1) + 1;
+                if (ins < v) v = ins;
+                const int sub = D(i - 1, jj - 1) + !same_char(t, ti, i - 1, p, pi, jj - 1);
+                if (sub < v) v = sub;
+                if (i > 1 && jj > 1 && same_char(t, ti, i - 1, p, pi, jj - 2) &&
+                    same_char(t, ti, i - 2, p, pi, jj - 1)) {
+                    const int tr = D(i - 2, jj - 2) + 1;
+                    if (tr < v) v = tr;
+                }
+            }
+            d[i][c] = (uint8_t)(v < INF ? v : INF);
+        }
+    /* the end: the fewest edits, then the longest beginning of t */
+    size_t end = 0;
+    int best = INF;
+    for (size_t i = 0; i <= n; i++)
+        if (D(i, m) <= best) { best = D(i, m); end = i; }
+    if (best >= INF) return 0;
+    size_t k = 0, i = end, j = m;
+    int32_t run_end = -1, run_start = -1;
+    while (i > 0 && j > 0) {
+        if (same_char(t, ti, i - 1, p, pi, j - 1) && D(i, j) == D(i - 1, j - 1)) {
+            const int32_t at = (int32_t)(i - 1); /* kept: extend the run leftwards */
+            if (run_start == at + 1) run_start = at;
+            else {
+                if (run_end >= 0 && k < QAC_MAX_SPANS) { sp[2 * k] = run_start; sp[2 * k + 1] = run_end; k++; }
+                run_start = at;
+                run_end = at + 1;
+            }
+            i--, j--;
+        } else if (i > 1 && j > 1 && same_char(t, ti, i - 1, p, pi, j - 2) &&
+                   same_char(t, ti, i - 2, p, pi, j - 1) && D(i, j) == D(i - 2, j - 2) + 1) {
+            i -= 2, j -= 2;
+        } else if (D(i, j) == D(i - 1, j - 1) + 1) {
+            i--, j--;
+        } else if (D(i, j) == D(i - 1, j) + 1) {
+            i--;
+        } else {
+            j--;
+        }
+    }
+#undef D
+    if (run_end >= 0 && k < QAC_MAX_SPANS) { sp[2 * k] = run_start; sp[2 * k + 1] = run_end; k++; }
+    /* the runs came right to left */
+    for (size_t a = 0, b = k ? k - 1 : 0; a < b; a++, b--) {
+        int32_t x0 = sp[2 * a], x1 = sp[2 * a + 1];
+        sp[2 * a] = sp[2 * b], sp[2 * a + 1] = sp[2 * b + 1];
+        sp[2 * b] = x0, sp[2 * b + 1] = x1;
+    }
+    return k;
+}
+
+/* one span per typed word over the start of its word, for the first run of
+ * successive words of t that start with the typed words (tok, n_tok > 0) */
+static size_t word_spans(const token_t *tok, size_t n_tok, const char *t, size_t n,
+                         int32_t *sp) {
+    for (size_t at = 0; at < n;) {
+        while (at < n && t[at] == ' ') at++;
+        if (at == n) break;
+        size_t w = at, j = 0;
+        for (; j < n_tok && w < n; j++) {
+            if (!starts_with(t + w, n - w, tok[j].p, tok[j].n)) break;
+            size_t e = w;
+            while (e < n && t[e] != ' ') e++;
+            w = e;
+            while (w < n && t[w] == ' ') w++;
+        }
+        if (j == n_tok) {
+            /* again, writing the spans */
+            w = at;
+            int32_t c = cps(t, at);
+            for (j = 0; j < n_tok; j++) {
+                sp[2 * j] = c;
+                sp[2 * j + 1] = c + cps(tok[j].p, tok[j].n);
+                size_t e = w;
+                while (e < n && t[e] != ' ') e++;
+                size_t next = e;
+                while (next < n && t[next] == ' ') next++;
+                c += cps(t + w, next - w);
+                w = next;
+            }
+            return n_tok;
+        }
+        while (at < n && t[at] != ' ') at++;
+    }
+    return 0;
+}
+
+/* an answer's highlight spans (see qac_answer) */
+static size_t answer_spans(const char *prefix, size_t plen, const char *t, size_t n,
+                           int edits, int32_t *sp) {
+    size_t pl = plen;
+    while (pl && prefix[pl - 1] == ' ') pl--;
+    if (!pl) return 0;
+    if (starts_with(t, n, prefix, plen) || starts_with(t, n, prefix, pl)) {
+        sp[0] = 0;
+        sp[1] = cps(prefix, starts_with(t, n, prefix, plen) ? plen : pl);
+        return 1;
+    }
+    if (edits > 0) return align_spans(prefix, pl, t, n, sp);
+    token_t tok[MAX_TOKENS];
+    const size_t n_tok = split_tokens(prefix, pl, tok);
+    return n_tok ? word_spans(tok, n_tok, t, n, sp) : 0;
+}
+
 static int shown_source(uint32_t sources) {
     for (int i = 0; i < QAC_NSRC; i++)
         if (sources & (1u << shown_first[i])) return shown_first[i];
@@ -1373,7 +1536,7 @@ int qac_answer(const qac_answerer_t *a, qac_answer_scratch_t *s, const char *pre
         (ex->n && (!ex->source || !ex->count || !ex->popularity)) ||
         (out->cap && (!out->ref || !out->source || !out->sources || !out->score)) ||
         (out->features && out->features_cap < out->cap * (size_t)QAC_NF) ||
-        (out->text_cap && !out->text) ||
+        (out->text_cap && !out->text) || (out->spans && !out->n_spans) ||
         ex->n > (size_t)INT32_MAX / 4 || ctx->n_history > (size_t)INT32_MAX / 4 ||
         ctx->n_session > (size_t)INT32_MAX / 4)
         return QAC_E_INPUT;
@@ -1423,6 +1586,10 @@ int qac_answer(const qac_answerer_t *a, qac_answer_scratch_t *s, const char *pre
                 out->sources[i] = w->sources;
                 out->source[i] = shown_source(w->sources);
                 if (out->edits) out->edits[i] = w->edits;
+                if (out->spans)
+                    out->n_spans[i] = (int32_t)answer_spans(
+                        prefix, prefix_len, w->text, w->len, w->edits,
+                        out->spans + (size_t)2 * QAC_MAX_SPANS * i);
                 if (out->features) {
                     /* the scores are in row order until sorted: order[r] is row r's */
                     out->score[i] = s->order[r].score;

@@ -75,6 +75,7 @@
 #define QAC_SRC_FRESH 6 /* live: a query the model never saw, from the event stream */
 #define QAC_SRC_TYPO 7  /* a label or past query within a few edits of the prefix */
 #define QAC_SRC_WORDS 8 /* successive words start with the typed words */
+#define QAC_MAX_SPANS 16 /* highlight spans per answer (one per typed word at most) */
 #define QAC_MISSING_AGE 20 /* HIST_AGE of a query never issued */
 
 typedef struct qac_answerer qac_answerer_t;
@@ -162,14 +163,17 @@ typedef struct {
  * text is non-NULL; QAC_E_CAPACITY if they do not fit in text_cap. With collapse
  * non-zero, near-duplicates are one answer (qac_variant_key: the same words but for
  * spacing, punctuation, web decorations and a plural s): the best-ranked one holds
- * the place, shown as the user's own variant if they issued one, else the most
- * popular variant among those ranked. With features
+ * the place, shown as the user's own variant if they issued one. With features
  * non-NULL (features_cap >= cap * QAC_NF), every row of the pool comes back, in
  * pool order rather than best first, with its feature row: the fitting path. *n is
  * set to the rows written. */
 typedef struct {
     int32_t *ref; int32_t *source; uint32_t *sources; double *score; size_t cap;
     int32_t *edits; /* NULL, or cap: each answer's typo corrections (0: none) */
+    /* NULL, or cap * 2 * QAC_MAX_SPANS: answer i's highlight spans, what matched the
+     * typed text, as code-point offsets [start, end) into its text, pairs from
+     * spans[2 * QAC_MAX_SPANS * i]; n_spans (cap) how many (see qac_answer) */
+    int32_t *spans; int32_t *n_spans;
     double *features; size_t features_cap;
     char *text; size_t text_cap; size_t text_len;
     int collapse;
@@ -236,8 +240,13 @@ int qac_label_range(const qac_answerer_t *answerer, const char *prefix, size_t p
 
 /* One keystroke (see the top of this header). beam: beam width; n_model: beam
  * answers put into the pool (0: no search). match: NULL for the prefix's own
- * answers only, else see qac_match_view. QAC_E_CAPACITY when the scratch or
- * out is too small for the pool (out->n is then 0 and nothing is half-written
+ * answers only, else see qac_match_view. Highlight spans (out->spans): over the
+ * typed prefix (with its finished word's space) for an answer that starts with it;
+ * else, without corrections, over the start of each word the typed words began
+ * (the first run of successive words that do); else, for a correction, over the
+ * characters equal to the typed ones they align with (Damerau, over code points,
+ * the fewest edits); else none (an empty prefix, a next query). QAC_E_CAPACITY
+ * when the scratch or out is too small for the pool (out->n is then 0 and nothing is half-written
  * that a caller could mistake for an answer). */
 int qac_answer(const qac_answerer_t *answerer, qac_answer_scratch_t *scratch,
                const char *prefix, size_t prefix_len, const qac_context_view *context,

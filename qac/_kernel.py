@@ -696,6 +696,16 @@ class Answer(NamedTuple):
     edits: list[int]   # typo corrections of each answer (0: none)
     visited: int       # trie nodes the typo search visited
     features: np.ndarray | None
+    #: each answer's highlight spans: (start, end) code-point offsets into its text
+    spans: list[tuple[tuple[int, int], ...]] = []
+
+
+#: int32 slots of one answer's highlight spans (start, end pairs)
+_SPAN_WORDS = 2 * int(lib.QAC_MAX_SPANS)
+
+
+def _pairs(flat: list[int]) -> tuple[tuple[int, int], ...]:
+    return tuple(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _grown(n: int, at_least: int) -> int:
@@ -730,8 +740,9 @@ class _Buffers:
     """One thread's scratch and input/output arrays for an :class:`Answerer`."""
 
     __slots__ = ("cap", "ctx", "edits", "ex", "ex_count", "ex_live", "ex_pop", "ex_src",
-                 "features", "match", "max_beam", "max_model", "max_prev", "n_in", "out", "ref",
-                 "score", "scratch", "source", "sources", "text", "text_cap")
+                 "features", "match", "max_beam", "max_model", "max_prev", "n_in", "n_spans",
+                 "out", "ref", "score", "scratch", "source", "sources", "spans", "text",
+                 "text_cap")
     cap: int
     text: Any
     text_cap: int
@@ -747,6 +758,8 @@ class _Buffers:
     ex_pop: Any
     ex_src: Any
     edits: Any
+    spans: Any
+    n_spans: Any
     match: Any
     out: Any
     ref: Any
@@ -858,6 +871,8 @@ class Answerer:
             nb.sources = ffi.new("uint32_t[]", cap)
             nb.score = ffi.new("double[]", cap)
             nb.edits = ffi.new("int32_t[]", cap)
+            nb.spans = ffi.new("int32_t[]", cap * _SPAN_WORDS)
+            nb.n_spans = ffi.new("int32_t[]", cap)
             nb.match = ffi.new("qac_match_view *")
             nb.features = None
             nb.ex_src = ffi.new("int32_t[]", n_in)
@@ -879,8 +894,10 @@ class Answerer:
                 b.features = np.empty((b.cap, len(FEATURES)), dtype=np.float64)
             b.out.features = ptr(b.features.reshape(-1), "double *")
             b.out.features_cap = b.features.size
+            b.out.spans, b.out.n_spans = ffi.NULL, ffi.NULL  # the fitting path shows nothing
         else:
             b.out.features, b.out.features_cap = ffi.NULL, 0
+            b.out.spans, b.out.n_spans = b.spans, b.n_spans
         return b
 
     def answer(self, prefix: bytes, prev: bytes, session: Texts, history: Texts,
@@ -962,5 +979,10 @@ class Answerer:
         X = b.features[:n].copy() if features and b.features is not None else None
         texts = ffi.unpack(b.text, out.text_len).decode("utf-8", "surrogatepass").split(
             "\n") if n else []
+        sp = b.spans  # most answers have one span: read it in place
+        spans = [] if features else [
+            ((sp[o], sp[o + 1]),) if c == 1 else _pairs(ffi.unpack(sp + o, 2 * c)) if c else ()
+            for c, o in zip(ffi.unpack(b.n_spans, n), range(0, n * _SPAN_WORDS, _SPAN_WORDS),
+                            strict=True)]
         return Answer(texts, ffi.unpack(b.source, n), ffi.unpack(b.score, n),
-                      ffi.unpack(b.ref, n), ffi.unpack(b.edits, n), int(out.visited), X)
+                      ffi.unpack(b.ref, n), ffi.unpack(b.edits, n), int(out.visited), X, spans)

@@ -61,7 +61,7 @@ from qac.index.tree import LabelTree
 from qac.index.trie import build_hybrid_tree, build_trie_tree
 from qac.live import LiveBlocklist, LiveConfig, Overlay
 from qac.logs import LogEvent, previous_queries
-from qac.match import MatchConfig, spans
+from qac.match import MatchConfig
 from qac.mpc import MostPopular
 from qac.rank import FEATURES, SOURCES, Forest
 from qac.sources import GENERATORS, MPC, SourcesConfig, Tables, check_generators
@@ -93,8 +93,10 @@ class Completion:
     never saw), "session", "suffix" or "word" (generated), "words" (its successive
     words start with the typed words) or "typo" (a correction of the prefix).
     ``edits``: the typo corrections it took (0: none). ``spans``: the ``[start, end)``
-    character ranges of ``text`` that match what was typed (:func:`qac.match.spans`):
-    where a correction is, the corrected characters are outside them."""
+    character ranges of ``text`` that match what was typed, computed by the kernel
+    (see ``qac_answer`` in ``native/qac_answer.h``): the typed prefix, the start of
+    each word the typed words began, or for a correction the characters equal to the
+    typed ones they align with (the corrected ones are outside them)."""
 
     text: str
     score: float
@@ -887,8 +889,8 @@ class Completer:
         model's ``match.typos``).
         """
         p, a = self._answer(prefix, previous, k, history, session, now, False, typos)
-        out = [Completion(t, s, SOURCES[g], e, tuple(spans(p, t, e)))
-               for t, g, s, e in zip(a.texts, a.sources, a.scores, a.edits, strict=True)]
+        out = [Completion(t, s, SOURCES[g], e, h) for t, g, s, e, h in
+               zip(a.texts, a.sources, a.scores, a.edits, a.spans, strict=True)]
         if len(out) > k or self.extra_blocklist is not None or self.live is not None:
             out = [c for c in out if not self._blocked(c.text)][:k]
         return out

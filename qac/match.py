@@ -6,8 +6,8 @@ within a few edits of the prefix, found by walking the trie the sorted labels im
 and those whose successive words start with the typed words. Accents, typographic
 quotes and dashes are folded by the normalization every query and prefix goes
 through (:func:`qac.text.normalize`). This module holds the options
-(:class:`MatchConfig`) and the highlight spans of an answer (:func:`spans`),
-computed from that same normalization.
+(:class:`MatchConfig`); the highlight spans of each answer come from the same call
+(``qac_answer_out.spans``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from qac.errors import InputError, check_fields
-from qac.text import fold
 
 
 @dataclass(frozen=True)
@@ -60,88 +59,3 @@ class MatchConfig:
     def from_dict(cls, d: Any) -> MatchConfig:
         check_fields(cls, d, "completer config: match")
         return cls(**d)
-
-
-def prefix_alignment(prefix: str, text: str) -> tuple[int, list[int]]:
-    """How ``prefix`` best matches a beginning of ``text`` (Damerau, optimal string
-    alignment over characters): (edits, the positions of ``text`` whose character
-    equals the typed one it is aligned with)."""
-    m = len(prefix)
-    n = min(len(text), m + 4)
-    d = [[0] * (m + 1) for _ in range(n + 1)]
-    for j in range(m + 1):
-        d[0][j] = j
-    for i in range(1, n + 1):
-        d[i][0] = i
-        for j in range(1, m + 1):
-            v = min(d[i - 1][j] + 1, d[i][j - 1] + 1,
-                    d[i - 1][j - 1] + (text[i - 1] != prefix[j - 1]))
-            if i > 1 and j > 1 and text[i - 1] == prefix[j - 2] and text[i - 2] == prefix[j - 1]:
-                v = min(v, d[i - 2][j - 2] + 1)
-            d[i][j] = v
-    end = min(range(n + 1), key=lambda i: (d[i][m], -i))
-    best = d[end][m]
-    kept: list[int] = []
-    i, j = end, m
-    while i > 0 and j > 0:
-        if text[i - 1] == prefix[j - 1] and d[i][j] == d[i - 1][j - 1]:
-            kept.append(i - 1)
-            i, j = i - 1, j - 1
-        elif i > 1 and j > 1 and text[i - 1] == prefix[j - 2] and \
-                text[i - 2] == prefix[j - 1] and d[i][j] == d[i - 2][j - 2] + 1:
-            i, j = i - 2, j - 2
-        elif d[i][j] == d[i - 1][j - 1] + 1:
-            i, j = i - 1, j - 1
-        elif d[i][j] == d[i - 1][j] + 1:
-            i -= 1
-        else:
-            j -= 1
-    kept.reverse()
-    return best, kept
-
-
-def _runs(positions: list[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for p in positions:
-        if out and out[-1][1] == p:
-            out[-1] = (out[-1][0], p + 1)
-        else:
-            out.append((p, p + 1))
-    return out
-
-
-def _word_spans(tokens: list[str], text: str) -> list[tuple[int, int]]:
-    """Spans of the first run of successive words of ``text`` that start with the
-    tokens, or none."""
-    starts = [i for i, ch in enumerate(text) if ch != " " and (i == 0 or text[i - 1] == " ")]
-    words = [(s, text.find(" ", s) if " " in text[s:] else len(text)) for s in starts]
-    for a in range(len(words) - len(tokens) + 1):
-        if all(text.startswith(t, words[a + i][0]) for i, t in enumerate(tokens)):
-            return [(words[a + i][0], words[a + i][0] + len(t)) for i, t in enumerate(tokens)]
-    return []
-
-
-def spans(prefix: str, text: str, edits: int = 0) -> list[tuple[int, int]]:
-    """Spans ``[start, end)`` (character offsets into ``text``) of ``text`` that match
-    what was typed, ``prefix`` as normalized (:func:`qac.text.normalize_prefix`):
-
-    - a text that starts with the (folded) prefix: one span over it;
-    - a word-prefix match: one span per typed word, over the start of its word;
-    - a corrected text (``edits`` > 0): the characters that equal the typed ones
-      they align with, so the corrected ones are not highlighted;
-    - else none (an empty prefix, a next-query suggestion).
-    """
-    p = prefix.rstrip(" ")
-    if not p:
-        return []
-    t = fold(text)  # a stored text from before folding: match as its prefix was
-    if len(t) != len(text):  # folding changed the length: offsets would not line up
-        return []
-    if t.startswith(prefix):  # a finished word keeps its space
-        return [(0, len(prefix))]
-    if t.startswith(p):
-        return [(0, len(p))]
-    if edits <= 0:
-        return _word_spans(p.split(), t)
-    _, kept = prefix_alignment(p, t)
-    return _runs(kept)

@@ -372,3 +372,90 @@ def answer_pool(labels: Sequence[str], popularity: Sequence[int], prefix: str, p
     for pos, i in enumerate(order):
         rows[i]["x"][F["recent_rank"]] = 1.0 / (1 + pos) if rows[i]["recent"] > 0 else 0.0
     return rows
+
+
+# --- highlight spans (native/answer.c, answer_spans) ---
+
+
+def prefix_alignment(prefix: str, text: str) -> tuple[int, list[int]]:
+    """How ``prefix`` best matches a beginning of ``text`` (Damerau, optimal string
+    alignment over characters): (edits, the positions of ``text`` whose character
+    equals the typed one it is aligned with)."""
+    m = len(prefix)
+    n = min(len(text), m + 4)
+    d = [[0] * (m + 1) for _ in range(n + 1)]
+    for j in range(m + 1):
+        d[0][j] = j
+    for i in range(1, n + 1):
+        d[i][0] = i
+        for j in range(1, m + 1):
+            v = min(d[i - 1][j] + 1, d[i][j - 1] + 1,
+                    d[i - 1][j - 1] + (text[i - 1] != prefix[j - 1]))
+            if i > 1 and j > 1 and text[i - 1] == prefix[j - 2] and text[i - 2] == prefix[j - 1]:
+                v = min(v, d[i - 2][j - 2] + 1)
+            d[i][j] = v
+    end = min(range(n + 1), key=lambda i: (d[i][m], -i))
+    best = d[end][m]
+    kept: list[int] = []
+    i, j = end, m
+    while i > 0 and j > 0:
+        if text[i - 1] == prefix[j - 1] and d[i][j] == d[i - 1][j - 1]:
+            kept.append(i - 1)
+            i, j = i - 1, j - 1
+        elif i > 1 and j > 1 and text[i - 1] == prefix[j - 2] and \
+                text[i - 2] == prefix[j - 1] and d[i][j] == d[i - 2][j - 2] + 1:
+            i, j = i - 2, j - 2
+        elif d[i][j] == d[i - 1][j - 1] + 1:
+            i, j = i - 1, j - 1
+        elif d[i][j] == d[i - 1][j] + 1:
+            i -= 1
+        else:
+            j -= 1
+    kept.reverse()
+    return best, kept
+
+
+def _runs(positions: list[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for p in positions:
+        if out and out[-1][1] == p:
+            out[-1] = (out[-1][0], p + 1)
+        else:
+            out.append((p, p + 1))
+    return out
+
+
+def _word_spans(tokens: list[str], text: str) -> list[tuple[int, int]]:
+    """Spans of the first run of successive words of ``text`` that start with the
+    tokens, or none."""
+    starts = [i for i, ch in enumerate(text) if ch != " " and (i == 0 or text[i - 1] == " ")]
+    words = [(s, text.find(" ", s) if " " in text[s:] else len(text)) for s in starts]
+    for a in range(len(words) - len(tokens) + 1):
+        if all(text.startswith(t, words[a + i][0]) for i, t in enumerate(tokens)):
+            return [(words[a + i][0], words[a + i][0] + len(t)) for i, t in enumerate(tokens)]
+    return []
+
+
+def spans(prefix: str, text: str, edits: int = 0) -> list[tuple[int, int]]:
+    """The kernel's highlight spans (``qac_answer_out.spans``), written plainly:
+    spans ``[start, end)`` (character offsets into ``text``) of ``text`` that match
+    what was typed, ``prefix`` as normalized (:func:`qac.text.normalize_prefix`):
+
+    - a text that starts with the (folded) prefix: one span over it;
+    - a word-prefix match: one span per typed word, over the start of its word;
+    - a corrected text (``edits`` > 0): the characters that equal the typed ones
+      they align with, so the corrected ones are not highlighted;
+    - else none (an empty prefix, a next-query suggestion).
+    """
+    p = prefix.rstrip(" ")
+    if not p:
+        return []
+    t = text
+    if t.startswith(prefix):  # a finished word keeps its space
+        return [(0, len(prefix))]
+    if t.startswith(p):
+        return [(0, len(p))]
+    if edits <= 0:
+        return _word_spans(p.split(), t)
+    _, kept = prefix_alignment(p, t)
+    return _runs(kept)

@@ -67,7 +67,7 @@ def run(a: _kernel.Answerer, prefix: str, prev: str, history: list, session: lis
     hist = _kernel.Texts([h[0] for h in history], [h[1] for h in history],
                          [h[2] for h in history])
     sess = _kernel.Texts([s[0] for s in session], None, [s[1] for s in session])
-    texts, srcs, scores, refs, _, _, X = a.answer(
+    texts, srcs, scores, refs, _, _, X, _ = a.answer(
         prefix.encode(), prev.encode(), sess, hist, [e[0] for e in extra],
         [e[1] for e in extra], [e[2] for e in extra], [e[3] for e in extra], NOW, 10, n_model,
         k, features, extra_live=extra_live, label_live=label_live, live_scale=live_scale)

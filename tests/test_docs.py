@@ -16,10 +16,11 @@ from referencing.jsonschema import DRAFT202012
 from sessionlog import pl_log
 from starlette.routing import Route
 from starlette.testclient import TestClient
+from test_match import ask, labelled
 
 from qac.complete import Completer, CompleterConfig
 from qac.errors import InputError
-from qac.match import spans as highlight
+from qac.match import MatchConfig
 from qac.retrieve import Retriever
 from qac.server import ServerConfig, create_app
 from qac.server.docs import PAGES, ApiSchema, operations
@@ -84,11 +85,14 @@ def response_schema(spec: dict[str, Any], path: str, method: str, status: str) -
     ("Wéather", "weather channel", [(0, 7)]),   # accents fold
     ("york", "new york", [(4, 8)]),             # a later word typed first
     ("App  Wat", "apple watch", [(0, 3), (6, 9)]),  # word prefixes
-    ("new york times x", "new york times", []),
+    ("new york times x", "new york times", None),  # not an answer without typos
 ])
-def test_highlight_uses_the_servers_normalization(typed: str, text: str,
-                                                  spans: list[tuple[int, int]]) -> None:
-    assert highlight(normalize_prefix(typed), text) == spans
+def test_highlight_uses_the_servers_normalization(
+        typed: str, text: str, spans: list[tuple[int, int]] | None) -> None:
+    """The kernel's spans of an answer, for the prefix as the server normalizes it."""
+    got = ask(labelled([text], [1]), normalize_prefix(typed), MatchConfig(typos=0))
+    lit = dict(zip(got.texts, got.spans, strict=True))
+    assert lit.get(text) == (None if spans is None else tuple(spans))
 
 
 def test_complete_answers_carry_highlight_spans(client: TestClient) -> None:

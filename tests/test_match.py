@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import prefix_alignment, spans
 from test_answer import NOW, answerer
 
 from qac import _kernel
 from qac.complete import CompleterConfig
 from qac.errors import InputError
-from qac.match import MatchConfig, prefix_alignment, spans
+from qac.match import MatchConfig
 from qac.rank import FEATURES, SOURCES, Forest
 
 S = {s: i for i, s in enumerate(SOURCES)}
@@ -187,12 +188,39 @@ def test_collapse_shows_the_users_variant_else_the_best_ranked() -> None:
 
 
 def test_spans() -> None:
-    assert spans("new y", "new york") == [(0, 5)]
-    assert spans("app wat", "apple watch") == [(0, 3), (6, 9)]
-    assert spans("york", "new york times") == [(4, 8)]
-    assert spans("goolge", "google maps", 1) == [(0, 3), (5, 6)]  # "lg" swapped: not lit
-    assert spans("", "anything") == [] and spans("zzz", "next query") == []
+    a = labelled(sorted(["new york", "apple watch", "new york times", "google maps",
+                         "жёлтый дом", "next query"]), [1] * 6)
+
+    def lit(prefix: str, text: str) -> tuple[tuple[int, int], ...]:
+        got = ask(a, prefix, MatchConfig())
+        return got.spans[got.texts.index(text)]
+
+    assert lit("new y", "new york") == ((0, 5),)
+    assert lit("new york ", "new york times") == ((0, 9),)  # a finished word's space
+    assert lit("app wat", "apple watch") == ((0, 3), (6, 9))
+    assert lit("york", "new york times") == ((4, 8),)
+    assert lit("goolge", "google maps") == ((0, 3), (5, 6))  # "lg" swapped: not lit
+    assert lit("жёлт", "жёлтый дом") == ((0, 4),)  # code points, not bytes
+    assert lit("жёл д", "жёлтый дом") == ((0, 3), (7, 8))
+    assert lit("жёлтьй", "жёлтый дом") == ((0, 4), (5, 6))  # one letter changed
+    assert a.answer(b"", b"", EMPTY, EMPTY, ["next query"], [S["mpc"]], [1], [1], NOW, 10, 0,
+                    5).spans == [()]  # nothing typed, nothing lit
     assert prefix_alignment("goolge", "google maps")[0] == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(labels=st.sets(st.text(alphabet="abcж ", min_size=1, max_size=9).map(
+           lambda s: " ".join(s.split())).filter(bool), min_size=1, max_size=30),
+       prefix=st.text(alphabet="abcж ", min_size=1, max_size=7), typos=st.integers(0, 2))
+def test_spans_are_the_reference_s(labels: set[str], prefix: str, typos: int) -> None:
+    """Every answer's spans, from the kernel, equal the plain definition's
+    (tests/reference.py), over code points: multi-byte letters included."""
+    ls = sorted(labels)
+    a = labelled(ls, list(range(len(ls), 0, -1)))
+    got = ask(a, prefix, MatchConfig(typos=typos, first_char=True, one_typo_chars=1,
+                                     two_typo_chars=4))
+    for text, e, lit in zip(got.texts, got.edits, got.spans, strict=True):
+        assert lit == tuple(spans(prefix, text, e)), (prefix, text, e)
 
 
 def test_match_config_is_validated_and_saved() -> None:

@@ -53,7 +53,7 @@ def test_kernel_scores_equal_numpy() -> None:
     a = _kernel.Answerer(None, None, ls.arrays(), forest.arrays(), forest.base)
     hist = _kernel.Texts(["abd", "ab"], [2, 1], [100.0, 50.0])
     mpc = SOURCES.index("mpc")
-    _, _, scores, refs, _, _, Xc = a.answer(b"a", b"b", _kernel.Texts([]), hist, ["a", "abc"],
+    _, _, scores, refs, _, _, Xc, _ = a.answer(b"a", b"b", _kernel.Texts([]), hist, ["a", "abc"],
                                    [mpc, mpc], [5, 2], [5, 2], 200.0, 10, 0, 10, True)
     assert Xc is not None and len(refs) == 4
     np.testing.assert_allclose(scores, forest.score(Xc), rtol=1e-12)
