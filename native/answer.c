@@ -1172,7 +1172,7 @@ static int match_more(const qac_answerer_t *a, pool_t *pool, const char *prefix,
     int edits = mv->typos;
     if (chars < mv->one_typo_chars) edits = 0;
     else if (chars < mv->two_typo_chars && edits > 1) edits = 1;
-    if (plen > QAC_FUZZY_MAX_BYTES) edits = 0;
+    if (chars > QAC_FUZZY_MAX_CHARS || plen > QAC_FUZZY_MAX_BYTES) edits = 0;
     const int fix_first = !mv->first_char;
     /* a trailing space finished the word: the corrections keep it (the search runs
      * on the text before it, whose own completions are not corrections) */

@@ -70,12 +70,51 @@ size_t qac_rmq_argmax(const qac_rmq_t *r, size_t lo, size_t hi) {
 
 /* ---- the typo search ---------------------------------------------------------- */
 
+uint32_t qac_utf8_at(const unsigned char *t, size_t n, size_t *len) {
+    const unsigned char b = t[0];
+    size_t k = b < 0x80 ? 1 : b >= 0xC2 && b <= 0xDF ? 2 : b >= 0xE0 && b <= 0xEF ? 3
+             : b >= 0xF0 && b <= 0xF4 ? 4 : 0;
+    uint32_t c = k == 1 ? b : k == 2 ? b & 0x1Fu : k == 3 ? b & 0x0Fu : b & 0x07u;
+    for (size_t i = 1; i < k; i++) {
+        if (i >= n || (t[i] & 0xC0) != 0x80) { k = 0; break; }
+        c = c << 6 | (t[i] & 0x3Fu);
+    }
+    /* overlong, surrogate or out of range: not well formed */
+    if (k == 0 || (k == 3 && (c < 0x800 || (c >= 0xD800 && c <= 0xDFFF))) ||
+        (k == 4 && (c < 0x10000 || c > 0x10FFFF))) {
+        *len = 1;
+        return 0x110000u + b;
+    }
+    *len = k;
+    return c;
+}
+
+/* the code points of t[0, n), at most cap; returns how many, or cap + 1 if more */
+static size_t decode(const unsigned char *t, size_t n, uint32_t *out, size_t cap) {
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        if (k == cap) return cap + 1;
+        size_t len;
+        out[k++] = qac_utf8_at(t + i, n - i, &len);
+        i += len;
+    }
+    return k;
+}
+
 static inline size_t lab_len(const qac_fuzzy_t *z, size_t i) {
     return (size_t)(z->offsets[i + 1] - 1 - z->offsets[i]);
 }
 
-static inline unsigned char lab_byte(const qac_fuzzy_t *z, size_t i, size_t at) {
-    return (unsigned char)z->text[z->offsets[i] + (int64_t)at];
+static inline const unsigned char *lab_at(const qac_fuzzy_t *z, size_t i, size_t at) {
+    return (const unsigned char *)z->text + z->offsets[i] + (int64_t)at;
+}
+
+/* whether label i's bytes from `at` sort at or before the code point c (k bytes):
+ * over a run of labels sorted bytewise, true then false */
+static inline int at_or_before(const qac_fuzzy_t *z, size_t i, size_t at,
+                               const unsigned char *c, size_t k) {
+    const size_t avail = lab_len(z, i) - at;
+    return memcmp(lab_at(z, i, at), c, avail < k ? avail : k) <= 0; /* a shorter: before */
 }
 
 static inline uint8_t min3(uint8_t a, uint8_t b, uint8_t c) {
@@ -83,17 +122,18 @@ static inline uint8_t min3(uint8_t a, uint8_t b, uint8_t c) {
     return m < c ? m : c;
 }
 
-static void walk(qac_fuzzy_t *z, size_t lo, size_t hi, size_t depth);
+static void walk(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, size_t depth);
 
-/* the child of depth d - 1 reached with byte c: its row, then its range or its
- * children */
-static void visit(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, unsigned char c) {
+/* the child of (code point) depth d - 1 reached with code point c, whose labels
+ * [lo, hi) go on at byte `depth`: its row, then its range or its children */
+static void visit(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, uint32_t c, size_t depth) {
     if (z->visited >= z->max_visits) {
         z->truncated = 1;
         return;
     }
     z->visited++;
-    const size_t m = z->m, w = m + 1;
+    const size_t m = z->mc, w = m + 1;
+    const uint32_t *p = z->pc;
     const uint8_t *q = z->dp + (d - 1) * w, *qq = d >= 2 ? z->dp + (d - 2) * w : NULL;
     uint8_t *row = z->dp + d * w;
     z->chars[d] = c;
@@ -101,8 +141,8 @@ static void visit(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, unsigned char 
     uint8_t low = row[0];
     for (size_t j = 1; j <= m; j++) {
         uint8_t v = min3((uint8_t)(q[j] + 1), (uint8_t)(row[j - 1] + 1),
-                         (uint8_t)(q[j - 1] + (c != z->p[j - 1])));
-        if (qq && j >= 2 && c == z->p[j - 2] && z->chars[d - 1] == z->p[j - 1] &&
+                         (uint8_t)(q[j - 1] + (c != p[j - 1])));
+        if (qq && j >= 2 && c == p[j - 2] && z->chars[d - 1] == p[j - 1] &&
             qq[j - 2] + 1 < v)
             v = (uint8_t)(qq[j - 2] + 1);
         row[j] = v;
@@ -118,23 +158,26 @@ static void visit(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, unsigned char 
             z->truncated = 1;
         if (low >= end) return; /* nothing deeper is closer */
     }
-    if (d < m + (size_t)z->max_edits) walk(z, lo, hi, d);
+    if (d < m + (size_t)z->max_edits) walk(z, lo, hi, d, depth);
 }
 
-/* the children of the node of depth `depth` over labels [lo, hi) */
-static void walk(qac_fuzzy_t *z, size_t lo, size_t hi, size_t depth) {
+/* the children of the node of depth d (code points; `depth` bytes) over labels
+ * [lo, hi): one per next code point */
+static void walk(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, size_t depth) {
     size_t i = lo;
     while (i < hi && lab_len(z, i) == depth) i++; /* labels that end here sort first */
     while (i < hi && !z->truncated) {
-        const unsigned char c = lab_byte(z, i, depth);
-        /* the first label past byte c at this depth: galloping from i (children are
-         * mostly small, so this costs the log of the child's size, not the node's),
-         * then bisection */
+        size_t k;
+        const unsigned char *cb = lab_at(z, i, depth);
+        const uint32_t c = qac_utf8_at(cb, lab_len(z, i) - depth, &k);
+        /* the first label past code point c at this depth: galloping from i (children
+         * are mostly small, so this costs the log of the child's size, not the
+         * node's), then bisection */
         size_t a = i + 1, b = hi, step = 1;
         while (a < b) {
             size_t probe = a + step - 1;
             if (probe >= b) break;
-            if (lab_byte(z, probe, depth) > c) {
+            if (!at_or_before(z, probe, depth, cb, k)) {
                 b = probe;
                 break;
             }
@@ -143,9 +186,9 @@ static void walk(qac_fuzzy_t *z, size_t lo, size_t hi, size_t depth) {
         }
         while (a < b) {
             size_t mid = a + (b - a) / 2;
-            if (lab_byte(z, mid, depth) <= c) a = mid + 1; else b = mid;
+            if (at_or_before(z, mid, depth, cb, k)) a = mid + 1; else b = mid;
         }
-        if (!(depth == 0 && z->fix_first && c != z->p[0])) visit(z, i, a, depth + 1, c);
+        if (!(d == 0 && z->fix_first && c != z->pc[0])) visit(z, i, a, d + 1, c, depth + k);
         i = a;
     }
 }
@@ -154,37 +197,49 @@ void qac_fuzzy_search(qac_fuzzy_t *z) {
     z->n_ranges = 0;
     z->visited = 0;
     z->truncated = 0;
+    z->mc = 0;
     if (z->m == 0 || z->m > QAC_FUZZY_MAX_BYTES || z->max_edits < 1 ||
         z->max_edits > QAC_FUZZY_MAX_EDITS || z->n == 0)
         return;
-    for (size_t j = 0; j <= z->m; j++) z->dp[j] = (uint8_t)j;
-    walk(z, 0, z->n, 0);
+    z->mc = decode(z->p, z->m, z->pc, QAC_FUZZY_MAX_CHARS);
+    if (z->mc > QAC_FUZZY_MAX_CHARS) {
+        z->mc = 0;
+        return;
+    }
+    for (size_t j = 0; j <= z->mc; j++) z->dp[j] = (uint8_t)j;
+    walk(z, 0, z->n, 0, 0);
 }
 
 int qac_prefix_edits(const unsigned char *t, size_t n, const unsigned char *p, size_t m,
                      int max_edits, int fix_first) {
     if (m == 0) return 0;
     if (m > QAC_FUZZY_MAX_BYTES || max_edits > QAC_FUZZY_MAX_EDITS) return max_edits + 1;
-    if (fix_first && (n == 0 || t[0] != p[0])) return max_edits + 1;
-    uint8_t rows[3][QAC_FUZZY_MAX_BYTES + 1];
-    for (size_t j = 0; j <= m; j++) rows[0][j] = (uint8_t)j;
-    int best = rows[0][m];
-    size_t limit = m + (size_t)max_edits < n ? m + (size_t)max_edits : n;
-    for (size_t d = 1; d <= limit; d++) {
+    uint32_t pc[QAC_FUZZY_MAX_CHARS], tc[QAC_FUZZY_MAX_CHARS + QAC_FUZZY_MAX_EDITS];
+    const size_t mc = decode(p, m, pc, QAC_FUZZY_MAX_CHARS);
+    if (mc > QAC_FUZZY_MAX_CHARS) return max_edits + 1;
+    const size_t cap = mc + (size_t)max_edits;
+    size_t nc = decode(t, n, tc, cap);
+    if (nc > cap) nc = cap; /* a beginning: the first cap code points are enough */
+    if (fix_first && (nc == 0 || tc[0] != pc[0])) return max_edits + 1;
+    uint8_t rows[3][QAC_FUZZY_MAX_CHARS + 1];
+    for (size_t j = 0; j <= mc; j++) rows[0][j] = (uint8_t)j;
+    int best = rows[0][mc];
+    for (size_t d = 1; d <= nc; d++) {
         uint8_t *row = rows[d % 3];
         const uint8_t *q = rows[(d - 1) % 3], *qq = rows[(d + 1) % 3];
-        const unsigned char c = t[d - 1];
+        const uint32_t c = tc[d - 1];
         row[0] = (uint8_t)d;
         uint8_t low = row[0];
-        for (size_t j = 1; j <= m; j++) {
+        for (size_t j = 1; j <= mc; j++) {
             uint8_t v = min3((uint8_t)(q[j] + 1), (uint8_t)(row[j - 1] + 1),
-                             (uint8_t)(q[j - 1] + (c != p[j - 1])));
-            if (d >= 2 && j >= 2 && c == p[j - 2] && t[d - 2] == p[j - 1] && qq[j - 2] + 1 < v)
+                             (uint8_t)(q[j - 1] + (c != pc[j - 1])));
+            if (d >= 2 && j >= 2 && c == pc[j - 2] && tc[d - 2] == pc[j - 1] &&
+                qq[j - 2] + 1 < v)
                 v = (uint8_t)(qq[j - 2] + 1);
             row[j] = v;
             if (v < low) low = v;
         }
-        if (row[m] < best) best = row[m];
+        if (row[mc] < best) best = row[mc];
         if (low > max_edits || low >= best) break;
     }
     return best <= max_edits ? best : max_edits + 1;

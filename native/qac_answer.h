@@ -188,9 +188,9 @@ typedef struct {
  *     times"), most popular first;
  *   - typos (0..2): labels and past queries whose beginning is within this many
  *     edits of the prefix (Damerau: insert, delete, change or swap neighbours, over
- *     UTF-8 bytes), most popular first: 0 for prefixes under one_typo_chars
- *     characters, 1 under two_typo_chars, else typos; fewer edits first;
- *     first_char non-zero lets the first byte change;
+ *     code points), most popular first: 0 for prefixes under one_typo_chars
+ *     characters or over QAC_FUZZY_MAX_CHARS, 1 under two_typo_chars, else typos;
+ *     fewer edits first; first_char non-zero lets the first code point change;
  *   - at most `fuzzy` labels from each (past queries: all that match);
  *   - max_visits bounds the trie nodes the typo search visits (out->visited).
  * The groups, in order (the ranker orders within one): the prefix's own answers;

@@ -23,7 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define QAC_FUZZY_MAX_BYTES 64 /* longer prefixes are not corrected */
+#define QAC_FUZZY_MAX_CHARS 64 /* longer prefixes (code points) are not corrected */
+#define QAC_FUZZY_MAX_BYTES (4 * QAC_FUZZY_MAX_CHARS)
 #define QAC_FUZZY_MAX_EDITS 2
 
 /* The most popular entry of [lo, hi) of an array whose entry i has popularity
@@ -44,17 +45,18 @@ static inline int64_t qac_rmq_value(const qac_rmq_t *r, size_t i) {
     return r->pop[r->id ? (size_t)r->id[i] : i];
 }
 
-/* A range of sorted labels whose first `depth` bytes are `cost` edits from the
- * prefix. */
+/* A range of sorted labels whose beginnings are `cost` edits from the prefix. */
 typedef struct {
     size_t lo, hi;
     int cost;
 } qac_fuzzy_range;
 
 /* What the typo search works with: the sorted labels (text, offsets as in
- * qac_labels_view), the prefix p (m <= QAC_FUZZY_MAX_BYTES bytes), the most edits,
- * whether p[0] may change, room for the ranges found, and a limit on the trie nodes
- * visited (the work of one keystroke is bounded; `truncated` says it was hit). */
+ * qac_labels_view), the prefix p (m bytes of UTF-8, at most QAC_FUZZY_MAX_CHARS
+ * code points), the most edits, whether its first code point may change, room for
+ * the ranges found, and a limit on the trie nodes visited (the work of one
+ * keystroke is bounded; `truncated` says it was hit). Edits count code points: a
+ * letter of two or three bytes changed, dropped, doubled or swapped is one edit. */
 typedef struct {
     const char *text;
     const int64_t *offsets;
@@ -66,16 +68,25 @@ typedef struct {
     size_t cap, n_ranges;
     size_t visited, max_visits;
     int truncated;
-    uint8_t dp[(QAC_FUZZY_MAX_BYTES + QAC_FUZZY_MAX_EDITS + 1) * (QAC_FUZZY_MAX_BYTES + 1)];
-    unsigned char chars[QAC_FUZZY_MAX_BYTES + QAC_FUZZY_MAX_EDITS + 1];
+    /* the search's own: the prefix's code points, one edit-table row per depth (in
+     * code points) of the trie walk and the code point taken at each */
+    size_t mc;
+    uint32_t pc[QAC_FUZZY_MAX_CHARS];
+    uint8_t dp[(QAC_FUZZY_MAX_CHARS + QAC_FUZZY_MAX_EDITS + 1) * (QAC_FUZZY_MAX_CHARS + 1)];
+    uint32_t chars[QAC_FUZZY_MAX_CHARS + QAC_FUZZY_MAX_EDITS + 1];
 } qac_fuzzy_t;
 
 /* Fill z->ranges (cost >= 1; the exact prefix's range is not one of them). */
 void qac_fuzzy_search(qac_fuzzy_t *z);
 
-/* The fewest edits between p and a prefix of t (p[0] kept when fix_first), or
- * max_edits + 1 when more. */
+/* The fewest edits (code points) between p and a beginning of t (p's first code
+ * point kept when fix_first), or max_edits + 1 when more. */
 int qac_prefix_edits(const unsigned char *t, size_t n, const unsigned char *p, size_t m,
                      int max_edits, int fix_first);
+
+/* The code point at t[0, n) (n >= 1) and its length in bytes; a byte that does
+ * not start a well-formed sequence stands for itself (0x110000 + the byte, one
+ * byte). */
+uint32_t qac_utf8_at(const unsigned char *t, size_t n, size_t *len);
 
 #endif

@@ -70,12 +70,15 @@ def one_split(feature: str, threshold: float, left: float, right: float) -> Fore
                   np.array([left, right]), np.array([0], dtype=np.int32))
 
 
-words = st.text(alphabet="abcd ", min_size=1, max_size=7).map(lambda s: " ".join(s.split()))
+#: letters of one, two (two lead bytes) and three bytes: an edit is a code point
+LETTERS = "abcжё日"
+words = st.text(alphabet=LETTERS + " ", min_size=1, max_size=7).map(
+    lambda s: " ".join(s.split()))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(labels=st.sets(words.filter(bool), min_size=1, max_size=40),
-       prefix=st.text(alphabet="abcd", min_size=1, max_size=6),
+       prefix=st.text(alphabet=LETTERS, min_size=1, max_size=6),
        typos=st.integers(1, 2), first_char=st.booleans())
 def test_typo_matches_are_exactly_the_labels_within_the_edits(
         labels: set[str], prefix: str, typos: int, first_char: bool) -> None:
@@ -95,6 +98,34 @@ def test_typo_matches_are_exactly_the_labels_within_the_edits(
     assert kinds == sorted(kinds)
     assert {t for t in got.texts if t.startswith(prefix)} == {t for t in ls
                                                              if t.startswith(prefix)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(past=st.lists(words.filter(bool), min_size=1, max_size=12, unique=True),
+       prefix=st.text(alphabet=LETTERS, min_size=1, max_size=6),
+       typos=st.integers(1, 2), first_char=st.booleans())
+def test_past_queries_within_the_edits_are_exactly_those_of_the_reference(
+        past: list[str], prefix: str, typos: int, first_char: bool) -> None:
+    a = labelled(["zzz"], [1])
+    hist = _kernel.Texts(past, [1] * len(past), [NOW - 10 * (i + 1) for i in range(len(past))])
+    m = MatchConfig(words=False, typos=typos, one_typo_chars=1, two_typo_chars=1,
+                    first_char=first_char)
+    got = ask(a, prefix, m, k=len(past) + 1, history=hist)
+    corrected = {t: e for t, e in zip(got.texts, got.edits, strict=True) if e > 0 and t in past}
+    want = {t: osa_prefix(prefix, t) for t in past if not t.startswith(prefix)
+            and (first_char or t[:1] == prefix[:1])}
+    assert corrected == {t: e for t, e in want.items() if e <= typos}
+
+
+def test_a_typo_in_a_letter_of_several_bytes_is_one_edit() -> None:
+    labels = sorted(["москва", "мост", "日本語の本", "ελλάδα"])
+    a = labelled(labels, [1] * len(labels))
+    m = MatchConfig(words=False)  # one edit from 3 characters, two from 8
+    assert ask(a, "мсоква", m).texts == ["москва"]  # swapped: one edit, not two bytes
+    assert ask(a, "моства", m).texts == ["москва"]  # changed across lead bytes
+    assert ask(a, "мокв", m).texts == ["москва"]  # dropped
+    assert ask(a, "日本語本", m).edits == [1]  # a dropped letter of three bytes
+    assert ask(a, "ελάδα", m).texts == ["ελλάδα"]
 
 
 def test_corrections_fill_the_list_and_never_push_an_exact_answer_down() -> None:
