@@ -199,14 +199,15 @@ def _coverage(reach: Callable[[str, Case], bool], cases: Sequence[Case],
 
 def format_table(results: dict[str, dict[str, Any]], baselines: Sequence[str] = ()) -> str:
     """A plain-text table: MRR@k by prefix length, seen/unseen, success, BLEU,
-    coverage ("-" for a system that cannot say), latency, and the ratio of MRR@k to
-    each baseline."""
+    coverage ("-" for a system that cannot say), MRR@k counting a near-duplicate of
+    the target as a hit ("variants"), latency, and the ratio of MRR@k to each
+    baseline."""
     names = list(results)
     first = results[names[0]]["metrics"]
     k = first["k"]
     lengths = list(first["by_length"])
     head = ["system", *[f"mrr@{k} n={n}" for n in lengths], f"mrr@{k}", "seen", "unseen",
-            "s@1", f"s@{k}", "bleu@1", "cover", "p50 ms", "p99 ms"]
+            "s@1", f"s@{k}", "bleu@1", "cover", "variants", "p50 ms", "p99 ms"]
     head += [f"x {b}" for b in baselines]
     rows = [head]
     base = [results[b]["metrics"]["overall"][f"mrr@{k}"] for b in baselines]
@@ -222,6 +223,7 @@ def format_table(results: dict[str, dict[str, Any]], baselines: Sequence[str] = 
                 f"{ov['success@1']:.4f}", f"{ov[f'success@{k}']:.4f}", f"{ov['bleu@1']:.4f}",
                 "-" if results[name].get("coverage") is None
                 else f"{results[name]['coverage']:.4f}",
+                f"{ov[f'mrr_variants@{k}']:.4f}",
                 f"{lat['p50']:.3f}", f"{lat['p99']:.3f}"]
         row += [f"{ov[f'mrr@{k}'] / b:.3f}" if b else "-" for b in base]
         rows.append(row)

@@ -24,6 +24,19 @@ def _rank(candidates: Sequence[str], target: str, k: int) -> int:
     return 0
 
 
+def _variant_rank(candidates: Sequence[str], target: str, k: int) -> int:
+    """1-based rank of the first of the first ``k`` candidates that is ``target`` or a
+    near-duplicate of it (the same ``qac_variant_key``: spacing, punctuation, web
+    decorations, a plural s), 0 if none."""
+    from qac._kernel import variant_key
+
+    key = variant_key(target)
+    for i, c in enumerate(candidates[:k]):
+        if c == target or variant_key(c) == key:
+            return i + 1
+    return 0
+
+
 def reciprocal_rank(candidates: Sequence[str], target: str, k: int = 10) -> float:
     """1/rank of ``target`` if it is among the first ``k`` candidates, else 0."""
     r = _rank(candidates, target, k)
@@ -74,19 +87,27 @@ def sentence_bleu(candidate: str, reference: str, max_n: int = 4) -> float:
     return bp * math.exp(log_sum / max_n)
 
 
+#: accumulator cells per (prefix length, group)
+_CELLS = 6
+
+
 class CompletionMetrics:
     """Accumulates MRR@k, success@1, success@k and top-1 BLEU per prefix length and group.
 
     One :meth:`add` per (prefix, target) event. ``group`` tags the event (e.g. "seen"
     / "unseen" for whether the target occurred in training), or None for none.
     Figures in :meth:`summary` are means over events; ``count`` is the event count.
+    ``mrr_variants@k`` is MRR@k where a near-duplicate of the target (the variant
+    key qac collapses by: "woot.com" for "woot") counts as the target: what a list
+    that shows one variant of each group loses only by the exact-match rule.
     """
 
     def __init__(self, k: int = 10) -> None:
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}")
         self.k = k
-        # (prefix_len, group) -> [count, sum rr, sum success@1, sum success@k, sum bleu]
+        # (prefix_len, group) -> [count, sum rr, sum success@1, sum success@k, sum bleu,
+        # sum rr of the target or a near-duplicate]
         self._cells: dict[tuple[int, str | None], list[float]] = {}
 
     def add(self, prefix_len: int, group: str | None, candidates: Sequence[str],
@@ -97,12 +118,15 @@ class CompletionMetrics:
         r = _rank(candidates, target, self.k)
         cell = self._cells.get((prefix_len, group))
         if cell is None:
-            cell = self._cells[(prefix_len, group)] = [0.0] * 5
+            cell = self._cells[(prefix_len, group)] = [0.0] * _CELLS
         cell[0] += 1
         if r:
             cell[1] += 1.0 / r
             cell[2] += r == 1
             cell[3] += 1
+        rv = r if r == 1 else _variant_rank(candidates, target, self.k)
+        if rv:
+            cell[5] += 1.0 / rv
         if candidates:
             cell[4] += sentence_bleu(candidates[0], target)
 
@@ -111,7 +135,7 @@ class CompletionMetrics:
         if other.k != self.k:
             raise InputError(f"cannot merge metrics at k={other.k} into k={self.k}")
         for key, cell in other._cells.items():
-            mine = self._cells.setdefault(key, [0.0] * 5)
+            mine = self._cells.setdefault(key, [0.0] * _CELLS)
             for i, v in enumerate(cell):
                 mine[i] += v
 
@@ -120,7 +144,7 @@ class CompletionMetrics:
         return int(sum(c[0] for c in self._cells.values()))
 
     def _figures(self, cells: Iterable[list[float]]) -> dict[str, float]:
-        tot = [0.0] * 5
+        tot = [0.0] * _CELLS
         for cell in cells:
             for i, v in enumerate(cell):
                 tot[i] += v
@@ -132,14 +156,15 @@ class CompletionMetrics:
             "success@1": mean(tot[2]),
             f"success@{self.k}": mean(tot[3]),
             "bleu@1": mean(tot[4]),
+            f"mrr_variants@{self.k}": mean(tot[5]),
         }
 
     def summary(self) -> dict[str, Any]:
         """All figures: ``overall``, ``by_length`` {len: figs}, ``by_group`` {group: figs}
         and ``by_group_length`` {group: {len: figs}} (groups exclude None).
 
-        figs = {"count", "mrr@k", "success@1", "success@k", "bleu@1"}; means are NaN
-        when count is 0.
+        figs = {"count", "mrr@k", "success@1", "success@k", "bleu@1", "mrr_variants@k"};
+        means are NaN when count is 0.
         """
         lengths = sorted({length for length, _ in self._cells})
         groups = sorted({g for _, g in self._cells if g is not None})

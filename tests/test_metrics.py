@@ -62,14 +62,26 @@ def test_completion_metrics_summary() -> None:
     assert s["k"] == 10
     assert s["overall"] == pytest.approx({
         "count": 4, "mrr@10": 1.5 / 4, "success@1": 1 / 4, "success@10": 2 / 4,
-        "bleu@1": (0 + b + 1 + 0) / 4})
+        "bleu@1": (0 + b + 1 + 0) / 4, "mrr_variants@10": 1.5 / 4})
     assert s["by_length"][1] == pytest.approx({
-        "count": 2, "mrr@10": 0.25, "success@1": 0.0, "success@10": 0.5, "bleu@1": b / 2})
+        "count": 2, "mrr@10": 0.25, "success@1": 0.0, "success@10": 0.5, "bleu@1": b / 2,
+        "mrr_variants@10": 0.25})
     assert s["by_group"]["seen"]["mrr@10"] == pytest.approx(1.5 / 3)
     assert s["by_group"]["unseen"]["count"] == 1
     assert s["by_group_length"]["seen"][2]["success@1"] == 0.5
     assert list(s["by_group_length"]["unseen"]) == [1]
     json.dumps(s)  # reports are JSON
+
+
+def test_a_near_duplicate_of_the_target_counts_only_in_mrr_variants() -> None:
+    m = CompletionMetrics(k=10)
+    m.add(1, None, ["wood", "woot", "w"], "woot.com")       # "woot" is its variant: 1/2
+    m.add(1, None, ["woot.com", "woot"], "woot")            # exact at 2, a variant at 1
+    m.add(1, None, ["dress up", "dressup"], "dressup")      # exact at 2, a variant at 1
+    m.add(1, None, ["wood"], "woot")                        # not a variant: a miss
+    o = m.summary()["overall"]
+    assert o["mrr@10"] == pytest.approx((0 + 0.5 + 0.5 + 0) / 4)
+    assert o["mrr_variants@10"] == pytest.approx((0.5 + 1 + 1 + 0) / 4)
 
 
 def test_completion_metrics_k_and_merge() -> None:
