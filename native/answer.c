@@ -1302,7 +1302,7 @@ static int decoration(const unsigned char *w, size_t n) {
 uint64_t qac_variant_key(const char *text, size_t len) {
     const unsigned char *t = (const unsigned char *)(text ? text : "");
     uint64_t h = 1469598103934665603ULL;
-    size_t i = 0;
+    size_t i = 0, words = 0;
     while (i < len) {
         while (i < len && !(t[i] >= 0x80 || (t[i] >= '0' && t[i] <= '9') ||
                             (t[i] >= 'a' && t[i] <= 'z') || (t[i] >= 'A' && t[i] <= 'Z')))
@@ -1313,6 +1313,10 @@ uint64_t qac_variant_key(const char *text, size_t len) {
             i++;
         size_t n = i - a;
         if (n == 0 || decoration(t + a, n)) continue;
+        /* after the first word: a lone "s" is a possessive ("macy's", "macy s"), and
+         * "and" what "&" spells ("barnes & noble") */
+        if (words++ && ((n == 1 && t[a] == 's') || (n == 3 && memcmp(t + a, "and", 3) == 0)))
+            continue;
         if (n > 3 && t[a + n - 1] == 's' && t[a + n - 2] != 's' && t[a + n - 2] != 'u' &&
             t[a + n - 2] != 'i')
             n--;

@@ -210,10 +210,12 @@ typedef struct {
 
 /* The key that names a text's near-duplicates: its words (runs of letters and
  * digits; bytes of 0x80 and up count as letters) without "www", "http", "https",
- * "com", "net", "org", "html", "htm", each with a trailing "s" dropped (not after
- * "s", "u" or "i", nor from a word of 3 letters or fewer), joined with nothing, then
- * hashed. "woot" / "woot.com", "dress up" / "dressup", "yahoo groups" / "yahoo
- * group", "ebay com" / "ebay . com" share a key. */
+ * "com", "net", "org", "html", "htm", and after the first word without a lone "s"
+ * (a possessive) or "and" (what "&" spells), each with a trailing "s" dropped (not
+ * after "s", "u" or "i", nor from a word of 3 letters or fewer), joined with
+ * nothing, then hashed. "woot" / "woot.com", "dress up" / "dressup", "yahoo groups"
+ * / "yahoo group", "ebay com" / "ebay . com", "macys" / "macy's", "barnes & noble" /
+ * "barnes and noble" share a key. */
 uint64_t qac_variant_key(const char *text, size_t len);
 
 /* Wrap what a keystroke needs. The handle keeps the pointers (the caller keeps

@@ -170,10 +170,11 @@ _DECOR = {"www", "http", "https", "com", "net", "org", "html", "htm"}
 
 def near_key(text: str) -> str:
     """This benchmark's own near-duplicate key (independent of the kernel's): the
-    letters and digits, web decorations and a plural "s"/"es" dropped per word."""
-    out = []
+    letters and digits, web decorations and a plural "s"/"es" dropped per word, and
+    past the first word a possessive "s" ("macy's") and "and" ("barnes & noble")."""
+    out: list[str] = []
     for w in _NONWORD.split(text.lower()):
-        if not w or w in _DECOR:
+        if not w or w in _DECOR or (out and w in ("s", "and")):
             continue
         if len(w) > 4 and w.endswith("es") and w[-3] in "sxz":
             w = w[:-2]
