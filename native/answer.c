@@ -1386,6 +1386,14 @@ static inline int same_char(const char *a, const uint16_t *ai, size_t i, const c
     return na == nb && memcmp(a + ai[i], b + bi[j], na) == 0;
 }
 
+/* span k = [start, end) unless there is no run (end < 0) or no room; the new count */
+static size_t push_run(int32_t *sp, size_t k, int32_t start, int32_t end) {
+    if (end < 0 || k >= QAC_MAX_SPANS) return k;
+    sp[2 * k] = start;
+    sp[2 * k + 1] = end;
+    return k + 1;
+}
+
 /* Damerau (optimal string alignment) of the typed prefix p against a beginning of
  * text t, over code points, in a band of SPAN_BAND edits: the code points of t
  * equal to the typed ones they align with, as runs; returns the number of spans. */
@@ -1433,7 +1441,7 @@ static size_t align_spans(const char *p, size_t np, const char *t, size_t nt, in
             const int32_t at = (int32_t)(i - 1); /* kept: extend the run leftwards */
             if (run_start == at + 1) run_start = at;
             else {
-                if (run_end >= 0 && k < QAC_MAX_SPANS) { sp[2 * k] = run_start; sp[2 * k + 1] = run_end; k++; }
+                k = push_run(sp, k, run_start, run_end);
                 run_start = at;
                 run_end = at + 1;
             }
@@ -1450,7 +1458,7 @@ static size_t align_spans(const char *p, size_t np, const char *t, size_t nt, in
         }
     }
 #undef D
-    if (run_end >= 0 && k < QAC_MAX_SPANS) { sp[2 * k] = run_start; sp[2 * k + 1] = run_end; k++; }
+    k = push_run(sp, k, run_start, run_end);
     /* the runs came right to left */
     for (size_t a = 0, b = k ? k - 1 : 0; a < b; a++, b--) {
         int32_t x0 = sp[2 * a], x1 = sp[2 * a + 1];
