@@ -62,6 +62,8 @@ ACCENTS = {"a": "àáâä", "e": "éèêë", "i": "íìîï", "o": "óòôö", "
 
 def typo(p: str, rng: random.Random) -> str | None:
     """One edit of p, never to its first letter; None when none applies."""
+    if len(p) < 2:
+        return None
     for _ in range(20):
         i = rng.randrange(1, len(p))
         kind = rng.choice(("neighbour", "drop", "double", "swap"))
