@@ -12,7 +12,10 @@ history to be *personal*: it lives as long as its id does) a store keeps:
   write; when it is full, the least recently issued query is evicted first.
 
 :meth:`SessionStore.record` ``(session, query, time=None)`` adds a submitted query to
-both, atomically. :meth:`SessionStore.context` ``(session, prefix, n)`` returns a
+both, atomically; the session's last query again within
+:data:`~qac.history.REPEAT_SECONDS` is the same search and writes nothing (a retried
+submit counts once, as the logs training reads count it).
+:meth:`SessionStore.context` ``(session, prefix, n)`` returns a
 :class:`~qac.history.SessionContext` for one keystroke: the previous query, the recent
 list, and up to ``n`` history entries that START WITH the (normalized) prefix, most
 recently issued first (for the empty prefix: the ``n`` most recently issued). Only
