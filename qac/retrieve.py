@@ -52,11 +52,11 @@ def default_config(**overrides: Any) -> EngineConfig:
     """The retrieval engine configuration: word 1-2 + char 3-gram TF-IDF, B=16, Cp 2,
     label power 2, beam 15 (float16 weights). ``overrides`` replace any field; a
     ``train`` override replaces the whole TrainConfig."""
-    base: dict[str, Any] = {"train": DEFAULT_TRAIN, "beam": DEFAULT_BEAM,
-                            "label_power": DEFAULT_LABEL_POWER}
+    base: dict[str, Any] = {"blocks": DEFAULT_BLOCKS, "train": DEFAULT_TRAIN,
+                            "beam": DEFAULT_BEAM, "label_power": DEFAULT_LABEL_POWER}
     if "threads" in overrides and "train" not in overrides:
         base["train"] = replace(DEFAULT_TRAIN, threads=overrides["threads"])
-    return EngineConfig(blocks=DEFAULT_BLOCKS, **{**base, **overrides})
+    return EngineConfig(**{**base, **overrides})
 
 
 #: the longest item id (characters) a training file may hold

@@ -117,6 +117,14 @@ def test_saved_retriever_keeps_its_search_settings(model_dir: Path) -> None:
     assert default_config(beam=7).beam == 7 and default_config(threads=1).train.threads == 1
 
 
+def test_default_config_takes_any_field() -> None:
+    from qac.features import BlockConfig
+
+    chars = (BlockConfig(kind="char", ngram_range=(2, 4)),)
+    cfg = default_config(blocks=chars, threads=1)
+    assert cfg.blocks == chars and cfg.train.threads == 1 and cfg.beam == 15
+
+
 def test_a_format_1_directory_says_retrain(model_dir: Path, tmp_path: Path) -> None:
     import json
     import shutil
