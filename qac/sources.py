@@ -195,8 +195,11 @@ class Tables:
         return out
 
     def gen_session(self, p: str, prev: str, blocks: Blocks = None) -> list[tuple[str, int]]:
-        """The previous query extended by its popular endings, when the prefix agrees
-        with it; the previous query's words that complete the partial word."""
+        """Reformulations of the previous query: extended by its popular endings,
+        when the prefix agrees with it; its words that complete the partial word,
+        alone and with the rest of the previous query after them (unless that is the
+        previous query again); and, while the first word is typed, popular words that
+        complete it put before the previous query."""
         if not prev:
             return []
         out: list[tuple[str, int]] = []
@@ -208,10 +211,25 @@ class Tables:
         cut = p.rfind(" ") + 1
         head, part = p[:cut], p[cut:]
         if part:
-            for w in dict.fromkeys(prev.split(" ")):
-                if w.startswith(part) and w != part:
+            words = prev.split(" ")
+            seen: set[str] = set()
+            for i, w in enumerate(words):
+                if not w.startswith(part):
+                    continue
+                rest = head + " ".join(words[i:])
+                if i + 1 < len(words) and rest != prev:
+                    # a reformulation keeps the rest of the previous query: "family d"
+                    # after "drive-in stephens city va"
+                    out.append((rest, self.words.count(w)))
+                if w != part and w not in seen:
+                    seen.add(w)
                     out.append((head + w, self.words.count(w)))
                     out += [(head + e, c) for e, c in self._ends(w + " ", n)]
+            if not head:
+                # a word put before the previous query: "musician m..." after
+                # "myspace layouts" starts as "mu"
+                out += [(w + " " + prev, c) for w, c in self.words.top(part, self.config.words)
+                        if w not in words]
         if blocks is not None:
             out = [(t, c) for t, c in out if not blocks(t)]
         return out

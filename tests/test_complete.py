@@ -102,6 +102,27 @@ def test_empty_prefix_is_answered_by_the_same_pool(completer: Completer) -> None
     assert ("my own query", "history") in [(c.text, c.source) for c in mine]
 
 
+def test_a_reformulation_keeps_the_rest_of_the_previous_query() -> None:
+    """A word typed before or instead of the previous query's first words, then the
+    start of one of its words: the rest of the previous query is a candidate."""
+    from qac.sources import Tables
+
+    t = Tables.build({"drive-in movies": 3, "cheap city tours": 2, "city va": 2,
+                      "family fun": 2})
+    prev = "drive-in stephens city va"
+    made = [x for x, _ in t.gen_session("family d", prev)]
+    assert "family drive-in stephens city va" in made and "family drive-in" in made
+    assert "family city va" in [x for x, _ in t.gen_session("family c", prev)]
+    # the last word alone is the word completion, not one more candidate
+    assert [x for x, _ in t.gen_session("family v", prev)].count("family va") == 1
+    assert t.gen_session("family x", prev) == [] and t.gen_session("family d", "") == []
+    # the first word typed: a word put before the previous query, or its later words
+    assert "family drive-in stephens city va" in [x for x, _ in t.gen_session("fam", prev)]
+    assert "city va" in [x for x, _ in t.gen_session("ci", prev)]
+    # the rest is never the previous query again (a repeat is no new search)
+    assert prev not in [x for x, _ in t.gen_session("dr", prev)]
+
+
 def test_the_users_past_queries_are_candidates(completer: Completer) -> None:
     got = completer.complete("pla", k=10, history=[Past("planet earth", 3, NOW - 600)],
                              session=[("rose of jericho", NOW - 30)], now=NOW)
