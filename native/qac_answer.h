@@ -35,7 +35,7 @@
     X(IS_MODEL, "is_model", "made by the beam search")                               \
     X(IS_MPC, "is_mpc", "among the most popular completions of the prefix")          \
     X(IS_HISTORY, "is_history", "a past query of the user")                          \
-    X(IS_SESSION, "is_session", "the previous query extended, or its words")        \
+    X(IS_SESSION, "is_session", "a reformulation of the previous query")            \
     X(IS_SUFFIX, "is_suffix", "the prefix's last words replaced by a popular ending") \
     X(IS_WORD, "is_word", "the partial word completed (and extended)")               \
     X(MODEL_LOGSCORE, "model_logscore", "log of the engine score (-12 if not in the beam)") \

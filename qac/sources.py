@@ -198,8 +198,7 @@ class Tables:
         """Reformulations of the previous query: extended by its popular endings,
         when the prefix agrees with it; its words that complete the partial word,
         alone and with the rest of the previous query after them (unless that is the
-        previous query again); and, while the first word is typed, popular words that
-        complete it put before the previous query."""
+        previous query again)."""
         if not prev:
             return []
         out: list[tuple[str, int]] = []
@@ -225,11 +224,6 @@ class Tables:
                     seen.add(w)
                     out.append((head + w, self.words.count(w)))
                     out += [(head + e, c) for e, c in self._ends(w + " ", n)]
-            if not head:
-                # a word put before the previous query: "musician m..." after
-                # "myspace layouts" starts as "mu"
-                out += [(w + " " + prev, c) for w, c in self.words.top(part, self.config.words)
-                        if w not in words]
         if blocks is not None:
             out = [(t, c) for t, c in out if not blocks(t)]
         return out

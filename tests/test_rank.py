@@ -9,7 +9,7 @@ import pytest
 from qac import _kernel
 from qac.complete import LabelSet
 from qac.errors import InputError, ModelFormatError
-from qac.rank import FEATURES, SOURCES, Forest
+from qac.rank import FEATURES, MAX_TREES, SOURCES, Forest
 
 
 def _groups(rng: np.random.Generator, n: int = 300, size: int = 8
@@ -29,7 +29,8 @@ def test_fit_learns_and_flattening_matches_lightgbm() -> None:
     rng = np.random.default_rng(0)
     X, y, sizes = _groups(rng)
     forest = Forest.fit(X, y, sizes, threads=1)
-    assert forest.n_trees >= 1
+    assert 1 <= forest.n_trees <= MAX_TREES
+    assert 1 <= Forest.fit(X, y, sizes, threads=1, rounds=3).n_trees <= 3
     # the same trees as LightGBM's own predict
     booster = lgb.train({"objective": "lambdarank", "verbose": -1, "num_leaves": 7,
                          "min_data_in_leaf": 5, "deterministic": True, "num_threads": 1},
