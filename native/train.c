@@ -33,6 +33,7 @@ typedef struct {
     double *xsq;       /* [m] ||x||^2 + bias^2 */
     int64_t *pp;       /* [k+1] positives of local child c: pi[pp[c]:pp[c+1]] */
     int32_t *pi;       /* local instance ids */
+    float *pw;         /* NULL, or [pp[k]]: each positive's cost multiplier (see pos_cost) */
     /* chunk (phase 3) */
     size_t n_rows, n_ent;
     int32_t *row_feat; /* [n_rows] */
@@ -63,6 +64,7 @@ typedef struct {
     const int64_t *child_ptr;
     const int64_t *pos_ptr;
     const int32_t *pos_node;
+    const float *pos_cost;
     const int64_t *route_ptr;
     const int32_t *route_inst;
     size_t *node_parent; /* [n_nodes] */
@@ -118,9 +120,9 @@ static int cmp_u64(const void *a, const void *b) {
 }
 
 static void parent_free_local(parent_t *P) {
-    free(P->feat); free(P->xp); free(P->x); free(P->xsq);
+    free(P->feat); free(P->xp); free(P->x); free(P->xsq); free(P->pw);
     free(P->pp); free(P->pi);
-    P->feat = NULL; P->xp = NULL; P->x = NULL; P->xsq = NULL;
+    P->feat = NULL; P->xp = NULL; P->x = NULL; P->xsq = NULL; P->pw = NULL;
     P->pp = NULL; P->pi = NULL;
 }
 
@@ -189,14 +191,20 @@ static int build_parent(job_t *J, scratch_t *S, size_t p) {
     }
     for (size_t c = 0; c < k; c++) P->pp[c + 1] += P->pp[c];
     P->pi = malloc((P->pp[k] ? (size_t)P->pp[k] : 1) * sizeof(int32_t));
-    if (!P->pi || GROW(S, cnt, k)) { rc = QAC_E_NOMEM; goto out; }
+    if (J->pos_cost) P->pw = malloc((P->pp[k] ? (size_t)P->pp[k] : 1) * sizeof(float));
+    if (!P->pi || (J->pos_cost && !P->pw) || GROW(S, cnt, k)) { rc = QAC_E_NOMEM; goto out; }
     for (size_t c = 0; c < k; c++) S->cnt[c] = P->pp[c];
     for (size_t li = 0; li < m; li++) {
         int32_t i = J->route_inst[r0 + (int64_t)li];
         for (int64_t e = J->pos_ptr[i]; e < J->pos_ptr[i + 1]; e++) {
             int32_t c = J->pos_node[e];
-            /* a duplicate positive would be listed twice: harmless (y set twice) */
-            if (c >= c0 && c < c1) P->pi[S->cnt[c - c0]++] = (int32_t)li;
+            /* a duplicate positive is listed twice: y is set twice, its cost is the
+             * larger of the two */
+            if (c >= c0 && c < c1) {
+                int64_t at = S->cnt[c - c0]++;
+                P->pi[at] = (int32_t)li;
+                if (P->pw) P->pw[at] = J->pos_cost[e];
+            }
         }
     }
 out:
@@ -209,6 +217,7 @@ out:
 struct inst {
     double a0, a1;  /* l2svm: alpha, Q_ii; logreg: alpha, C - alpha */
     double xsq;     /* ||x||^2 incl. the bias feature */
+    double C;       /* this instance's cost: Cn, or Cp times its positive's multiplier */
     int64_t start;  /* row in parent_t.x */
     int32_t len;
     int32_t y;      /* +1 / -1 */
@@ -248,11 +257,11 @@ static void solve_l2svm(const parent_t *P, const qac_train_params_t *prm, scratc
     double *w = S->w;
     struct inst *st = S->st;
     int32_t *index = S->index;
-    double diag[3] = {0.5 / prm->Cn, 0, 0.5 / prm->Cp};
     double bias = prm->bias;
     for (size_t i = 0; i < l; i++) {
+        st[i].C = 0.5 / st[i].C;  /* from here on: the diagonal term 0.5/C */
         st[i].a0 = 0;
-        st[i].a1 = diag[st[i].y + 1] + st[i].xsq;
+        st[i].a1 = st[i].C + st[i].xsq;
         index[i] = (int32_t)i;
     }
     double pgmax_old = INFINITY, pgmin_old = -INFINITY;
@@ -268,7 +277,7 @@ static void solve_l2svm(const parent_t *P, const qac_train_params_t *prm, scratc
             struct inst *si = &st[index[s]];
             prefetch_ahead(x, st, index, s, active, w);
             double yi = si->y;
-            double g = yi * dot_row(x, si, w, w[nf] * bias) - 1 + si->a0 * diag[si->y + 1];
+            double g = yi * dot_row(x, si, w, w[nf] * bias) - 1 + si->a0 * si->C;
             double pg = 0;
             if (si->a0 == 0) {
                 if (g > pgmax_old) {
@@ -316,13 +325,12 @@ static void solve_logreg(const parent_t *P, const qac_train_params_t *prm, scrat
     double *w = S->w;
     struct inst *st = S->st;
     int32_t *index = S->index;
-    double ub[3] = {prm->Cn, 0, prm->Cp};
     double bias = prm->bias;
     const int max_inner = 100;
     double innereps = 1e-2;
     double innereps_min = prm->eps < 1e-8 ? prm->eps : 1e-8;
     for (size_t i = 0; i < l; i++) {
-        double C = ub[st[i].y + 1];
+        double C = st[i].C;
         st[i].a0 = 0.001 * C < 1e-8 ? 0.001 * C : 1e-8;
         st[i].a1 = C - st[i].a0;
         double d = st[i].y * st[i].a0;
@@ -341,7 +349,7 @@ static void solve_logreg(const parent_t *P, const qac_train_params_t *prm, scrat
         for (size_t s = 0; s < l; s++) {
             struct inst *si = &st[index[s]];
             prefetch_ahead(x, st, index, s, l, w);
-            double yi = si->y, C = ub[si->y + 1];
+            double yi = si->y, C = si->C;
             double a = si->xsq, b = yi * dot_row(x, si, w, w[nf] * bias);
             double *p1 = &si->a0, *p2 = &si->a1;
             double sign = 1;
@@ -392,8 +400,14 @@ static int solve_node(job_t *J, scratch_t *S, size_t c) {
         S->st[i].len = (int32_t)(P->xp[i + 1] - P->xp[i]);
         S->st[i].xsq = P->xsq[i];
         S->st[i].y = -1;
+        S->st[i].C = prm->Cn;
     }
-    for (int64_t e = P->pp[lc]; e < P->pp[lc + 1]; e++) S->st[P->pi[e]].y = 1;
+    for (int64_t e = P->pp[lc]; e < P->pp[lc + 1]; e++) {
+        struct inst *si = &S->st[P->pi[e]];
+        double C = prm->Cp * (P->pw ? (double)P->pw[e] : 1.0);
+        si->C = si->y == 1 && si->C > C ? si->C : C;
+        si->y = 1;
+    }
     uint64_t rng = prm->seed ^ (0xD1B54A32D192ED03ull * ((uint64_t)c + 1));
     (void)rng_next(&rng);
     if (m > 0) {
@@ -571,7 +585,8 @@ int qac_train_layer(const qac_train_params_t *params,
                     size_t n, size_t d, const int64_t *x_ptr, const int32_t *x_idx,
                     const float *x_val, size_t x_nnz,
                     size_t n_parents, const int64_t *child_ptr, size_t n_nodes,
-                    const int64_t *pos_ptr, const int32_t *pos_node, size_t pos_nnz,
+                    const int64_t *pos_ptr, const int32_t *pos_node, const float *pos_cost,
+                    size_t pos_nnz,
                     const int64_t *route_ptr, const int32_t *route_inst, size_t route_nnz,
                     int n_threads, qac_layer_t **out) {
     if (!out) return QAC_E_INPUT;
@@ -591,6 +606,9 @@ int qac_train_layer(const qac_train_params_t *params,
     if ((rc = check_csr(child_ptr, n_parents, n_nodes))) return rc;
     if ((rc = check_csr(pos_ptr, n, pos_nnz)) || (rc = check_ids(pos_node, pos_nnz, n_nodes)))
         return rc;
+    if (pos_cost)
+        for (size_t e = 0; e < pos_nnz; e++)
+            if (!(pos_cost[e] > 0) || !isfinite(pos_cost[e])) return QAC_E_INPUT;
     if ((rc = check_csr(route_ptr, n_parents, route_nnz)) ||
         (rc = check_ids(route_inst, route_nnz, n)))
         return rc;
@@ -623,7 +641,7 @@ int qac_train_layer(const qac_train_params_t *params,
     J->prm = params; J->n = n; J->d = d;
     J->x_ptr = x_ptr; J->x_idx = x_idx; J->x_val = x_val;
     J->n_parents = n_parents; J->n_nodes = n_nodes; J->child_ptr = child_ptr;
-    J->pos_ptr = pos_ptr; J->pos_node = pos_node;
+    J->pos_ptr = pos_ptr; J->pos_node = pos_node; J->pos_cost = pos_cost;
     J->route_ptr = route_ptr; J->route_inst = route_inst;
     J->par = h->par; J->bias = h->bias;
     atomic_init(&J->err, 0);

@@ -275,6 +275,7 @@ def train_layer(
     route_ptr: np.ndarray,
     route_inst: np.ndarray,
     *,
+    pos_cost: np.ndarray | None = None,
     solver: str,
     Cp: float,
     Cn: float,
@@ -291,7 +292,8 @@ def train_layer(
     (float32 weights; ``ent_child`` in the narrowest dtype the fan-out allows).
 
     X is CSR (x_ptr int64 [n+1], x_idx int32, x_val float32); pos_* is CSR instance ->
-    positive node ids at this layer; route_* is CSR parent -> instance ids (sorted).
+    positive node ids at this layer; ``pos_cost`` (None: all 1) multiplies Cp for each
+    positive; route_* is CSR parent -> instance ids (sorted).
     InputError when one parent's chunk would hold more than ``max_chunk_entries``.
     ``on_progress(done, total)``, if given, is called a few times a second from
     another thread while C trains, and once at the end with done == total (the units:
@@ -307,6 +309,11 @@ def train_layer(
     pos_node = as_c(pos_node, np.int32, "pos_node")
     route_ptr = as_c(route_ptr, np.int64, "route_ptr")
     route_inst = as_c(route_inst, np.int32, "route_inst")
+    if pos_cost is not None:
+        pos_cost = as_c(pos_cost, np.float32, "pos_cost")
+        if pos_cost.shape != pos_node.shape:
+            raise InputError(f"pos_cost {pos_cost.shape} and pos_node {pos_node.shape} "
+                             "differ in length")
     n = x_ptr.shape[0] - 1
     n_parents = child_ptr.shape[0] - 1
     if n < 0 or n_parents < 0:
@@ -334,7 +341,8 @@ def train_layer(
             n, n_features, ptr(x_ptr, "int64_t *"), ptr(x_idx, "int32_t *"),
             ptr(x_val, "float *"), x_idx.shape[0],
             n_parents, ptr(child_ptr, "int64_t *"), n_nodes,
-            ptr(pos_ptr, "int64_t *"), ptr(pos_node, "int32_t *"), pos_node.shape[0],
+            ptr(pos_ptr, "int64_t *"), ptr(pos_node, "int32_t *"),
+            ffi.NULL if pos_cost is None else ptr(pos_cost, "float *"), pos_node.shape[0],
             ptr(route_ptr, "int64_t *"), ptr(route_inst, "int32_t *"), route_inst.shape[0],
             threads, out,
         )

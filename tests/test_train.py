@@ -437,6 +437,49 @@ def test_kernel_rejects_bad_lengths_and_params() -> None:
         _kernel.train_layer(**args, **{**_OPTS, "Cp": -1.0})
     with pytest.raises(InputError):
         _kernel.train_layer(**args, **{**_OPTS, "max_iter": 0})
+    cost = np.ones(args["pos_node"].shape[0], np.float32)
+    with pytest.raises(InputError, match="pos_cost"):
+        _kernel.train_layer(**args, **_OPTS, pos_cost=cost[:-1])
+    for bad in (0.0, -1.0, np.nan, np.inf):
+        cost[-1] = bad
+        with pytest.raises(InputError):
+            _kernel.train_layer(**args, **_OPTS, pos_cost=cost)
+
+
+def test_positive_costs_of_one_train_the_same_model_and_more_cost_moves_it() -> None:
+    """pos_cost multiplies Cp per positive: all ones is the unweighted model bit for bit;
+    a higher cost on one instance's positive raises that node's score for it."""
+    args = _kernel_args()
+    plain = _kernel.train_layer(**args, **_OPTS)
+    ones = np.ones(args["pos_node"].shape[0], np.float32)
+    same = _kernel.train_layer(**args, **_OPTS, pos_cost=ones)
+    assert all(np.array_equal(same[k], v) for k, v in plain.items())
+    heavy = ones.copy()
+    heavy[0] = 8.0  # instance 0's first positive
+    moved = _kernel.train_layer(**args, **_OPTS, pos_cost=heavy)
+    node = int(args["pos_node"][0])
+    X = sp.csr_matrix((args["x_val"], args["x_idx"], args["x_ptr"]),
+                      shape=(50, args["n_features"]))
+    cp = [args["child_ptr"]]
+
+    def score(arrays: dict[str, np.ndarray]) -> float:
+        lw = LayerWeights.from_arrays(arrays)
+        W = np.zeros((X.shape[1], lw.n_nodes))
+        row_ptr, nodes = reference.unpack(lw, cp[0])
+        np.add.at(W, (np.repeat(lw.row_feat, np.diff(row_ptr)), nodes),
+                  lw.ent_val.astype(np.float64))
+        return float((X[0] @ W)[0, node] + lw.bias[node])
+
+    assert score(moved) > score(plain)
+
+
+def test_a_parent_keeps_the_largest_cost_of_its_labels() -> None:
+    ptr, col, w = train_mod._weighted_csr(np.array([0, 0, 1, 0]), np.array([1, 1, 0, 2]),
+                                          np.array([2.0, 5.0, 1.0, 3.0]), 2, 3)
+    assert ptr.tolist() == [0, 2, 3] and col.tolist() == [1, 2, 0]
+    assert w is not None and w.tolist() == [5.0, 3.0, 1.0]
+    with pytest.raises(InputError, match="relevance"):
+        TrainConfig(relevance="clicks")
 
 
 def test_empty_parents_and_no_instances() -> None:
@@ -545,7 +588,8 @@ def test_layer_export_checks_every_capacity() -> None:
     assert lib.qac_train_layer(
         p, 50, a["n_features"], ptr(a["x_ptr"], "int64_t *"), ptr(a["x_idx"], "int32_t *"),
         ptr(a["x_val"], "float *"), a["x_idx"].size, 1, ptr(np.array([0, 4]), "int64_t *"), 4,
-        ptr(a["pos_ptr"], "int64_t *"), ptr(a["pos_node"], "int32_t *"), a["pos_node"].size,
+        ptr(a["pos_ptr"], "int64_t *"), ptr(a["pos_node"], "int32_t *"), ffi.NULL,
+        a["pos_node"].size,
         ptr(a["route_ptr"], "int64_t *"), ptr(a["route_inst"], "int32_t *"), 50, 1, out) == 0
     h = ffi.gc(out[0], lib.qac_layer_free)
     sz = ffi.new("size_t[4]")

@@ -43,7 +43,8 @@ def _row_normalize(m: sp.spmatrix) -> sp.csr_matrix:
 def pifa(X: sp.spmatrix, Y: sp.spmatrix) -> sp.csr_matrix:
     """Positive-instance feature aggregation: one embedding per label.
 
-    X: (n, d) instance features, Y: (n, L) 0/1 labels (any sparse format).
+    X: (n, d) instance features, Y: (n, L) labels (any sparse format): 0/1, or weights
+    such as click counts, each instance then counting that many times for the label.
     Returns float32 csr (L, d) = row-L2-normalize(Y^T @ row-L2-normalize(X));
     a label with no instance gets an empty row.
     """

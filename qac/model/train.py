@@ -29,6 +29,13 @@ log = logging.getLogger(__name__)
 
 _SOLVERS = ("l2svm", "logreg")
 _NEGATIVES = ("tfn", "tfn+man")
+#: how a positive's value in Y (e.g. its click count) scales its cost Cp
+_RELEVANCE = {
+    "off": None,  # every positive costs Cp
+    "log": lambda v: 1.0 + np.log(np.maximum(v, 1.0)),
+    "sqrt": lambda v: np.sqrt(np.maximum(v, 1.0)),
+    "linear": lambda v: np.maximum(v, 1.0),
+}
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,10 @@ class TrainConfig:
     negatives: "tfn" or "tfn+man"; man_beam: beam width for matcher-aware negatives.
     seed: RNG seed of the coordinate permutations. threads: worker threads (<= 0 means 2).
     values: how weights are stored, "float16" (half the bytes; a layer with a weight
-    beyond float16's range keeps float32) or "float32".
+    beyond float16's range keeps float32) or "float32". relevance: how a positive's value
+    in Y (a click count, say) scales its cost: "off" (Cp for all; PECOS's default), "log"
+    (Cp * (1 + ln v)), "sqrt" or "linear"; values below 1 count as 1. A node above the
+    labels takes the largest multiplier of its labels.
     """
 
     solver: str = "l2svm"
@@ -57,6 +67,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     values: str = "float16"
+    relevance: str = "off"
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> InputError:
@@ -67,6 +78,8 @@ class TrainConfig:
             raise bad("solver", f"one of {_SOLVERS}")
         if self.negatives not in _NEGATIVES:
             raise bad("negatives", f"one of {_NEGATIVES}")
+        if self.relevance not in _RELEVANCE:
+            raise bad("relevance", f"one of {tuple(_RELEVANCE)}")
         if self.values not in VALUE_DTYPES:
             raise bad("values", f"one of {tuple(VALUE_DTYPES)}")
         for name, positive in (("Cp", 1), ("Cn", 1), ("eps", 1), ("bias", 0), ("threshold", 0)):
@@ -136,17 +149,33 @@ def _pairs_to_csr(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) 
     np.ndarray, np.ndarray
 ]:
     """Deduplicated CSR (ptr int64, sorted col ids int32) of the (row, col) pairs."""
-    key = np.unique(rows.astype(np.int64) * max(n_cols, 1) + cols.astype(np.int64))
+    ptr, col, _ = _weighted_csr(rows, cols, None, n_rows, n_cols)
+    return ptr, col
+
+
+def _weighted_csr(rows: np.ndarray, cols: np.ndarray, w: np.ndarray | None, n_rows: int,
+                  n_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Like :func:`_pairs_to_csr`, with each pair's largest weight (None: no weights)."""
+    key = rows.astype(np.int64) * max(n_cols, 1) + cols.astype(np.int64)
+    if w is None:
+        key, wk = np.unique(key), None
+    else:
+        order = np.lexsort((-w, key))  # by key, the largest weight first
+        key, w = key[order], w[order]
+        first = np.ones(key.shape[0], bool)
+        first[1:] = key[1:] != key[:-1]
+        key, wk = key[first], w[first].astype(np.float32)
     r = key // max(n_cols, 1)
     ptr = np.zeros(n_rows + 1, np.int64)
     np.cumsum(np.bincount(r, minlength=n_rows), out=ptr[1:])
-    return ptr, (key - r * max(n_cols, 1)).astype(np.int32)
+    return ptr, (key - r * max(n_cols, 1)).astype(np.int32), wk
 
 
 def _positive_pairs(
     Y: sp.csr_matrix, cps: list[np.ndarray], label_order: np.ndarray
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per layer 1..D: (instance, node) pairs of every positive node (with repeats)."""
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Per layer 1..D: (instance, node) pairs of every positive node (with repeats), and
+    the Y value of each pair's label (the same order in every layer)."""
     L = Y.shape[1]
     pos_of_label = np.empty(L, np.int64)
     pos_of_label[label_order] = np.arange(L, dtype=np.int64)
@@ -162,7 +191,7 @@ def _positive_pairs(
         node = parent[node]
         out.append((inst, node))
     out.reverse()
-    return out
+    return out, Y.data[keep]
 
 
 def _advance(bar: Any) -> Any:
@@ -197,7 +226,9 @@ def train_xlinear(
     n, d = X.shape
     x_ptr = X.indptr.astype(np.int64)
     D = len(cps)
-    pairs = _positive_pairs(Y, cps, lo)
+    pairs, values = _positive_pairs(Y, cps, lo)
+    scale = _RELEVANCE[config.relevance]
+    cost = None if scale is None else np.asarray(scale(values.astype(np.float64)))
     masks = list(layer_rows) if layer_rows is not None else [None] * D
     if len(masks) != D:
         raise InputError(f"layer_rows: {len(masks)} entries for a tree of depth {D}")
@@ -215,7 +246,7 @@ def train_xlinear(
         n_parents = cps[layer - 1].shape[0] - 1
         n_nodes = int(cps[layer - 1][-1])
         inst, node = pairs[layer - 1]
-        pos_ptr, pos_node = _pairs_to_csr(inst, node, n, n_nodes)
+        pos_ptr, pos_node, pos_cost = _weighted_csr(inst, node, cost, n, n_nodes)
         mask = masks[layer - 1]
         if layer == 1:
             route_inst = (np.arange(n, dtype=np.int32) if mask is None
@@ -242,7 +273,7 @@ def train_xlinear(
         try:
             arrays = _kernel.train_layer(
                 x_ptr, X.indices, X.data, d, cps[layer - 1], n_nodes,
-                pos_ptr, pos_node, route_ptr, route_inst,
+                pos_ptr, pos_node, route_ptr, route_inst, pos_cost=pos_cost,
                 solver=config.solver, Cp=float(config.Cp), Cn=float(config.Cn),
                 eps=float(config.eps), max_iter=int(config.max_iter), bias=float(config.bias),
                 threshold=float(config.threshold),
