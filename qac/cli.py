@@ -33,17 +33,24 @@ def _cache_dir() -> Path:
     return Path(base)
 
 
-def _engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _engine_overrides(args: argparse.Namespace,
+                      train: Any = None) -> dict[str, Any]:
+    """The engine fields the command line sets; ``train``: the mode's TrainConfig, whose
+    threads and seed the command line sets (default: TrainConfig's defaults)."""
+    from dataclasses import replace
+
     from qac.model.train import TrainConfig
 
-    return {
+    out = {
         "branching": args.branching,
         "max_leaf_size": args.max_leaf_size,
-        "beam": args.beam,
         "threads": args.threads,
         "seed": args.seed,
-        "train": TrainConfig(threads=args.threads, seed=args.seed),
+        "train": replace(train or TrainConfig(), threads=args.threads, seed=args.seed),
     }
+    if args.beam is not None:  # else the mode's own default
+        out["beam"] = args.beam
+    return out
 
 
 def _finite(obj: Any) -> Any:
@@ -230,7 +237,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieve_train(args: argparse.Namespace) -> int:
-    from qac.retrieve import Retriever, default_config, read_tsv
+    from qac.retrieve import DEFAULT_TRAIN, Retriever, default_config, read_tsv
 
     t0 = time.perf_counter()
     with _naming(args.pairs):
@@ -241,7 +248,8 @@ def cmd_retrieve_train(args: argparse.Namespace) -> int:
     else:
         items = None
     with _naming(args.pairs):
-        r = Retriever.train(pairs, items, default_config(**_engine_overrides(args)),
+        r = Retriever.train(pairs, items,
+                            default_config(**_engine_overrides(args, DEFAULT_TRAIN)),
                             progress=not args.quiet)
     out = r.save(args.out)
     print(f"trained on {len(pairs)} pairs, {len(r.items)} items in "
@@ -377,7 +385,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--branching", type=_positive, default=16, help="tree branching factor B")
     p.add_argument("--max-leaf-size", type=_positive, default=100,
                    help="labels per leaf cluster")
-    p.add_argument("--beam", type=_positive, default=10, help="beam width at query time")
+    p.add_argument("--beam", type=_positive,
+                   help="beam width at query time (default: completion 10, retrieval 15)")
     p.add_argument("--threads", type=_positive, default=2, help="worker threads for training")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the k-means trees and the solver")
@@ -484,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     ret = _command(sub, "retrieve", "query -> item retrieval").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     p = _command(ret, "train", "train a retrieval model")
-    p.add_argument("--pairs", required=True, help="TSV of item_id<TAB>query text")
+    p.add_argument("--pairs", required=True,
+                   help="TSV of item_id<TAB>query text, one line per click: a pair given N "
+                        "times costs more to miss (Cp x (1 + ln N))")
     p.add_argument("--items",
                    help="TSV of item_id<TAB>title; titles become training rows, so every "
                         "item can be retrieved (default: none)")

@@ -7,6 +7,7 @@ import pytest
 
 from qac import ModelFormatError, Retriever
 from qac.errors import InputError
+from qac.model.train import TrainConfig
 from qac.retrieve import default_config, read_tsv
 
 DATA = Path(__file__).resolve().parent.parent / "qac" / "data"
@@ -169,3 +170,40 @@ def test_read_tsv_drops_a_bom_and_reads_any_line_ending(tmp_path: Path, eol: str
 def test_an_item_id_with_a_newline_is_refused_at_training() -> None:
     with pytest.raises(InputError, match="without a newline"):
         Retriever.train([("a\nb", "red shoes")])
+
+
+@pytest.mark.parametrize("clicked", ["shoe-a", "shoe-b"])
+def test_a_pair_listed_more_often_ranks_its_item_higher(clicked: str) -> None:
+    """A pair given N times is N clicks: of a query's two items, the one clicked four
+    times comes first, whichever of the two it is (TrainConfig.relevance="log")."""
+    other = "shoe-b" if clicked == "shoe-a" else "shoe-a"
+    pairs = ([(clicked, "running shoes")] * 4 + [(other, "running shoes")]
+             + [("shoe-a", "trail shoes"), ("shoe-b", "road shoes"),
+                ("coat-c", "rain coat"), ("coat-c", "blue rain jacket"),
+                ("hose-d", "garden hose")])
+    got = Retriever.train(pairs, config=default_config(seed=1)).search("running shoes", k=2)
+    assert [i for i, _ in got] == [clicked, other]
+    assert got[0][1] > got[1][1]
+    # without click costs the two are a near tie, and the more-clicked one loses its lead
+    flat = Retriever.train(pairs, config=default_config(seed=1, train=TrainConfig(
+        Cp=2.0, relevance="off"))).search("running shoes", k=2)
+    assert {i for i, _ in flat} == {clicked, other}
+    lead = dict(got)[clicked] - dict(got)[other]
+    assert dict(flat)[clicked] - dict(flat)[other] < lead / 2
+
+
+def test_retrieve_train_cli_trains_the_retrieval_defaults(tmp_path: Path) -> None:
+    """`qac retrieve train` trains what default_config says (Cp 2, click costs, beam 15);
+    its --beam and --seed replace only those fields."""
+    from qac.cli import main
+
+    path = tmp_path / "pairs.tsv"
+    path.write_text("a\tred shoes\na\tred shoes\nb\tblue coat\nc\tgreen hose\n")
+    assert main(["retrieve", "train", "--quiet", "--pairs", str(path), "--out",
+                 str(tmp_path / "m")]) == 0
+    assert Retriever.load(tmp_path / "m").engine.config == default_config()
+    assert main(["retrieve", "train", "--quiet", "--pairs", str(path), "--out",
+                 str(tmp_path / "m2"), "--beam", "7", "--seed", "3"]) == 0
+    got = Retriever.load(tmp_path / "m2").engine.config
+    assert got == default_config(beam=7, seed=3, train=TrainConfig(Cp=2.0, relevance="log",
+                                                                   seed=3))
