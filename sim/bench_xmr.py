@@ -28,6 +28,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ if not AOL.exists():
     AOL = Path("/work/shared/data/aol")
 # QAC_SRC: run against another qac tree (e.g. an integration checkout); children inherit it.
 sys.path.insert(0, os.environ.get("QAC_SRC", str(ROOT)))
+
+
+_RELEVANCE = ("off", "log", "sqrt", "linear")
 
 
 def log(msg: str) -> None:
@@ -139,25 +143,54 @@ def _read_q2u(path: Path) -> list[tuple[str, list[str]]]:
     return rows
 
 
+def _click_counts(until: str = "2006-05-18") -> dict[tuple[str, str], int]:
+    """(normalized query, URL) -> clicks in the session log's rows before ``until``: the
+    rows query2url_train was made from (one row per click; query2url keeps only the set)."""
+    from collections import Counter
+
+    from qac.text import normalize
+
+    counts: Counter[tuple[str, str]] = Counter()
+    with gzip.open(AOL / "sessions" / "aol_top1000_sessions_dev.tsv.gz", "rt",
+                   encoding="utf-8", errors="replace") as f:
+        next(f)  # header
+        for line in f:
+            row = line.rstrip("\n").split("\t")
+            if len(row) < 5 or not row[4] or row[3] >= until:
+                continue
+            q = normalize(row[2][:1024])
+            for u in row[4].split("|"):
+                if u:
+                    counts[q, u] += 1
+    return counts
+
+
 def build_aol(data: Path) -> dict[str, Any]:
-    """AOL query -> clicked URL: train queries + one title instance per URL."""
+    """AOL query -> clicked URL: train queries + one title instance per URL. Besides Y,
+    ``R_trn.npz`` holds each training pair's click count (a title's pair: 1)."""
     trn = _read_q2u(AOL / "query2url" / "query2url_train.tsv.gz")
     val = _read_q2u(AOL / "query2url" / "query2url_valid.tsv.gz")
     labels = sorted({u for _, us in trn for u in us})
     lid = {u: i for i, u in enumerate(labels)}
-    texts, rows, cols = [], [], []
+    clicks = _click_counts()
+    texts, rows, cols, vals = [], [], [], []
     for q, us in trn:
-        for u in us:
+        for u in dict.fromkeys(us):
             rows.append(len(texts))
             cols.append(lid[u])
+            vals.append(max(clicks.get((q, u), 1), 1))
         texts.append(q)
-    n_q = len(texts)
+    n_q, n_clicks = len(texts), sum(vals)
     for u in labels:
         t = url_title(u)
         if t:
             rows.append(len(texts))
             cols.append(lid[u])
+            vals.append(1)
             texts.append(t)
+    R_trn = smat.csr_matrix((np.asarray(vals, np.float32), (rows, cols)),
+                            shape=(len(texts), len(labels)))
+    smat.save_npz(data / "R_trn.npz", R_trn)
     Y_trn = smat.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
                             shape=(len(texts), len(labels)))
     tst_texts, trows, tcols, dropped = [], [], [], 0
@@ -174,6 +207,7 @@ def build_aol(data: Path) -> dict[str, Any]:
                             shape=(len(tst_texts), len(labels)))
     _save_texts(data, texts, tst_texts, Y_trn, Y_tst)
     return {"n_train_queries": n_q, "n_title_instances": len(texts) - n_q,
+            "n_train_clicks": int(n_clicks),
             "n_labels": len(labels), "n_test": len(tst_texts),
             "n_valid_rows_dropped_no_known_url": dropped,
             "eval_rows": "valid queries with >= 1 clicked URL seen in train; "
@@ -355,8 +389,12 @@ def qac_train(a: argparse.Namespace) -> None:
 
     data, mdir = Path(a.data), Path(a.model)
     texts = _texts(data, "train_texts.txt")
-    Y = smat.load_npz(data / "Y_trn.npz").tocsr()
     config = default_config(threads=a.threads)
+    if a.relevance != "off":  # the click counts, each positive's cost scaled so
+        config = replace(config, train=replace(config.train, relevance=a.relevance))
+        Y = smat.load_npz(data / "R_trn.npz").tocsr()
+    else:  # the URL sets: every pair one click, so the cost of each is Cp, as PECOS's
+        Y = smat.load_npz(data / "Y_trn.npz").tocsr()
     log(f"qac train: {len(texts)} texts, {Y.shape[1]} labels, config {config.to_dict()}")
     t0, c0 = time.perf_counter(), time.process_time()
     engine = Engine.fit(texts, Y, config)
@@ -445,7 +483,11 @@ def stage_ok(path: Path, a: argparse.Namespace) -> bool:
 
 
 def run(a: argparse.Namespace) -> None:
+    if a.relevance != "off" and a.task != "aol":
+        raise SystemExit("--relevance needs click counts: only --task aol has them")
     name = a.name or (a.task if a.task == "aol" else f"synth-{a.scale:g}")
+    if a.relevance != "off" and not a.name:
+        name += f"-clicks-{a.relevance}"
     out_dir = ROOT / "bench-out" / name
     data = out_dir / "data"
     only = set(a.only.split(",")) if a.only else None
@@ -468,7 +510,7 @@ def run(a: argparse.Namespace) -> None:
     res.update({"task": name, "meta": meta, "machine": {"nproc": os.cpu_count()},
                 "settings": {"beam": a.beam, "topk": a.topk, "threads_train": a.threads,
                              "threads_batch": a.threads, "threads_latency": 1,
-                             "B": meta.get("branching"),
+                             "B": meta.get("branching"), "relevance": a.relevance,
                              "max_leaf_size": meta.get("max_leaf_size")}})
     systems: dict[str, Any] = {}  # rebuilt from the stage files every run
     res["systems"] = systems
@@ -480,12 +522,13 @@ def run(a: argparse.Namespace) -> None:
     qac_cmd = [sys.executable, str(SIM / "bench_xmr.py")]
     text_model = a.pecos_text_model if a.pecos_text_model != "auto" else (
         "own" if meta.get("features") != "pecos" and a.task == "aol" else "no")
+    rel = ["--relevance", a.relevance]
     steps.append(("pecos", "train", pecos_cmd + ["train", "--model", str(out_dir / "pecos-model")]
-                  + (["--text-model"] if text_model == "own" else [])))
+                  + (["--text-model"] if text_model == "own" else []) + rel))
     steps.append(("pecos", "eval", pecos_cmd + ["eval", "--model", str(out_dir / "pecos-model")]
                   + ev))
     steps.append(("qac", "train", qac_cmd + ["qac-side", "train", "--model",
-                                             str(out_dir / "qac-model")]))
+                                             str(out_dir / "qac-model")] + rel))
     steps.append(("qac", "eval", qac_cmd + ["qac-side", "eval", "--model",
                                             str(out_dir / "qac-model")] + ev))
     for system, step, cmd in steps:
@@ -590,6 +633,11 @@ def table(res: dict[str, Any]) -> str:
             f"{st.get('features', 0):.1f}s + tree {st.get('tree', 0):.1f}s + rankers "
             f"{st.get('rankers', 0):.1f}s; model size = the whole model directory "
             "(features, tree, weights)")
+    rel = res["settings"].get("relevance", "off")
+    if rel != "off":
+        notes.append(f"click counts ({meta.get('n_train_clicks')} clicks in the session log's "
+                     f"training rows) as positive costs, {rel}: libpecos R (rel_mode induce), "
+                     "qac TrainConfig.relevance")
     notes.append(f"quality over {g('pecos', 'quality', 'n') or g('qac', 'quality', 'n')} "
                  "test rows")
     if meta.get("task") == "aol":
@@ -631,6 +679,9 @@ def main() -> None:
                    help="train PECOS a 2nd model on its own tfidf for text-in latency")
     p.add_argument("--only", help="comma list of stages: pecos-train,pecos-eval,qac-train,"
                                   "qac-eval (prepare always runs if missing)")
+    p.add_argument("--relevance", choices=_RELEVANCE, default="off",
+                   help="aol: both systems weigh each training pair's cost by its click count "
+                        "(PECOS: R with rel_mode induce; qac: TrainConfig.relevance)")
     p.add_argument("--skip-pecos", action="store_true")
     p.add_argument("--skip-qac", action="store_true")
     p.add_argument("--force", action="store_true", help="redo stages whose output exists")
@@ -648,6 +699,7 @@ def main() -> None:
     q.add_argument("--topk", type=int, default=10)
     q.add_argument("--latency-sample", type=int, default=5000)
     q.add_argument("--warmup", type=int, default=200)
+    q.add_argument("--relevance", choices=_RELEVANCE, default="off")
     a = ap.parse_args()
     if a.cmd == "run":
         run(a)

@@ -139,13 +139,29 @@ def cmd_index(a: argparse.Namespace) -> None:
     write_json(a.out, {"seconds": secs, "layer_sizes": sizes})
 
 
-def _train(X, Y, chain, threads: int):  # noqa: ANN001, ANN202
+def _relevance(data: str, mode: str):  # noqa: ANN202
+    """PECOS's cost-sensitive input: R with Y's pattern, each positive's cost multiplier
+    from its click count (``R_trn.npz``), the same function of the count qac uses."""
+    if mode == "off":
+        return None
+    R = load_csr(os.path.join(data, "R_trn.npz"))
+    c = np.maximum(R.data.astype(np.float64), 1.0)
+    R.data = {"log": 1.0 + np.log(c), "sqrt": np.sqrt(c), "linear": c}[mode].astype(np.float32)
+    return R.tocsc()
+
+
+def _train(X, Y, chain, threads: int, R=None):  # noqa: ANN001, ANN202
     from pecos.xmc.xlinear.model import XLinearModel
 
     return XLinearModel.train(
         X,
         Y.tocsc(),
         C=chain,
+        R=R,
+        # with R: PECOS's cost-sensitive learning, parents' relevance summed from their
+        # labels' ("induce")
+        rel_mode="disable" if R is None else "induce",
+        rel_norm="no-norm",
         threads=threads,
         # PECOS defaults, spelled out so the output records them.
         solver_type="L2R_L2LOSS_SVC_DUAL",
@@ -163,7 +179,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     chain = load_chain(a.data)
     log(f"train: X {X.shape} nnz {X.nnz}, Y {Y.shape}, layers {[c.shape[0] for c in chain]}")
     t0, c0 = time.perf_counter(), time.process_time()
-    model = _train(X, Y, chain, a.threads)
+    R = _relevance(a.data, a.relevance)
+    model = _train(X, Y, chain, a.threads, R)
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     log(f"trained in {secs:.1f}s ({cpu:.1f}s CPU)")
     shutil.rmtree(a.model, ignore_errors=True)
@@ -175,7 +192,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         "model_bytes": du_bytes(a.model),
         "threads": a.threads,
         "params": {"solver": "L2R_L2LOSS_SVC_DUAL", "Cp": 1.0, "Cn": 1.0, "threshold": 0.1,
-                   "bias": 1.0, "neg": "tfn"},
+                   "bias": 1.0, "neg": "tfn", "relevance": a.relevance},
     }
     if a.text_model:
         # PECOS end to end with its own features: needed for an honest text-in latency
@@ -187,7 +204,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         Xo = vec.predict(trn, threads=a.threads).astype(np.float32).tocsr()
         vsecs = time.perf_counter() - t0
         t0 = time.perf_counter()
-        m2 = _train(Xo, Y, chain, a.threads)
+        m2 = _train(Xo, Y, chain, a.threads, R)
         secs2 = time.perf_counter() - t0
         tdir = a.model + "-text"
         shutil.rmtree(tdir, ignore_errors=True)
@@ -313,6 +330,8 @@ def main() -> None:
             p.add_argument("--model", required=True)
         if name == "train":
             p.add_argument("--text-model", action="store_true")
+            p.add_argument("--relevance", choices=("off", "log", "sqrt", "linear"),
+                           default="off", help="click counts as positive costs (R_trn.npz)")
         if name == "eval":
             p.add_argument("--beam", type=int, default=10)
             p.add_argument("--topk", type=int, default=10)
