@@ -28,10 +28,11 @@ typedef struct qac_layer qac_layer_t;
 /* Train the rankers of one tree layer (every child of every parent).
  * X: CSR n x d (x_ptr[n+1], x_idx/x_val[x_nnz]). child_ptr[n_parents+1] with
  * child_ptr[0] == 0 and child_ptr[n_parents] == n_nodes. pos_ptr[n+1]/pos_node[pos_nnz]:
- * each instance's positive nodes at this layer; pos_cost: NULL, or [pos_nnz] finite
- * multipliers > 0 of Cp for each positive (cost-sensitive learning: a query's more-clicked
- * items cost more to miss; a positive listed twice costs the larger). route_ptr[n_parents+1]/route_inst[route_nnz]:
- * the instances (strictly increasing) whose training set includes parent p's children.
+ * each instance's positive nodes at this layer. pos_cost: NULL, or [pos_nnz] finite
+ * multipliers > 0 of Cp, one per positive (cost-sensitive learning: a query's more-clicked
+ * items cost more to miss; a positive listed twice costs the larger).
+ * route_ptr[n_parents+1]/route_inst[route_nnz]: the instances (strictly increasing) whose
+ * training set includes parent p's children.
  * On success *out is a handle to free with qac_layer_free. */
 int qac_train_layer(const qac_train_params_t *params,
                     size_t n, size_t d, const int64_t *x_ptr, const int32_t *x_idx,

@@ -217,7 +217,7 @@ out:
 struct inst {
     double a0, a1;  /* l2svm: alpha, Q_ii; logreg: alpha, C - alpha */
     double xsq;     /* ||x||^2 incl. the bias feature */
-    double C;       /* this instance's cost: Cn, or Cp times its positive's multiplier */
+    double C;       /* cost: Cn, or Cp times the positive's multiplier (l2svm: then 0.5/C) */
     int64_t start;  /* row in parent_t.x */
     int32_t len;
     int32_t y;      /* +1 / -1 */
