@@ -237,6 +237,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_retrieve_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from qac.retrieve import DEFAULT_TRAIN, Retriever, default_config, read_tsv
 
     t0 = time.perf_counter()
@@ -248,8 +250,8 @@ def cmd_retrieve_train(args: argparse.Namespace) -> int:
     else:
         items = None
     with _naming(args.pairs):
-        r = Retriever.train(pairs, items,
-                            default_config(**_engine_overrides(args, DEFAULT_TRAIN)),
+        train = replace(DEFAULT_TRAIN, relevance=args.relevance)
+        r = Retriever.train(pairs, items, default_config(**_engine_overrides(args, train)),
                             progress=not args.quiet)
     out = r.save(args.out)
     print(f"trained on {len(pairs)} pairs, {len(r.items)} items in "
@@ -400,6 +402,7 @@ def _add_json(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from qac.evaluate import DEFAULT_HISTORY
+    from qac.model.train import RELEVANCE
     from qac.sources import GENERATORS
 
     ap = argparse.ArgumentParser(prog="qac", description=__doc__, formatter_class=_Help)
@@ -500,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TSV of item_id<TAB>title; titles become training rows, so every "
                         "item can be retrieved (default: none)")
     p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--relevance", choices=tuple(RELEVANCE), default="log",
+                   help="how a pair's click count N scales its cost: log (1 + ln N), sqrt, "
+                        "linear, or off (every pair costs the same)")
     _add_engine_args(p)
     p.set_defaults(func=cmd_retrieve_train)
 

@@ -207,3 +207,7 @@ def test_retrieve_train_cli_trains_the_retrieval_defaults(tmp_path: Path) -> Non
     got = Retriever.load(tmp_path / "m2").engine.config
     assert got == default_config(beam=7, seed=3, train=TrainConfig(Cp=2.0, relevance="log",
                                                                    seed=3))
+    assert main(["retrieve", "train", "--quiet", "--pairs", str(path), "--out",
+                 str(tmp_path / "m3"), "--relevance", "off"]) == 0
+    got = Retriever.load(tmp_path / "m3").engine.config
+    assert got == default_config(train=TrainConfig(Cp=2.0, relevance="off"))

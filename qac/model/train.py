@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 _SOLVERS = ("l2svm", "logreg")
 _NEGATIVES = ("tfn", "tfn+man")
 #: how a positive's value in Y (e.g. its click count) scales its cost Cp
-_RELEVANCE = {
+RELEVANCE = {
     "off": None,  # every positive costs Cp
     "log": lambda v: 1.0 + np.log(np.maximum(v, 1.0)),
     "sqrt": lambda v: np.sqrt(np.maximum(v, 1.0)),
@@ -78,8 +78,8 @@ class TrainConfig:
             raise bad("solver", f"one of {_SOLVERS}")
         if self.negatives not in _NEGATIVES:
             raise bad("negatives", f"one of {_NEGATIVES}")
-        if self.relevance not in _RELEVANCE:
-            raise bad("relevance", f"one of {tuple(_RELEVANCE)}")
+        if self.relevance not in RELEVANCE:
+            raise bad("relevance", f"one of {tuple(RELEVANCE)}")
         if self.values not in VALUE_DTYPES:
             raise bad("values", f"one of {tuple(VALUE_DTYPES)}")
         for name, positive in (("Cp", 1), ("Cn", 1), ("eps", 1), ("bias", 0), ("threshold", 0)):
@@ -227,7 +227,7 @@ def train_xlinear(
     x_ptr = X.indptr.astype(np.int64)
     D = len(cps)
     pairs, values = _positive_pairs(Y, cps, lo)
-    scale = _RELEVANCE[config.relevance]
+    scale = RELEVANCE[config.relevance]
     cost = None if scale is None else np.asarray(scale(values.astype(np.float64)))
     masks = list(layer_rows) if layer_rows is not None else [None] * D
     if len(masks) != D:
