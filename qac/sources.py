@@ -7,7 +7,9 @@ Every keystroke's pool (see :mod:`qac.complete`) is fed by:
 * ``history``: the user's past queries that start with the prefix (in C, from the
   context the session store hands over);
 * ``session``: the previous query, when the prefix agrees with it, extended by its
-  popular endings; and the previous query's words that complete the partial word;
+  popular endings; the previous query's words that complete the partial word; and,
+  when the words typed so far are its first ones, its next word swapped for a
+  completion of the partial one;
 * ``suffix`` (rare prefixes): the prefix's last one to three words (the last one
   partial) replaced by popular query endings that start with them;
 * ``word`` (rare prefixes): the partial last word completed from a word table, and
@@ -44,6 +46,11 @@ MPC, HISTORY, SESSION, SUFFIX, WORD = (SOURCES.index(s) for s in
                                         ("mpc", "history", "session", "suffix", "word"))
 
 Blocks = Callable[[str], bool] | None
+
+#: characters of a first word typed before the session source swaps it into the
+#: previous query ("yose" after "yellowstone national park"); fewer are too little
+#: evidence ("pl" after "game console" is no "pleasure console")
+SWAP_FIRST = 4
 
 
 @dataclass(frozen=True)
@@ -198,7 +205,8 @@ class Tables:
         """Reformulations of the previous query: extended by its popular endings,
         when the prefix agrees with it; its words that complete the partial word,
         alone and with the rest of the previous query after them (unless that is the
-        previous query again)."""
+        previous query again); and, when the words typed so far are its first ones,
+        its next word swapped for a popular completion of the partial one."""
         if not prev:
             return []
         out: list[tuple[str, int]] = []
@@ -224,6 +232,15 @@ class Tables:
                     seen.add(w)
                     out.append((head + w, self.words.count(w)))
                     out += [(head + e, c) for e, c in self._ends(w + " ", n)]
+            j = head.count(" ")
+            if (j + 1 < len(words) and len(part) >= (self.config.min_tail if j else SWAP_FIRST)
+                    and head == " ".join(words[:j]) + " " * (j > 0)):
+                # a reformulation that swaps one word: the words typed so far are the
+                # previous query's first ones and the partial word replaces the next
+                # ("hack my" after "hack user accounts": "hack myspace accounts")
+                rest = " " + " ".join(words[j + 1:])
+                out += [(head + w + rest, c) for w, c in self.words.top(part, self.config.words)
+                        if w != words[j]]
         if blocks is not None:
             out = [(t, c) for t, c in out if not blocks(t)]
         return out

@@ -124,6 +124,29 @@ def test_a_reformulation_keeps_the_rest_of_the_previous_query() -> None:
     assert prev not in [x for x, _ in t.gen_session("dr", prev)]
 
 
+def test_a_reformulation_swaps_the_word_being_typed() -> None:
+    """The words typed so far are the previous query's first ones: the partial word,
+    completed from the word table, replaces the previous query's next word and the
+    rest is kept ("hack my" after "hack user accounts")."""
+    from qac.sources import Tables
+
+    t = Tables.build({"myspace layouts": 5, "mystery novels": 2, "hack user": 2,
+                      "user guide": 2})
+    prev = "hack user accounts"
+    made = [x for x, _ in t.gen_session("hack my", prev)]
+    assert "hack myspace accounts" in made and "hack mystery accounts" in made
+    # the first word swapped, once enough of it is typed to go by
+    assert "myspace user accounts" in [x for x, _ in t.gen_session("mysp", prev)]
+    assert not any(x.endswith(" user accounts") for x, _ in t.gen_session("mys", prev))
+    # not when the typed words differ from the previous query's, nor for its last
+    # word (that is a plain word completion), nor from one typed letter
+    assert not any(x.endswith(" accounts") for x, _ in t.gen_session("crack my", prev))
+    assert "hack user myspace" not in [x for x, _ in t.gen_session("hack user my", prev)]
+    assert not any(x.endswith(" accounts") for x, _ in t.gen_session("hack m", prev))
+    # the previous query's own word is no swap, so never the previous query again
+    assert prev not in [x for x, _ in t.gen_session("hack us", prev)]
+
+
 def test_the_users_past_queries_are_candidates(completer: Completer) -> None:
     got = completer.complete("pla", k=10, history=[Past("planet earth", 3, NOW - 600)],
                              session=[("rose of jericho", NOW - 30)], now=NOW)
