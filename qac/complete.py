@@ -133,7 +133,7 @@ class CompleterConfig:
     fit_lengths:     prefix lengths of the keystrokes it is fitted on.
     fit_no_context:  share of those keystrokes asked once more with no context at
                      all (no previous query, no history): how the ranker learns the
-                     keystrokes of a visitor without a session.
+                     keystrokes of a visitor without a session (default: every one).
     min_fit:         fewer fitting keystrokes than this (with the submitted query in
                      their pool): the forest shipped with qac is used instead.
     recent_days:     a label's "recent" count is its count in the last this many days
@@ -158,7 +158,7 @@ class CompleterConfig:
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     fit_days: float = 7.0
     fit_lengths: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 8, 10)
-    fit_no_context: float = 0.5
+    fit_no_context: float = 1.0
     min_fit: int = 2000
     recent_days: float = 7.0
     collapse: bool = True
