@@ -6,10 +6,16 @@ N times costs more to miss (cost-sensitive learning, ``TrainConfig.relevance``).
 titles, when given, are added as instances too, so every item of the catalogue
 can be retrieved even if no query led to it yet. Item ids are kept in a
 marisa-trie; an item's label id is its key id in that trie.
+
+A query nobody gave in training that is a near-duplicate of a training query or item
+title ("www.ebay.com" of "ebay", "dress up" of "dressup", "yahoo group" of "yahoo
+groups": the completer's ``qac_variant_key``) is answered with that text's items
+first, most clicked first (:class:`KnownVariants`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -23,6 +29,7 @@ import marisa_trie
 import numpy as np
 import scipy.sparse as sp
 
+from qac._kernel import variant_key
 from qac.engine import Engine, EngineConfig
 from qac.errors import InputError, ModelFormatError
 from qac.features import BlockConfig
@@ -93,6 +100,132 @@ def read_tsv(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     return rows
 
 
+#: the most items a known variant answers with, ahead of the engine's
+VARIANT_ITEMS = 10
+#: the key of a text with no word left once decorations are dropped ("www com"): none
+_NO_KEY = variant_key("")
+
+
+def text_hash(text: str) -> int:
+    """A stable 64-bit hash of a normalized text (which texts training saw)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"),
+                                          digest_size=8).digest(), "little")
+
+
+@dataclass(frozen=True)
+class KnownVariants:
+    """The items of the training texts (queries and item titles), by near-duplicate key.
+
+    A query whose own text was not in training, but a near-duplicate of one was
+    ("google com" and the title "google"; ``qac._kernel.variant_key``: spacing,
+    punctuation, web decorations, plural "s"), is answered with the items of those
+    texts first, most clicked first; the engine's answers follow. A query seen in
+    training gets the engine's answers alone (it was trained on that very text).
+
+    keys:   uint64 [n], sorted variant keys of the training texts.
+    starts: int32 [n + 1]; key i's items are items[starts[i]:starts[i + 1]].
+    items:  int32, label ids, most clicked first (at most :data:`VARIANT_ITEMS`).
+    shares: float16, each item's share of its key's clicks (the score is 1 + share,
+            above any engine score, which is at most 1).
+    seen:   uint64, sorted :func:`text_hash` of the training texts.
+    """
+
+    keys: np.ndarray
+    starts: np.ndarray
+    items: np.ndarray
+    shares: np.ndarray
+    seen: np.ndarray
+
+    @classmethod
+    def build(cls, texts: Sequence[str], Y: sp.csr_matrix,
+              top: int = VARIANT_ITEMS) -> KnownVariants:
+        """From the training texts and their label rows (values: click counts)."""
+        if len(texts) != Y.shape[0]:
+            raise InputError(f"KnownVariants: {len(texts)} texts, {Y.shape[0]} label rows")
+        keys = np.fromiter((variant_key(t) for t in texts), dtype=np.uint64, count=len(texts))
+        seen = np.unique(np.fromiter((text_hash(t) for t in texts), dtype=np.uint64,
+                                     count=len(texts)))
+        rows = np.flatnonzero(keys != np.uint64(_NO_KEY))
+        uniq, inv = np.unique(keys[rows], return_inverse=True)
+        # the clicks of each key's texts, summed per item
+        K = sp.csr_matrix((np.ones(len(rows)), (inv, rows)), shape=(len(uniq), len(texts)))
+        S = (K @ sp.csr_matrix(Y, dtype=np.float64)).tocsr()
+        S.sum_duplicates()
+        row = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
+        order = np.lexsort((S.indices, -S.data, row))  # per key: most clicked, then id
+        rank = np.arange(len(order)) - S.indptr[row[order]]
+        keep = order[rank < top]
+        if len(keep) >= 2**31:
+            raise InputError(f"KnownVariants: {len(keep)} items, more than int32 offsets hold")
+        kept_row = row[keep]
+        starts = np.zeros(len(uniq) + 1, dtype=np.int32)
+        np.cumsum(np.bincount(kept_row, minlength=len(uniq)), out=starts[1:])
+        total = np.asarray(S.sum(axis=1)).ravel()
+        shares = S.data[keep] / np.maximum(total[kept_row], 1e-30)
+        return cls(uniq.astype(np.uint64), starts, S.indices[keep].astype(np.int32),
+                   shares.astype(np.float16), seen)
+
+    def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """The arrays to save, each name after ``prefix``."""
+        return {prefix + k: getattr(self, k)
+                for k in ("keys", "starts", "items", "shares", "seen")}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], n_labels: int) -> KnownVariants:
+        """From :meth:`arrays` as saved; every length, order and id checked."""
+        dtypes = {"keys": np.uint64, "starts": np.int32, "items": np.int32,
+                  "shares": np.float16, "seen": np.uint64}
+        got = {}
+        for name, dtype in dtypes.items():
+            a = arrays.get(name)
+            if a is None or a.ndim != 1 or a.dtype != dtype:
+                raise ModelFormatError(f"variants.{name}: a 1-d {np.dtype(dtype).name} "
+                                       "array needed")
+            got[name] = a
+        keys, starts, items = got["keys"], got["starts"], got["items"]
+        if len(starts) != len(keys) + 1 or (len(starts) and (
+                starts[0] != 0 or starts[-1] != len(items) or (np.diff(starts) < 0).any())):
+            raise ModelFormatError("variants.starts: not the offsets of variants.items")
+        shares = got["shares"]
+        if len(shares) != len(items) or not ((shares >= 0) & (shares <= 1)).all():
+            raise ModelFormatError("variants.shares: not one share in [0, 1] per item")
+        if len(items) and (int(items.min()) < 0 or int(items.max()) >= n_labels):
+            raise ModelFormatError("variants.items: a label id outside the model")
+        for name in ("keys", "seen"):
+            a = got[name]
+            if (a[1:] <= a[:-1]).any():
+                raise ModelFormatError(f"variants.{name}: not sorted and unique")
+        return cls(**got)
+
+    def lookup(self, text: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(items, shares) of a normalized text's known variants, or None: the text was
+        itself in training, or no training text is a near-duplicate of it."""
+        key = variant_key(text)
+        if key == _NO_KEY or not len(self.keys):
+            return None
+        i = int(np.searchsorted(self.keys, np.uint64(key)))
+        if i == len(self.keys) or int(self.keys[i]) != key:
+            return None
+        h = np.uint64(text_hash(text))
+        j = int(np.searchsorted(self.seen, h))
+        if j < len(self.seen) and self.seen[j] == h:
+            return None
+        a, b = int(self.starts[i]), int(self.starts[i + 1])
+        return self.items[a:b], self.shares[a:b]
+
+    def merge(self, text: str, ids: Sequence[int], scores: Sequence[float],
+              k: int) -> tuple[list[int], list[float]]:
+        """The engine's top-k of ``text`` with its known variants' items first."""
+        found = self.lookup(text)
+        if found is None:
+            return list(ids)[:k], list(scores)[:k]
+        first = [int(i) for i in found[0][:k]]
+        out_ids = first + [int(i) for i in ids if i not in first]
+        out_scores = [1.0 + float(s) for s in found[1][:k]] + [
+            float(s) for i, s in zip(ids, scores, strict=True) if i not in first]
+        return out_ids[:k], out_scores[:k]
+
+
 @dataclass
 class RetrievalReport:
     """Quality and latency of a retriever on held-out (item, query) pairs."""
@@ -113,11 +246,13 @@ class RetrievalReport:
 class Retriever:
     """Query -> item ids. ``Retriever.load(dir).search(text, k=10)``."""
 
-    def __init__(self, engine: Engine, items: marisa_trie.Trie) -> None:
+    def __init__(self, engine: Engine, items: marisa_trie.Trie,
+                 variants: KnownVariants) -> None:
         if len(items) != engine.n_labels:
             raise InputError(f"{len(items)} items but the engine has {engine.n_labels} labels")
         self.engine = engine
         self.items = items
+        self.variants = variants
 
     @classmethod
     def train(
@@ -157,11 +292,12 @@ class Retriever:
         log.info("retriever: %d queries, %d titled items, %d items",
                  len(by_query), len(titles), len(trie))
         engine = Engine.fit(texts, Y, config, progress=progress)
-        return cls(engine, trie)
+        return cls(engine, trie, KnownVariants.build(texts, Y))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         return save_model_dir(path, KIND, self.engine.manifest_config(),
-                              self.engine.arrays(), {"items": self.items})
+                              {**self.engine.arrays(), **self.variants.arrays("variants.")},
+                              {"items": self.items})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], verify: bool = True) -> Retriever:
@@ -172,8 +308,12 @@ class Retriever:
             where = md.path / "items.keys.npy"
             raise ModelFormatError(f"{where}: {len(items)} items, the engine has "
                                    f"{engine.n_labels} labels", str(where))
+        try:
+            variants = KnownVariants.from_arrays(md.arrays("variants."), engine.n_labels)
+        except ModelFormatError as exc:
+            raise ModelFormatError(f"{md.path}: {exc}", str(md.path)) from exc
         md.check_same()  # one whole model, not parts of two (a save swapped it)
-        return cls(engine, items)
+        return cls(engine, items, variants)
 
     def search(self, text: str | bytes, k: int = 10) -> list[tuple[str, float]]:
         """The top-k (item_id, score) for one query; empty text gives [].
@@ -183,7 +323,7 @@ class Retriever:
         q = normalize(text)
         if not q:
             return []
-        ids, scores = self.engine.search(q, k=k)
+        ids, scores = self.variants.merge(q, *self.engine.search(q, k=k), k)
         key = self.items.restore_key
         return [(key(int(i)), float(s)) for i, s in zip(ids, scores, strict=True)]
 
@@ -201,9 +341,11 @@ class Retriever:
         known = [(q, t) for q, t in truth.items() if t]
         if not known:
             raise InputError("no held-out query has an item the model knows")
-        ids, _ = self.engine.search_batch([q for q, _ in known], k=100, threads=threads)
+        ids, scores = self.engine.search_batch([q for q, _ in known], k=100, threads=threads)
         p1 = p5 = r10 = r100 = 0.0
-        for row, (_, t) in zip(ids, known, strict=True):
+        for (q, t), row_ids, row_scores in zip(known, ids, scores, strict=True):
+            ok = row_ids >= 0
+            row = np.asarray(self.variants.merge(q, row_ids[ok], row_scores[ok], 100)[0])
             p1 += row[0] in t
             p5 += len(t.intersection(row[:5].tolist())) / 5
             r10 += len(t.intersection(row[:10].tolist())) / len(t)

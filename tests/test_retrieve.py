@@ -211,3 +211,79 @@ def test_retrieve_train_cli_trains_the_retrieval_defaults(tmp_path: Path) -> Non
                  str(tmp_path / "m3"), "--relevance", "off"]) == 0
     got = Retriever.load(tmp_path / "m3").engine.config
     assert got == default_config(train=TrainConfig(Cp=2.0, relevance="off"))
+
+
+# -- known variants: a near-duplicate of a training text gets that text's items first --
+
+VARIANT_PAIRS = [("ebay-1", "ebay"), ("ebay-1", "ebay"), ("ebay-1", "ebay motors"),
+                 ("groups-2", "yahoo groups"), ("groups-2", "yahoo groups"),
+                 ("groups-2", "yahoo groups"), ("group-3", "yahoo group"),
+                 ("mail-4", "yahoo mail"), ("zoo-5", "travel zoo"), ("zoo-5", "zoo tickets")]
+
+
+@pytest.fixture(scope="module")
+def variant_model() -> Retriever:
+    return Retriever.train(VARIANT_PAIRS, [("hose-6", "garden hose")], default_config(seed=1))
+
+
+@pytest.mark.parametrize(("query", "first"), [("www.ebay.com", "ebay-1"),
+                                              ("Ebay . COM", "ebay-1"),
+                                              ("travelzoo", "zoo-5"),
+                                              ("garden-hoses", "hose-6")])
+def test_a_near_duplicate_of_a_training_text_gets_its_items_first(
+        variant_model: Retriever, query: str, first: str) -> None:
+    got = variant_model.search(query, k=3)
+    assert got[0] == (first, pytest.approx(2.0, abs=1e-3))  # 1 + its share of the clicks
+    scores = [s for _, s in got]
+    assert scores == sorted(scores, reverse=True) and len({i for i, _ in got}) == len(got)
+
+
+def test_the_key_s_items_come_most_clicked_first(variant_model: Retriever) -> None:
+    # "yahoo groups" (3 clicks on groups-2) and "yahoo group" (1 on group-3) share a key
+    got = variant_model.search("yahoo-groups", k=3)
+    assert [i for i, _ in got[:2]] == ["groups-2", "group-3"]
+    assert got[0][1] == pytest.approx(1.75, abs=1e-3) and got[1][1] == pytest.approx(1.25,
+                                                                                     abs=1e-3)
+    assert got[2][1] <= 1.0  # then the engine's answers
+
+
+def test_a_text_seen_in_training_gets_the_engine_s_answer(variant_model: Retriever) -> None:
+    v = variant_model.variants
+    assert v.lookup("yahoo group") is None and v.lookup("garden hose") is None
+    assert v.lookup("nothing like it") is None and v.lookup("www com") is None
+    q = "yahoo group"
+    want = variant_model.engine.search(q, k=4)
+    assert variant_model.search(q, k=4) == [(variant_model.items.restore_key(i), s)
+                                             for i, s in zip(*want, strict=True)]
+
+
+def test_known_variants_survive_save_and_load(variant_model: Retriever, tmp_path: Path) -> None:
+    back = Retriever.load(variant_model.save(tmp_path / "r"))
+    for name, arr in variant_model.variants.arrays().items():
+        np.testing.assert_array_equal(getattr(back.variants, name), arr)
+    assert back.search("www.ebay.com", k=3) == variant_model.search("www.ebay.com", k=3)
+
+
+@pytest.mark.parametrize("damage", ["unsorted keys", "item out of range", "short starts",
+                                    "share above 1", "wrong dtype", "missing"])
+def test_corrupt_known_variants_are_refused(variant_model: Retriever, damage: str) -> None:
+    from qac.retrieve import KnownVariants
+
+    a = {k: np.array(v) for k, v in variant_model.variants.arrays().items()}
+    n = variant_model.engine.n_labels
+    if damage == "unsorted keys":
+        a["keys"] = a["keys"][::-1].copy()
+    elif damage == "item out of range":
+        a["items"][0] = n
+    elif damage == "short starts":
+        a["starts"] = a["starts"][:-1]
+    elif damage == "share above 1":
+        a["shares"][0] = 1.5
+    elif damage == "wrong dtype":
+        a["items"] = a["items"].astype(np.int64)
+    else:
+        del a["seen"]
+    with pytest.raises(ModelFormatError, match="variants"):
+        KnownVariants.from_arrays(a, n)
+    KnownVariants.from_arrays({k: np.array(v) for k, v in
+                               variant_model.variants.arrays().items()}, n)  # intact: fine

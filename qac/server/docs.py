@@ -120,7 +120,10 @@ def components(config: ServerConfig) -> dict[str, Any]:
         "SearchHit": {
             "type": "object", "required": ["item", "score"],
             "properties": {"item": {"type": "string", "description": "item id"},
-                           "score": {"type": "number"}},
+                           "score": {"type": "number", "description":
+                                     "the engine's score, in (0, 1]; above 1 for an item of "
+                                     "a known near-duplicate of the query (\"www.ebay.com\" "
+                                     "of \"ebay\"): 1 + its share of that text's clicks"}},
         },
         "SearchResponse": {
             "type": "object", "required": ["items", "took_ms"],
