@@ -226,6 +226,21 @@ class KnownVariants:
             float(s) for i, s in zip(ids, scores, strict=True) if i not in first]
         return out_ids[:k], out_scores[:k]
 
+    def merge_batch(self, texts: Sequence[str], ids: np.ndarray,
+                    scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`merge` for a batch: ``ids`` [n, k] (padded with -1) and ``scores``
+        [n, k] of ``texts``; new arrays, only the rows with known variants rebuilt."""
+        ids, scores = np.array(ids), np.array(scores, dtype=np.float64)
+        k = ids.shape[1] if ids.ndim == 2 else 0
+        for r, text in enumerate(texts):
+            if self.lookup(text) is None:
+                continue
+            ok = ids[r] >= 0
+            got, sc = self.merge(text, ids[r][ok].tolist(), scores[r][ok].tolist(), k)
+            ids[r], scores[r] = -1, 0.0
+            ids[r, :len(got)], scores[r, :len(sc)] = got, sc
+        return ids, scores
+
 
 @dataclass
 class RetrievalReport:
@@ -342,11 +357,11 @@ class Retriever:
         known = [(q, t) for q, t in truth.items() if t]
         if not known:
             raise InputError("no held-out query has an item the model knows")
-        ids, scores = self.engine.search_batch([q for q, _ in known], k=100, threads=threads)
+        texts = [q for q, _ in known]
+        ids, _ = self.variants.merge_batch(texts, *self.engine.search_batch(
+            texts, k=100, threads=threads))
         p1 = p5 = r10 = r100 = 0.0
-        for (q, t), row_ids, row_scores in zip(known, ids, scores, strict=True):
-            ok = row_ids >= 0
-            row = np.asarray(self.variants.merge(q, row_ids[ok], row_scores[ok], 100)[0])
+        for row, (_, t) in zip(ids, known, strict=True):
             p1 += row[0] in t
             p5 += len(t.intersection(row[:5].tolist())) / 5
             r10 += len(t.intersection(row[:10].tolist())) / len(t)

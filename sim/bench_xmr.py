@@ -424,7 +424,7 @@ def qac_eval(a: argparse.Namespace) -> None:
     """Batch top-k on the test texts' features, single-query latency on features and
     text in (normalize + Engine.search: one C call, then the known variants' items put
     first, as ``Retriever.search``), at qac's configured beam. The batch's time includes
-    the known variants' merge, row by row in Python."""
+    the known variants' merge (``KnownVariants.merge_batch``)."""
     from qac.engine import Engine
     from qac.retrieve import KnownVariants
     from qac.storage import open_model_dir
@@ -448,11 +448,8 @@ def qac_eval(a: argparse.Namespace) -> None:
     model = engine.model
     model.predict(X[: min(1000, X.shape[0])], beam=beam, topk=a.topk, threads=a.threads)
     t0 = time.perf_counter()
-    ids, scores = model.predict(X, beam=beam, topk=a.topk, threads=a.threads)
-    ids = np.asarray(ids)
-    ids = np.array([np.pad(m := variants.merge(t, r[r >= 0], s[r >= 0], a.topk)[0],
-                           (0, a.topk - len(m)), constant_values=-1)
-                    for t, r, s in zip(texts, ids, np.asarray(scores), strict=True)])
+    ids, _ = variants.merge_batch(texts, *model.predict(X, beam=beam, topk=a.topk,
+                                                        threads=a.threads))
     bsecs = time.perf_counter() - t0
     res["batch"] = {"seconds": bsecs, "qps": X.shape[0] / bsecs, "threads": a.threads,
                     "n": int(X.shape[0])}

@@ -287,3 +287,20 @@ def test_corrupt_known_variants_are_refused(variant_model: Retriever, damage: st
         KnownVariants.from_arrays(a, n)
     KnownVariants.from_arrays({k: np.array(v) for k, v in
                                variant_model.variants.arrays().items()}, n)  # intact: fine
+
+
+def test_merge_batch_is_merge_row_by_row(variant_model: Retriever) -> None:
+    texts = ["www.ebay.com", "yahoo group", "yahoo-groups", "zzz", "travelzoo"]
+    ids, scores = variant_model.engine.search_batch(texts, k=4)
+    got_ids, got_scores = variant_model.variants.merge_batch(texts, ids, scores)
+    assert got_ids.shape == ids.shape and got_scores.shape == ids.shape
+    changed = 0
+    for r, text in enumerate(texts):
+        ok = ids[r] >= 0
+        want_ids, want_scores = variant_model.variants.merge(
+            text, ids[r][ok].tolist(), scores[r][ok].tolist(), 4)
+        n = len(want_ids)
+        assert got_ids[r, :n].tolist() == want_ids and (got_ids[r, n:] == -1).all()
+        np.testing.assert_allclose(got_scores[r, :n], want_scores)
+        changed += bool(got_scores[r, 0] > 1.0)
+    assert changed == 3  # the three texts with a known variant, not the seen or unknown
