@@ -213,7 +213,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # first model's labels and counts), and the user's own past queries then that.
     mpc = MostPopular(dict(zip(first.labels.texts(), first.labels.counts.tolist(),
                                strict=True)))
-    systems: dict[str, Any] = {"mpc": MpcSystem(mpc), "hist+mpc": HistoryThenMpc(mpc)}
+    # The third, the personal baseline under the first model's blocklist (the model
+    # never shows a blocked query, not even the user's own; the baseline would).
+    systems: dict[str, Any] = {"mpc": MpcSystem(mpc), "hist+mpc": HistoryThenMpc(mpc),
+                               "hist+mpc -blocked": HistoryThenMpc(mpc, first.blocklist)}
     for name, c in models.items():
         # Systems take turns on each keystroke (qac.evaluate): the model itself goes
         # first, so its latency carries the cold caches.
@@ -232,7 +235,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{len(cases)} test queries with a previous query in their session; "
               "NAME -context: asked with no previous query and no history\n")
-        print(format_table(results, baselines=("mpc", "hist+mpc")))
+        print(format_table(results, baselines=("mpc", "hist+mpc", "hist+mpc -blocked")))
     return 0
 
 

@@ -118,21 +118,39 @@ class MpcSystem:
 
 class HistoryThenMpc:
     """The personal baseline: the user's past queries that start with the prefix,
-    most recently issued first, then the most popular completions."""
+    most recently issued first, then the most popular completions.
 
-    def __init__(self, mpc: Any) -> None:
+    ``blocklist``: drop the texts it blocks from both halves, as the model does (the
+    baseline under the model's content policy; without it, the baseline shows a
+    user their own blocked queries)."""
+
+    def __init__(self, mpc: Any, blocklist: Any = None) -> None:
         self.mpc = mpc
+        self.blocks = blocklist.blocks if blocklist is not None and len(blocklist) else None
 
     def __call__(self, p: str, case: Case, k: int) -> list[str]:
         mine = sorted((h for h in case.history if h.query.startswith(p)),
                       key=lambda h: -h.last)
-        out = list(dict.fromkeys(h.query for h in mine))[:k]
+        out = list(dict.fromkeys(h.query for h in mine))
+        if self.blocks is None:
+            out = out[:k]
+            if len(out) < k:
+                seen = set(out)
+                out += [t for t, _ in self.mpc.top(p, 2 * k) if t not in seen][:k - len(out)]
+            return out
+        out = [t for t in out if not self.blocks(t)][:k]
         if len(out) < k:
             seen = set(out)
-            out += [t for t, _ in self.mpc.top(p, 2 * k) if t not in seen][:k - len(out)]
+            for t, _ in self.mpc.top(p, 10 * k):
+                if t not in seen and not self.blocks(t):
+                    out.append(t)
+                    if len(out) == k:
+                        break
         return out
 
     def can_produce(self, p: str, case: Case) -> bool:
+        if self.blocks is not None and self.blocks(case.target):
+            return False
         return bool(self.mpc.count(case.target) > 0) or any(
             h.query == case.target for h in case.history)
 

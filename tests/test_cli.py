@@ -99,10 +99,12 @@ def test_train_complete_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["eval", str(tmp_path / "m"), "--log", str(log), "--since", "2006-05-18",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)["results"]
-    # both baselines first, then the model, without any context, and one source off at a time
-    assert list(out)[:4] == ["mpc", "hist+mpc", "m", "m -context"]
-    assert set(out) == {"mpc", "hist+mpc", "m", "m -context", "m -session", "m -gen history",
-                        "m -gen session", "m -gen suffix", "m -gen word"}
+    # the baselines first (the personal one also under the model's blocklist), then the
+    # model, without any context, and one source off at a time
+    assert list(out)[:5] == ["mpc", "hist+mpc", "hist+mpc -blocked", "m", "m -context"]
+    assert set(out) == {"mpc", "hist+mpc", "hist+mpc -blocked", "m", "m -context",
+                        "m -session", "m -gen history", "m -gen session", "m -gen suffix",
+                        "m -gen word"}
     assert all(0.0 <= r["coverage"] <= 1.0 for r in out.values())
 
 

@@ -78,6 +78,24 @@ def test_history_then_mpc_baseline() -> None:
     assert HistoryThenMpc(mpc)("we", case, 1) == ["wells fargo"]
 
 
+def test_history_then_mpc_under_a_blocklist_drops_blocked_texts_from_both_halves() -> None:
+    from dataclasses import replace
+
+    from qac.blocklist import Blocklist
+
+    mpc = MostPopular({"weather": 9, "wet seal": 7, "web md": 5, "wells fargo": 1})
+    hist = (Past("west elm", 1, 10.0), Past("wells fargo", 4, 5.0))
+    case = replace(make_cases(_log())[0], history=hist)
+    blocked = HistoryThenMpc(mpc, Blocklist.from_entries(["wells"], ["wet"]))
+    assert HistoryThenMpc(mpc)("we", case, 5) == ["west elm", "wells fargo", "weather",
+                                                   "wet seal", "web md"]
+    assert blocked("we", case, 5) == ["west elm", "weather", "web md"]
+    assert blocked("we", case, 2) == ["west elm", "weather"]
+    assert not blocked.can_produce("we", replace(case, target="wells fargo"))
+    assert HistoryThenMpc(mpc, Blocklist.empty())("we", case, 5) == HistoryThenMpc(mpc)(
+        "we", case, 5)
+
+
 def test_coverage_counts_what_a_system_can_produce_at_all() -> None:
     mpc = MostPopular({"weather": 3, "news": 1})
     cases = make_cases(_log())
