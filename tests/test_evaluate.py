@@ -94,6 +94,11 @@ def test_history_then_mpc_under_a_blocklist_drops_blocked_texts_from_both_halves
     assert not blocked.can_produce("we", replace(case, target="wells fargo"))
     assert HistoryThenMpc(mpc, Blocklist.empty())("we", case, 5) == HistoryThenMpc(mpc)(
         "we", case, 5)
+    # the two most popular blocked: it reads further for the one asked
+    many = MostPopular({"wet a": 9, "wet b": 8, "west": 1})
+    no_history = replace(case, history=())
+    assert HistoryThenMpc(many, Blocklist.from_entries([], ["wet"]))("we", no_history,
+                                                                     1) == ["west"]
 
 
 def test_coverage_counts_what_a_system_can_produce_at_all() -> None:
