@@ -126,7 +126,8 @@ class HistoryThenMpc:
 
     def __init__(self, mpc: Any, blocklist: Any = None) -> None:
         self.mpc = mpc
-        self.blocks = blocklist.blocks if blocklist is not None and len(blocklist) else None
+        self.blocks = (blocklist.blocks_normalized  # history and labels are normalized
+                       if blocklist is not None and len(blocklist) else None)
 
     def __call__(self, p: str, case: Case, k: int) -> list[str]:
         mine = sorted((h for h in case.history if h.query.startswith(p)),
