@@ -12,9 +12,9 @@ whether the target is in the model's label set ("seen") or not ("unseen").
 Every figure stands beside two baselines of the same run: most popular completion
 (``mpc``) and the user's own past queries that start with the prefix, most recent
 first, then MPC (``hist+mpc``); ``qac eval`` adds the latter under the model's
-blocklist (``hist+mpc -blocked``), which the model itself always applies. Per-call latency is measured in-process around each
-call, the systems taking turns on each keystroke; coverage (what a system can
-produce at all) in a pass of its own.
+blocklist (``hist+mpc -blocked``), which the model itself always applies. Per-call
+latency is measured in-process around each call, the systems taking turns on each
+keystroke; coverage (what a system can produce at all) in a pass of its own.
 """
 
 from __future__ import annotations
