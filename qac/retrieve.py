@@ -217,7 +217,11 @@ class KnownVariants:
     def merge(self, text: str, ids: Sequence[int], scores: Sequence[float],
               k: int) -> tuple[list[int], list[float]]:
         """The engine's top-k of ``text`` with its known variants' items first."""
-        found = self.lookup(text)
+        return self._merge(self.lookup(text), ids, scores, k)
+
+    @staticmethod
+    def _merge(found: tuple[np.ndarray, np.ndarray] | None, ids: Sequence[int],
+               scores: Sequence[float], k: int) -> tuple[list[int], list[float]]:
         if found is None:
             return list(ids)[:k], list(scores)[:k]
         first = [int(i) for i in found[0][:k]]
@@ -233,10 +237,11 @@ class KnownVariants:
         ids, scores = np.array(ids), np.array(scores, dtype=np.float64)
         k = ids.shape[1] if ids.ndim == 2 else 0
         for r, text in enumerate(texts):
-            if self.lookup(text) is None:
+            found = self.lookup(text)
+            if found is None:
                 continue
             ok = ids[r] >= 0
-            got, sc = self.merge(text, ids[r][ok].tolist(), scores[r][ok].tolist(), k)
+            got, sc = self._merge(found, ids[r][ok].tolist(), scores[r][ok].tolist(), k)
             ids[r], scores[r] = -1, 0.0
             ids[r, :len(got)], scores[r, :len(sc)] = got, sc
         return ids, scores
