@@ -133,22 +133,16 @@ class HistoryThenMpc:
     def __call__(self, p: str, case: Case, k: int) -> list[str]:
         mine = sorted((h for h in case.history if h.query.startswith(p)),
                       key=lambda h: -h.last)
-        out = list(dict.fromkeys(h.query for h in mine))
-        if self.blocks is None:
-            out = out[:k]
-            if len(out) < k:
-                seen = set(out)
-                out += [t for t, _ in self.mpc.top(p, 2 * k) if t not in seen][:k - len(out)]
-            return out
-        out = [t for t in out if not self.blocks(t)][:k]
-        # read as many popular completions as the plain baseline does, more only when
-        # blocked ones leave the list short (a long read would evict the caches of the
-        # systems timed after this one)
+        blocked = self.blocks or (lambda _: False)
+        out = [t for t in dict.fromkeys(h.query for h in mine) if not blocked(t)][:k]
+        # 2k popular completions fill any list (at most k of them repeat the user's);
+        # more are read only when blocked ones leave it short (a long read would evict
+        # the caches of the systems timed after this one)
         fetch = 2 * k
         while len(out) < k:
             seen = set(out)
             top = self.mpc.top(p, fetch)
-            add = [t for t, _ in top if t not in seen and not self.blocks(t)]
+            add = [t for t, _ in top if t not in seen and not blocked(t)]
             if len(add) >= k - len(out) or len(top) < fetch:
                 return out + add[:k - len(out)]
             fetch *= 4
