@@ -7,7 +7,8 @@ Every keystroke's pool (see :mod:`qac.complete`) is fed by:
 * ``history``: the user's past queries that start with the prefix (in C, from the
   context the session store hands over);
 * ``session``: the previous query, when the prefix agrees with it, extended by its
-  popular endings; the previous query's words that complete the partial word; and,
+  popular endings or cut after one of its words; the previous query's words that
+  complete the partial word; and,
   when the words typed so far are its first ones, its next word swapped for a
   completion of the partial one;
 * ``suffix`` (rare prefixes): the prefix's last one to three words (the last one
@@ -203,10 +204,11 @@ class Tables:
 
     def gen_session(self, p: str, prev: str, blocks: Blocks = None) -> list[tuple[str, int]]:
         """Reformulations of the previous query: extended by its popular endings,
-        when the prefix agrees with it; its words that complete the partial word,
-        alone and with the rest of the previous query after them (unless that is the
-        previous query again); and, when the words typed so far are its first ones,
-        its next word swapped for a popular completion of the partial one."""
+        and cut after one of its words, when the prefix agrees with it; its words
+        that complete the partial word, alone and with the rest of the previous query
+        after them (unless that is the previous query again); and, when the words
+        typed so far are its first ones, its next word swapped for a popular
+        completion of the partial one."""
         if not prev:
             return []
         out: list[tuple[str, int]] = []
@@ -215,10 +217,17 @@ class Tables:
             cut = prev.rfind(" ") + 1
             out += [(prev[:cut] + e, c) for e, c in self._ends(prev[cut:] + " ", n)
                     if len(prev[:cut]) + len(e) > len(prev)]
+        words = prev.split(" ")
+        if prev.startswith(p):
+            # its first words, cut after any but the last: "washington cemetery" at
+            # "wa" after "washington cemetery ny"
+            for j in range(1, len(words)):
+                first = " ".join(words[:j])
+                if len(first) > len(p):
+                    out.append((first, self.words.count(words[j - 1])))
         cut = p.rfind(" ") + 1
         head, part = p[:cut], p[cut:]
         if part:
-            words = prev.split(" ")
             seen: set[str] = set()
             for i, w in enumerate(words):
                 if not w.startswith(part):

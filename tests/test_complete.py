@@ -124,6 +124,25 @@ def test_a_reformulation_keeps_the_rest_of_the_previous_query() -> None:
     assert prev not in [x for x, _ in t.gen_session("dr", prev)]
 
 
+def test_a_reformulation_cuts_the_previous_query_after_a_word() -> None:
+    """When the prefix agrees with the previous query, its first words, cut after any
+    of its words but the last, are candidates ("washington cemetery" at "wa" after
+    "washington cemetery ny")."""
+    from qac.sources import Tables
+
+    t = Tables.build({"washington post": 3, "cemetery records": 2})
+    prev = "washington cemetery ny"
+    made = [x for x, _ in t.gen_session("wa", prev)]
+    assert "washington cemetery" in made and "washington" in made
+    assert "washington cemetery" in [x for x, _ in t.gen_session("washington ", prev)]
+    # longer than what is typed, never the previous query itself, and only when the
+    # prefix agrees with it
+    assert "washington" not in [x for x, _ in t.gen_session("washington", prev)]
+    assert prev not in made
+    assert "washington cemetery" not in [x for x, _ in t.gen_session("wb", prev)]
+    assert "washington cemetery" not in [x for x, _ in t.gen_session("cem", prev)]
+
+
 def test_a_reformulation_swaps_the_word_being_typed() -> None:
     """The words typed so far are the previous query's first ones: the partial word,
     completed from the word table, replaces the previous query's next word and the
