@@ -8,9 +8,8 @@ Every keystroke's pool (see :mod:`qac.complete`) is fed by:
   context the session store hands over);
 * ``session``: the previous query, when the prefix agrees with it, extended by its
   popular endings or cut after one of its words; the previous query's words that
-  complete the partial word; and,
-  when the words typed so far are its first ones, its next word swapped for a
-  completion of the partial one;
+  complete the partial word; and, when the words typed so far are its first ones,
+  its next word swapped for a completion of the partial one;
 * ``suffix`` (rare prefixes): the prefix's last one to three words (the last one
   partial) replaced by popular query endings that start with them;
 * ``word`` (rare prefixes): the partial last word completed from a word table, and
