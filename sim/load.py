@@ -537,9 +537,13 @@ def fmt(x: Any) -> str:
     return "-" if x is None else str(x)
 
 
-def report(name: str, phase: Phase,
-           rng_window: tuple[float, float] | None = None) -> dict[str, Any]:
+def report(name: str, phase: Phase, rng_window: tuple[float, float] | None = None,
+           server_cpu_ms: float | None = None) -> dict[str, Any]:
+    """The phase's figures, printed and returned; ``server_cpu_ms``: the server's CPU
+    time per request it was sent in the phase (completes, submits and the context
+    samples; see ``--server-pid``), None when not measured."""
     s = phase.summary()
+    s["server_cpu_ms_per_request"] = server_cpu_ms
     s["target_rps"] = phase.rate
     s["duration_s"] = phase.duration
     s["completes_with_history"] = round(phase.ctx_had_history / max(1, phase.completes_sent), 3)
@@ -557,6 +561,8 @@ def report(name: str, phase: Phase,
           f"{s['achieved_rps']} rps, {c['n']} completes / {u['n']} submits "
           f"(client: dispatch lag max {s['max_dispatch_lag_ms']} ms, "
           f"{s['client_cpu_share']:.0%} of a core)")
+    if server_cpu_ms is not None:
+        print(f"  server CPU {server_cpu_ms} ms per request")
     for kind, d in (("complete", c), ("submit", u)):
         print(f"  {kind:8s} ms p50 {fmt(d['p50'])}  p95 {fmt(d['p95'])}  p99 {fmt(d['p99'])}"
               f"  max {fmt(d['max'])}  errors {d['errors'] or 0}")
@@ -571,6 +577,33 @@ def report(name: str, phase: Phase,
     for key, ev in phase.events.items():
         print(f"  {key}: {json.dumps(ev)}")
     return s
+
+
+# -- the server's CPU ----------------------------------------------------------------------
+
+def process_tree_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid`` and its descendants
+    (``qac serve``'s workers), read from /proc; None where there is no /proc or the
+    process is gone. Children that already exited are not counted, so take the
+    difference over a stretch in which the workers live."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            # the fields after the command name, which is in parentheses and may hold spaces
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            if p == pid:
+                return None
+    return total / tick
 
 
 # -- run mode ----------------------------------------------------------------------------
@@ -618,9 +651,15 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             window = (args.reload_at, args.reload_at + 3.0)
         for r in rates:
             users = Users(sessions, args.users, args.seed, f"{run_id}-{r:g}", args.pick_top)
+            cpu0 = process_tree_cpu(args.server_pid) if args.server_pid else None
             phase = await run_phase(pool, users, r, args.duration, args.context_sample,
                                     args.seed, hooks)
-            results.append(report(f"{r:g} rps", phase, window))
+            cpu1 = process_tree_cpu(args.server_pid) if cpu0 is not None else None
+            served = phase.ctx_checked + sum(1 for x in phase.samples
+                                             if x.err != "client-overload")
+            cpu_ms = (None if cpu0 is None or cpu1 is None
+                      else round(1e3 * (cpu1 - cpu0) / max(1, served), 3))
+            results.append(report(f"{r:g} rps", phase, window, cpu_ms))
             hooks = []
     finally:
         pool.close()
@@ -655,6 +694,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--admin-token", help="prefer --admin-token-env (argv is visible in ps)")
     p.add_argument("--admin-token-env", metavar="VAR")
     p.add_argument("--reload-model", metavar="DIR", help="model_dir for the reload body")
+    p.add_argument("--server-pid", type=int, metavar="PID",
+                   help="the server's process id (on this machine): report its CPU time, "
+                        "its workers' included, per request of each rate")
 
 
 # -- bench mode: throwaway redis + qac serve + the three bars ---------------------------------
@@ -722,7 +764,8 @@ def bench(args: argparse.Namespace) -> int:
                            "workers": args.workers}
     try:
         wait_http(url + "/healthz", 120)
-        base = ["--url", url, "--connections", str(args.connections), "--seed", str(args.seed)]
+        base = ["--url", url, "--connections", str(args.connections), "--seed", str(args.seed),
+                "--server-pid", str(server.pid)]
         p = argparse.ArgumentParser()
         add_run_args(p)
         os.environ["QAC_BENCH_TOKEN"] = env["QAC_BENCH_TOKEN"]
@@ -759,7 +802,7 @@ def bench(args: argparse.Namespace) -> int:
 
 def table(out: dict[str, Any]) -> None:
     print(f"\n{'bar':22s} {'rps':>7s} {'p50':>6s} {'p95':>6s} {'p99':>6s} {'max':>7s} "
-          f"{'c.err':>5s} {'s.err':>5s}  notes")
+          f"{'c.err':>5s} {'s.err':>5s} {'cpu/req':>7s}  notes")
     for name in ("latency", "reference", "outage", "reload"):
         for s in out.get(name, []):
             c, u = s["complete"], s["submit"]
@@ -775,7 +818,8 @@ def table(out: dict[str, Any]) -> None:
             print(f"{name + ' @' + format(s['target_rps'], 'g'):22s} {s['achieved_rps']:>7} "
                   f"{fmt(c['p50']):>6s} {fmt(c['p95']):>6s} {fmt(c['p99']):>6s} "
                   f"{fmt(c['max']):>7s} {sum(c['errors'].values()):>5d} "
-                  f"{sum(u['errors'].values()):>5d}  {note}")
+                  f"{sum(u['errors'].values()):>5d} "
+                  f"{fmt(s.get('server_cpu_ms_per_request')):>7s}  {note}")
 
 
 def main(argv: list[str] | None = None) -> int:
