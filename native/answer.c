@@ -138,6 +138,7 @@ struct qac_answer_scratch {
     qac_fuzzy_range ranges[MAX_SPANS];
     span_t heap[3 * MAX_SPANS];
 };
+_Static_assert(QAC_MAX_MPC + 1 <= 3 * MAX_SPANS, "add_mpc's heap fits the scratch's");
 
 /* ---- validation ------------------------------------------------------------- */
 
@@ -779,6 +780,9 @@ static void order_past(qac_answer_scratch_t *s, size_t first, size_t n_hm) {
     for (size_t i = first; i < n_hm; i++) s->rows[s->hm[i].row].hist_order = (int32_t)i;
 }
 
+static int add_mpc(const qac_answerer_t *a, pool_t *pool, const char *prev, size_t prev_len,
+                   size_t n_mpc, int64_t lo, int64_t hi);
+
 static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_t plen,
                 const qac_context_view *ctx, const qac_extra_view *ex, size_t beam,
                 size_t n_model, int64_t lo, int64_t hi, size_t *n_hist) {
@@ -832,6 +836,12 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
     if (at != ctx->history_len + (ctx->n_history ? 1 : 0)) return QAC_E_INPUT;
     order_past(s, 0, n_hm);
 
+    /* the most popular completions */
+    if (ex->n_mpc) {
+        int rc = add_mpc(a, pool, prev, prev_len, ex->n_mpc, lo, hi);
+        if (rc) return rc;
+    }
+
     /* the generated candidates */
     at = 0;
     size_t n_mpc = 0;
@@ -842,7 +852,7 @@ static int fill(const qac_answerer_t *a, pool_t *pool, const char *prefix, size_
         int32_t g = ex->source[j];
         if (g <= QAC_SRC_MODEL || (g >= N_SRC_FEATURES && g != QAC_SRC_FRESH) ||
             g == QAC_SRC_HISTORY || ex->count[j] < 0 ||
-            ex->popularity[j] < 0)
+            ex->popularity[j] < 0 || (g == QAC_SRC_MPC && ex->n_mpc))
             return QAC_E_INPUT;
         size_t mpc_at = g == QAC_SRC_MPC ? ++n_mpc : 0;
         if (!starts_with(t, n, prefix, plen) || n == 0 || (prev_len && same(t, n, prev, prev_len)))
@@ -981,6 +991,35 @@ static void push_span(span_t *h, size_t *n, size_t cap, const qac_rmq_t *r, int3
     if (lo >= hi || *n >= cap) return;
     size_t pos = qac_rmq_argmax(r, lo, hi);
     heap_push(h, n, (span_t){group, qac_rmq_value(r, pos), pos, lo, hi});
+}
+
+/* MPC's list, made here: the n_mpc most popular labels of [lo, hi) with popularity
+ * > 0, ties to the lower id (the lower text, as MPC breaks them), as source MPC. A
+ * label equal to the previous query is not a candidate but keeps its place in the
+ * ranks, as in a list the caller gives. */
+static int add_mpc(const qac_answerer_t *a, pool_t *pool, const char *prev, size_t prev_len,
+                   size_t n_mpc, int64_t lo, int64_t hi) {
+    qac_answer_scratch_t *s = pool->s;
+    size_t nh = 0, rank = 0;
+    /* each pop pushes at most two spans: the heap holds n_mpc + 1 <= its size */
+    push_span(s->heap, &nh, 3 * MAX_SPANS, &a->by_pop, 0, (size_t)lo, (size_t)hi);
+    while (nh && rank < n_mpc) {
+        const span_t v = heap_pop(s->heap, &nh);
+        if (v.pop <= 0) break;
+        push_span(s->heap, &nh, 3 * MAX_SPANS, &a->by_pop, 0, v.lo, v.pos);
+        push_span(s->heap, &nh, 3 * MAX_SPANS, &a->by_pop, 0, v.pos + 1, v.hi);
+        rank++;
+        size_t n;
+        const char *t = label_text(a, v.pos, &n);
+        if (n == 0 || (prev_len && same(t, n, prev, prev_len))) continue;
+        const int32_t r = row_of(pool, t, n, (int32_t)v.pos);
+        if (r < 0) return QAC_E_CAPACITY;
+        row_t *w = &s->rows[r];
+        w->label = w->ref = (int32_t)v.pos;
+        w->sources |= 1u << QAC_SRC_MPC;
+        if (w->mpc_rank == 0.0) w->mpc_rank = 1.0 / (double)rank;
+    }
+    return QAC_OK;
 }
 
 /* a row for label id, not yet in the pool or in it from another match: marked with
@@ -1545,7 +1584,7 @@ int qac_answer(const qac_answerer_t *a, qac_answer_scratch_t *s, const char *pre
         ((ctx->history_len || ctx->n_history) && !ctx->history) ||
         (ctx->n_history && (!ctx->history_count || !ctx->history_time)) ||
         ((ex->text_len || ex->n) && !ex->text) ||
-        (ex->n && (!ex->source || !ex->count || !ex->popularity)) ||
+        (ex->n && (!ex->source || !ex->count || !ex->popularity)) || ex->n_mpc > QAC_MAX_MPC ||
         (out->cap && (!out->ref || !out->source || !out->sources || !out->score)) ||
         (out->features && out->features_cap < out->cap * (size_t)QAC_NF) ||
         (out->text_cap && !out->text) || (out->spans && !out->n_spans) ||

@@ -5,13 +5,13 @@
  * their popularity, and the pool ranker (a forest of regression trees). One call,
  * qac_answer, takes the normalized prefix, the user's context (previous query,
  * this session's queries, the past queries of the user) and the candidates that
- * Python generated (most popular completions, generated queries), and returns the
- * final top-k:
+ * Python generated (generated queries), and returns the final top-k:
  *
  *   label range of the prefix (bisection over the sorted labels)
  *   -> featurize + prefix-constrained beam search      (source "model")
  *   -> + the user's past queries that start with the prefix     ("history")
- *   -> + the generated candidates                      ("mpc", "session", ...)
+ *   -> + the most popular labels of the range (by a range-maximum index) ("mpc")
+ *   -> + the generated candidates                      ("session", "suffix", ...)
  *   -> one pool of distinct texts, one feature row each (the schema below)
  *   -> one score each from the forest -> the k best, best first.
  *
@@ -77,6 +77,7 @@
 #define QAC_SRC_WORDS 8 /* successive words start with the typed words */
 #define QAC_MAX_SPANS 16 /* highlight spans per answer (one per typed word at most) */
 #define QAC_MISSING_AGE 20 /* HIST_AGE of a query never issued */
+#define QAC_MAX_MPC 1000 /* most popular completions the answerer lists itself */
 
 typedef struct qac_answerer qac_answerer_t;
 typedef struct qac_answer_scratch qac_answer_scratch_t;
@@ -153,6 +154,12 @@ typedef struct {
     const char *text; size_t text_len; size_t n;
     const int32_t *source; const int64_t *count; const int64_t *popularity;
     const double *live; /* NULL, or n live decayed counts (>= 0) of texts not labels */
+    /* the answerer's own most popular completions: the n_mpc (<= QAC_MAX_MPC) labels
+     * of highest popularity (> 0) that start with the prefix, ties to the lower id
+     * (MPC's order: count, then text), as source QAC_SRC_MPC ahead of the texts
+     * above, which then hold none of that source; 0: none (the caller gives them,
+     * as it must when its popularity table holds texts that are not labels) */
+    size_t n_mpc;
 } qac_extra_view;
 
 /* What comes back: up to cap rows, best first. ref[i] >= 0 is a label id; else

@@ -710,6 +710,8 @@ class Answer(NamedTuple):
 
 #: int32 slots of one answer's highlight spans (start, end pairs)
 _SPAN_WORDS = 2 * int(lib.QAC_MAX_SPANS)
+#: most popular completions the answerer lists itself (qac_extra_view.n_mpc)
+MAX_MPC = int(lib.QAC_MAX_MPC)
 
 
 def _pairs(flat: list[int]) -> tuple[tuple[int, int], ...]:
@@ -913,7 +915,7 @@ class Answerer:
                extra_pop: list[int], now: float, beam: int, n_model: int, k: int,
                features: bool = False, collapse: bool = False, match: Any = None,
                extra_live: list[float] | None = None, label_live: np.ndarray | None = None,
-               live_scale: float = 1.0) -> Answer:
+               live_scale: float = 1.0, n_mpc: int = 0) -> Answer:
         """One keystroke (see native/qac_answer.h): the k best rows, best first
         (``collapse``: near-duplicates as one answer; ``match``: a
         :class:`qac.match.MatchConfig` for typo and word-prefix matches, None for
@@ -923,14 +925,19 @@ class Answerer:
 
         Live (:mod:`qac.live`): ``extra_live`` a decayed count per extra text (fresh
         queries), ``label_live`` float64 [labels] decayed counts that
-        ``live_scale`` brings to now (read in place by C; None: no live counts)."""
+        ``live_scale`` brings to now (read in place by C; None: no live counts).
+
+        ``n_mpc``: the most popular labels of the prefix C adds itself (source "mpc",
+        ahead of ``extra``, which then holds none of that source); 0: none."""
         n_x = len(extra)
         if not len(extra_source) == len(extra_count) == len(extra_pop) == n_x:
             raise InputError("answer: extra texts and their numbers differ in length")
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}")
         fuzzy = 0 if match is None or features else 2 * match.fuzzy
-        rows = n_model + history.n + session.n + n_x + fuzzy
+        if isinstance(n_mpc, bool) or not isinstance(n_mpc, int) or not 0 <= n_mpc <= MAX_MPC:
+            raise InputError(f"n_mpc must be an int in 0..{MAX_MPC}, got {n_mpc!r}")
+        rows = n_model + history.n + session.n + n_x + n_mpc + fuzzy
         b = self._buffers(rows if features else max(rows, k), beam, n_model, len(prev), n_x,
                           features)
         ext = "\n".join(extra).encode("utf-8", "surrogatepass")
@@ -952,7 +959,7 @@ class Answerer:
         else:
             live_buf = None
             ctx.label_live, ctx.n_label_live, ctx.live_scale = ffi.NULL, 0, 1.0
-        ex.text, ex.text_len, ex.n = keep[1], len(ext), n_x
+        ex.text, ex.text_len, ex.n, ex.n_mpc = keep[1], len(ext), n_x, n_mpc
         if extra_live is not None:
             if len(extra_live) != n_x:
                 raise InputError("answer: extra texts and their live counts differ in length")

@@ -448,6 +448,10 @@ class Completer:
             lambda t: any(b.blocks_normalized(t) for b in both)) if both else None)
         self._count = functools.lru_cache(maxsize=65536)(mpc.count)
         self._extras_of = functools.lru_cache(maxsize=4096)(self._extras)
+        # MPC's table is the labels' popularity when every query it counts is a label
+        # (no background log, min_count 1): then C lists the most popular completions
+        # itself, and a generated text that is no label has popularity 0
+        self._native_mpc = len(mpc) == len(labels)
 
     # -- training -------------------------------------------------------------
     @classmethod
@@ -794,19 +798,29 @@ class Completer:
     # -- answering (the per-keystroke path) ---------------------------------------
     def _extras(self, p: str, prev: str, generators: tuple[str, ...]
                 ) -> tuple[list[str], list[int], list[int], list[int]]:
-        """The candidates made in Python for (prefix, previous query): MPC's first,
-        then the generated ones; (texts, sources, counts, popularity)."""
+        """The candidates made in Python for (prefix, previous query): MPC's first
+        (unless C lists them, see ``_native_mpc``), then the generated ones; (texts,
+        sources, counts, popularity)."""
         cfg = self.config.sources
-        top = self.mpc.top(p, max(cfg.mpc, cfg.rare))
+        gen = self.tables.generated
+        if self._native_mpc:
+            rare = not self.mpc.at_least(p, cfg.rare)
+            gt, gs, gc = gen(p, prev, generators, rare, self._blocks)
+            return gt, gs, gc, [0] * len(gt)
+        top = self._mpc_top(p)
         rare = len(top) < cfg.rare
         top = top[:cfg.mpc]
         texts = [t for t, _ in top]
         counts = [c for _, c in top]
         srcs = [MPC] * len(texts)
-        gt, gs, gc = self.tables.generated(p, prev, generators, rare, self._blocks)
+        gt, gs, gc = gen(p, prev, generators, rare, self._blocks)
         count = self._count
         pops = counts + [count(t) for t in gt]
         return texts + gt, srcs + gs, counts + gc, pops
+
+    def _mpc_top(self, p: str) -> tuple[tuple[str, int], ...]:
+        cfg = self.config.sources
+        return self.mpc.top(p, max(cfg.mpc, cfg.rare))
 
     def _match(self, typos: int | None) -> MatchConfig:
         m = self.config.match
@@ -848,6 +862,7 @@ class Completer:
         texts, srcs, counts, pops = self._extras_of(p, prev, gens)
         at = time.time() if now is None else float(now)
         cfg = self.config.sources
+        n_mpc = cfg.mpc if self._native_mpc else 0
         live = self.live
         label_live = extra_live = None
         scale = 1.0
@@ -856,6 +871,14 @@ class Completer:
             label_live, scale = live.label_view(at)
             ft, fc = live.fresh(p, live.config.fresh, at, self._blocks)
             if ft:
+                if n_mpc:
+                    # the fresh queries join MPC's list: made here, as without native MPC
+                    top = self._mpc_top(p)[:n_mpc]
+                    texts = [t for t, _ in top] + texts
+                    srcs = [MPC] * len(top) + srcs
+                    counts = [c for _, c in top] + counts
+                    pops = [c for _, c in top] + pops
+                    n_mpc = 0
                 texts, srcs, counts, pops = _with_fresh(texts, srcs, counts, pops, ft, fc,
                                                         cfg.mpc)
                 extra_live = [0.0] * (len(texts) - len(ft)) + fc
@@ -864,7 +887,7 @@ class Completer:
         return p, self.answerer.answer(
             p.encode("utf-8", "surrogatepass"), prev.encode("utf-8", "surrogatepass"),
             sess, hist, texts, srcs, counts, pops, at, self._beam, cfg.model, want, features,
-            self.config.collapse, match, extra_live, label_live, scale)
+            self.config.collapse, match, extra_live, label_live, scale, n_mpc)
 
     def _blocked(self, text: str) -> bool:
         """Whether the blocklists applied to answers (the extra one and the live one)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import functools
 import heapq
+import itertools
 import os
 from collections import Counter
 from collections.abc import Mapping
@@ -152,6 +153,17 @@ class MostPopular:
         """Count of one (normalized) query; 0 if unknown."""
         key_id = self.trie.get(query)
         return 0 if key_id is None else int(self._counts[key_id])
+
+    def at_least(self, p: str, n: int) -> bool:
+        """Whether ``n`` or more queries start with the (normalized) prefix ``p``,
+        without listing them: a precomputed prefix's list says (up to ``cache_k``);
+        any other has at most ``heavy``, counted up to ``n``."""
+        if n <= 0:
+            return True
+        row = self._row.get(p)
+        if row is not None and n <= self._cache_k:
+            return bool(self._top[row, n - 1] >= 0)
+        return sum(1 for _ in itertools.islice(self.trie.iterkeys(p), n)) >= n
 
     def complete(self, prefix: str, k: int = 10) -> list[tuple[str, int]]:
         """The k most frequent queries starting with ``prefix``, as (query, count).

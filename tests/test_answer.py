@@ -146,6 +146,50 @@ def test_pool_features_and_scores_match_the_reference(labels: list[str], data: s
     assert top_srcs == [srcs[i] for i in order]
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(labels=st.lists(texts, min_size=1, max_size=12, unique=True), data=st.data())
+def test_the_answerers_own_mpc_list_is_the_one_python_gives(labels: list[str],
+                                                           data: st.DataObject) -> None:
+    """n_mpc: C lists the prefix's most popular labels itself (the range-maximum index),
+    and the pool is the one made from MPC's list given as extra texts: the same rows,
+    in the same order, with the same features and scores."""
+    labels = sorted(labels)
+    pops = data.draw(st.lists(st.integers(0, 4), min_size=len(labels), max_size=len(labels)))
+    prefix = data.draw(st.sampled_from(["", "a", "ab", "a ", "b", "c", "x"]))
+    prev = data.draw(st.one_of(st.just(""), st.sampled_from(labels), texts))
+    m = data.draw(st.integers(1, 8))
+    gen = data.draw(st.lists(st.tuples(
+        texts, st.sampled_from([S["session"], S["suffix"], S["word"]]), st.integers(0, 9)),
+        max_size=4))
+    history = data.draw(st.lists(st.tuples(texts, st.integers(1, 9), times), max_size=3))
+    pop = dict(zip(labels, pops, strict=True))
+    # MPC's list: popularity > 0, most popular first, ties by text
+    mpc = sorted((t for t in labels if t.startswith(prefix) and pop[t] > 0),
+                 key=lambda t: (-pop[t], t))[:m]
+    a = answerer(labels, pops, random_forest(np.random.default_rng(len(labels))))
+    hist = _kernel.Texts([h[0] for h in history], [h[1] for h in history],
+                         [h[2] for h in history])
+
+    def ask(extra: list, n_mpc: int, features: bool, k: int = 10) -> _kernel.Answer:
+        return a.answer(prefix.encode(), prev.encode(), _kernel.Texts([]), hist,
+                        [e[0] for e in extra], [e[1] for e in extra], [e[2] for e in extra],
+                        [e[3] for e in extra], NOW, 10, 0, k, features, n_mpc=n_mpc)
+
+    gen4 = [(t, g, c, pop.get(t, 0)) for t, g, c in gen]
+    given_ = ask([(t, S["mpc"], pop[t], pop[t]) for t in mpc] + gen4, 0, True)
+    own = ask(gen4, m, True)
+    assert own.texts == given_.texts and own.sources == given_.sources
+    assert own.features is not None and given_.features is not None
+    np.testing.assert_array_equal(own.features, given_.features)
+    assert own.scores == given_.scores
+    assert [t for t, g in zip(own.texts, own.sources, strict=True) if g == S["mpc"]] == [
+        t for t in mpc if t != prev and t not in {h[0] for h in history}]
+    k = data.draw(st.integers(1, 12))
+    top_given, top_own = ask([(t, S["mpc"], pop[t], pop[t]) for t in mpc] + gen4, 0, False, k), \
+        ask(gen4, m, False, k)
+    assert top_own.texts == top_given.texts and top_own.scores == top_given.scores
+
+
 def test_sources_shown_and_history_ranks() -> None:
     labels = ["weather", "weather channel", "web md"]
     a = answerer(labels, [10, 5, 1], Forest.empty())
@@ -190,6 +234,13 @@ def test_bad_input_is_refused_and_leaves_the_scratch_clean() -> None:
     with pytest.raises(InputError):
         a.answer(b"a", b"", _kernel.Texts([]), _kernel.Texts([]), ["ab"], [S["mpc"]], [], [1],
                  NOW, 10, 0, 5)
+    # the answerer's own MPC list: at most QAC_MAX_MPC, and never beside a given one
+    empty = _kernel.Texts([])
+    for bad in (-1, _kernel.MAX_MPC + 1, True, 2.0):
+        with pytest.raises(InputError, match="n_mpc"):
+            a.answer(b"a", b"", empty, empty, [], [], [], [], NOW, 10, 0, 5, n_mpc=bad)
+    with pytest.raises(InputError):
+        a.answer(b"a", b"", empty, empty, ["ab"], [S["mpc"]], [2], [2], NOW, 10, 0, 5, n_mpc=3)
     # a bad call leaves nothing behind: the next answer is whole
     refs, _, _, _ = run(a, "a", "", [("ab", 1, NOW)], [], [("a", S["mpc"], 1, 1)])
     assert sorted(text_of(r, labels, [("ab", 1, NOW)], [], [("a", S["mpc"], 1, 1)])

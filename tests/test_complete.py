@@ -3,6 +3,7 @@ history, the blocklist in the model, persistence, bad input."""
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from qac.errors import InputError, ModelFormatError
 from qac.history import Past
 from qac.logs import LogEvent, previous_queries
 from qac.match import MatchConfig
+from qac.rank import FEATURES
 
 NOW = time.time()
 
@@ -54,6 +56,41 @@ def test_previous_query_changes_the_completion(fitted: Completer) -> None:
         "plant care tips")
     assert _texts(fitted.complete("pl", previous="planet earth", k=3))[0] == "plant nursery"
     assert _texts(fitted.complete("pl", previous="game console", k=3))[0] == "playstation 5"
+
+
+def test_mpc_listed_in_c_is_mpcs_list(fitted: Completer) -> None:
+    """Without a background log every query MPC counts is a label, so C lists the most
+    popular completions itself: the answers and pools are those of MPC's list made in
+    Python and handed over."""
+    assert fitted._native_mpc
+    python = fitted.with_options()
+    python._native_mpc = False
+    for prev in (None, "rose of jericho", "game console", "plant nursery"):
+        for p in ("", "p", "pl", "pla", "plant ", "n", "new y", "x", "playstation 5"):
+            for hist in ((), ("planet x", "playstation 5", "plant nursery")):
+                got = fitted.complete(p, prev, k=10, history=hist, now=NOW)
+                want = python.complete(p, prev, k=10, history=hist, now=NOW)
+                assert [(c.text, c.source, c.score) for c in got] == [
+                    (c.text, c.source, c.score) for c in want], (p, prev, hist)
+                texts, sources, X = fitted.pool(p, prev, hist, now=NOW)
+                texts2, sources2, X2 = python.pool(p, prev, hist, now=NOW)
+                assert (texts, sources) == (texts2, sources2)
+                assert (X == X2).all()
+    # and C did list them: the prefix's most popular labels are marked in its pool
+    texts, _, X = fitted.pool("p", None, now=NOW)
+    top = [t for t, _ in fitted.mpc.top("p", 3)]
+    assert [X[texts.index(t), FEATURES.index("mpc_rank")] for t in top] == [1, 1 / 2, 1 / 3]
+
+
+def test_a_background_log_keeps_mpcs_list_in_python() -> None:
+    """A background log's queries count for MPC without being labels: its list, made
+    in Python, still offers them."""
+    c = Completer.train(_log(), CompleterConfig(trie_depth=1),
+                        background=Counter({"plasma screen deals": 500}))
+    assert not c._native_mpc
+    got = c.complete("pla", k=10)
+    assert ("plasma screen deals", "mpc") in [(g.text, g.source) for g in got]
+    assert "plasma screen deals" not in c
 
 
 def test_previous_query_changes_the_completion_with_the_shipped_ranker(completer: Completer

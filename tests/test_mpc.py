@@ -34,6 +34,10 @@ def test_matches_brute_force(counts: dict[str, int], cache_k: int, extra: int, k
     for p in sorted(prefixes):
         want = brute(counts, normalize_prefix(p), k, min_count)
         assert m.complete(p, k) == want, (p, k)
+        # at_least counts without listing: the same verdict as the whole list
+        q = normalize_prefix(p)
+        n = len(brute(counts, q, 1 << 30, min_count))
+        assert [m.at_least(q, j) for j in range(k + 2)] == [n >= j for j in range(k + 2)], (q, k)
 
 
 def test_normalizes_and_merges() -> None:
