@@ -132,7 +132,7 @@ struct qac_answer_scratch {
     piece_t *pieces; /* max_prev + 1 */
     uint32_t *stamp; /* max_prev + 1 */
     uint32_t tick;
-    uint64_t *grams; /* max_prev + 3: the previous query's 3-gram hashes, sorted */
+    uint32_t *gset; /* the previous query's 3-grams (prev_grams): 2 * max_prev slots */
     uint64_t *row_key; /* max_rows: the near-duplicate keys of the rows kept */
     qac_fuzzy_t fuzzy;
     qac_fuzzy_range ranges[MAX_SPANS];
@@ -411,7 +411,7 @@ void qac_answer_scratch_free(qac_answer_scratch_t *s) {
     free(s->hm);
     free(s->pieces);
     free(s->stamp);
-    free(s->grams);
+    free(s->gset);
     free(s->row_key);
     free(s);
 }
@@ -448,10 +448,12 @@ int qac_answer_scratch_new(const qac_answerer_t *a, size_t max_rows, size_t max_
     s->hm = malloc(max_rows * sizeof *s->hm);
     s->pieces = malloc((max_prev + 1) * sizeof *s->pieces);
     s->stamp = calloc(max_prev + 1, sizeof *s->stamp);
-    s->grams = malloc((max_prev + 3) * sizeof *s->grams);
+    size_t gslots = 16;
+    while (gslots < 2 * max_prev) gslots *= 2;
+    s->gset = malloc(gslots * sizeof *s->gset);
     s->row_key = malloc(max_rows * sizeof *s->row_key);
     if (!s->feat_idx || !s->feat_val || !s->ids || !s->scores || !s->rows || !s->slot ||
-        !s->x || !s->order || !s->hm || !s->pieces || !s->stamp || !s->grams || !s->row_key) {
+        !s->x || !s->order || !s->hm || !s->pieces || !s->stamp || !s->gset || !s->row_key) {
         qac_answer_scratch_free(s);
         return QAC_E_NOMEM;
     }
@@ -550,11 +552,6 @@ static int by_hash(const void *a, const void *b) {
     return (x->h > y->h) - (x->h < y->h);
 }
 
-static int by_u64(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* the words of prev, sorted by hash */
 static size_t split_prev(qac_answer_scratch_t *s, const char *prev, size_t n) {
     size_t k = 0, i = 0;
@@ -604,36 +601,49 @@ static double overlap(qac_answer_scratch_t *s, size_t np, const char *t, size_t 
     return (double)hits / (double)pieces;
 }
 
-/* the byte 3-gram of " " t " " starting at i (0 <= i < n) */
-static inline uint64_t gram3(const char *t, size_t n, size_t i) {
+/* the byte 3-gram of " " t " " starting at i (0 <= i < n), as 24 bits */
+static inline uint32_t gram3(const char *t, size_t n, size_t i) {
     unsigned char c[3];
     for (int k = 0; k < 3; k++) {
         size_t at = i + (size_t)k; /* position in " " t " " */
         c[k] = at == 0 || at == n + 1 ? ' ' : (unsigned char)t[at - 1];
     }
-    return ((uint64_t)c[0] << 16 | (uint64_t)c[1] << 8 | c[2]) * 0x9E3779B97F4A7C15ULL;
+    return (uint32_t)c[0] << 16 | (uint32_t)c[1] << 8 | c[2];
 }
 
-/* the previous query's 3-grams (of " " prev " "), sorted */
-static size_t prev_grams(qac_answer_scratch_t *s, const char *prev, size_t n) {
-    size_t m = n; /* n + 2 padded bytes hold n 3-grams */
-    for (size_t i = 0; i < m; i++) s->grams[i] = gram3(prev, n, i);
-    qsort(s->grams, m, sizeof *s->grams, by_u64);
-    return m;
+/* the slot of 3-gram g in a set of 2^bits slots */
+static inline size_t gram_slot(uint32_t g, int bits) {
+    return (size_t)(((uint64_t)g * 0x9E3779B97F4A7C15ULL) >> (64 - bits));
 }
 
-/* share of the 3-grams of " " t " " (with repeats) that are 3-grams of prev */
-static double char3(const qac_answer_scratch_t *s, size_t m, const char *t, size_t n) {
-    if (n == 0 || m == 0) return 0.0;
+/* the previous query's 3-grams (of " " prev " ", n >= 1 bytes) as an open-addressed
+ * set in s->gset: 2^bits slots (at least twice the grams) of gram + 1, 0 free.
+ * Returns bits. */
+static int prev_grams(qac_answer_scratch_t *s, const char *prev, size_t n) {
+    int bits = 4;
+    while (((size_t)1 << bits) < 2 * n) bits++;
+    const size_t mask = ((size_t)1 << bits) - 1;
+    memset(s->gset, 0, (mask + 1) * sizeof *s->gset);
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t g = gram3(prev, n, i) + 1;
+        size_t k = gram_slot(g, bits);
+        while (s->gset[k] && s->gset[k] != g) k = (k + 1) & mask;
+        s->gset[k] = g;
+    }
+    return bits;
+}
+
+/* share of the 3-grams of " " t " " (with repeats) that are 3-grams of prev (bits:
+ * prev_grams's, 0 for no previous query) */
+static double char3(const qac_answer_scratch_t *s, int bits, const char *t, size_t n) {
+    if (n == 0 || bits == 0) return 0.0;
+    const size_t mask = ((size_t)1 << bits) - 1;
     size_t hits = 0;
     for (size_t i = 0; i < n; i++) {
-        uint64_t g = gram3(t, n, i);
-        size_t lo = 0, hi = m;
-        while (lo < hi) {
-            size_t mid = lo + (hi - lo) / 2;
-            if (s->grams[mid] < g) lo = mid + 1; else hi = mid;
-        }
-        hits += lo < m && s->grams[lo] == g;
+        const uint32_t g = gram3(t, n, i) + 1;
+        size_t k = gram_slot(g, bits);
+        while (s->gset[k] && s->gset[k] != g) k = (k + 1) & mask;
+        hits += s->gset[k] == g;
     }
     return (double)hits / (double)n;
 }
@@ -1261,7 +1271,7 @@ static void featurize_rows(const qac_answerer_t *a, pool_t *pool, const char *pr
     size_t cut = plen; /* bytes up to the prefix's last space, included */
     while (cut && prefix[cut - 1] != ' ') cut--;
     const size_t n_pieces = prev_len ? split_prev(s, prev, prev_len) : 0;
-    const size_t n_grams = prev_len ? prev_grams(s, prev, prev_len) : 0;
+    const int gram_bits = prev_len ? prev_grams(s, prev, prev_len) : 0;
     const double range_pop =
         a->n_labels ? (double)(a->lab.popcum[hi] - a->lab.popcum[lo]) : 0.0;
     const double hist_matches = log1p((double)n_hm);
@@ -1289,7 +1299,7 @@ static void featurize_rows(const qac_answerer_t *a, pool_t *pool, const char *pr
         if (prev_len) {
             x[F_PREV_OVERLAP] = w->len > cut ? overlap(s, n_pieces, w->text + cut, w->len - cut)
                                              : 0.0;
-            x[F_PREV_CHAR3] = char3(s, n_grams, w->text, w->len);
+            x[F_PREV_CHAR3] = char3(s, gram_bits, w->text, w->len);
             x[F_EXTENDS_PREV] = starts_with(w->text, w->len, prev, prev_len);
         } else {
             x[F_PREV_OVERLAP] = x[F_PREV_CHAR3] = x[F_EXTENDS_PREV] = 0.0;
