@@ -62,7 +62,7 @@ from qac.index.trie import build_hybrid_tree, build_trie_tree
 from qac.live import LiveBlocklist, LiveConfig, Overlay
 from qac.logs import LogEvent, previous_queries
 from qac.match import MatchConfig
-from qac.mpc import MostPopular
+from qac.mpc import LOOKUP_CACHE, MostPopular
 from qac.rank import FEATURES, SOURCES, Forest
 from qac.sources import GENERATORS, MPC, SourcesConfig, Tables, check_generators
 from qac.storage import open_model_dir, save_model_dir
@@ -452,6 +452,10 @@ class Completer:
         # (no background log, min_count 1): then C lists the most popular completions
         # itself, and a generated text that is no label has popularity 0
         self._native_mpc = len(mpc) == len(labels)
+        # whether a prefix is rare (fewer known queries than sources.rare) depends on
+        # the prefix alone; the extras' cache also keys on the previous query
+        self._rare = functools.lru_cache(maxsize=LOOKUP_CACHE)(
+            lambda p: not mpc.at_least(p, config.sources.rare))
 
     # -- training -------------------------------------------------------------
     @classmethod
@@ -804,8 +808,7 @@ class Completer:
         cfg = self.config.sources
         gen = self.tables.generated
         if self._native_mpc:
-            rare = not self.mpc.at_least(p, cfg.rare)
-            gt, gs, gc = gen(p, prev, generators, rare, self._blocks)
+            gt, gs, gc = gen(p, prev, generators, self._rare(p), self._blocks)
             return gt, gs, gc, [0] * len(gt)
         top = self._mpc_top(p)
         rare = len(top) < cfg.rare
