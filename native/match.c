@@ -137,24 +137,32 @@ static void visit(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, uint32_t c, si
         return;
     }
     z->visited++;
-    const size_t m = z->mc, w = m + 1;
+    const size_t m = z->mc, w = m + 1, k = (size_t)z->max_edits;
     const uint32_t *p = z->pc;
     const uint8_t *q = z->dp + (d - 1) * w, *qq = d >= 2 ? z->dp + (d - 2) * w : NULL;
     uint8_t *row = z->dp + d * w;
     z->chars[d] = c;
-    row[0] = (uint8_t)(d < 255 ? d : 255);
+    /* Only the band |j - d| <= k can be within k edits (Ukkonen): the cells outside
+     * it are never computed, and read as k + 1 where the next rows touch them (the
+     * band's two neighbours); every cell holds min(k + 1, its distance). */
+    const uint8_t over = (uint8_t)(k + 1);
+    const size_t jlo = d > k ? d - k : 1, jhi = d + k < m ? d + k : m;
+    row[0] = d < over ? (uint8_t)d : over;
+    if (jlo > 1) row[jlo - 1] = over;
     uint8_t low = row[0];
-    for (size_t j = 1; j <= m; j++) {
+    for (size_t j = jlo; j <= jhi; j++) {
         uint8_t v = min3((uint8_t)(q[j] + 1), (uint8_t)(row[j - 1] + 1),
                          (uint8_t)(q[j - 1] + (c != p[j - 1])));
         if (qq && j >= 2 && c == p[j - 2] && z->chars[d - 1] == p[j - 1] &&
             qq[j - 2] + 1 < v)
             v = (uint8_t)(qq[j - 2] + 1);
+        if (v > over) v = over;
         row[j] = v;
         if (v < low) low = v;
     }
+    if (jhi < m) row[jhi + 1] = over;
     if (low > z->max_edits) return;
-    const int end = row[m];
+    const int end = jhi == m ? row[m] : over;
     if (end <= z->max_edits) {
         if (end == 0) return; /* the exact prefix: not a correction */
         if (z->n_ranges < z->cap)
