@@ -3,7 +3,9 @@
 Every keystroke's pool (see :mod:`qac.complete`) is fed by:
 
 * ``model``: the XMR beam over the labels that start with the prefix (in C);
-* ``mpc``: the most popular completions of the prefix (:class:`qac.mpc.MostPopular`);
+* ``mpc``: the most popular completions of the prefix (in C, off the labels'
+  popularity, when every query the model counts is a label; else listed by
+  :class:`qac.mpc.MostPopular` here and handed over);
 * ``history``: the user's past queries that start with the prefix (in C, from the
   context the session store hands over);
 * ``session``: the previous query, when the prefix agrees with it, extended by its
