@@ -409,11 +409,6 @@ def _with_fresh(texts: list[str], srcs: list[int], counts: list[int], pops: list
             mc + counts[m:] + fc, mc + pops[m:] + fc)
 
 
-def _clean(text: Any) -> str | None:
-    """A stored query as a candidate: a non-empty str without a newline, else None."""
-    return text if isinstance(text, str) and text and "\n" not in text else None
-
-
 class Completer:
     """``Completer.load(dir).complete(prefix, previous=None, k=10, ...) -> [Completion]``."""
 
@@ -752,7 +747,8 @@ class Completer:
     def pack_history(self, history: HistoryLike) -> _kernel.Texts:
         """The user's past queries as the kernel reads them: ``Past`` entries (or plain
         queries, most recent first, count 1, time unknown); blocked, empty and
-        malformed entries dropped; at most ``sources.history`` (most recent first)."""
+        malformed entries dropped (a query is a non-empty str without a newline); at
+        most ``sources.history`` (most recent first)."""
         if isinstance(history, _kernel.Texts):
             return history
         if isinstance(history, str | bytes):
@@ -761,16 +757,22 @@ class Completer:
         texts: list[str] = []
         counts: list[int] = []
         times: list[float] = []
-        for h in history:
-            if isinstance(h, Past):
-                q, c, t = _clean(h.query), h.count, h.last
+        isfinite = math.isfinite
+        for h in history:  # the per-keystroke path: exact types checked first
+            if h.__class__ is Past or isinstance(h, Past):
+                q, c, t = h.query, h.count, h.last
             else:
-                q, c, t = _clean(h), 1, 0.0
-            if q is None or (blocks is not None and blocks(q)):
+                q, c, t = h, 1, 0.0
+            if not isinstance(q, str) or not q or "\n" in q or (blocks is not None
+                                                                and blocks(q)):
                 continue
             texts.append(q)
-            counts.append(max(1, min(int(c), 1 << 30)) if isinstance(c, int) else 1)
-            times.append(float(t) if isinstance(t, int | float) and math.isfinite(t) else 0.0)
+            if c.__class__ is not int or not 1 <= c <= 1 << 30:
+                c = max(1, min(int(c), 1 << 30)) if isinstance(c, int) else 1
+            counts.append(c)
+            if t.__class__ is not float or not isfinite(t):
+                t = float(t) if isinstance(t, int | float) and isfinite(t) else 0.0
+            times.append(t)
         cap = self.config.sources.history
         if len(texts) > cap:
             order = sorted(range(len(texts)), key=lambda i: -times[i])[:cap]
@@ -790,13 +792,16 @@ class Completer:
         blocks = self._blocks
         texts: list[str] = []
         times: list[float] = []
+        isfinite = math.isfinite
         for s in session:
-            raw, t = (s, 0.0) if isinstance(s, str) else (s[0], s[1])
-            q = _clean(raw)
-            if q is None or (blocks is not None and blocks(q)):
+            q, t = (s, 0.0) if isinstance(s, str) else (s[0], s[1])
+            if not isinstance(q, str) or not q or "\n" in q or (blocks is not None
+                                                                and blocks(q)):
                 continue
             texts.append(q)
-            times.append(float(t) if isinstance(t, int | float) and math.isfinite(t) else 0.0)
+            if t.__class__ is not float or not isfinite(t):
+                t = float(t) if isinstance(t, int | float) and isfinite(t) else 0.0
+            times.append(t)
         return _kernel.Texts(texts, None, times)
 
     # -- answering (the per-keystroke path) ---------------------------------------

@@ -62,6 +62,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
+import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -452,8 +453,6 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
     page = _static("index.html")
     script = _static("app.js")
     m = state.metrics
-    dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False,
-                             separators=(",", ":")).encode
 
     async def session_context(session: str, prefix: str, n: int) -> SessionContext:
         try:
@@ -479,11 +478,12 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
             ctx = await session_context(session, by, n)
         got = _answer(completer, prefix, ctx, k, typos)
         took = (time.perf_counter() - t0) * 1e3
-        return dumps({
+        # orjson: the stdlib encoder took ~15% of the per-keystroke Python (issue 12)
+        return orjson.dumps({
             "completions": [{"text": c.text, "score": c.score, "source": c.source,
                              "edits": c.edits, "highlight": c.spans} for c in got],
             "took_ms": round(took, 4),
-        }).encode()
+        })
 
     async def complete(request: Request) -> Response:  # HEAD (GET is answered by Front)
         body = await complete_body(request.scope.get("query_string", b""))
