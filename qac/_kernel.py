@@ -7,7 +7,7 @@ non-zero status from C becomes a typed exception from :mod:`qac.errors`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -911,8 +911,8 @@ class Answerer:
         return b
 
     def answer(self, prefix: bytes, prev: bytes, session: Texts, history: Texts,
-               extra: list[str], extra_source: list[int], extra_count: list[int],
-               extra_pop: list[int], now: float, beam: int, n_model: int, k: int,
+               extra: Sequence[str], extra_source: Sequence[int], extra_count: Sequence[int],
+               extra_pop: Sequence[int], now: float, beam: int, n_model: int, k: int,
                features: bool = False, collapse: bool = False, match: Any = None,
                extra_live: list[float] | None = None, label_live: np.ndarray | None = None,
                live_scale: float = 1.0, n_mpc: int = 0) -> Answer:
