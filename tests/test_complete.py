@@ -1,6 +1,7 @@
 """Session-aware completion: one pool and one ranker, the session effect, the user's
 history, the blocklist in the model, persistence, bad input."""
 
+import gc
 import json
 import time
 from collections import Counter
@@ -92,6 +93,23 @@ def test_a_background_log_keeps_mpcs_list_in_python() -> None:
     assert ("plasma screen deals", "mpc") in [(g.text, g.source) for g in got]
     assert "plasma screen deals" not in c
 
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cached_candidates_leave_the_garbage_collectors_reach(fitted: Completer,
+                                                              native: bool) -> None:
+    """What a keystroke caches (its generated candidates, and MPC's list when Python
+    makes it) holds no container the cyclic GC must keep walking: under load,
+    thousands of cached lists made every collection of the young generations a
+    stall of the event loop."""
+    c = fitted.with_options()
+    c._native_mpc = native
+    for p, prev in (("pl", "rose of jericho"), ("p", None), ("plant ", "plant nursery")):
+        got = c._extras_of(p, prev or "", c.config.generators)
+        assert got[0] and all(isinstance(part, tuple) for part in got)
+        gc.collect()
+        gc.collect()  # a tuple is untracked once its items are: the outer one a pass later
+        assert not gc.is_tracked(got) and not any(gc.is_tracked(part) for part in got)
+        assert c.complete(p, prev, k=5)  # and the keystroke answers from them
 
 def test_previous_query_changes_the_completion_with_the_shipped_ranker(completer: Completer
                                                                        ) -> None:
