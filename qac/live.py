@@ -343,7 +343,7 @@ class Overlay:
         self._fresh: dict[str, _Fresh] = {}
         self._eligible: list[str] = []   # sorted texts of the fresh queries past the floor
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[int, list[str]]] = {}
+        self._cache: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._version = 0  # bumps when the eligible set changes
         self.events = 0
         self.label_events = 0
@@ -548,10 +548,10 @@ class Overlay:
                 lo = bisect.bisect_left(el, prefix)
                 hi = bisect.bisect_left(el, prefix + "\U0010ffff") if prefix else len(el)
                 fr = self._fresh
-                if hi - lo <= 4 * k:
-                    texts = sorted(el[lo:hi], key=lambda q: -fr[q].weight)
-                else:
-                    texts = heapq.nlargest(4 * k, el[lo:hi], key=lambda q: fr[q].weight)
+                # a tuple, which the cyclic GC stops walking (see Completer._extras)
+                texts = tuple(sorted(el[lo:hi], key=lambda q: -fr[q].weight)
+                              if hi - lo <= 4 * k else
+                              heapq.nlargest(4 * k, el[lo:hi], key=lambda q: fr[q].weight))
             if len(self._cache) > 50_000:
                 self._cache.clear()
             self._cache[key] = (stamp, texts)
