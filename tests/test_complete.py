@@ -111,6 +111,7 @@ def test_cached_candidates_leave_the_garbage_collectors_reach(fitted: Completer,
         assert not gc.is_tracked(got) and not any(gc.is_tracked(part) for part in got)
         assert c.complete(p, prev, k=5)  # and the keystroke answers from them
 
+
 def test_previous_query_changes_the_completion_with_the_shipped_ranker(completer: Completer
                                                                        ) -> None:
     after = _texts(completer.complete("pl", previous="game console", k=5))
