@@ -416,6 +416,14 @@ void qac_answer_scratch_free(qac_answer_scratch_t *s) {
     free(s);
 }
 
+/* the size of the previous query's 3-gram set (prev_grams) for n bytes: 2^bits
+ * slots, at least 16 and twice the grams */
+static int gram_bits(size_t n) {
+    int bits = 4;
+    while (((size_t)1 << bits) < 2 * n) bits++;
+    return bits;
+}
+
 int qac_answer_scratch_new(const qac_answerer_t *a, size_t max_rows, size_t max_beam,
                            size_t max_model, size_t max_prev, qac_answer_scratch_t **out) {
     if (!out) return QAC_E_INPUT;
@@ -448,9 +456,7 @@ int qac_answer_scratch_new(const qac_answerer_t *a, size_t max_rows, size_t max_
     s->hm = malloc(max_rows * sizeof *s->hm);
     s->pieces = malloc((max_prev + 1) * sizeof *s->pieces);
     s->stamp = calloc(max_prev + 1, sizeof *s->stamp);
-    size_t gslots = 16;
-    while (gslots < 2 * max_prev) gslots *= 2;
-    s->gset = malloc(gslots * sizeof *s->gset);
+    s->gset = malloc(((size_t)1 << gram_bits(max_prev)) * sizeof *s->gset);
     s->row_key = malloc(max_rows * sizeof *s->row_key);
     if (!s->feat_idx || !s->feat_val || !s->ids || !s->scores || !s->rows || !s->slot ||
         !s->x || !s->order || !s->hm || !s->pieces || !s->stamp || !s->gset || !s->row_key) {
@@ -611,24 +617,24 @@ static inline uint32_t gram3(const char *t, size_t n, size_t i) {
     return (uint32_t)c[0] << 16 | (uint32_t)c[1] << 8 | c[2];
 }
 
-/* the slot of 3-gram g in a set of 2^bits slots */
-static inline size_t gram_slot(uint32_t g, int bits) {
-    return (size_t)(((uint64_t)g * 0x9E3779B97F4A7C15ULL) >> (64 - bits));
+/* the slot of 3-gram g (+ 1, 0 marks a free slot) in the set of 2^bits slots: where
+ * it is, or the free slot where it would go (linear probing) */
+static inline size_t gram_slot(const uint32_t *set, int bits, uint32_t g) {
+    const size_t mask = ((size_t)1 << bits) - 1;
+    size_t k = (size_t)(((uint64_t)g * 0x9E3779B97F4A7C15ULL) >> (64 - bits));
+    while (set[k] && set[k] != g) k = (k + 1) & mask;
+    return k;
 }
 
 /* the previous query's 3-grams (of " " prev " ", n >= 1 bytes) as an open-addressed
  * set in s->gset: 2^bits slots (at least twice the grams) of gram + 1, 0 free.
  * Returns bits. */
 static int prev_grams(qac_answer_scratch_t *s, const char *prev, size_t n) {
-    int bits = 4;
-    while (((size_t)1 << bits) < 2 * n) bits++;
-    const size_t mask = ((size_t)1 << bits) - 1;
-    memset(s->gset, 0, (mask + 1) * sizeof *s->gset);
+    const int bits = gram_bits(n);
+    memset(s->gset, 0, ((size_t)1 << bits) * sizeof *s->gset);
     for (size_t i = 0; i < n; i++) {
         const uint32_t g = gram3(prev, n, i) + 1;
-        size_t k = gram_slot(g, bits);
-        while (s->gset[k] && s->gset[k] != g) k = (k + 1) & mask;
-        s->gset[k] = g;
+        s->gset[gram_slot(s->gset, bits, g)] = g;
     }
     return bits;
 }
@@ -637,13 +643,10 @@ static int prev_grams(qac_answer_scratch_t *s, const char *prev, size_t n) {
  * prev_grams's, 0 for no previous query) */
 static double char3(const qac_answer_scratch_t *s, int bits, const char *t, size_t n) {
     if (n == 0 || bits == 0) return 0.0;
-    const size_t mask = ((size_t)1 << bits) - 1;
     size_t hits = 0;
     for (size_t i = 0; i < n; i++) {
         const uint32_t g = gram3(t, n, i) + 1;
-        size_t k = gram_slot(g, bits);
-        while (s->gset[k] && s->gset[k] != g) k = (k + 1) & mask;
-        hits += s->gset[k] == g;
+        hits += s->gset[gram_slot(s->gset, bits, g)] == g;
     }
     return (double)hits / (double)n;
 }
@@ -1271,7 +1274,7 @@ static void featurize_rows(const qac_answerer_t *a, pool_t *pool, const char *pr
     size_t cut = plen; /* bytes up to the prefix's last space, included */
     while (cut && prefix[cut - 1] != ' ') cut--;
     const size_t n_pieces = prev_len ? split_prev(s, prev, prev_len) : 0;
-    const int gram_bits = prev_len ? prev_grams(s, prev, prev_len) : 0;
+    const int gbits = prev_len ? prev_grams(s, prev, prev_len) : 0;
     const double range_pop =
         a->n_labels ? (double)(a->lab.popcum[hi] - a->lab.popcum[lo]) : 0.0;
     const double hist_matches = log1p((double)n_hm);
@@ -1299,7 +1302,7 @@ static void featurize_rows(const qac_answerer_t *a, pool_t *pool, const char *pr
         if (prev_len) {
             x[F_PREV_OVERLAP] = w->len > cut ? overlap(s, n_pieces, w->text + cut, w->len - cut)
                                              : 0.0;
-            x[F_PREV_CHAR3] = char3(s, gram_bits, w->text, w->len);
+            x[F_PREV_CHAR3] = char3(s, gbits, w->text, w->len);
             x[F_EXTENDS_PREV] = starts_with(w->text, w->len, prev, prev_len);
         } else {
             x[F_PREV_OVERLAP] = x[F_PREV_CHAR3] = x[F_EXTENDS_PREV] = 0.0;
