@@ -387,6 +387,14 @@ def _build_index(config: CompleterConfig, labels: list[str]) -> Any:
     return index
 
 
+def _mpc_rows(top: Sequence[tuple[str, int]]
+              ) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """MPC's list (text, count) as extras: (texts, sources, counts, popularity)."""
+    texts = tuple(t for t, _ in top)
+    counts = tuple(c for _, c in top)
+    return texts, (MPC,) * len(texts), counts, counts
+
+
 def _with_fresh(texts: Sequence[str], srcs: Sequence[int], counts: Sequence[int],
                 pops: Sequence[int], fresh: list[str], live: list[float], n_mpc: int
                 ) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
@@ -407,6 +415,11 @@ def _with_fresh(texts: Sequence[str], srcs: Sequence[int], counts: Sequence[int]
     fc = [int(c) for c in live]
     return ((*mt, *texts[m:], *fresh), (*[MPC] * len(mt), *srcs[m:], *[FRESH] * len(fresh)),
             (*mc, *counts[m:], *fc), (*mc, *pops[m:], *fc))
+
+
+def _clean(text: Any) -> str | None:
+    """A stored query as a candidate: a non-empty str without a newline, else None."""
+    return text if isinstance(text, str) and text and "\n" not in text else None
 
 
 class Completer:
@@ -747,8 +760,7 @@ class Completer:
     def pack_history(self, history: HistoryLike) -> _kernel.Texts:
         """The user's past queries as the kernel reads them: ``Past`` entries (or plain
         queries, most recent first, count 1, time unknown); blocked, empty and
-        malformed entries dropped (a query is a non-empty str without a newline); at
-        most ``sources.history`` (most recent first)."""
+        malformed entries dropped; at most ``sources.history`` (most recent first)."""
         if isinstance(history, _kernel.Texts):
             return history
         if isinstance(history, str | bytes):
@@ -757,22 +769,16 @@ class Completer:
         texts: list[str] = []
         counts: list[int] = []
         times: list[float] = []
-        isfinite = math.isfinite
-        for h in history:  # the per-keystroke path: exact types checked first
-            if h.__class__ is Past or isinstance(h, Past):
-                q, c, t = h.query, h.count, h.last
+        for h in history:
+            if isinstance(h, Past):
+                q, c, t = _clean(h.query), h.count, h.last
             else:
-                q, c, t = h, 1, 0.0
-            if not isinstance(q, str) or not q or "\n" in q or (blocks is not None
-                                                                and blocks(q)):
+                q, c, t = _clean(h), 1, 0.0
+            if q is None or (blocks is not None and blocks(q)):
                 continue
             texts.append(q)
-            if c.__class__ is not int or not 1 <= c <= 1 << 30:
-                c = max(1, min(int(c), 1 << 30)) if isinstance(c, int) else 1
-            counts.append(c)
-            if t.__class__ is not float or not isfinite(t):
-                t = float(t) if isinstance(t, int | float) and isfinite(t) else 0.0
-            times.append(t)
+            counts.append(max(1, min(int(c), 1 << 30)) if isinstance(c, int) else 1)
+            times.append(float(t) if isinstance(t, int | float) and math.isfinite(t) else 0.0)
         cap = self.config.sources.history
         if len(texts) > cap:
             order = sorted(range(len(texts)), key=lambda i: -times[i])[:cap]
@@ -792,16 +798,13 @@ class Completer:
         blocks = self._blocks
         texts: list[str] = []
         times: list[float] = []
-        isfinite = math.isfinite
         for s in session:
-            q, t = (s, 0.0) if isinstance(s, str) else (s[0], s[1])
-            if not isinstance(q, str) or not q or "\n" in q or (blocks is not None
-                                                                and blocks(q)):
+            raw, t = (s, 0.0) if isinstance(s, str) else (s[0], s[1])
+            q = _clean(raw)
+            if q is None or (blocks is not None and blocks(q)):
                 continue
             texts.append(q)
-            if t.__class__ is not float or not isfinite(t):
-                t = float(t) if isinstance(t, int | float) and isfinite(t) else 0.0
-            times.append(t)
+            times.append(float(t) if isinstance(t, int | float) and math.isfinite(t) else 0.0)
         return _kernel.Texts(texts, None, times)
 
     # -- answering (the per-keystroke path) ---------------------------------------
@@ -822,15 +825,11 @@ class Completer:
             gt, gs, gc = gen(p, prev, generators, self._rare(p), self._blocks)
             return tuple(gt), tuple(gs), tuple(gc), (0,) * len(gt)
         top = self._mpc_top(p)
-        rare = len(top) < cfg.rare
-        top = top[:cfg.mpc]
-        texts = [t for t, _ in top]
-        counts = [c for _, c in top]
-        srcs = [MPC] * len(texts)
-        gt, gs, gc = gen(p, prev, generators, rare, self._blocks)
+        texts, srcs, counts, pops = _mpc_rows(top[:cfg.mpc])
+        gt, gs, gc = gen(p, prev, generators, len(top) < cfg.rare, self._blocks)
         count = self._count
-        pops = counts + [count(t) for t in gt]
-        return tuple(texts + gt), tuple(srcs + gs), tuple(counts + gc), tuple(pops)
+        return (texts + tuple(gt), srcs + tuple(gs), counts + tuple(gc),
+                pops + tuple(count(t) for t in gt))
 
     def _mpc_top(self, p: str) -> tuple[tuple[str, int], ...]:
         cfg = self.config.sources
@@ -887,11 +886,8 @@ class Completer:
             if ft:
                 if n_mpc:
                     # the fresh queries join MPC's list: made here, as without native MPC
-                    top = self._mpc_top(p)[:n_mpc]
-                    texts = (*(t for t, _ in top), *texts)
-                    srcs = (MPC,) * len(top) + srcs
-                    counts = (*(c for _, c in top), *counts)
-                    pops = (*(c for _, c in top), *pops)
+                    mt, ms, mc, mp = _mpc_rows(self._mpc_top(p)[:n_mpc])
+                    texts, srcs, counts, pops = mt + texts, ms + srcs, mc + counts, mp + pops
                     n_mpc = 0
                 texts, srcs, counts, pops = _with_fresh(texts, srcs, counts, pops, ft, fc,
                                                         cfg.mpc)
