@@ -61,6 +61,7 @@ struct qac_answerer {
     int32_t *root;   /* n_trees: each tree's root in nodes */
     int32_t *depth;  /* n_trees: the steps from its root to its deepest leaf */
     qac_rmq_t by_pop; /* the most popular labels of a range */
+    qac_lcp_t tree;   /* the labels' child table: the typo search's trie */
     /* every word start of every label (label, byte offset), sorted by the text from
      * there to the label's end: the labels with a word that starts with a token */
     const int32_t *w_label, *w_off; /* the caller's (lab.word_label, lab.word_off) */
@@ -378,6 +379,7 @@ int qac_answerer_new(const qac_featurizer_t *featurizer, const qac_model_t *mode
     }
     free(level);
     rc = qac_rmq_init(&a->by_pop, a->lab.popularity, NULL, n);
+    if (rc == QAC_OK) rc = qac_lcp_init(&a->tree, a->lab.text, a->lab.offsets, n);
     if (rc == QAC_OK) rc = check_words(a);
     if (rc) {
         qac_answerer_free(a);
@@ -394,6 +396,7 @@ void qac_answerer_free(qac_answerer_t *answerer) {
     free(answerer->depth);
     qac_rmq_free(&answerer->by_pop);
     qac_rmq_free(&answerer->w_by_pop);
+    qac_lcp_free(&answerer->tree);
     free(answerer);
 }
 
@@ -1172,6 +1175,7 @@ static int match_typos(const qac_answerer_t *a, pool_t *pool, const char *prefix
     z->text = a->lab.text;
     z->offsets = a->lab.offsets;
     z->n = a->n_labels;
+    z->tree = &a->tree;
     z->p = (const unsigned char *)prefix;
     z->m = plen;
     z->max_edits = max_edits;

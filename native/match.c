@@ -68,6 +68,65 @@ size_t qac_rmq_argmax(const qac_rmq_t *r, size_t lo, size_t hi) {
     return best;
 }
 
+/* ---- the labels' child table ------------------------------------------------- */
+
+int qac_lcp_init(qac_lcp_t *t, const char *text, const int64_t *offsets, size_t n) {
+    memset(t, 0, sizeof *t);
+    if (n >= (size_t)INT32_MAX) return QAC_E_RANGE;
+    int32_t *mem = calloc(4 * (n + 1), sizeof *mem), *stack = malloc((n + 1) * sizeof *stack);
+    if (!mem || !stack) {
+        free(mem);
+        free(stack);
+        return QAC_E_NOMEM;
+    }
+    t->n = n;
+    t->lcp = mem;
+    t->up = mem + (n + 1);
+    t->down = mem + 2 * (n + 1);
+    t->next = mem + 3 * (n + 1);
+    int32_t *lcp = t->lcp;
+    lcp[0] = lcp[n] = -1;
+    for (size_t i = 1; i < n; i++) {
+        const char *a = text + offsets[i - 1], *b = text + offsets[i];
+        const int64_t la = offsets[i] - 1 - offsets[i - 1], lb = offsets[i + 1] - 1 - offsets[i];
+        const int64_t m = la < lb ? la : lb;
+        int64_t c = 0;
+        while (c < m && c < INT32_MAX && a[c] == b[c]) c++;
+        lcp[i] = (int32_t)c;
+    }
+    /* up and down, then next, as the paper builds them: one pass each, a stack */
+    size_t sp = 0;
+    int64_t last = -1;
+    stack[sp++] = 0;
+    for (size_t i = 1; i <= n; i++) {
+        while (lcp[i] < lcp[stack[sp - 1]]) {
+            last = stack[--sp];
+            const int32_t top = stack[sp - 1];
+            if (lcp[i] <= lcp[top] && lcp[top] != lcp[last]) t->down[top] = (int32_t)last;
+        }
+        if (last != -1) {
+            t->up[i] = (int32_t)last;
+            last = -1;
+        }
+        stack[sp++] = (int32_t)i;
+    }
+    sp = 0;
+    stack[sp++] = 0;
+    for (size_t i = 1; i <= n; i++) {
+        while (lcp[i] < lcp[stack[sp - 1]]) sp--;
+        if (lcp[i] == lcp[stack[sp - 1]]) t->next[stack[--sp]] = (int32_t)i;
+        stack[sp++] = (int32_t)i;
+    }
+    free(stack);
+    return QAC_OK;
+}
+
+void qac_lcp_free(qac_lcp_t *t) {
+    if (!t) return;
+    free(t->lcp);
+    memset(t, 0, sizeof *t);
+}
+
 /* ---- the typo search ---------------------------------------------------------- */
 
 uint32_t qac_utf8_at(const unsigned char *t, size_t n, size_t *len) {
@@ -174,9 +233,16 @@ static void visit(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, uint32_t c, si
     if (d < m + (size_t)z->max_edits) walk(z, lo, hi, d, depth);
 }
 
+/* the child of the node of depth d reached with code point c, if the first code
+ * point may be that one */
+static inline void child(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, uint32_t c,
+                         size_t depth) {
+    if (!(d == 0 && z->fix_first && c != z->pc[0])) visit(z, lo, hi, d + 1, c, depth);
+}
+
 /* the children of the node of depth d (code points; `depth` bytes) over labels
- * [lo, hi): one per next code point */
-static void walk(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, size_t depth) {
+ * [lo, hi), found by bisection: one per next code point */
+static void bisect(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, size_t depth) {
     size_t i = lo;
     while (i < hi && lab_len(z, i) == depth) i++; /* labels that end here sort first */
     while (i < hi && !z->truncated) {
@@ -201,8 +267,52 @@ static void walk(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, size_t depth) {
             size_t mid = a + (b - a) / 2;
             if (at_or_before(z, mid, depth, cb, k)) a = mid + 1; else b = mid;
         }
-        if (!(d == 0 && z->fix_first && c != z->pc[0])) visit(z, i, a, d + 1, c, depth + k);
+        child(z, i, a, d, c, depth + k);
         i = a;
+    }
+}
+
+/* the labels [lo, hi) of the node of depth d that share the byte at `depth`: one
+ * child, unless one of them ends here or a letter of several bytes starts with that
+ * byte (then bisection splits them) */
+static void byte_child(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, size_t depth) {
+    const size_t len = lab_len(z, lo);
+    size_t k = 0;
+    const uint32_t c = len > depth ? qac_utf8_at(lab_at(z, lo, depth), len - depth, &k) : 0;
+    if (k == 1 || (k > 1 && hi - lo == 1)) child(z, lo, hi, d, c, depth + k);
+    else bisect(z, lo, hi, d, depth);
+}
+
+/* the children of the node of depth d (code points; `depth` bytes) over labels
+ * [lo, hi): one per next code point, read off the child table (see qac_lcp_t)
+ * where there is one */
+static void walk(qac_fuzzy_t *z, size_t lo, size_t hi, size_t d, size_t depth) {
+    const qac_lcp_t *t = z->tree;
+    if (!t || hi - lo < 2) {
+        bisect(z, lo, hi, d, depth);
+        return;
+    }
+    /* [lo, hi - 1] is an lcp-interval (its labels share `depth` bytes, its
+     * neighbours fewer: the answerer checked the labels strictly sorted, and a
+     * node's range holds every label that starts with its text), so its first
+     * l-index, l the bytes all of them share, is in (lo, hi - 1] */
+    const size_t j = hi - 1, up = (size_t)t->up[j + 1];
+    const size_t first = up > lo && up <= j ? up : (size_t)t->down[lo];
+    if ((size_t)t->lcp[first] > depth) { /* one byte, shared by all */
+        size_t k;
+        const uint32_t c = qac_utf8_at(lab_at(z, lo, depth), lab_len(z, lo) - depth, &k);
+        if (depth + k <= (size_t)t->lcp[first]) child(z, lo, hi, d, c, depth + k);
+        else bisect(z, lo, hi, d, depth);
+        return;
+    }
+    /* the byte children, split at the l-indices */
+    size_t s = lo, e = first;
+    while (!z->truncated) {
+        byte_child(z, s, e, d, depth);
+        if (e == hi) return;
+        const size_t next = (size_t)t->next[e];
+        s = e;
+        e = next > s && next <= j ? next : hi;
     }
 }
 

@@ -8,9 +8,13 @@
  *     table over the blocks' maxima);
  *   - the typo search: the ranges of sorted labels whose first bytes are within a
  *     few edits (Damerau: a swap of neighbours is one) of the prefix, found by
- *     walking the trie the sorted labels imply (children are sub-ranges found by
- *     bisection), carrying one row of the edit-distance table per depth and
- *     pruning a branch once every cell of its row is over the limit;
+ *     walking the trie the sorted labels imply, carrying one row of the
+ *     edit-distance table per depth and pruning a branch once every cell of its
+ *     row is over the limit. A node's children are sub-ranges read off the labels'
+ *     child table (the longest common prefixes of neighbours and the lcp-interval
+ *     tree over them, Abouelhoda, Kurtz & Ohlebusch 2004: one step and one label
+ *     read per child), or found by bisection over the labels where a letter of
+ *     several bytes splits a byte's child (or no table is given);
  *   - the distance of one text's best prefix to the typed prefix (the user's past
  *     queries).
  *
@@ -45,6 +49,20 @@ static inline int64_t qac_rmq_value(const qac_rmq_t *r, size_t i) {
     return r->pop[r->id ? (size_t)r->id[i] : i];
 }
 
+/* The child table of sorted labels: lcp[i] is the bytes labels i - 1 and i have in
+ * common (lcp[0] = lcp[n] = -1), and up, down and next (0: none) are the
+ * lcp-interval tree's links (Abouelhoda, Kurtz & Ohlebusch 2004, the child table):
+ * the children of the labels [i, j] that share l bytes and no more start at the
+ * l-indices, up[j + 1] if it lies in (i, j] else down[i], then next of each. Built
+ * once per answerer: 16 bytes per label. */
+typedef struct {
+    size_t n;
+    int32_t *lcp, *up, *down, *next; /* n + 1 each, one allocation (lcp) */
+} qac_lcp_t;
+
+int qac_lcp_init(qac_lcp_t *t, const char *text, const int64_t *offsets, size_t n);
+void qac_lcp_free(qac_lcp_t *t);
+
 /* A range of sorted labels whose beginnings are `cost` edits from the prefix. */
 typedef struct {
     size_t lo, hi;
@@ -52,7 +70,7 @@ typedef struct {
 } qac_fuzzy_range;
 
 /* What the typo search works with: the sorted labels (text, offsets as in
- * qac_labels_view), the prefix p (m bytes of UTF-8, at most QAC_FUZZY_MAX_CHARS
+ * qac_labels_view, and their child table, or NULL to bisect), the prefix p (m bytes of UTF-8, at most QAC_FUZZY_MAX_CHARS
  * code points), the most edits, whether its first code point may change, room for
  * the ranges found, and a limit on the trie nodes visited (the work of one
  * keystroke is bounded; `truncated` says it was hit). Edits count code points: a
@@ -61,6 +79,7 @@ typedef struct {
     const char *text;
     const int64_t *offsets;
     size_t n;
+    const qac_lcp_t *tree;
     const unsigned char *p;
     size_t m;
     int max_edits, fix_first;

@@ -71,7 +71,7 @@ def one_split(feature: str, threshold: float, left: float, right: float) -> Fore
 
 
 #: letters of one, two (two lead bytes) and three bytes: an edit is a code point
-LETTERS = "abcжё日"
+LETTERS = "abcбжё日"
 words = st.text(alphabet=LETTERS + " ", min_size=1, max_size=7).map(
     lambda s: " ".join(s.split()))
 
@@ -98,6 +98,26 @@ def test_typo_matches_are_exactly_the_labels_within_the_edits(
     assert kinds == sorted(kinds)
     assert {t for t in got.texts if t.startswith(prefix)} == {t for t in ls
                                                              if t.startswith(prefix)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(labels=st.sets(st.text(alphabet="abбж", min_size=1, max_size=6), min_size=2,
+                      max_size=250),
+       prefix=st.text(alphabet="abбж", min_size=1, max_size=4), typos=st.integers(1, 2))
+def test_typo_search_over_a_dense_trie_is_the_reference(
+        labels: set[str], prefix: str, typos: int) -> None:
+    """Many labels over few letters ("б" and "ж" share their first byte): deep,
+    bushy tries, where the search reads a node's children off the labels' child
+    table (native/match.c)."""
+    ls = sorted(labels, key=str.encode)
+    a = labelled(ls, [1] * len(ls))
+    m = MatchConfig(words=False, typos=typos, one_typo_chars=1, two_typo_chars=1,
+                    first_char=True, fuzzy=1000)
+    got = ask(a, prefix, m, k=len(ls) + 1)
+    corrected = {t: e for t, e, g in zip(got.texts, got.edits, got.sources, strict=True)
+                 if g == S["typo"]}
+    want = {t: osa_prefix(prefix, t) for t in ls if not t.startswith(prefix)}
+    assert corrected == {t: e for t, e in want.items() if e <= typos}
 
 
 @settings(max_examples=150, deadline=None)
