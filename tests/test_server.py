@@ -865,3 +865,95 @@ def test_a_response_goes_out_in_one_write() -> None:
         assert c.get_extra_info("peername") == "info:peername"
 
     asyncio.run(scenario())
+
+
+def test_qac_serves_protocol_answers_keystrokes_below_asgi(models: dict[str, Path],
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """``GET /v1/complete`` through qac serve's HTTP protocol, on a real socket: the same
+    answer as the ASGI path (which a request with an Origin header takes), uvicorn's
+    headers, errors as JSON, pipelined requests answered in order, HTTP/1.0 closed
+    after the answer, every answer counted."""
+    import asyncio
+    import json
+    import re
+
+    import uvicorn
+    from conftest import free_port
+
+    from qac.server import app as app_module
+    from qac.server.http import CoalescingHttpToolsProtocol
+
+    through_asgi: list[bytes] = []
+    front = app_module.Front._complete
+
+    async def spy(self: Any, scope: Any, send: Any) -> None:
+        through_asgi.append(scope["query_string"])
+        await front(self, scope, send)
+
+    monkeypatch.setattr(app_module.Front, "_complete", spy)
+    app = create_app(ServerConfig(model_dir=str(models["a"])))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
+                                           http=CoalescingHttpToolsProtocol,
+                                           log_level="warning", access_log=False))
+
+    async def exchange(raw: bytes, n: int) -> list[tuple[bytes, dict[bytes, bytes], bytes]]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        out = []
+        for _ in range(n):
+            head = await reader.readuntil(b"\r\n\r\n")
+            status, *lines = head[:-4].split(b"\r\n")
+            headers = dict(line.lower().split(b": ", 1) for line in lines)
+            out.append((status, headers, await reader.readexactly(int(headers[b"content-length"]))))
+        if n and out[-1][1].get(b"connection") == b"close":
+            assert await reader.read() == b""  # the server closed it
+        writer.close()
+        return out
+
+    def get(q: str, extra: str = "", version: str = "1.1") -> bytes:
+        return f"GET /v1/complete?{q} HTTP/{version}\r\nhost: t\r\n{extra}\r\n".encode()
+
+    def answer(body: bytes) -> Any:
+        return re.sub(rb'"took_ms":[0-9.e-]+', b'"took_ms":0', body)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        try:
+            [(status, headers, body)] = await exchange(get("q=pl&k=3"), 1)
+            assert status == b"HTTP/1.1 200 OK"
+            assert headers[b"content-type"] == b"application/json"
+            assert headers[b"server"] == b"uvicorn" and b"date" in headers
+            assert b"connection" not in headers  # kept alive
+            assert through_asgi == []
+            [(status2, _, body2)] = await exchange(get("q=pl&k=3", "origin: http://o\r\n"), 1)
+            assert through_asgi == [b"q=pl&k=3"]
+            assert answer(body) == answer(body2) and status2 == status
+            assert [c["text"] for c in json.loads(body)["completions"]][0] == "playstation"
+
+            [(status, _, body)] = await exchange(get("q=pl&k=0"), 1)
+            assert status == b"HTTP/1.1 400 Bad Request"
+            assert json.loads(body)["error"].startswith("k:")
+
+            piped = get("q=p&k=1") + b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n" + get("q=pl&k=2")
+            got = await exchange(piped, 3)
+            assert [len(json.loads(b).get("completions", ())) for _, _, b in got] == [1, 0, 2]
+            assert json.loads(got[1][2])["status"] == "ok"
+
+            [(status, headers, body)] = await exchange(get("q=pl&k=1", version="1.0"), 1)
+            assert status.endswith(b"200 OK") and headers[b"connection"] == b"close"
+
+            [(_, _, metrics)] = await exchange(b"GET /metrics HTTP/1.1\r\nhost: t\r\n\r\n", 1)
+            counted = {m.group(1): float(m.group(2)) for m in re.finditer(
+                rb'qac_http_requests_total\{endpoint="/v1/complete",status="(\d+)"\} (\S+)',
+                metrics)}
+            assert counted == {b"200": 5.0, b"400": 1.0}
+            assert through_asgi == [b"q=pl&k=3"]
+        finally:
+            server.should_exit = True
+            await task
+
+    asyncio.run(scenario())

@@ -24,8 +24,10 @@ counts and last times (kept 30 days; use a stable user/device id as the session 
 for personal history). A store failure or bad stored data costs the context, never
 the completion. The completer is called in one place, :func:`_answer`.
 
-``GET /v1/complete`` is answered by the outermost middleware (:class:`Front`), without
-Starlette's routing and request objects: it is the per-keystroke path. The completion
+``GET /v1/complete`` is the per-keystroke path. Under ``qac serve`` the HTTP protocol
+answers it from the parser's callbacks, below ASGI (:mod:`qac.server.http`); under any
+other ASGI server the outermost middleware (:class:`Front`) does, without Starlette's
+routing and request objects. Both call one function, ``app.state.complete``. The completion
 call is synchronous C (tens of microseconds, GIL released inside) and runs inline on
 the event loop: a thread-pool hop would cost more than the call.
 
@@ -283,13 +285,17 @@ async def _send_json(send: Send, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+#: ``GET /v1/complete``: query string in, (status, JSON body) out, counted and timed
+CompleteAnswer = Callable[[bytes], Awaitable[tuple[int, bytes]]]
+
+
 class Front:
     """The outermost layer: answers ``GET /v1/complete`` itself (the per-keystroke path,
-    without Starlette's routing) and counts and times every HTTP request by endpoint
-    and status."""
+    without Starlette's routing; under ``qac serve`` the HTTP protocol answers it before
+    ASGI, :mod:`qac.server.http`) and counts and times every other HTTP request by
+    endpoint and status."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics,
-                 complete: Callable[[bytes], Awaitable[bytes]]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, complete: CompleteAnswer) -> None:
         self.app = app
         self.metrics = metrics
         self.complete = complete
@@ -298,10 +304,10 @@ class Front:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        t0 = time.perf_counter()
         if scope["path"] == "/v1/complete" and scope["method"] == "GET":
-            await self._complete(scope, send, t0)
+            await self._complete(scope, send)
             return
+        t0 = time.perf_counter()
         status = 500  # if the app raises before answering, the error middleware sends 500
 
         async def send_status(message: Message) -> None:
@@ -324,25 +330,9 @@ class Front:
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
-    async def _complete(self, scope: Scope, send: Send, t0: float) -> None:
-        m = self.metrics
-        try:
-            body = await self.complete(scope.get("query_string", b""))
-        except ApiError as exc:
-            status, body = exc.status, _error_body(exc.message)
-        except InputError as exc:
-            status, body = 400, _error_body(str(exc))
-        except Exception:
-            log.exception("unhandled error on /v1/complete")
-            status, body = 500, _error_body("internal error")
-        else:
-            await _send_json(send, 200, body)
-            m.complete_ok.inc()
-            m.complete_latency.observe(time.perf_counter() - t0)
-            return
+    async def _complete(self, scope: Scope, send: Send) -> None:
+        status, body = await self.complete(scope.get("query_string", b""))
         await _send_json(send, status, body)
-        m.requests.labels("/v1/complete", str(status)).inc()
-        m.complete_latency.observe(time.perf_counter() - t0)
 
 
 def _is_utf8(raw: bytes) -> bool:
@@ -484,6 +474,25 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
                              "edits": c.edits, "highlight": c.spans} for c in got],
             "took_ms": round(took, 4),
         })
+
+    async def complete_answer(query_string: bytes) -> tuple[int, bytes]:
+        t0 = time.perf_counter()
+        try:
+            body = await complete_body(query_string)
+        except ApiError as exc:
+            status, body = exc.status, _error_body(exc.message)
+        except InputError as exc:
+            status, body = 400, _error_body(str(exc))
+        except Exception:
+            log.exception("unhandled error on /v1/complete")
+            status, body = 500, _error_body("internal error")
+        else:
+            m.complete_ok.inc()
+            m.complete_latency.observe(time.perf_counter() - t0)
+            return 200, body
+        m.requests.labels("/v1/complete", str(status)).inc()
+        m.complete_latency.observe(time.perf_counter() - t0)
+        return status, body
 
     async def complete(request: Request) -> Response:  # HEAD (GET is answered by Front)
         body = await complete_body(request.scope.get("query_string", b""))
@@ -768,9 +777,10 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
         InputError: _input_error, KernelError: _server_error, QacError: _server_error,
         Exception: _server_error,
     })
-    app.add_middleware(Front, metrics=m, complete=complete_body)
+    app.add_middleware(Front, metrics=m, complete=complete_answer)
     install_docs(app, config)  # outermost: CORS headers on every answer, Front's too
     app.state.qac = state
+    app.state.complete = complete_answer  # what qac.server.http answers keystrokes with
     return app
 
 
