@@ -70,11 +70,12 @@ typedef struct {
 } qac_fuzzy_range;
 
 /* What the typo search works with: the sorted labels (text, offsets as in
- * qac_labels_view, and their child table, or NULL to bisect), the prefix p (m bytes of UTF-8, at most QAC_FUZZY_MAX_CHARS
- * code points), the most edits, whether its first code point may change, room for
- * the ranges found, and a limit on the trie nodes visited (the work of one
- * keystroke is bounded; `truncated` says it was hit). Edits count code points: a
- * letter of two or three bytes changed, dropped, doubled or swapped is one edit. */
+ * qac_labels_view, and their child table, or NULL to bisect), the prefix p (m bytes
+ * of UTF-8, at most QAC_FUZZY_MAX_CHARS code points), the most edits, whether its
+ * first code point may change, room for the ranges found, and a limit on the trie
+ * nodes visited (the work of one keystroke is bounded; `truncated` says it was hit).
+ * Edits count code points: a letter of two or three bytes changed, dropped, doubled
+ * or swapped is one edit. */
 typedef struct {
     const char *text;
     const int64_t *offsets;
