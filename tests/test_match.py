@@ -76,13 +76,11 @@ words = st.text(alphabet=LETTERS + " ", min_size=1, max_size=7).map(
     lambda s: " ".join(s.split()))
 
 
-@settings(max_examples=250, deadline=None)
-@given(labels=st.sets(words.filter(bool), min_size=1, max_size=40),
-       prefix=st.text(alphabet=LETTERS, min_size=1, max_size=6),
-       typos=st.integers(1, 2), first_char=st.booleans())
-def test_typo_matches_are_exactly_the_labels_within_the_edits(
-        labels: set[str], prefix: str, typos: int, first_char: bool) -> None:
-    ls = sorted(labels)
+def corrections_are_the_reference(ls: list[str], prefix: str, typos: int,
+                                   first_char: bool) -> tuple[_kernel.Answer, dict[str, int]]:
+    """Ask for every label; assert the typo corrections (text -> edits) are exactly the
+    labels the brute-force reference puts within ``typos`` edits; return the answer
+    and the corrections."""
     a = labelled(ls, [1] * len(ls))
     m = MatchConfig(words=False, typos=typos, one_typo_chars=1, two_typo_chars=1,
                     first_char=first_char, fuzzy=1000)
@@ -91,8 +89,18 @@ def test_typo_matches_are_exactly_the_labels_within_the_edits(
                  if g == S["typo"]}
     want = {t: osa_prefix(prefix, t) for t in ls if not t.startswith(prefix)
             and (first_char or t[:1] == prefix[:1])}
-    want = {t: e for t, e in want.items() if e <= typos}
-    assert corrected == want
+    assert corrected == {t: e for t, e in want.items() if e <= typos}
+    return got, corrected
+
+
+@settings(max_examples=250, deadline=None)
+@given(labels=st.sets(words.filter(bool), min_size=1, max_size=40),
+       prefix=st.text(alphabet=LETTERS, min_size=1, max_size=6),
+       typos=st.integers(1, 2), first_char=st.booleans())
+def test_typo_matches_are_exactly_the_labels_within_the_edits(
+        labels: set[str], prefix: str, typos: int, first_char: bool) -> None:
+    ls = sorted(labels)
+    got, corrected = corrections_are_the_reference(ls, prefix, typos, first_char)
     # the prefix's own labels first, then fewer edits first
     kinds = [0 if t.startswith(prefix) else 1 + corrected[t] for t in got.texts]
     assert kinds == sorted(kinds)
@@ -109,15 +117,7 @@ def test_typo_search_over_a_dense_trie_is_the_reference(
     """Many labels over few letters ("б" and "ж" share their first byte): deep,
     bushy tries, where the search reads a node's children off the labels' child
     table (native/match.c)."""
-    ls = sorted(labels, key=str.encode)
-    a = labelled(ls, [1] * len(ls))
-    m = MatchConfig(words=False, typos=typos, one_typo_chars=1, two_typo_chars=1,
-                    first_char=True, fuzzy=1000)
-    got = ask(a, prefix, m, k=len(ls) + 1)
-    corrected = {t: e for t, e, g in zip(got.texts, got.edits, got.sources, strict=True)
-                 if g == S["typo"]}
-    want = {t: osa_prefix(prefix, t) for t in ls if not t.startswith(prefix)}
-    assert corrected == {t: e for t, e in want.items() if e <= typos}
+    corrections_are_the_reference(sorted(labels), prefix, typos, first_char=True)
 
 
 @settings(max_examples=150, deadline=None)

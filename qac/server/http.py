@@ -84,7 +84,7 @@ class _NoEvent:
     __slots__ = ()
 
     def set(self) -> None:
-        pass
+        """Nothing to wake: ``run_asgi`` never waits for the request body."""
 
 
 class _Completion:
