@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -45,7 +46,7 @@ import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LOG = ROOT / "qac" / "data" / "sample_sessions.tsv.gz"
@@ -274,8 +275,10 @@ class Users:
 
 # -- measurement -------------------------------------------------------------------------
 
-@dataclass
-class Sample:
+class Sample(NamedTuple):
+    """One request's outcome (a phase stores it as a plain tuple of atoms, which the
+    cyclic GC stops tracking; a tuple subclass it would go on scanning)."""
+
     t: float      # due time, seconds since the phase started
     kind: str     # complete | submit
     ms: float     # latency from due time to the last byte (ms)
@@ -286,7 +289,7 @@ class Sample:
 class Phase:
     rate: float
     duration: float
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[tuple[float, str, float, str | None]] = field(default_factory=list)
     ctx_checked: int = 0
     ctx_changed: int = 0
     ctx_had_history: int = 0
@@ -295,8 +298,14 @@ class Phase:
     client_cpu: float = 0.0  # CPU seconds of this process during the phase / duration
     events: dict[str, Any] = field(default_factory=dict)
 
+    def record(self, t: float, kind: str, ms: float, err: str | None) -> None:
+        self.samples.append((t, kind, ms, err))
+
+    def outcomes(self) -> list[Sample]:
+        return [Sample._make(s) for s in self.samples]
+
     def summary(self, t_from: float | None = None, t_to: float | None = None) -> dict[str, Any]:
-        ss = [s for s in self.samples if (t_from is None or s.t >= t_from)
+        ss = [s for s in self.outcomes() if (t_from is None or s.t >= t_from)
               and (t_to is None or s.t < t_to)]
         span = (t_to if t_to is not None else self.duration) - (t_from or 0.0)
         out: dict[str, Any] = {"requests": len(ss),
@@ -335,8 +344,8 @@ async def one(pool: Pool, phase: Phase, t0: float, due: float, kind: str, user: 
     try:
         if REFERENCE:  # the same schedule against a trivial endpoint (a baseline)
             status, _ = await pool.request("GET", "/healthz", due=due)
-            phase.samples.append(Sample(due - t0, kind, (time.perf_counter() - due) * 1e3,
-                                        None if status == 200 else f"http {status}"))
+            phase.record(due - t0, kind, (time.perf_counter() - due) * 1e3,
+                         None if status == 200 else f"http {status}")
             return
         if kind == "complete":
             target = complete_target(text, user.sid)
@@ -351,7 +360,7 @@ async def one(pool: Pool, phase: Phase, t0: float, due: float, kind: str, user: 
     except HttpError as exc:
         err = exc.kind
     end = time.perf_counter()
-    phase.samples.append(Sample(due - t0, kind, (end - due) * 1e3, err))
+    phase.record(due - t0, kind, (end - due) * 1e3, err)
     if err is not None:
         return
     if kind == "submit":
@@ -376,7 +385,21 @@ async def run_phase(pool: Pool, users: Users, rate: float, duration: float,
                     ctx_sample: float, seed: int,
                     hooks: list[tuple[float, Any]] | None = None) -> Phase:
     """Send ``rate * duration`` requests on the open-loop schedule; ``hooks`` are
-    (seconds, coroutine function) run as tasks at those offsets."""
+    (seconds, coroutine function) run as tasks at those offsets.
+
+    The client's own heap (the log's sessions, the users) is frozen out of the cyclic
+    GC for the phase: a full collection over it stalled this client 25-100 ms, and
+    every request due in the stall was charged to the server."""
+    gc.collect()
+    gc.freeze()
+    try:
+        return await _send(pool, users, rate, duration, ctx_sample, seed, hooks)
+    finally:
+        gc.unfreeze()
+
+
+async def _send(pool: Pool, users: Users, rate: float, duration: float, ctx_sample: float,
+                seed: int, hooks: list[tuple[float, Any]] | None) -> Phase:
     phase = Phase(rate, duration)
     rng = random.Random(seed)
     n = int(rate * duration)
@@ -398,7 +421,7 @@ async def run_phase(pool: Pool, users: Users, rate: float, duration: float,
             phase.late_dispatch_ms = max(phase.late_dispatch_ms, -delay * 1e3)
         if len(tasks) >= MAX_INFLIGHT:
             # the server has stalled for a long while: count instead of piling up tasks
-            phase.samples.append(Sample(due - t0, "complete", 0.0, "client-overload"))
+            phase.record(due - t0, "complete", 0.0, "client-overload")
             continue
         kind, user, text = users.next_action()
         if kind == "complete":
@@ -655,7 +678,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             phase = await run_phase(pool, users, r, args.duration, args.context_sample,
                                     args.seed, hooks)
             cpu1 = process_tree_cpu(args.server_pid) if cpu0 is not None else None
-            served = phase.ctx_checked + sum(1 for x in phase.samples
+            served = phase.ctx_checked + sum(1 for x in phase.outcomes()
                                              if x.err != "client-overload")
             cpu_ms = (None if cpu0 is None or cpu1 is None
                       else round(1e3 * (cpu1 - cpu0) / max(1, served), 3))
