@@ -61,7 +61,7 @@ struct qac_answerer {
     int32_t *root;   /* n_trees: each tree's root in nodes */
     int32_t *depth;  /* n_trees: the steps from its root to its deepest leaf */
     qac_rmq_t by_pop; /* the most popular labels of a range */
-    qac_lcp_t tree;   /* the labels' child table: the typo search's trie */
+    qac_lcp_t tree;   /* the labels' child table (lab.tree): the typo search's trie */
     /* every word start of every label (label, byte offset), sorted by the text from
      * there to the label's end: the labels with a word that starts with a token */
     const int32_t *w_label, *w_off; /* the caller's (lab.word_label, lab.word_off) */
@@ -265,6 +265,34 @@ int qac_words_index(const char *text, size_t text_len, const int64_t *offsets,
     return QAC_OK;
 }
 
+int qac_child_table(const char *text, size_t text_len, const int64_t *offsets,
+                    size_t n_offsets, int32_t *out, size_t cap) {
+    if (!offsets || n_offsets < 1 || (text_len && !text) || (cap && !out)) return QAC_E_INPUT;
+    const size_t n = n_offsets - 1;
+    if (n > (size_t)INT32_MAX - 1 || offsets[0] != 0) return QAC_E_RANGE;
+    for (size_t i = 0; i < n; i++)
+        if (offsets[i + 1] <= offsets[i] || offsets[i + 1] > (int64_t)text_len + 1)
+            return QAC_E_RANGE;
+    if (cap < 4 * (n + 1)) return QAC_E_CAPACITY;
+    return qac_lcp_build(text, offsets, n, out);
+}
+
+/* the given child table is exactly the one qac_child_table builds for these labels
+ * (checked labels): built again aside and compared, so a damaged table cannot send
+ * the typo search out of bounds or round in circles */
+static int check_tree(qac_answerer_t *a) {
+    const qac_labels_view *l = &a->lab;
+    const size_t n = a->n_labels, size = 4 * (n + 1);
+    if (!l->tree || l->n_tree != size) return QAC_E_INPUT;
+    int32_t *fresh = malloc(size * sizeof *fresh);
+    if (!fresh) return QAC_E_NOMEM;
+    int rc = qac_lcp_build(l->text, l->offsets, n, fresh);
+    if (rc == QAC_OK && memcmp(fresh, l->tree, size * sizeof *fresh)) rc = QAC_E_RANGE;
+    free(fresh);
+    if (rc == QAC_OK) a->tree = qac_lcp_view(l->tree, n);
+    return rc;
+}
+
 /* the given word-start index is exactly qac_words_index's for these labels: every
  * entry a word start, strictly increasing (so no start twice), as many as there
  * are word starts (so none missing); then its range maxima */
@@ -379,7 +407,7 @@ int qac_answerer_new(const qac_featurizer_t *featurizer, const qac_model_t *mode
     }
     free(level);
     rc = qac_rmq_init(&a->by_pop, a->lab.popularity, NULL, n);
-    if (rc == QAC_OK) rc = qac_lcp_init(&a->tree, a->lab.text, a->lab.offsets, n);
+    if (rc == QAC_OK) rc = check_tree(a);
     if (rc == QAC_OK) rc = check_words(a);
     if (rc) {
         qac_answerer_free(a);
@@ -396,7 +424,6 @@ void qac_answerer_free(qac_answerer_t *answerer) {
     free(answerer->depth);
     qac_rmq_free(&answerer->by_pop);
     qac_rmq_free(&answerer->w_by_pop);
-    qac_lcp_free(&answerer->tree);
     free(answerer);
 }
 

@@ -70,21 +70,12 @@ size_t qac_rmq_argmax(const qac_rmq_t *r, size_t lo, size_t hi) {
 
 /* ---- the labels' child table ------------------------------------------------- */
 
-int qac_lcp_init(qac_lcp_t *t, const char *text, const int64_t *offsets, size_t n) {
-    memset(t, 0, sizeof *t);
+int qac_lcp_build(const char *text, const int64_t *offsets, size_t n, int32_t *out) {
     if (n >= (size_t)INT32_MAX) return QAC_E_RANGE;
-    int32_t *mem = calloc(4 * (n + 1), sizeof *mem), *stack = malloc((n + 1) * sizeof *stack);
-    if (!mem || !stack) {
-        free(mem);
-        free(stack);
-        return QAC_E_NOMEM;
-    }
-    t->n = n;
-    t->lcp = mem;
-    t->up = mem + (n + 1);
-    t->down = mem + 2 * (n + 1);
-    t->next = mem + 3 * (n + 1);
-    int32_t *lcp = t->lcp;
+    int32_t *stack = malloc((n + 1) * sizeof *stack);
+    if (!stack) return QAC_E_NOMEM;
+    memset(out, 0, 4 * (n + 1) * sizeof *out);
+    int32_t *lcp = out, *up = out + (n + 1), *down = out + 2 * (n + 1), *next = out + 3 * (n + 1);
     lcp[0] = lcp[n] = -1;
     for (size_t i = 1; i < n; i++) {
         const char *a = text + offsets[i - 1], *b = text + offsets[i];
@@ -102,10 +93,10 @@ int qac_lcp_init(qac_lcp_t *t, const char *text, const int64_t *offsets, size_t 
         while (lcp[i] < lcp[stack[sp - 1]]) {
             last = stack[--sp];
             const int32_t top = stack[sp - 1];
-            if (lcp[i] <= lcp[top] && lcp[top] != lcp[last]) t->down[top] = (int32_t)last;
+            if (lcp[i] <= lcp[top] && lcp[top] != lcp[last]) down[top] = (int32_t)last;
         }
         if (last != -1) {
-            t->up[i] = (int32_t)last;
+            up[i] = (int32_t)last;
             last = -1;
         }
         stack[sp++] = (int32_t)i;
@@ -114,17 +105,15 @@ int qac_lcp_init(qac_lcp_t *t, const char *text, const int64_t *offsets, size_t 
     stack[sp++] = 0;
     for (size_t i = 1; i <= n; i++) {
         while (lcp[i] < lcp[stack[sp - 1]]) sp--;
-        if (lcp[i] == lcp[stack[sp - 1]]) t->next[stack[--sp]] = (int32_t)i;
+        if (lcp[i] == lcp[stack[sp - 1]]) next[stack[--sp]] = (int32_t)i;
         stack[sp++] = (int32_t)i;
     }
     free(stack);
     return QAC_OK;
 }
 
-void qac_lcp_free(qac_lcp_t *t) {
-    if (!t) return;
-    free(t->lcp);
-    memset(t, 0, sizeof *t);
+qac_lcp_t qac_lcp_view(const int32_t *table, size_t n) {
+    return (qac_lcp_t){n, table, table + (n + 1), table + 2 * (n + 1), table + 3 * (n + 1)};
 }
 
 /* ---- the typo search ---------------------------------------------------------- */

@@ -18,7 +18,7 @@
 #include <stdint.h>
 
 /* QAC_CDEF_BEGIN */
-#define QAC_ABI_VERSION 3
+#define QAC_ABI_VERSION 4
 
 #define QAC_OK 0
 #define QAC_E_NOMEM -1    /* allocation failed */

@@ -101,6 +101,9 @@ typedef struct {
     /* the word-start index (qac_words_index), saved with the model so workers
      * share it: every word start once, sorted by the text from there on */
     const int32_t *word_label; const int32_t *word_off; size_t n_words;
+    /* the labels' child table (qac_child_table), saved with the model likewise: the
+     * typo search's trie, 4 * (n + 1) int32 */
+    const int32_t *tree; size_t n_tree;
 } qac_labels_view;
 
 /* The word-start index of labels joined as in qac_labels_view: (label id, byte
@@ -111,6 +114,12 @@ typedef struct {
 int qac_words_index(const char *text, size_t text_len, const int64_t *offsets,
                     size_t n_offsets, int32_t *word_label, int32_t *word_off, size_t cap,
                     size_t *n_words);
+
+/* The child table of labels joined as in qac_labels_view (sorted; see qac_lcp_t in
+ * qac_match.h): 4 * (n + 1) int32 into out, QAC_E_CAPACITY (nothing written) when cap
+ * is smaller. */
+int qac_child_table(const char *text, size_t text_len, const int64_t *offsets,
+                    size_t n_offsets, int32_t *out, size_t cap);
 
 /* A forest of binary regression trees over the features: score = base + the sum
  * over trees of the leaf a row reaches. Node j splits on feature[j] (a column,
@@ -228,9 +237,9 @@ uint64_t qac_variant_key(const char *text, size_t len);
 /* Wrap what a keystroke needs. The handle keeps the pointers (the caller keeps
  * every array alive and unchanged); it checks them once, in O(labels + nodes):
  * QAC_E_RANGE for arrays that disagree (unsorted labels, offsets out of the text,
- * negative popularity, a word-start index other than qac_words_index's, a tree
- * child or feature out of range, a cycle),
- * QAC_E_INPUT for NULL pointers. featurizer and model may be NULL (no beam
+ * negative popularity, a word-start index other than qac_words_index's, a child
+ * table other than qac_child_table's, a tree child or feature out of range, a
+ * cycle), QAC_E_INPUT for NULL pointers or a child table of the wrong size. featurizer and model may be NULL (no beam
  * search: a model with no labels to search). */
 int qac_answerer_new(const qac_featurizer_t *featurizer, const qac_model_t *model,
                      const qac_labels_view *labels, const qac_forest_view *forest,

@@ -53,15 +53,18 @@ static inline int64_t qac_rmq_value(const qac_rmq_t *r, size_t i) {
  * common (lcp[0] = lcp[n] = -1), and up, down and next (0: none) are the
  * lcp-interval tree's links (Abouelhoda, Kurtz & Ohlebusch 2004, the child table):
  * the children of the labels [i, j] that share l bytes and no more start at the
- * l-indices, up[j + 1] if it lies in (i, j] else down[i], then next of each. Built
- * once per answerer: 16 bytes per label. */
+ * l-indices, up[j + 1] if it lies in (i, j] else down[i], then next of each. 16 bytes
+ * per label, built with the labels (qac_child_table) and saved in the model, so the
+ * workers share one copy; this is a view of those 4 * (n + 1) int32. */
 typedef struct {
     size_t n;
-    int32_t *lcp, *up, *down, *next; /* n + 1 each, one allocation (lcp) */
+    const int32_t *lcp, *up, *down, *next; /* n + 1 each */
 } qac_lcp_t;
 
-int qac_lcp_init(qac_lcp_t *t, const char *text, const int64_t *offsets, size_t n);
-void qac_lcp_free(qac_lcp_t *t);
+/* Writes the child table of the n sorted labels into out[4 * (n + 1)]: lcp, up, down,
+ * next. The labels are not checked here (see qac_child_table). */
+int qac_lcp_build(const char *text, const int64_t *offsets, size_t n, int32_t *out);
+qac_lcp_t qac_lcp_view(const int32_t *table, size_t n);
 
 /* A range of sorted labels whose beginnings are `cost` edits from the prefix. */
 typedef struct {

@@ -23,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - only without a built extension
         "(or `python native/build_ffi.py` in a source checkout)"
     ) from exc
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 
 def check(code: int, what: str) -> None:
@@ -688,6 +688,18 @@ def words_index(text: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.n
     return label, at
 
 
+def child_table(text: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The sorted labels' child table (``qac_child_table``), int32 [4 * (n + 1)]: the
+    typo search's trie, built once with the labels and saved with them."""
+    t = as_c(text, np.uint8, "labels.text")
+    off = as_c(offsets, np.int64, "labels.offsets")
+    out = np.empty(4 * off.size, dtype=np.int32)
+    check(lib.qac_child_table(ffi.from_buffer("char[]", t) if t.size else ffi.NULL, t.size,
+                              ptr(off, "int64_t *"), off.size, ptr(out, "int32_t *"), out.size),
+          "qac_child_table")
+    return out
+
+
 def variant_key(text: str) -> int:
     """The key that names a text's near-duplicates (``qac_variant_key``)."""
     b = text.encode("utf-8", "surrogatepass")
@@ -788,7 +800,8 @@ class Answerer:
     by "\\n"; ``offsets`` int64 [n+1]; ``popularity`` int64 [n]; ``popcum`` int64
     [n+1] its running sum; ``counts`` int64 [n] the times each was issued in the
     training log, ``recent`` int64 [n] those in its last days; ``word_label`` and
-    ``word_off`` int32, the word-start index of :func:`words_index`). ``forest``: the arrays of
+    ``word_off`` int32, the word-start index of :func:`words_index`; ``child_table``
+    int32, :func:`child_table`'s). ``forest``: the arrays of
     :class:`qac.rank.Forest` (feature int32, threshold float64, left/right int32,
     leaf float64, roots int32) and its ``base``. The arrays may be read-only
     memory maps; they are kept alive here and C reads them in place.
@@ -799,7 +812,7 @@ class Answerer:
         import threading
 
         missing = [k for k in ("text", "offsets", "popularity", "popcum", "counts", "recent",
-                               "word_label", "word_off") if k not in labels]
+                               "word_label", "word_off", "child_table") if k not in labels]
         if missing:
             raise InputError(f"Answerer: label arrays {missing} missing")
         a = self._arrays = {
@@ -811,6 +824,7 @@ class Answerer:
             "recent": as_c(labels["recent"], np.int64, "labels.recent"),
             "word_label": as_c(labels["word_label"], np.int32, "labels.word_label"),
             "word_off": as_c(labels["word_off"], np.int32, "labels.word_off"),
+            "child_table": as_c(labels["child_table"], np.int32, "labels.child_table"),
             "feature": as_c(forest["feature"], np.int32, "forest feature"),
             "threshold": as_c(forest["threshold"], np.float64, "forest threshold"),
             "left": as_c(forest["left"], np.int32, "forest left"),
@@ -834,6 +848,7 @@ class Answerer:
         lab.word_label, lab.word_off = (ptr(a["word_label"], "int32_t *"),
                                         ptr(a["word_off"], "int32_t *"))
         lab.n_words = a["word_label"].size
+        lab.tree, lab.n_tree = ptr(a["child_table"], "int32_t *"), a["child_table"].size
         f = ffi.new("qac_forest_view *")
         f.feature, f.threshold = ptr(a["feature"], "int32_t *"), ptr(a["threshold"], "double *")
         f.left, f.right = ptr(a["left"], "int32_t *"), ptr(a["right"], "int32_t *")

@@ -264,15 +264,17 @@ class LabelSet:
                 every word start of every label, sorted by the text from there on),
                 built once with the labels and saved, so workers map one copy. The
                 kernel checks it against the labels when an answerer is made.
+    child_table: int32 [4 * (n+1)], the labels' child table (:func:`qac._kernel.child_table`:
+                the typo search's trie), built, saved and checked likewise.
     """
 
     ARRAYS = ("text", "offsets", "counts", "popularity", "popcum", "recent", "word_label",
-              "word_off")
+              "word_off", "child_table")
 
     def __init__(self, text: np.ndarray, offsets: np.ndarray, counts: np.ndarray,
                  popularity: np.ndarray, popcum: np.ndarray, recent: np.ndarray,
-                 word_label: np.ndarray | None = None, word_off: np.ndarray | None = None
-                 ) -> None:
+                 word_label: np.ndarray | None = None, word_off: np.ndarray | None = None,
+                 child_table: np.ndarray | None = None) -> None:
         n = len(offsets) - 1
         for name, arr, size, kind in (("text", text, None, "u"), ("offsets", offsets, None, "i"),
                                       ("counts", counts, n, "i"),
@@ -292,6 +294,12 @@ class LabelSet:
                 raise ModelFormatError(f"labels.{name}.npy: a 1-d int32 array of "
                                        f"{len(word_label)} needed, got {arr.dtype} {arr.shape}",
                                        f"labels.{name}.npy")
+        if child_table is None:
+            child_table = _kernel.child_table(text, offsets)
+        if child_table.shape != (4 * (n + 1),) or child_table.dtype != np.int32:
+            raise ModelFormatError(f"labels.child_table.npy: a 1-d int32 array of {4 * (n + 1)} "
+                                   f"needed, got {child_table.dtype} {child_table.shape}",
+                                   "labels.child_table.npy")
         self.text = text
         self.offsets = offsets
         self.counts = counts
@@ -300,6 +308,7 @@ class LabelSet:
         self.recent = recent
         self.word_label = word_label
         self.word_off = word_off
+        self.child_table = child_table
         self._off = offsets.view(np.ndarray)
         self._text = text.view(np.ndarray)
 

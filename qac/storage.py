@@ -57,8 +57,9 @@ FORMAT = "qac-model"
 #: featurizer's vocabulary directory and the tree's label-id spans saved as arrays;
 #: the completer's one answer path (labels with offsets and popularity sums, the pool
 #: ranker's forest, the blocklist in the manifest); 3: the completer's word-start
-#: index saved with its labels; 4: the retriever's known variants
-FORMAT_VERSION = 4
+#: index saved with its labels; 4: the retriever's known variants; 5: the completer's
+#: child table (the typo search's trie) saved with its labels
+FORMAT_VERSION = 5
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
 

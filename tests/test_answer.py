@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from reference import answer_pool
 
 from qac import _kernel
 from qac.complete import LabelSet
-from qac.errors import InputError, KernelError
+from qac.errors import InputError, KernelError, ModelFormatError
 from qac.rank import FEATURES, SOURCES, Forest
 
 S = {s: i for i, s in enumerate(SOURCES)}
@@ -320,6 +321,32 @@ def test_word_start_index_is_its_definition_and_is_checked() -> None:
     with pytest.raises(InputError, match="differ in length"):
         _kernel.Answerer(None, None, {**ls.arrays(), "word_off": ls.word_off[1:]},
                          f.arrays(), 0.0)
+
+
+def test_child_table_is_built_with_the_labels_and_checked() -> None:
+    labels = sorted(["new york times", "new york", "newark", "news", "ü ber", "über", "üb",
+                     "a", "ab", "abc", "abd", "b"])
+    ls = LabelSet.build(labels, [1] * len(labels), [1] * len(labels))
+    n = len(labels)
+    table = ls.child_table
+    assert table.dtype == np.int32 and table.shape == (4 * (n + 1),)
+    raw = [t.encode() for t in labels]
+    common = [len(os.path.commonprefix([raw[i - 1], raw[i]])) for i in range(1, n)]
+    assert table[:n + 1].tolist() == [-1, *common, -1]  # lcp: its definition
+    f = Forest.empty()
+    _kernel.Answerer(None, None, ls.arrays(), f.arrays(), 0.0)  # accepted as built
+    for i in range(table.size):  # any one entry changed is refused
+        for delta in (1, -1):
+            bad = table.copy()
+            bad[i] += delta
+            with pytest.raises(KernelError):
+                _kernel.Answerer(None, None, {**ls.arrays(), "child_table": bad}, f.arrays(), 0.0)
+    for size in (table.size - 1, table.size + 1):
+        with pytest.raises(InputError):
+            _kernel.Answerer(None, None, {**ls.arrays(), "child_table": np.resize(table, size)},
+                             f.arrays(), 0.0)
+    with pytest.raises(ModelFormatError, match="child_table"):
+        LabelSet(*(ls.arrays()[k] for k in LabelSet.ARRAYS[:-1]), table[:-4])
 
 
 def test_label_range() -> None:

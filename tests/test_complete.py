@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -269,6 +270,9 @@ def test_unknown_prefix_gives_nothing(completer: Completer) -> None:
 def test_save_load_round_trip(completer: Completer, tmp_path: Path) -> None:
     completer.save(tmp_path / "m")
     loaded = Completer.load(tmp_path / "m")
+    # the typo search's trie is saved with the labels and mapped, not built per process
+    assert isinstance(loaded.labels.child_table, np.memmap)
+    assert np.array_equal(loaded.labels.child_table, completer.labels.child_table)
     for prefix, prev in [("pl", "rose of jericho"), ("n", None), ("", "game console")]:
         assert loaded.complete(prefix, prev, now=NOW) == completer.complete(prefix, prev, now=NOW)
 

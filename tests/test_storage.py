@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qac.errors import ModelFormatError
-from qac.storage import MANIFEST, open_model_dir, save_model_dir
+from qac.storage import FORMAT_VERSION, MANIFEST, open_model_dir, save_model_dir
 
 
 def _save(path: Path, value: int = 1) -> None:
@@ -99,16 +99,16 @@ def test_save_replaces_an_existing_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("version", "says"), [
     (1, "built by an older qac: retrain it"),
-    (3, "built by an older qac: retrain it"),
-    (5, "built by a newer qac"),
-    ("4", "not a version this qac knows"),
+    (4, "built by an older qac: retrain it"),
+    (6, "built by a newer qac"),
+    ("5", "not a version this qac knows"),
 ])
 def test_another_format_version_says_what_to_do(tmp_path: Path, version: object,
                                                 says: str) -> None:
     _save(tmp_path / "m")
     m = tmp_path / "m" / MANIFEST
     manifest = json.loads(m.read_text())
-    assert manifest["format_version"] == 4
+    assert manifest["format_version"] == FORMAT_VERSION == 5
     m.write_text(json.dumps({**manifest, "format_version": version}))
     with pytest.raises(ModelFormatError, match=says) as info:
         open_model_dir(tmp_path / "m")
@@ -127,7 +127,8 @@ def test_a_hostile_manifest_is_a_clean_model_format_error(tmp_path: Path, kind: 
     m = tmp_path / kind
     m.mkdir()
     path = m / "manifest.json"
-    head = {"format": "qac-model", "format_version": 4, "kind": "completer", "config": {}}
+    head = {"format": "qac-model", "format_version": FORMAT_VERSION, "kind": "completer",
+            "config": {}}
     if kind == "fifo":
         os.mkfifo(path)
     elif kind == "dev-zero":
