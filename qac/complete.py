@@ -65,7 +65,7 @@ from qac.match import MatchConfig
 from qac.mpc import LOOKUP_CACHE, MostPopular
 from qac.rank import FEATURES, SOURCES, Forest
 from qac.sources import GENERATORS, MPC, SourcesConfig, Tables, check_generators
-from qac.storage import open_model_dir, save_model_dir
+from qac.storage import give_back_heap, open_model_dir, save_model_dir
 from qac.text import normalize, normalize_prefix
 
 log = logging.getLogger(__name__)
@@ -697,6 +697,7 @@ class Completer:
             engine = Engine.from_model_dir(md)
             completer = cls(config, engine, labels, mpc, tables, forest, model_blocklist,
                             blocklist, fit if isinstance(fit, dict) else {}, stream)
+            give_back_heap()
             md.check_same()  # one whole model, not parts of two (a save swapped it)
             return completer
         except ModelFormatError as exc:

@@ -168,7 +168,7 @@ class ModelDir:
         if f"{name}.marisa" in files:
             trie = _mapped_if_same(trie, path)
         del keys
-        _give_back_heap()
+        give_back_heap()
         return trie
 
 
@@ -257,11 +257,12 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def _give_back_heap() -> None:
-    """Hand the heap freed while a trie was built and checked back to the OS (glibc's
-    ``malloc_trim``). Its keys as Python strings and marisa's build buffers are many
-    times the mapped trie; left in the heap, they stayed private to every worker
-    (about 15 MiB on the AOL completer). A no-op without glibc."""
+def give_back_heap() -> None:
+    """Hand the heap freed while a model was loaded back to the OS (glibc's
+    ``malloc_trim``): a trie's keys as Python strings and marisa's build buffers, many
+    times the mapped trie (left in the heap, about 15 MiB stayed private to every
+    worker on the AOL completer); the copy of the child table the answerer builds to
+    check the saved one (2.1 MiB there). A no-op without glibc."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
