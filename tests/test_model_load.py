@@ -114,6 +114,8 @@ ARRAY_CASES = [
     ("labels.text", lambda a: a[:-3], "labels.offsets.npy"),
     ("labels.text", lambda a: np.where(a == ord("\n"), ord("x"), a).astype(np.uint8),
      "labels.text.npy"),
+    ("labels.child_table", lambda a: a[:-1], "labels.child_table.npy"),
+    ("labels.child_table", _int_at(-1, 1), "completer data inconsistent"),  # a bad link
     ("mpc.counts", _int_at(0, -1), "mpc.counts.npy"),
     ("mpc.heavy_top", lambda a: a.reshape(-1), "mpc.heavy_top.npy"),
     ("tables.words.counts", _int_at(0, -1), "tables.words.counts.npy"),
