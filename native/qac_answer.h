@@ -239,8 +239,9 @@ uint64_t qac_variant_key(const char *text, size_t len);
  * QAC_E_RANGE for arrays that disagree (unsorted labels, offsets out of the text,
  * negative popularity, a word-start index other than qac_words_index's, a child
  * table other than qac_child_table's, a tree child or feature out of range, a
- * cycle), QAC_E_INPUT for NULL pointers or a child table of the wrong size. featurizer and model may be NULL (no beam
- * search: a model with no labels to search). */
+ * cycle), QAC_E_INPUT for NULL pointers or a child table of the wrong size.
+ * featurizer and model may be NULL (no beam search: a model with no labels to
+ * search). */
 int qac_answerer_new(const qac_featurizer_t *featurizer, const qac_model_t *model,
                      const qac_labels_view *labels, const qac_forest_view *forest,
                      qac_answerer_t **out);
