@@ -6,17 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("sim_load_client", ROOT / "sim" / "load.py")
-assert spec is not None and spec.loader is not None
-load = importlib.util.module_from_spec(spec)
-sys.modules["sim_load_client"] = load  # its dataclasses look their module up there
-spec.loader.exec_module(load)
+from simload import load
 
 ANSWER = b'{"completions": []}'
 

@@ -3,20 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("sim_load", ROOT / "sim" / "load.py")
-assert spec is not None and spec.loader is not None
-load = importlib.util.module_from_spec(spec)
-sys.modules["sim_load"] = load  # its dataclasses look their module up there
-spec.loader.exec_module(load)
+from simload import load
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
