@@ -427,8 +427,17 @@ def _with_fresh(texts: Sequence[str], srcs: Sequence[int], counts: Sequence[int]
 
 
 def _clean(text: Any) -> str | None:
-    """A stored query as a candidate: a non-empty str without a newline, else None."""
-    return text if isinstance(text, str) and text and "\n" not in text else None
+    """A stored query as a candidate: a non-empty str without a newline that UTF-8 can
+    encode (no lone surrogate: it would reach the answer, and no client could read
+    it), else None."""
+    if not isinstance(text, str) or not text or "\n" in text:
+        return None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+    return text
 
 
 class Completer:

@@ -278,12 +278,21 @@ def test_save_load_round_trip(completer: Completer, tmp_path: Path) -> None:
 
 
 def test_bad_input(completer: Completer) -> None:
-    assert isinstance(completer.complete(b"pl\xff", previous=b"rose\xfe of jericho"), list)
-    assert isinstance(completer.complete("p\x00l\x1b"), list)
-    # malformed history and session entries are skipped, not fatal
+    # invalid UTF-8 reads as U+FFFD, which normalization drops; control characters
+    # are spaces
+    assert completer.complete(b"pl\xff", previous=b"rose\xfe of jericho", now=NOW) == (
+        completer.complete("pl", previous="rose of jericho", now=NOW))
+    assert completer.complete("p\x00l\x1b", now=NOW) == completer.complete("p l", now=NOW)
+    # malformed history and session entries are skipped, not fatal: a newline, an
+    # empty query, a lone surrogate (no client could read it back); an absurd count
+    # is capped and a time that is no number is unknown
     odd = [Past("pla\nnet", 1, 0.0), Past("", 1, 0.0), Past("plan", 10**12, float("nan")),
-           "pl\udc00"]
-    assert isinstance(completer.complete("pl", history=odd, session=[("pl\n", 1.0)]), list)
+           "pl\udc00", Past("plu\udc00s", 3, NOW)]
+    got = completer.complete("pl", history=odd, session=[("pl\n", 1.0)], now=NOW)
+    assert got == completer.complete("pl", history=[Past("plan", 1 << 30, 0.0)], now=NOW)
+    assert ("plan", "history") in [(c.text, c.source) for c in got]
+    for c in got:
+        c.text.encode("utf-8")  # strict: raises on a surrogate
     with pytest.raises(InputError):
         completer.complete("p" * 5000)
     with pytest.raises(InputError):
