@@ -375,6 +375,7 @@ def test_a_blocklist_given_at_load_filters_too(tmp_path: Path) -> None:
     c = Completer.train(_log(), CompleterConfig(trie_depth=1))
     c.save(tmp_path / "m")
     strict = Completer.load(tmp_path / "m", blocklist=Blocklist.from_lines(["plant"]))
+    assert "plant care tips" in _texts(c.complete("pl", "rose of jericho"))
     assert "plant care tips" not in _texts(strict.complete("pl", "rose of jericho"))
     assert len(strict.complete("p", k=2)) == 2
 
