@@ -2,7 +2,8 @@
 
 Every other module calls the plain functions and classes here, which take and
 return numpy arrays. Shapes and dtypes are checked once at this boundary; a
-non-zero status from C becomes a typed exception from :mod:`qac.errors`.
+non-zero status from C becomes a typed exception from :mod:`qac.errors`, or
+``MemoryError`` for ``QAC_E_NOMEM``.
 """
 
 from __future__ import annotations

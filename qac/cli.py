@@ -1,4 +1,4 @@
-"""The ``qac`` command line: ``qac train|complete|eval|serve|replay|demo`` and
+"""The ``qac`` command line: ``qac train|complete|eval|serve|replay|demo|ingest`` and
 ``qac retrieve train|query|eval``."""
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ when). Output: the top-k full queries, each with the source that made it.
 Every keystroke, the empty prefix included, takes one path (the C answerer,
 ``native/qac_answer.h``):
 
-1. Python normalizes the prefix and gathers the candidates made outside C: the most
-   popular completions of the prefix and the generated queries of :mod:`qac.sources`.
+1. Python normalizes the prefix and gathers the candidates made outside C: the
+   generated queries of :mod:`qac.sources`, and the most popular completions of the
+   prefix when C cannot list them itself (a model trained with ``--background`` or
+   ``min_count`` > 1; see ``_native_mpc``).
 2. One C call: the labels that start with the prefix (one id range of the sorted
    labels), featurize + prefix-constrained beam search over the XMR tree, the user's
    past queries that start with the prefix, one pool of distinct texts, one feature
@@ -720,10 +722,11 @@ class Completer:
                                    where) from exc
 
     @property
-    def uses_history(self) -> bool:
-        """Whether :meth:`complete` looks at ``history`` (the "history" source is on),
-        so a caller can skip fetching it."""
-        return "history" in self.config.generators
+    def history_limit(self) -> int:
+        """How many of the user's past queries :meth:`complete` looks at (the most
+        recent ``sources.history``; 0 when the "history" source is off), so a caller
+        fetches no more than that."""
+        return self.config.sources.history if "history" in self.config.generators else 0
 
     def with_options(self, **changes: Any) -> Completer:
         """A view with other answer-time options (beam, generators, sources, collapse,

@@ -34,9 +34,11 @@ class SessionContext(NamedTuple):
     previous: the session's last submitted query, or None.
     session:  this session's recent queries with their Unix times, most recent
               first (``session[0][0] == previous`` when there is one).
-    history:  the user's distinct past queries that start with the typed prefix
-              (for the empty prefix, the most recent ones), at most the number
-              asked for, in no particular order.
+    history:  the user's distinct past queries that start with the prefix the
+              store was asked for (for the empty prefix, all of them), the most
+              recently issued first, at most the number asked for.
+              :meth:`UserLog.context` gives the whole history instead (the
+              completer reads those that match).
     """
 
     previous: str | None = None
@@ -47,9 +49,11 @@ class SessionContext(NamedTuple):
 #: distinct past queries kept per user (the session store's default history size)
 HISTORY_SIZE = 200
 #: a session repeating its last query within this many seconds is the same search,
-#: counted once: the logs drop such a repeat (in AOL, another click on the same
-#: results), and the session stores and the live overlays do not record it again, so
-#: a retried submit (after a timeout that hid a landed write) is counted once too
+#: counted once: the session stores and the live overlays do not record it again, so
+#: a retried submit (after a timeout that hid a landed write) is counted once too.
+#: :func:`qac.logs.read_log` drops a session's consecutive repeat at any gap (in AOL,
+#: another click on the same results); where sessions end after 30 idle minutes, as
+#: AOL's and a log without session ids do, that is the same rule
 REPEAT_SECONDS = 1800.0
 
 

@@ -9,12 +9,13 @@
 2. Unicode NFKC (full-width forms, ligatures and compatibility characters fold to
    their plain forms);
 3. ``str.casefold`` (stronger than lower(): "ß" -> "ss");
-4. folding (:func:`fold`): the diacritics of Latin letters go ("wéather" ->
+4. folding (:func:`fold`): the diacritics of Latin, Greek and Cyrillic letters go
+   (the combining marks U+0300..U+036F: "wéather" ->
    "weather"), typographic quotes and dashes become plain ones, and letters that
    do not decompose are spelled out ("æ" -> "ae"), so what people type matches
    however they type it;
-5. control, format and surrogate characters (Unicode categories Cc, Cf, Cs) and the
-   replacement character become spaces;
+5. control, format, surrogate, private-use and unassigned characters (Unicode
+   categories Cc, Cf, Cs, Co, Cn) and the replacement character become spaces;
 6. runs of whitespace collapse to one space; leading and trailing spaces go.
 
 Text longer than ``MAX_TEXT_CHARS`` after step 1 raises :class:`InputError`:

@@ -20,6 +20,7 @@ from qac.history import Past
 from qac.logs import LogEvent, previous_queries
 from qac.match import MatchConfig
 from qac.rank import FEATURES
+from qac.sources import SourcesConfig
 
 NOW = time.time()
 
@@ -230,7 +231,7 @@ def test_the_users_past_queries_are_candidates(completer: Completer) -> None:
     # the history source switched off: no past query of the user
     off = completer.with_options(generators=("session", "suffix", "word"))
     assert "planet earth" not in _texts(off.complete("pla", k=10, history=["planet earth"]))
-    assert not off.uses_history and completer.uses_history
+    assert off.history_limit == 0 and completer.history_limit == SourcesConfig().history
 
 
 def test_default_blocklist_covers_every_source(completer: Completer) -> None:

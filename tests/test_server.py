@@ -138,7 +138,7 @@ class SpyStore(MemorySessionStore):
 class RecordingCompleter:
     """Stands in for a long-tail completer with the history generator; notes its calls."""
 
-    uses_history = True
+    history_limit = 5  # it looks at the 5 most recent past queries at most
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str | None, int, Any]] = []
@@ -197,6 +197,16 @@ def test_history_reaches_the_completer(models: dict[str, Path]) -> None:
         assert fake.calls[-1][1:] == (None, 10, [])
         client.get("/v1/complete?q=re")  # no session: no store call
         assert fake.calls[-1][1:] == (None, 10, []) and len(store.calls) == 3
+
+
+def test_the_store_is_asked_for_no_more_past_queries_than_the_completer_reads(
+        models: dict[str, Path]) -> None:
+    store = SpyStore()
+    for client in _client(ServerConfig(model_dir=str(models["a"]), history=50), store=store):
+        state = client.app.state.qac  # type: ignore[attr-defined]
+        state.current = (RecordingCompleter(), state.current[1])
+        client.get("/v1/complete?q=re&session=u-1")
+        assert store.calls == [("u-1", "re", 5)]  # kept: 50; read per keystroke: 5
 
 
 def test_history_not_fetched_for_a_model_that_does_not_use_it(models: dict[str, Path]) -> None:

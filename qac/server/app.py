@@ -18,9 +18,11 @@ the service itself: 503 when the session store did not record a query).
 
 With ``session``, a completion is conditioned on that session's context, read from the
 session store in one call (one Redis round trip, see :mod:`qac.session`): its previous
-query and recent queries (30 minutes) and, when the model uses it, up to
-``config.history`` past queries of that id that start with the prefix, with their
-counts and last times (kept 30 days; use a stable user/device id as the session id
+query and recent queries (30 minutes) and, when the model uses it, the most recent
+past queries of that id that the completer selects by (``Completer.history_prefix``:
+the prefix, or its first character when typos and word prefixes may match), no more
+than ``config.history`` and than the completer reads (``Completer.history_limit``),
+with their counts and last times (kept 30 days; use a stable user/device id as the session id
 for personal history). A store failure or bad stored data costs the context, never
 the completion. The completer is called in one place, :func:`_answer`.
 
@@ -463,7 +465,7 @@ def create_app(config: ServerConfig, store: SessionStore | None = None) -> Starl
         completer = state.current[0]
         ctx = _NO_CONTEXT
         if session:
-            n = config.history if completer.uses_history else 0
+            n = min(config.history, completer.history_limit)
             by = completer.history_prefix(prefix, typos) if n else prefix
             ctx = await session_context(session, by, n)
         got = _answer(completer, prefix, ctx, k, typos)

@@ -30,7 +30,8 @@ class ServerConfig:
     model_dir:        completer model directory (required).
     retrieval_dir:    retriever model directory; without it /v1/search answers 404.
     redis_url:        session store URL; None keeps sessions in this process.
-    admin_token:      bearer token of POST /v1/admin/reload; None turns reload off.
+    admin_token:      bearer token of POST /v1/admin/reload and GET/POST
+                      /v1/admin/blocklist; None turns those endpoints off.
     admin_token_env:  name of the environment variable the token came from (how
                       worker processes find it again); not needed in-process.
     max_query_chars:  longest prefix, search text or submitted query (characters).
@@ -38,9 +39,11 @@ class ServerConfig:
     max_body_bytes:   largest request body.
     verify_model:     check every model file's SHA-256 on load (reload always does).
     history:          distinct past queries kept per session id in the store, and the
-                      most fetched per completion (those that start with the prefix)
-                      (0..1000; 0: no history is kept or fetched). Fetched only when
-                      the loaded model uses it.
+                      most fetched per completion (0..1000; 0: no history is kept or
+                      fetched). A completion fetches those that start with what the
+                      model selects by (``Completer.history_prefix``), and no more
+                      than the model reads (``Completer.history_limit``, 200 by
+                      default); none when the model does not use history.
     workers:          worker processes of this replica (what a reload waits for).
     control_dir:      directory the workers share to follow a reload (``qac serve``
                       makes one when workers > 1); None: reload acts on this process.

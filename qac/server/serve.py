@@ -30,9 +30,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="session store, e.g. redis://localhost:6379/0 "
                              "(default: sessions kept in each worker process)")
     parser.add_argument("--history", type=int, default=ServerConfig.history, metavar="N",
-                        help="past queries per session kept in the session store and "
-                             "passed to each completion (long-tail 'history' generator; "
-                             f"0..{MAX_HISTORY}, default {ServerConfig.history}, 0: none)")
+                        help="distinct past queries per session id kept in the session "
+                             "store; a completion reads the most recent of them that match, "
+                             "up to what the model looks at (200 by default) "
+                             f"(0..{MAX_HISTORY}, default {ServerConfig.history}, 0: none)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
@@ -42,7 +43,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{default_workers()})")
     parser.add_argument("--admin-token-env", metavar="VAR",
                         help="environment variable holding the bearer token of "
-                             "POST /v1/admin/reload (unset: reload is off)")
+                             "POST /v1/admin/reload and /v1/admin/blocklist (unset: "
+                             "those endpoints are off)")
     live = LiveConfig()
     parser.add_argument("--stream-key", default=live.key,
                         help="the live event stream's Redis key (with --redis-url) "
