@@ -202,7 +202,10 @@ def test_eval_and_complete_json_parse_strictly(
     out = _strict(capsys.readouterr().out)
     assert out["cases"] == 1
     assert main(["complete", str(tmp_path / "m"), "pl", "--json"]) == 0
-    assert _strict(capsys.readouterr().out)
+    got = _strict(capsys.readouterr().out)
+    assert got and all(c["text"].startswith("pl") and isinstance(c["score"], float)
+                       and c["source"] for c in got)
+    assert "playstation" in [c["text"] for c in got]
 
 
 def test_no_matches_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
