@@ -262,17 +262,43 @@ def test_spans() -> None:
     assert prefix_alignment("goolge", "google maps")[0] == 1
 
 
+def one_typo(prefix: str, kind: int, at: int, letter: str) -> str:
+    """``prefix`` with one edit at ``at``: 0 a letter changed, 1 one put in, 2 one left
+    out, 3 two neighbours swapped (left as is where the edit does not fit)."""
+    i = at % len(prefix)
+    if kind == 0:
+        return prefix[:i] + letter + prefix[i + 1:]
+    if kind == 1:
+        return prefix[:i] + letter + prefix[i:]
+    if kind == 2 and len(prefix) > 1:
+        return prefix[:i] + prefix[i + 1:]
+    if kind == 3 and i + 1 < len(prefix):
+        return prefix[:i] + prefix[i + 1] + prefix[i] + prefix[i + 2:]
+    return prefix
+
+
 @settings(max_examples=200, deadline=None)
 @given(labels=st.sets(st.text(alphabet="abcж ", min_size=1, max_size=9).map(
            lambda s: " ".join(s.split())).filter(bool), min_size=1, max_size=30),
-       prefix=st.text(alphabet="abcж ", min_size=1, max_size=7), typos=st.integers(0, 2))
-def test_spans_are_the_reference_s(labels: set[str], prefix: str, typos: int) -> None:
+       pick=st.integers(0, 29), cut=st.integers(1, 9), typos=st.integers(0, 2),
+       typo=st.none() | st.tuples(st.integers(0, 3), st.integers(0, 8),
+                                  st.sampled_from("abcж")))
+def test_spans_are_the_reference_s(labels: set[str], pick: int, cut: int, typos: int,
+                                   typo: tuple[int, int, str] | None) -> None:
     """Every answer's spans, from the kernel, equal the plain definition's
     (tests/reference.py), over code points: multi-byte letters included."""
     ls = sorted(labels)
     a = labelled(ls, list(range(len(ls), 0, -1)))
+    # typed: the start of a label, with one typo where typos are allowed, so there
+    # are answers (a random prefix often has none: nothing checked)
+    target = ls[pick % len(ls)]
+    prefix = target[:cut]
+    typed = prefix if typo is None or typos == 0 else one_typo(prefix, *typo)
+    if typed.strip():  # not just spaces: typed as nothing, nothing is answered
+        prefix = typed
     got = ask(a, prefix, MatchConfig(typos=typos, first_char=True, one_typo_chars=1,
                                      two_typo_chars=4))
+    assert got.texts, (prefix, target)
     for text, e, lit in zip(got.texts, got.edits, got.spans, strict=True):
         assert lit == tuple(spans(prefix, text, e)), (prefix, text, e)
 

@@ -259,8 +259,23 @@ def test_multilabel_and_unlabeled_instances() -> None:
     Y = sp.csr_matrix(Y)
     Y.eliminate_zeros()
     cps = _tree(20, 3)
-    layers = train_xlinear(X, Y, cps, np.arange(20, dtype=np.int32))
+    lo = np.arange(20, dtype=np.int32)
+    layers = train_xlinear(X, Y, cps, lo)
     _check_layout(layers, cps, X.shape[1])
+    scores = _dense_scores(X, layers, cps)
+    # the second positive is learned: label 19 joins instance 0's own label in its top 2,
+    # far above its score when Y[0, 19] is left out (~0.25 against ~2e-4)
+    assert 19 in np.argsort(-scores[0], kind="stable")[:2]
+    single = sp.lil_matrix(Y)
+    single[0, 19] = 0
+    single = sp.csr_matrix(single)
+    single.eliminate_zeros()
+    assert scores[0, 19] > 10 * _dense_scores(X, train_xlinear(X, single, cps, lo), cps)[0, 19]
+    # the unlabeled row is a negative of every layer-1 node, not dropped: it scores far
+    # below its scores from a model that never saw it (~0.28 against ~0.99)
+    keep = np.arange(X.shape[0]) != 1
+    unseen = _dense_scores(X, train_xlinear(X[keep], Y[keep], cps, lo), cps)
+    assert scores[1].max() < 0.75 * unseen[1].max()
 
 
 def test_unsorted_and_duplicate_feature_ids_are_accepted() -> None:
