@@ -22,9 +22,9 @@ query and recent queries (30 minutes) and, when the model uses it, the most rece
 past queries of that id that the completer selects by (``Completer.history_prefix``:
 the prefix, or its first character when typos and word prefixes may match), no more
 than ``config.history`` and than the completer reads (``Completer.history_limit``),
-with their counts and last times (kept 30 days; use a stable user/device id as the session id
-for personal history). A store failure or bad stored data costs the context, never
-the completion. The completer is called in one place, :func:`_answer`.
+with their counts and last times (kept 30 days; use a stable user/device id as the
+session id for personal history). A store failure or bad stored data costs the context,
+never the completion. The completer is called in one place, :func:`_answer`.
 
 ``GET /v1/complete`` is the per-keystroke path. Under ``qac serve`` the HTTP protocol
 answers it from the parser's callbacks, below ASGI (:mod:`qac.server.http`); under any
